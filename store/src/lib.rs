@@ -1,0 +1,82 @@
+//! Postgres access for creditflow: organizations and API keys, the ledger, idempotency records.
+//!
+//! Every query is compile-checked by sqlx against the migrations (the `.sqlx` folder at the top
+//! of the workspace caches them so builds need no database; `scripts/sqlx-prepare` renews it).
+
+mod error;
+pub mod idempotency;
+pub mod ledger;
+pub mod orgs;
+
+use std::{collections::HashMap, str::FromStr, time::Duration};
+
+use billing::SystemAccount;
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+pub use error::StoreError;
+pub use idempotency::{Claim, request_hash};
+pub use ledger::{Balance, BookOutcome, NewTransfer, Transfer, TransferPage, TransferQuery};
+pub use orgs::{ApiKey, NewApiKey, Org, Principal};
+
+/// The migrations, embedded so the binary can apply them (`creditflow migrate`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// A handle on the database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+    system_accounts: HashMap<SystemAccount, i64>,
+}
+
+impl Store {
+    /// Connects a pool (bounded by `max_connections`) and loads the system account ids.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        let options = PgConnectOptions::from_str(url)?.application_name("creditflow");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Store::from_pool(pool).await
+    }
+
+    /// Wraps an existing pool; the schema must be migrated.
+    pub async fn from_pool(pool: PgPool) -> Result<Store, StoreError> {
+        let rows = sqlx::query!("SELECT id, code FROM accounts WHERE org_id IS NULL")
+            .fetch_all(&pool)
+            .await?;
+        let mut system_accounts = HashMap::new();
+        for account in SystemAccount::ALL {
+            let row = rows.iter().find(|r| r.code == account.code()).ok_or_else(|| {
+                StoreError::Schema(format!("system account `{}` is missing", account.code()))
+            })?;
+            system_accounts.insert(account, row.id);
+        }
+        Ok(Store {
+            pool,
+            system_accounts,
+        })
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+        MIGRATOR.run(pool).await.map_err(|e| StoreError::Schema(e.to_string()))
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Whether the database answers (for readiness probes).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query_scalar!("SELECT 1 AS one").fetch_one(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(crate) fn system_account_id(&self, account: SystemAccount) -> i64 {
+        self.system_accounts[&account]
+    }
+}

@@ -1,0 +1,100 @@
+//! Layered settings: config/base.toml → config/{env}.toml → CREDITFLOW__… environment.
+
+use std::{fmt, path::Path};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub server: Server,
+    pub database: Database,
+    pub temporal: Temporal,
+    pub auth: Auth,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Server {
+    pub bind: String,
+    pub body_limit_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Database {
+    pub url: Secret,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Temporal {
+    pub url: String,
+    pub namespace: String,
+    pub task_queue: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Auth {
+    #[serde(deserialize_with = "list_or_csv")]
+    pub operator_keys: Vec<Secret>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Log {
+    pub format: String,
+    pub filter: String,
+}
+
+/// A value that must never reach a log line: its Debug and Display print a placeholder.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// Operator keys come as a TOML list, or as a comma-separated environment variable.
+fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::List(v) => v,
+        Raw::Csv(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+    }
+    .into_iter()
+    .map(Secret)
+    .collect())
+}
+
+impl Settings {
+    /// Loads settings from `dir` for environment `env` (`dev`, `test`, `prod` …).
+    pub fn load(dir: &Path, env: &str) -> anyhow::Result<Settings> {
+        let settings = config::Config::builder()
+            .add_source(config::File::from(dir.join("base.toml")))
+            .add_source(config::File::from(dir.join(format!("{env}.toml"))).required(false))
+            .add_source(
+                config::Environment::with_prefix("CREDITFLOW")
+                    .prefix_separator("__")
+                    .separator("__"),
+            )
+            .build()?;
+        Ok(settings.try_deserialize()?)
+    }
+}
