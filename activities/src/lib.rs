@@ -1,1 +1,27 @@
+//! Activity implementations: the I/O behind the workflows' steps. Every activity is idempotent,
+//! because Temporal retries it.
 
+pub mod health;
+
+use std::sync::Arc;
+
+use store::Store;
+use temporalio_sdk::{WorkerOptions, WorkerOptionsBuilder};
+
+/// What the activities need from the outside world.
+#[derive(Clone)]
+pub struct Deps {
+    pub store: Store,
+}
+
+/// Every workflow and activity the project runs, registered on one worker's options. The
+/// binary and the tests both build their workers here, so they run the same set.
+pub fn worker_options(task_queue: &str, deps: Deps) -> Result<WorkerOptions, anyhow::Error> {
+    let builder: WorkerOptionsBuilder = WorkerOptions::new(task_queue);
+    Ok(builder
+        .register_workflow::<workflows::health::PingWorkflow>()?
+        .register_activities(health::HealthActivitiesImpl {
+            store: Arc::new(deps.store),
+        })
+        .build())
+}

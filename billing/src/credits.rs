@@ -25,15 +25,21 @@ use crate::BillingError;
 
 /// An amount of credits with a fixed scale of six decimals. May be negative (a balance can be
 /// below zero after usage); transfer amounts are always positive.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Credits(Decimal);
+
+impl Default for Credits {
+    fn default() -> Self {
+        Credits::ZERO
+    }
+}
 
 impl Credits {
     /// Fractional digits kept for every amount.
     pub const SCALE: u32 = 6;
     /// The largest magnitude a single amount from outside may have: 10^12 credits.
     pub const MAX_AMOUNT: Decimal = Decimal::from_parts(3_567_587_328, 232, 0, false, 0);
-    pub const ZERO: Credits = Credits(Decimal::ZERO);
+    pub const ZERO: Credits = Credits(Decimal::from_parts(0, 0, 0, false, 6));
 
     /// Builds a value from a decimal that must already fit the scale and the range.
     pub fn new(value: Decimal) -> Result<Self, BillingError> {
@@ -45,21 +51,24 @@ impl Credits {
                 max: Self::MAX_AMOUNT.to_string(),
             });
         }
-        let mut v = value;
-        v.rescale(Self::SCALE);
-        Ok(Credits(v))
+        Ok(Credits::from_stored(value))
     }
 
     /// Wraps a value read back from storage (already at scale, sums may exceed MAX_AMOUNT).
     pub fn from_stored(value: Decimal) -> Self {
         let mut v = value;
         v.rescale(Self::SCALE);
+        if v.is_zero() {
+            v.set_sign_positive(true);
+        }
         Credits(v)
     }
 
     /// Rounds a computed value to the scale, half away from zero (the one rounding rule).
     pub fn round_computed(value: Decimal) -> Self {
-        Credits(value.round_dp_with_strategy(Self::SCALE, RoundingStrategy::MidpointAwayFromZero))
+        Credits::from_stored(
+            value.round_dp_with_strategy(Self::SCALE, RoundingStrategy::MidpointAwayFromZero),
+        )
     }
 
     /// Whole credits, for tests and seeds.
@@ -111,7 +120,11 @@ impl Credits {
     }
 
     pub fn checked_neg(self) -> Credits {
-        Credits(-self.0)
+        if self.is_zero() {
+            Credits::ZERO
+        } else {
+            Credits(-self.0)
+        }
     }
 }
 
@@ -124,7 +137,7 @@ impl FromStr for Credits {
             && s.chars()
                 .enumerate()
                 .all(|(i, c)| c.is_ascii_digit() || c == '.' || (i == 0 && (c == '-' || c == '+')));
-        if !ok_chars || s.len() > 64 {
+        if !ok_chars {
             return Err(BillingError::NotANumber(truncate(s)));
         }
         let unsigned = s.trim_start_matches(['-', '+']);
@@ -134,6 +147,9 @@ impl FromStr for Credits {
             return Err(BillingError::OutOfRange {
                 max: Self::MAX_AMOUNT.to_string(),
             });
+        }
+        if s.len() > 64 {
+            return Err(BillingError::NotANumber(truncate(s)));
         }
         if let Some(frac) = Some(frac_part).filter(|f| !f.is_empty()) {
             let significant = frac.trim_end_matches('0');
@@ -158,7 +174,13 @@ fn truncate(s: &str) -> String {
 
 impl fmt::Display for Credits {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        // A negative zero (possible from decimal arithmetic) prints as plain zero.
+        let v = if self.0.is_zero() {
+            Credits::ZERO.0
+        } else {
+            self.0
+        };
+        write!(f, "{v}")
     }
 }
 
@@ -176,9 +198,8 @@ impl Serialize for Credits {
     }
 }
 
-/// Accepts a decimal string, or a JSON integer. A JSON number with a fraction is refused: it
-/// has already been through binary floating point in most clients, so its exact value is
-/// unknowable.
+/// Accepts a decimal string (preferred) or a JSON number, read as its shortest decimal text;
+/// either way more than six decimals is refused rather than rounded.
 impl<'de> Deserialize<'de> for Credits {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -196,10 +217,12 @@ impl<'de> Deserialize<'de> for Credits {
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Credits, E> {
                 Credits::new(Decimal::from(v)).map_err(E::custom)
             }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Credits, E> {
-                Err(E::custom(
-                    "decimal amounts must be sent as strings, e.g. \"12.5\"",
-                ))
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Credits, E> {
+                // The shortest text that reads back as the same number: `12.5` stays 12.5,
+                // and a value with more digits than the scale is refused, never rounded.
+                v.to_string()
+                    .parse()
+                    .map_err(|e: BillingError| E::custom(e))
             }
         }
         d.deserialize_any(V)
@@ -214,8 +237,14 @@ mod tests {
     fn parses_plain_decimals_at_fixed_scale() {
         let c: Credits = "12.5".parse().unwrap();
         assert_eq!(c.to_string(), "12.500000");
-        assert_eq!("-0.000001".parse::<Credits>().unwrap().to_string(), "-0.000001");
-        assert_eq!("1.1000000".parse::<Credits>().unwrap().to_string(), "1.100000");
+        assert_eq!(
+            "-0.000001".parse::<Credits>().unwrap().to_string(),
+            "-0.000001"
+        );
+        assert_eq!(
+            "1.1000000".parse::<Credits>().unwrap().to_string(),
+            "1.100000"
+        );
     }
 
     #[test]
@@ -259,18 +288,25 @@ mod tests {
     }
 
     #[test]
-    fn json_accepts_strings_and_integers_not_floats() {
+    fn json_accepts_strings_and_numbers_without_rounding() {
         let c: Credits = serde_json::from_str("\"3.25\"").unwrap();
         assert_eq!(c, "3.25".parse().unwrap());
         let c: Credits = serde_json::from_str("7").unwrap();
         assert_eq!(c, Credits::whole(7));
-        assert!(serde_json::from_str::<Credits>("3.25").is_err());
+        assert_eq!(
+            serde_json::from_str::<Credits>("3.25").unwrap(),
+            "3.25".parse().unwrap()
+        );
+        assert!(serde_json::from_str::<Credits>("3.0000001").is_err());
         assert_eq!(serde_json::to_string(&c).unwrap(), "\"7.000000\"");
     }
 
     #[test]
     fn arithmetic_is_checked() {
         let max = Credits::from_stored(Decimal::MAX);
-        assert_eq!(max.checked_add(Credits::whole(1)), Err(BillingError::Overflow));
+        assert_eq!(
+            max.checked_add(Credits::whole(1)),
+            Err(BillingError::Overflow)
+        );
     }
 }

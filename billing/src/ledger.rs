@@ -149,9 +149,15 @@ impl Posting {
         }
         let amount = signed_amount.abs();
         let (debit, credit) = if signed_amount.is_positive() {
-            (Account::System(SystemAccount::Adjustments), Account::Org(org))
+            (
+                Account::System(SystemAccount::Adjustments),
+                Account::Org(org),
+            )
         } else {
-            (Account::Org(org), Account::System(SystemAccount::Adjustments))
+            (
+                Account::Org(org),
+                Account::System(SystemAccount::Adjustments),
+            )
         };
         Ok(Posting {
             debit,

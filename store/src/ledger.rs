@@ -84,10 +84,16 @@ pub struct KindTotals {
 
 impl Balance {
     fn credits_of(&self, kind: TransferKind) -> Credits {
-        self.by_kind.get(&kind).map(|t| t.credits).unwrap_or_default()
+        self.by_kind
+            .get(&kind)
+            .map(|t| t.credits)
+            .unwrap_or_default()
     }
     fn debits_of(&self, kind: TransferKind) -> Credits {
-        self.by_kind.get(&kind).map(|t| t.debits).unwrap_or_default()
+        self.by_kind
+            .get(&kind)
+            .map(|t| t.debits)
+            .unwrap_or_default()
     }
     fn net_of(&self, kind: TransferKind) -> Result<Credits, StoreError> {
         Ok(self.credits_of(kind).checked_sub(self.debits_of(kind))?)
@@ -154,7 +160,10 @@ impl Store {
         let account = lock_org_account(tx, org_id).await?;
 
         // Keys booked before (under the same lock, so no one else can be booking them now).
-        let keys: Vec<String> = transfers.iter().map(|t| t.idempotency_key.clone()).collect();
+        let keys: Vec<String> = transfers
+            .iter()
+            .map(|t| t.idempotency_key.clone())
+            .collect();
         let existing = self.transfers_by_key(tx, org_id, account.id, &keys).await?;
 
         let mut balance = account.balance;
@@ -170,7 +179,9 @@ impl Store {
             }
             let p = &t.posting;
             if p.org != org_id {
-                return Err(StoreError::Schema("posting for another org in this batch".into()));
+                return Err(StoreError::Schema(
+                    "posting for another org in this batch".into(),
+                ));
             }
             let amount = p.amount.positive()?;
             let delta = p.org_delta();
@@ -183,8 +194,15 @@ impl Store {
             }
             balance = after;
             seq += 1;
-            let (debit_id, credit_id) = (self.account_id(&p.debit, org_id, account.id)?, self.account_id(&p.credit, org_id, account.id)?);
-            let counterparty = if delta.is_positive() { p.debit } else { p.credit };
+            let (debit_id, credit_id) = (
+                self.account_id(&p.debit, org_id, account.id)?,
+                self.account_id(&p.credit, org_id, account.id)?,
+            );
+            let counterparty = if delta.is_positive() {
+                p.debit
+            } else {
+                p.credit
+            };
             let (system_id, is_debit_side) = if delta.is_positive() {
                 (debit_id, true)
             } else {
@@ -192,12 +210,14 @@ impl Store {
             };
             let entry = system_deltas.entry(system_id).or_default();
             let kind_entry = kind_deltas.entry(p.kind).or_default();
+            // The system account is on the opposite side of the org: when it is debited the
+            // org is credited, and the other way round.
             if is_debit_side {
                 entry.0 += amount.as_decimal();
-                kind_entry.1 += amount.as_decimal();
+                kind_entry.0 += amount.as_decimal();
             } else {
                 entry.1 += amount.as_decimal();
-                kind_entry.0 += amount.as_decimal();
+                kind_entry.1 += amount.as_decimal();
             }
             let id = Uuid::now_v7();
             rows.push(id, seq, debit_id, credit_id, amount, p.kind, balance, t);
@@ -229,7 +249,9 @@ impl Store {
         }
         let (org_credits, org_debits) = kind_deltas
             .values()
-            .fold((Decimal::ZERO, Decimal::ZERO), |(c, d), (kc, kd)| (c + kc, d + kd));
+            .fold((Decimal::ZERO, Decimal::ZERO), |(c, d), (kc, kd)| {
+                (c + kc, d + kd)
+            });
         sqlx::query!(
             "UPDATE accounts SET credits_posted = credits_posted + $2,
                                  debits_posted = debits_posted + $3, transfer_seq = $4
@@ -272,7 +294,12 @@ impl Store {
         Ok(outcomes)
     }
 
-    fn account_id(&self, account: &Account, org_id: Uuid, org_account_id: i64) -> Result<i64, StoreError> {
+    fn account_id(
+        &self,
+        account: &Account,
+        org_id: Uuid,
+        org_account_id: i64,
+    ) -> Result<i64, StoreError> {
         match account {
             Account::Org(id) if *id == org_id => Ok(org_account_id),
             Account::Org(_) => Err(StoreError::Schema("a transfer between two orgs".into())),
@@ -321,12 +348,12 @@ impl Store {
     ) -> Result<Transfer, StoreError> {
         let posting = Posting::adjustment(org_id, signed_amount)?;
         let scope = format!("adjustment:{org_id}");
-        let hash = idempotency::request_hash(&[
-            signed_amount.to_string().as_bytes(),
-            reason.as_bytes(),
-        ]);
+        let hash =
+            idempotency::request_hash(&[signed_amount.to_string().as_bytes(), reason.as_bytes()]);
         let mut tx = self.pool.begin().await?;
-        if let Claim::Replay(t) = idempotency::claim(&mut tx, &scope, idempotency_key, &hash).await? {
+        if let Claim::Replay(t) =
+            idempotency::claim(&mut tx, &scope, idempotency_key, &hash).await?
+        {
             return Ok(t);
         }
         let new = NewTransfer {
@@ -336,7 +363,9 @@ impl Store {
             reason: reason.to_string(),
             refs: serde_json::json!({ "idempotency_key": idempotency_key }),
         };
-        let outcome = self.book(&mut tx, org_id, std::slice::from_ref(&new)).await?;
+        let outcome = self
+            .book(&mut tx, org_id, std::slice::from_ref(&new))
+            .await?;
         let transfer = outcome[0].transfer().clone();
         idempotency::finish(&mut tx, &scope, idempotency_key, &transfer).await?;
         tx.commit().await?;

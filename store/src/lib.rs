@@ -50,9 +50,12 @@ impl Store {
             .await?;
         let mut system_accounts = HashMap::new();
         for account in SystemAccount::ALL {
-            let row = rows.iter().find(|r| r.code == account.code()).ok_or_else(|| {
-                StoreError::Schema(format!("system account `{}` is missing", account.code()))
-            })?;
+            let row = rows
+                .iter()
+                .find(|r| r.code == account.code())
+                .ok_or_else(|| {
+                    StoreError::Schema(format!("system account `{}` is missing", account.code()))
+                })?;
             system_accounts.insert(account, row.id);
         }
         Ok(Store {
@@ -63,7 +66,10 @@ impl Store {
 
     /// Applies pending migrations.
     pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-        MIGRATOR.run(pool).await.map_err(|e| StoreError::Schema(e.to_string()))
+        MIGRATOR
+            .run(pool)
+            .await
+            .map_err(|e| StoreError::Schema(e.to_string()))
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -72,7 +78,9 @@ impl Store {
 
     /// Whether the database answers (for readiness probes).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query_scalar!("SELECT 1 AS one").fetch_one(&self.pool).await?;
+        sqlx::query_scalar!("SELECT 1 AS one")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -62,7 +62,11 @@ fn generate_secret() -> String {
 
 impl Store {
     /// Creates an organization, its credit account and its first API key, atomically.
-    pub async fn create_org(&self, name: &str, actor: &str) -> Result<(Org, NewApiKey), StoreError> {
+    pub async fn create_org(
+        &self,
+        name: &str,
+        actor: &str,
+    ) -> Result<(Org, NewApiKey), StoreError> {
         let mut tx = self.pool.begin().await?;
         let org = sqlx::query_as!(
             Org,

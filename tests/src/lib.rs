@@ -1,1 +1,383 @@
+//! The test harness: real Postgres (a fresh database per test, cloned from a migrated
+//! template), the real Temporal dev server, the real HTTP API on a loopback port.
+//!
+//! The services come from the local stack (`scripts/up` writes `.env.local`); each test gets
+//! its own database and, when it runs workflows, its own task queue, so tests run in parallel.
 
+pub mod worker;
+
+use std::{
+    path::PathBuf,
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use sqlx::{Connection, PgConnection, PgPool, postgres::PgPoolOptions};
+use store::Store;
+use uuid::Uuid;
+
+pub const OPERATOR_KEY: &str = "cf_op_test_operator_key";
+/// The body limit the test server uses (the default from config/base.toml).
+pub const BODY_LIMIT_BYTES: usize = 65_536;
+
+/// The workspace root (where `.env.local` lives).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Reads `.env.local` once into the process environment (variables already set win).
+fn load_env() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let Ok(text) = std::fs::read_to_string(workspace_root().join(".env.local")) else {
+            return;
+        };
+        for line in text.lines() {
+            let line = line.trim();
+            if line.starts_with('#') {
+                continue;
+            }
+            if let Some((k, v)) = line.split_once('=')
+                && std::env::var_os(k).is_none()
+            {
+                // SAFETY: runs once, before any test reads the environment.
+                unsafe { std::env::set_var(k, v) };
+            }
+        }
+    });
+}
+
+fn env(name: &str) -> anyhow::Result<String> {
+    load_env();
+    std::env::var(name).with_context(|| format!("{name} is not set: run scripts/up first"))
+}
+
+pub fn admin_database_url() -> anyhow::Result<String> {
+    env("CREDITFLOW_TEST_ADMIN_DATABASE_URL")
+}
+
+pub fn temporal_url() -> anyhow::Result<String> {
+    env("CREDITFLOW__TEMPORAL__URL")
+}
+
+fn database_url(admin_url: &str, name: &str) -> String {
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .unwrap_or(admin_url);
+    format!("{base}/{name}")
+}
+
+/// The migrated template database, named after the migrations so a schema change gets a new
+/// one. Built once, under an advisory lock, by whichever test process gets there first.
+async fn template_database(admin: &mut PgConnection) -> anyhow::Result<String> {
+    let digest: u64 = store::MIGRATOR
+        .iter()
+        .flat_map(|m| m.checksum.iter().copied())
+        .fold(0xcbf29ce484222325, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
+    let name = format!("cft_template_{digest:016x}");
+    sqlx::query("SELECT pg_advisory_lock(4242)")
+        .execute(&mut *admin)
+        .await?;
+    let result = async {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(&name)
+                .fetch_one(&mut *admin)
+                .await?;
+        if !exists {
+            let building = format!("{name}_building");
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {building}"))
+                .execute(&mut *admin)
+                .await?;
+            sqlx::query(&format!("CREATE DATABASE {building}"))
+                .execute(&mut *admin)
+                .await?;
+            let url = database_url(&admin_database_url()?, &building);
+            let pool = PgPool::connect(&url).await?;
+            Store::migrate(&pool).await?;
+            pool.close().await;
+            sqlx::query(&format!("ALTER DATABASE {building} RENAME TO {name}"))
+                .execute(&mut *admin)
+                .await?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    sqlx::query("SELECT pg_advisory_unlock(4242)")
+        .execute(&mut *admin)
+        .await?;
+    result?;
+    Ok(name)
+}
+
+/// A fresh, migrated database for one test. Databases are dropped by `scripts/test` before the
+/// next run, so a failed test's data stays around to look at.
+pub async fn fresh_database() -> anyhow::Result<String> {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let admin_url = admin_database_url()?;
+    let mut admin = PgConnection::connect(&admin_url).await?;
+    let template = template_database(&mut admin).await?;
+    let name = format!(
+        "cft_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        &Uuid::now_v7().simple().to_string()[24..]
+    );
+    sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+        .execute(&mut admin)
+        .await?;
+    Ok(database_url(&admin_url, &name))
+}
+
+pub async fn connect_store(url: &str, max_connections: u32) -> anyhow::Result<Store> {
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .connect(url)
+        .await?;
+    Ok(Store::from_pool(pool).await?)
+}
+
+pub async fn connect_temporal() -> anyhow::Result<temporalio_client::Client> {
+    workers::app::connect_temporal(&workers::config::Temporal {
+        url: temporal_url()?,
+        namespace: "default".into(),
+        task_queue: String::new(),
+    })
+    .await
+}
+
+/// The API served on a loopback port against a fresh database.
+pub struct TestApp {
+    pub base_url: String,
+    pub database_url: String,
+    pub store: Store,
+    pub http: reqwest::Client,
+    pub temporal: temporalio_client::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// An organization created through the API, with its first key.
+#[derive(Debug, Clone)]
+pub struct TestOrg {
+    pub id: Uuid,
+    pub key: String,
+    pub key_id: Uuid,
+}
+
+/// An HTTP answer: status, content type and parsed body (JSON, or the text as a JSON string).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Answer {
+    /// Asserts a problem+json error with this status and code, and returns it.
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16, code: &str) -> &Self {
+        assert_eq!(self.status.as_u16(), status, "status of {}", self.text);
+        assert_eq!(
+            self.content_type, "application/problem+json",
+            "{}",
+            self.text
+        );
+        assert_eq!(self.body["code"], code, "{}", self.text);
+        assert_eq!(self.body["status"], status, "{}", self.text);
+        assert!(self.body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+        self
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> anyhow::Result<TestApp> {
+        let database_url = fresh_database().await?;
+        let store = connect_store(&database_url, 16).await?;
+        let temporal = connect_temporal().await?;
+        let state = api::AppState {
+            store: store.clone(),
+            operator_keys: api::OperatorKeys::new([OPERATOR_KEY]),
+            temporal: temporal.clone(),
+            probe_timeout: Duration::from_secs(2),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base_url = format!("http://{}", listener.local_addr()?);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(workers::app::serve(
+            listener,
+            state,
+            BODY_LIMIT_BYTES,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        Ok(TestApp {
+            base_url,
+            database_url,
+            store,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()?,
+            temporal,
+            shutdown: Some(tx),
+        })
+    }
+
+    /// Sends a request; `key` goes in `Authorization: Bearer`, `body` as JSON when present.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base_url, path));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await.expect("request failed");
+        answer(res).await
+    }
+
+    /// Sends a raw body with a JSON content type (for malformed or oversized bodies).
+    pub async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Vec<u8>,
+    ) -> Answer {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base_url, path))
+            .header("content-type", "application/json")
+            .header("idempotency-key", "raw")
+            .body(body);
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        answer(req.send().await.expect("request failed")).await
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> Answer {
+        self.call(Method::GET, path, Some(key), None, &[]).await
+    }
+
+    pub async fn create_org(&self, name: &str) -> TestOrg {
+        let a = self
+            .call(
+                Method::POST,
+                "/v1/orgs",
+                Some(OPERATOR_KEY),
+                Some(&serde_json::json!({ "name": name })),
+                &[],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+        TestOrg {
+            id: a.body["org"]["id"].as_str().unwrap().parse().unwrap(),
+            key: a.body["api_key"]["secret"].as_str().unwrap().to_string(),
+            key_id: a.body["api_key"]["id"].as_str().unwrap().parse().unwrap(),
+        }
+    }
+
+    /// An operator adjustment through the API.
+    pub async fn adjust(
+        &self,
+        org: Uuid,
+        amount: &str,
+        reason: &str,
+        idempotency_key: &str,
+    ) -> Answer {
+        self.call(
+            Method::POST,
+            &format!("/v1/orgs/{org}/adjustments"),
+            Some(OPERATOR_KEY),
+            Some(&serde_json::json!({ "amount_credits": amount, "reason": reason })),
+            &[("idempotency-key", idempotency_key)],
+        )
+        .await
+    }
+
+    pub async fn balance(&self, org: &TestOrg) -> String {
+        let a = self
+            .get(&format!("/v1/orgs/{}/balance", org.id), &org.key)
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        a.body["balance_credits"].as_str().unwrap().to_string()
+    }
+
+    /// Asserts the ledger invariants over this test's whole database.
+    pub async fn assert_invariants(&self) {
+        let violations = self.store.check_invariants().await.unwrap();
+        assert!(
+            violations.is_empty(),
+            "ledger invariants violated: {violations:#?}"
+        );
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+async fn answer(res: reqwest::Response) -> Answer {
+    let status = res.status();
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let text = res.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone()));
+    Answer {
+        status,
+        content_type,
+        body,
+        text,
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `deadline`. Tests wait this way, never
+/// with fixed sleeps.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

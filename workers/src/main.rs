@@ -1,14 +1,12 @@
 //! `creditflow`: the one binary. `serve` (HTTP API), `worker` (Temporal worker), `dev` (both),
 //! `migrate`, and operator commands.
 
-mod config;
-
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-
-use crate::config::Settings;
+use tokio::net::TcpListener;
+use workers::{app, config::Settings, telemetry};
 
 #[derive(Parser)]
 #[command(name = "creditflow", about = "Credits-based billing service")]
@@ -27,17 +25,86 @@ struct Cli {
 enum Command {
     /// Apply database migrations.
     Migrate,
+    /// Serve the HTTP API.
+    Serve,
+    /// Run the Temporal worker.
+    Worker,
+    /// The HTTP API and the worker in one process (the local stack).
+    Dev,
+    /// Check the ledger's invariants; exits non-zero on any violation.
+    VerifyLedger,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(&cli.config_dir, &cli.env).context("loading settings")?;
+    telemetry::init(&settings.log);
     match cli.command {
         Command::Migrate => {
             let pool = sqlx::PgPool::connect(settings.database.url.expose()).await?;
             store::Store::migrate(&pool).await?;
+            tracing::info!("migrations applied");
+        }
+        Command::Serve => serve(&settings).await?,
+        Command::Worker => run_worker(&settings).await?,
+        Command::Dev => {
+            // The worker's future is not Send, so it runs on this task beside the server.
+            tokio::select! {
+                r = serve(&settings) => r?,
+                r = run_worker(&settings) => r?,
+            }
+        }
+        Command::VerifyLedger => {
+            let store = app::connect_store(&settings).await?;
+            let violations = store.check_invariants().await?;
+            for v in &violations {
+                eprintln!("violation: {v}");
+            }
+            anyhow::ensure!(
+                violations.is_empty(),
+                "{} ledger violations",
+                violations.len()
+            );
+            println!("ledger invariants hold");
         }
     }
     Ok(())
+}
+
+async fn shutdown_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("shutting down");
+}
+
+async fn serve(settings: &Settings) -> anyhow::Result<()> {
+    let store = app::connect_store(settings).await?;
+    let temporal = app::connect_temporal(&settings.temporal).await?;
+    let state = app::app_state(settings, store, temporal);
+    let listener = TcpListener::bind(&settings.server.bind)
+        .await
+        .with_context(|| format!("binding {}", settings.server.bind))?;
+    app::serve(
+        listener,
+        state,
+        settings.server.body_limit_bytes,
+        shutdown_signal(),
+    )
+    .await
+}
+
+async fn run_worker(settings: &Settings) -> anyhow::Result<()> {
+    let store = app::connect_store(settings).await?;
+    let temporal = app::connect_temporal(&settings.temporal).await?;
+    let mut worker = app::worker(store, temporal, &settings.temporal.task_queue)?;
+    tracing::info!(task_queue = %settings.temporal.task_queue, "worker polling");
+    let handle = worker.shutdown_handle();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        handle();
+    });
+    worker
+        .run()
+        .await
+        .map_err(|e| anyhow::anyhow!("worker: {e}"))
 }

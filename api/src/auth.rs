@@ -1,0 +1,104 @@
+//! Who is calling: an operator (keys from config) or an organization (its API keys).
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+use sha2::{Digest, Sha256};
+use store::Principal;
+use uuid::Uuid;
+
+use crate::{AppState, error::ApiError};
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// An operator; `fingerprint` names which operator key without revealing it.
+    Operator {
+        fingerprint: String,
+    },
+    Org(Principal),
+}
+
+/// Operator keys, kept only as SHA-256 hashes in memory.
+#[derive(Clone, Default)]
+pub struct OperatorKeys(Vec<[u8; 32]>);
+
+impl OperatorKeys {
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
+        OperatorKeys(
+            secrets
+                .into_iter()
+                .map(|s| Sha256::digest(s.as_bytes()).into())
+                .collect(),
+        )
+    }
+
+    fn find(&self, secret: &str) -> Option<String> {
+        let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        self.0.contains(&hash).then(|| hex::encode(&hash[..4]))
+    }
+}
+
+impl Caller {
+    /// How this caller is written in the ledger's `actor` column.
+    pub fn actor(&self) -> String {
+        match self {
+            Caller::Operator { fingerprint } => format!("operator:{fingerprint}"),
+            Caller::Org(p) => format!("key:{}", p.key_id),
+        }
+    }
+
+    pub fn require_operator(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Operator { .. } => Ok(()),
+            Caller::Org(_) => Err(ApiError::forbidden(
+                "operator_only",
+                "this action needs an operator key",
+            )),
+        }
+    }
+
+    /// Operators may act on any org; an org key only on its own.
+    pub fn authorize_org(&self, org_id: Uuid) -> Result<(), ApiError> {
+        match self {
+            Caller::Operator { .. } => Ok(()),
+            Caller::Org(p) if p.org_id == org_id => Ok(()),
+            Caller::Org(_) => Err(ApiError::forbidden(
+                "wrong_org",
+                "this API key belongs to another organization",
+            )),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    "missing_api_key",
+                    "send your API key as `Authorization: Bearer <key>`",
+                )
+            })?;
+        let secret = header
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                ApiError::unauthorized("missing_api_key", "use `Authorization: Bearer <key>`")
+            })?;
+        if let Some(fingerprint) = state.operator_keys.find(secret) {
+            return Ok(Caller::Operator { fingerprint });
+        }
+        match state.store.authenticate(secret).await? {
+            Some(p) => Ok(Caller::Org(p)),
+            None => Err(ApiError::unauthorized(
+                "invalid_api_key",
+                "this API key is unknown or revoked",
+            )),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Errors as `application/problem+json` (RFC 9457) with a stable `code`.
+
+use axum::{
+    Json,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use billing::BillingError;
+use serde_json::json;
+use store::StoreError;
+
+/// An error answer. `code` is stable and documented; `detail` is for people.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+    /// The request field the error is about, when there is one.
+    pub field: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+            field: None,
+        }
+    }
+
+    pub fn invalid(field: &'static str, code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            field: Some(field),
+            ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+        }
+    }
+
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    pub fn not_found(code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, code, detail)
+    }
+
+    pub fn forbidden(code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, code, detail)
+    }
+
+    pub fn unauthorized(code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, code, detail)
+    }
+
+    pub fn internal() -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "an internal error occurred; it has been logged",
+        )
+    }
+
+    /// A billing error about one request field.
+    pub fn billing(field: &'static str, e: BillingError) -> Self {
+        ApiError::invalid(field, e.code(), format!("{field}: {e}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "type": format!("/problems/{}", self.code),
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "code": self.code,
+            "detail": self.detail,
+        });
+        if let Some(field) = self.field {
+            body["field"] = json!(field);
+        }
+        let mut res = (self.status, Json(body)).into_response();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/problem+json"),
+        );
+        res
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::OrgNotFound => ApiError::not_found("org_not_found", "no such organization"),
+            StoreError::NotFound(what) => {
+                ApiError::not_found("not_found", format!("{what} not found"))
+            }
+            StoreError::InsufficientBalance { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "insufficient_balance",
+                e.to_string(),
+            ),
+            StoreError::IdempotencyConflict => {
+                ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", e.to_string())
+            }
+            StoreError::Billing(b) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, b.code(), b.to_string())
+            }
+            StoreError::Schema(_) | StoreError::Decode(_) | StoreError::Db(_) => {
+                tracing::error!(error = %e, "store error");
+                ApiError::internal()
+            }
+        }
+    }
+}

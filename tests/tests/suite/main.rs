@@ -1,0 +1,10 @@
+//! The integration suite, one binary (linking the Temporal SDK once is much faster than once per
+//! file). Needs the local stack: `scripts/test` brings it up.
+
+mod adjustments;
+mod bad_input;
+mod health;
+mod history;
+mod keys;
+mod ledger_invariants;
+mod worker;

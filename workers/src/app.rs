@@ -1,0 +1,72 @@
+//! Starting the pieces: the Temporal client, the HTTP API, the worker.
+
+use std::{future::Future, time::Duration};
+
+use anyhow::Context;
+use api::{AppState, OperatorKeys};
+use store::Store;
+use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions, Url};
+use temporalio_sdk::{Runtime, Worker};
+use tokio::net::TcpListener;
+
+use crate::config::{Settings, Temporal};
+
+/// How long a readiness probe waits for each dependency.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
+    Store::connect(
+        settings.database.url.expose(),
+        settings.database.max_connections,
+    )
+    .await
+    .context("connecting to Postgres")
+}
+
+pub async fn connect_temporal(t: &Temporal) -> anyhow::Result<Client> {
+    let url = Url::parse(&t.url).context("temporal.url")?;
+    let options = ConnectionOptions::new(url)
+        .identity(format!("creditflow@{}", std::process::id()))
+        .connect_timeout(Duration::from_secs(10))
+        .build();
+    let connection = Connection::connect(options)
+        .await
+        .with_context(|| format!("connecting to Temporal at {}", t.url))?;
+    Ok(Client::new(
+        connection,
+        ClientOptions::new(t.namespace.clone()).build(),
+    )?)
+}
+
+pub fn app_state(settings: &Settings, store: Store, temporal: Client) -> AppState {
+    AppState {
+        store,
+        operator_keys: OperatorKeys::new(settings.auth.operator_keys.iter().map(|k| k.expose())),
+        temporal,
+        probe_timeout: PROBE_TIMEOUT,
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    body_limit_bytes: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let router = api::router(state, body_limit_bytes);
+    tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("HTTP server")
+}
+
+/// A worker polling `task_queue` with every workflow and activity registered. Its `run()`
+/// future is not `Send`: drive it on the current task (or a `LocalSet`), never `tokio::spawn`.
+pub fn worker(store: Store, temporal: Client, task_queue: &str) -> anyhow::Result<Worker> {
+    let runtime = Runtime::from_current_tokio(Default::default())
+        .map_err(|e| anyhow::anyhow!("Temporal runtime: {e}"))?;
+    let options = activities::worker_options(task_queue, activities::Deps { store })?;
+    Worker::new(&runtime, temporal, options).map_err(|e| anyhow::anyhow!("Temporal worker: {e}"))
+}

@@ -1,0 +1,6 @@
+//! The wiring of the `creditflow` binary, as a library so the tests start exactly what
+//! production starts: settings, telemetry, the HTTP server and the Temporal worker.
+
+pub mod app;
+pub mod config;
+pub mod telemetry;
