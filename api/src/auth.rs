@@ -1,5 +1,11 @@
 //! Who is calling: an operator (keys from config) or an organization (its API keys).
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
 use axum::{extract::FromRequestParts, http::request::Parts};
 use sha2::{Digest, Sha256};
 use store::Principal;
@@ -34,6 +40,50 @@ impl OperatorKeys {
     fn find(&self, secret: &str) -> Option<String> {
         let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         self.0.contains(&hash).then(|| hex::encode(&hash[..4]))
+    }
+}
+
+/// Recently authenticated org keys, so the hot path does not ask the database on every request.
+/// Bounded in size and age; revoking a key clears the cache of this process at once (other
+/// processes trust a revoked key for at most the TTL).
+#[derive(Clone)]
+pub struct KeyCache {
+    ttl: Duration,
+    entries: Arc<Mutex<HashMap<[u8; 32], (Principal, Instant)>>>,
+}
+
+/// Entries at most; the cache is emptied when full (a bound, not an eviction policy).
+const KEY_CACHE_MAX: usize = 10_000;
+
+impl KeyCache {
+    pub fn new(ttl: Duration) -> Self {
+        KeyCache {
+            ttl,
+            entries: Arc::default(),
+        }
+    }
+
+    fn get(&self, secret: &str) -> Option<Principal> {
+        let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        let entries = self.entries.lock().expect("key cache lock");
+        entries
+            .get(&hash)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(p, _)| *p)
+    }
+
+    fn put(&self, secret: &str, p: Principal) {
+        let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        let mut entries = self.entries.lock().expect("key cache lock");
+        if entries.len() >= KEY_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(hash, (p, Instant::now()));
+    }
+
+    /// Forgets every cached key (after a revocation).
+    pub fn clear(&self) {
+        self.entries.lock().expect("key cache lock").clear();
     }
 }
 
@@ -93,8 +143,14 @@ impl FromRequestParts<AppState> for Caller {
         if let Some(fingerprint) = state.operator_keys.find(secret) {
             return Ok(Caller::Operator { fingerprint });
         }
+        if let Some(p) = state.keys.get(secret) {
+            return Ok(Caller::Org(p));
+        }
         match state.store.authenticate(secret).await? {
-            Some(p) => Ok(Caller::Org(p)),
+            Some(p) => {
+                state.keys.put(secret, p);
+                Ok(Caller::Org(p))
+            }
             None => Err(ApiError::unauthorized(
                 "invalid_api_key",
                 "this API key is unknown or revoked",

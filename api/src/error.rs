@@ -99,6 +99,7 @@ impl From<StoreError> for ApiError {
                 "insufficient_balance",
                 e.to_string(),
             ),
+            StoreError::Conflict(detail) => ApiError::new(StatusCode::CONFLICT, "conflict", detail),
             StoreError::IdempotencyConflict => {
                 ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", e.to_string())
             }

@@ -6,6 +6,9 @@ pub mod extract;
 mod health;
 mod ledger;
 mod orgs;
+mod prices;
+pub mod pricing;
+mod usage;
 
 use std::time::Duration;
 
@@ -16,7 +19,8 @@ use axum::{
     response::IntoResponse,
     routing::{get, post},
 };
-use store::Store;
+use pricing::PriceCache;
+use store::{IngestConfig, Ingestor, Store};
 use tower_http::trace::TraceLayer;
 
 pub use auth::{Caller, OperatorKeys};
@@ -30,6 +34,59 @@ pub struct AppState {
     pub temporal: temporalio_client::Client,
     /// How long a readiness check waits for each dependency.
     pub probe_timeout: Duration,
+    pub prices: PriceCache,
+    pub ingestor: Ingestor,
+    /// How far ahead a new price version must start (longer than the price refresh interval).
+    pub price_publish_lead: chrono::Duration,
+    pub keys: auth::KeyCache,
+}
+
+/// Tunables of the API process.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    pub probe_timeout: Duration,
+    pub price_refresh_every: Duration,
+    pub price_publish_lead: Duration,
+    pub ingest: IngestConfig,
+    /// How long an authenticated API key is trusted without asking the database again.
+    pub key_cache_ttl: Duration,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        ApiOptions {
+            probe_timeout: Duration::from_secs(2),
+            price_refresh_every: Duration::from_secs(1),
+            price_publish_lead: Duration::from_secs(5),
+            ingest: IngestConfig::default(),
+            key_cache_ttl: Duration::from_secs(2),
+        }
+    }
+}
+
+impl AppState {
+    /// Loads the price catalog and starts the background pieces (price refresh, usage writers)
+    /// on the current runtime.
+    pub async fn start(
+        store: Store,
+        operator_keys: OperatorKeys,
+        temporal: temporalio_client::Client,
+        options: ApiOptions,
+    ) -> Result<AppState, store::StoreError> {
+        let prices = PriceCache::load(&store).await?;
+        prices.spawn_refresher(store.clone(), options.price_refresh_every);
+        Ok(AppState {
+            ingestor: Ingestor::start(store.clone(), options.ingest),
+            store,
+            operator_keys,
+            temporal,
+            probe_timeout: options.probe_timeout,
+            prices,
+            price_publish_lead: chrono::Duration::from_std(options.price_publish_lead)
+                .unwrap_or(chrono::Duration::seconds(5)),
+            keys: auth::KeyCache::new(options.key_cache_ttl),
+        })
+    }
 }
 
 /// The OpenAPI document, kept in the repo beside this crate.
@@ -48,6 +105,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/orgs/{org}/balance"),
     ("get", "/v1/orgs/{org}/transactions"),
     ("post", "/v1/orgs/{org}/adjustments"),
+    ("get", "/v1/prices"),
+    ("post", "/v1/prices"),
+    ("post", "/v1/usage"),
 ];
 
 pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
@@ -68,6 +128,11 @@ pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
         .route("/v1/orgs/{org}/balance", get(ledger::balance))
         .route("/v1/orgs/{org}/transactions", get(ledger::transactions))
         .route("/v1/orgs/{org}/adjustments", post(ledger::adjust))
+        .route("/v1/prices", get(prices::current).post(prices::publish))
+        .route(
+            "/v1/usage",
+            post(usage::ingest).layer(DefaultBodyLimit::max(usage::USAGE_BODY_LIMIT_BYTES)),
+        )
         .fallback(|| async { ApiError::not_found("no_route", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

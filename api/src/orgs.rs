@@ -138,6 +138,7 @@ pub async fn revoke_key(
 ) -> Result<AxumJson<Value>, ApiError> {
     caller.authorize_org(org_id)?;
     let key = state.store.revoke_api_key(org_id, key_id).await?;
+    state.keys.clear();
     tracing::info!(org_id = %org_id, key_id = %key_id, "API key revoked");
     Ok(AxumJson(key_json(&key)))
 }

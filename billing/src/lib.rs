@@ -7,6 +7,8 @@ pub mod credits;
 pub mod error;
 pub mod ledger;
 pub mod money;
+pub mod pricing;
+pub mod usage;
 
 pub use credits::Credits;
 pub use error::BillingError;

@@ -10,6 +10,8 @@ pub enum StoreError {
     NotFound(&'static str),
     #[error("insufficient balance: the balance is {balance}, this would take it to {would_be}")]
     InsufficientBalance { balance: Credits, would_be: Credits },
+    #[error("{0}")]
+    Conflict(String),
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyConflict,
     #[error(transparent)]

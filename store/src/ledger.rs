@@ -4,7 +4,7 @@
 //! order), so all movements of one org are serialized and every transfer gets the org's exact
 //! balance after it and its position (`org_seq`) in the org's history.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use billing::{Account, Credits, Posting, TransferKind};
 use chrono::{DateTime, Utc};
@@ -140,96 +140,197 @@ pub struct TransferPage {
     pub next_before_seq: Option<i64>,
 }
 
-struct OrgAccount {
-    id: i64,
-    balance: Credits,
-    seq: i64,
+/// The organizations a transaction has locked, with their running balances. Booking goes
+/// through this so every path locks orgs the same way: all at once, in `org_id` order, before
+/// any system account (which are updated last, in id order). One lock order, no deadlocks.
+pub struct LockedOrgs {
+    orgs: HashMap<Uuid, OrgState>,
+    thresholds: HashMap<Uuid, Vec<Threshold>>,
 }
 
+struct OrgState {
+    account_id: i64,
+    balance: Credits,
+    seq: i64,
+    credits: Decimal,
+    debits: Decimal,
+}
+
+struct Threshold {
+    id: i64,
+    purpose: String,
+    threshold: Credits,
+}
+
+impl LockedOrgs {
+    /// The org's balance as booked so far in this transaction.
+    pub fn balance(&self, org_id: Uuid) -> Option<Credits> {
+        self.orgs.get(&org_id).map(|o| o.balance)
+    }
+}
+
+/// The topic of the outbox rows written when a balance falls below a threshold.
+pub const THRESHOLD_CROSSED: &str = "balance.threshold_crossed";
+
 impl Store {
-    /// Books transfers for one organization in an open transaction, in order, and returns one
-    /// outcome per transfer. Transfers whose idempotency key was booked before are not booked
-    /// again. A transfer that may not overdraw and would take the balance below zero fails the
-    /// whole call with [`StoreError::InsufficientBalance`].
+    /// Locks the accounts of these organizations (and reads their thresholds) for booking.
+    pub async fn lock_orgs(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        org_ids: &[Uuid],
+    ) -> Result<LockedOrgs, StoreError> {
+        let mut ids = org_ids.to_vec();
+        ids.sort();
+        ids.dedup();
+        let rows = sqlx::query!(
+            r#"SELECT id, org_id AS "org_id!", credits_posted - debits_posted AS "balance!",
+                      transfer_seq
+                 FROM accounts WHERE org_id = ANY($1) ORDER BY org_id FOR UPDATE"#,
+            &ids
+        )
+        .fetch_all(&mut **tx)
+        .await?;
+        if rows.len() != ids.len() {
+            return Err(StoreError::OrgNotFound);
+        }
+        let orgs = rows
+            .into_iter()
+            .map(|r| {
+                let state = OrgState {
+                    account_id: r.id,
+                    balance: Credits::from_stored(r.balance),
+                    seq: r.transfer_seq,
+                    credits: Decimal::ZERO,
+                    debits: Decimal::ZERO,
+                };
+                (r.org_id, state)
+            })
+            .collect();
+        let mut thresholds: HashMap<Uuid, Vec<Threshold>> = HashMap::new();
+        for t in sqlx::query!(
+            "SELECT id, org_id, purpose, threshold FROM org_thresholds WHERE org_id = ANY($1)",
+            &ids
+        )
+        .fetch_all(&mut **tx)
+        .await?
+        {
+            thresholds.entry(t.org_id).or_default().push(Threshold {
+                id: t.id,
+                purpose: t.purpose,
+                threshold: Credits::from_stored(t.threshold),
+            });
+        }
+        Ok(LockedOrgs { orgs, thresholds })
+    }
+
+    /// Books transfers for one organization in an open transaction; see [`Store::book_locked`].
     pub async fn book(
         &self,
         tx: &mut Transaction<'_, Postgres>,
         org_id: Uuid,
         transfers: &[NewTransfer],
     ) -> Result<Vec<BookOutcome>, StoreError> {
-        let account = lock_org_account(tx, org_id).await?;
+        let mut locked = self.lock_orgs(tx, &[org_id]).await?;
+        self.book_locked(tx, &mut locked, transfers, true).await
+    }
 
-        // Keys booked before (under the same lock, so no one else can be booking them now).
-        let keys: Vec<String> = transfers
-            .iter()
-            .map(|t| t.idempotency_key.clone())
-            .collect();
-        let existing = self.transfers_by_key(tx, org_id, account.id, &keys).await?;
+    /// Books transfers, in order, for organizations locked by [`Store::lock_orgs`] in this
+    /// transaction, with one statement per table whatever the number of transfers or orgs.
+    ///
+    /// With `check_keys`, a transfer whose idempotency key was booked before is not booked
+    /// again (its outcome is [`BookOutcome::AlreadyBooked`]); callers whose keys are fresh by
+    /// construction skip that lookup. A transfer that may not overdraw and would take its org
+    /// below zero fails the whole call with [`StoreError::InsufficientBalance`]. A debit that
+    /// takes a balance from at-or-above one of the org's thresholds to below it writes an
+    /// outbox row in the same transaction.
+    pub async fn book_locked(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        locked: &mut LockedOrgs,
+        transfers: &[NewTransfer],
+        check_keys: bool,
+    ) -> Result<Vec<BookOutcome>, StoreError> {
+        let existing = if check_keys {
+            let keys: Vec<String> = transfers
+                .iter()
+                .map(|t| t.idempotency_key.clone())
+                .collect();
+            self.transfers_by_key(tx, &keys).await?
+        } else {
+            BTreeMap::new()
+        };
 
-        let mut balance = account.balance;
-        let mut seq = account.seq;
         let mut outcomes = Vec::with_capacity(transfers.len());
         let mut rows = NewRows::default();
+        let mut outbox = OutboxRows::default();
         let mut system_deltas: BTreeMap<i64, (Decimal, Decimal)> = BTreeMap::new();
-        let mut kind_deltas: BTreeMap<TransferKind, (Decimal, Decimal)> = BTreeMap::new();
+        let mut kind_deltas: BTreeMap<(Uuid, TransferKind), (Decimal, Decimal)> = BTreeMap::new();
         for t in transfers {
             if let Some(found) = existing.get(&t.idempotency_key) {
                 outcomes.push(BookOutcome::AlreadyBooked(found.clone()));
                 continue;
             }
             let p = &t.posting;
-            if p.org != org_id {
-                return Err(StoreError::Schema(
-                    "posting for another org in this batch".into(),
-                ));
-            }
+            let org_id = p.org;
+            let org = locked.orgs.get_mut(&org_id).ok_or_else(|| {
+                StoreError::Schema("booking for an org that is not locked".into())
+            })?;
             let amount = p.amount.positive()?;
             let delta = p.org_delta();
-            let after = balance.checked_add(delta)?;
+            let before = org.balance;
+            let after = before.checked_add(delta)?;
             if delta.is_negative() && after.is_negative() && !p.may_overdraw() {
                 return Err(StoreError::InsufficientBalance {
-                    balance,
+                    balance: before,
                     would_be: after,
                 });
             }
-            balance = after;
-            seq += 1;
-            let (debit_id, credit_id) = (
-                self.account_id(&p.debit, org_id, account.id)?,
-                self.account_id(&p.credit, org_id, account.id)?,
-            );
-            let counterparty = if delta.is_positive() {
-                p.debit
-            } else {
-                p.credit
-            };
-            let (system_id, is_debit_side) = if delta.is_positive() {
-                (debit_id, true)
-            } else {
-                (credit_id, false)
-            };
-            let entry = system_deltas.entry(system_id).or_default();
-            let kind_entry = kind_deltas.entry(p.kind).or_default();
+            org.balance = after;
+            org.seq += 1;
+            let debit_id = self.account_id(&p.debit, org_id, org.account_id)?;
+            let credit_id = self.account_id(&p.credit, org_id, org.account_id)?;
             // The system account is on the opposite side of the org: when it is debited the
             // org is credited, and the other way round.
-            if is_debit_side {
-                entry.0 += amount.as_decimal();
+            let kind_entry = kind_deltas.entry((org_id, p.kind)).or_default();
+            let counterparty = if delta.is_positive() {
+                system_deltas.entry(debit_id).or_default().0 += amount.as_decimal();
                 kind_entry.0 += amount.as_decimal();
+                org.credits += amount.as_decimal();
+                p.debit
             } else {
-                entry.1 += amount.as_decimal();
+                system_deltas.entry(credit_id).or_default().1 += amount.as_decimal();
                 kind_entry.1 += amount.as_decimal();
-            }
+                org.debits += amount.as_decimal();
+                p.credit
+            };
             let id = Uuid::now_v7();
-            rows.push(id, seq, debit_id, credit_id, amount, p.kind, balance, t);
+            for th in locked.thresholds.get(&org_id).into_iter().flatten() {
+                if before >= th.threshold && after < th.threshold {
+                    outbox.push(
+                        org_id,
+                        serde_json::json!({
+                            "threshold_id": th.id,
+                            "purpose": th.purpose,
+                            "threshold": th.threshold,
+                            "balance": after,
+                            "crossing_seq": org.seq,
+                            "transfer_id": id,
+                        }),
+                    );
+                }
+            }
+            rows.push(
+                id, org_id, org.seq, debit_id, credit_id, amount, p.kind, after, t,
+            );
             outcomes.push(BookOutcome::Booked(Transfer {
                 id,
                 org_id,
-                seq,
+                seq: org.seq,
                 kind: p.kind,
                 amount,
                 org_amount: delta,
                 counterparty: counterparty.code(),
-                balance_after: balance,
+                balance_after: after,
                 idempotency_key: t.idempotency_key.clone(),
                 actor: t.actor.clone(),
                 reason: t.reason.clone(),
@@ -241,29 +342,60 @@ impl Store {
             return Ok(outcomes);
         }
 
-        let created_at = rows.insert(tx, org_id).await?;
+        let created_at = rows.insert(tx).await?;
         for o in &mut outcomes {
             if let BookOutcome::Booked(t) = o {
                 t.created_at = created_at;
             }
         }
-        let (org_credits, org_debits) = kind_deltas
-            .values()
-            .fold((Decimal::ZERO, Decimal::ZERO), |(c, d), (kc, kd)| {
-                (c + kc, d + kd)
-            });
+        let (mut ids, mut credits, mut debits, mut seqs) = (vec![], vec![], vec![], vec![]);
+        for org in locked.orgs.values_mut() {
+            if org.credits.is_zero() && org.debits.is_zero() {
+                continue;
+            }
+            ids.push(org.account_id);
+            credits.push(std::mem::take(&mut org.credits));
+            debits.push(std::mem::take(&mut org.debits));
+            seqs.push(org.seq);
+        }
         sqlx::query!(
-            "UPDATE accounts SET credits_posted = credits_posted + $2,
-                                 debits_posted = debits_posted + $3, transfer_seq = $4
-              WHERE id = $1",
-            account.id,
-            org_credits,
-            org_debits,
-            seq
+            "UPDATE accounts a SET credits_posted = a.credits_posted + u.credits,
+                                   debits_posted = a.debits_posted + u.debits,
+                                   transfer_seq = u.seq
+               FROM UNNEST($1::bigint[], $2::numeric[], $3::numeric[], $4::bigint[])
+                 AS u(id, credits, debits, seq)
+              WHERE a.id = u.id",
+            &ids,
+            &credits,
+            &debits,
+            &seqs
         )
         .execute(&mut **tx)
         .await?;
-        // One update per system account, in id order: a fixed lock order prevents deadlocks.
+        let (mut k_orgs, mut k_kinds, mut k_credits, mut k_debits) =
+            (vec![], vec![], vec![], vec![]);
+        for ((org, kind), (c, d)) in kind_deltas {
+            k_orgs.push(org);
+            k_kinds.push(kind.as_str().to_string());
+            k_credits.push(c);
+            k_debits.push(d);
+        }
+        sqlx::query!(
+            "INSERT INTO org_kind_totals (org_id, kind, credits_posted, debits_posted)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::numeric[], $4::numeric[])
+             ON CONFLICT (org_id, kind) DO UPDATE
+               SET credits_posted = org_kind_totals.credits_posted + EXCLUDED.credits_posted,
+                   debits_posted = org_kind_totals.debits_posted + EXCLUDED.debits_posted",
+            &k_orgs,
+            &k_kinds,
+            &k_credits,
+            &k_debits
+        )
+        .execute(&mut **tx)
+        .await?;
+        outbox.insert(tx).await?;
+        // System accounts last and in id order: they are shared by every org, so their row
+        // locks are held for the shortest time, always taken in the same order.
         for (id, (debits, credits)) in system_deltas {
             sqlx::query!(
                 "UPDATE accounts SET debits_posted = debits_posted + $2,
@@ -276,24 +408,11 @@ impl Store {
             .execute(&mut **tx)
             .await?;
         }
-        for (kind, (credits, debits)) in kind_deltas {
-            sqlx::query!(
-                "INSERT INTO org_kind_totals (org_id, kind, credits_posted, debits_posted)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (org_id, kind) DO UPDATE
-                   SET credits_posted = org_kind_totals.credits_posted + EXCLUDED.credits_posted,
-                       debits_posted = org_kind_totals.debits_posted + EXCLUDED.debits_posted",
-                org_id,
-                kind.as_str(),
-                credits,
-                debits
-            )
-            .execute(&mut **tx)
-            .await?;
-        }
         Ok(outcomes)
     }
+}
 
+impl Store {
     fn account_id(
         &self,
         account: &Account,
@@ -310,23 +429,20 @@ impl Store {
     async fn transfers_by_key(
         &self,
         tx: &mut Transaction<'_, Postgres>,
-        org_id: Uuid,
-        org_account_id: i64,
         keys: &[String],
     ) -> Result<BTreeMap<String, Transfer>, StoreError> {
         let rows = sqlx::query_as!(
             TransferRow,
             r#"SELECT t.id, t.org_id, t.org_seq, t.kind, t.amount,
-                      CASE WHEN t.credit_account_id = $2 THEN t.amount ELSE -t.amount END
+                      CASE WHEN t.credit_account_id = o.id THEN t.amount ELSE -t.amount END
                         AS "org_amount!",
                       c.code AS counterparty, t.balance_after, t.idempotency_key, t.actor,
                       t.reason, t.refs, t.created_at
                  FROM transfers t
-                 JOIN accounts c ON c.id = CASE WHEN t.credit_account_id = $2
+                 JOIN accounts o ON o.org_id = t.org_id
+                 JOIN accounts c ON c.id = CASE WHEN t.credit_account_id = o.id
                                                 THEN t.debit_account_id ELSE t.credit_account_id END
-                WHERE t.idempotency_key = ANY($3) AND t.org_id = $1"#,
-            org_id,
-            org_account_id,
+                WHERE t.idempotency_key = ANY($1)"#,
             keys
         )
         .fetch_all(&mut **tx)
@@ -537,29 +653,11 @@ impl Store {
     }
 }
 
-async fn lock_org_account(
-    tx: &mut Transaction<'_, Postgres>,
-    org_id: Uuid,
-) -> Result<OrgAccount, StoreError> {
-    let row = sqlx::query!(
-        r#"SELECT id, credits_posted - debits_posted AS "balance!", transfer_seq
-             FROM accounts WHERE org_id = $1 FOR UPDATE"#,
-        org_id
-    )
-    .fetch_optional(&mut **tx)
-    .await?
-    .ok_or(StoreError::OrgNotFound)?;
-    Ok(OrgAccount {
-        id: row.id,
-        balance: Credits::from_stored(row.balance),
-        seq: row.transfer_seq,
-    })
-}
-
 /// Column-wise rows for one bulk insert.
 #[derive(Default)]
 struct NewRows {
     ids: Vec<Uuid>,
+    orgs: Vec<Uuid>,
     seqs: Vec<i64>,
     debits: Vec<i64>,
     credits: Vec<i64>,
@@ -577,6 +675,7 @@ impl NewRows {
     fn push(
         &mut self,
         id: Uuid,
+        org: Uuid,
         seq: i64,
         debit: i64,
         credit: i64,
@@ -586,6 +685,7 @@ impl NewRows {
         t: &NewTransfer,
     ) {
         self.ids.push(id);
+        self.orgs.push(org);
         self.seqs.push(seq);
         self.debits.push(debit);
         self.credits.push(credit);
@@ -598,26 +698,24 @@ impl NewRows {
         self.refs.push(t.refs.clone());
     }
 
-    /// Inserts all rows in one statement and returns their common `created_at`.
+    /// Inserts all rows in one statement and returns their common `created_at` (the
+    /// transaction's start, which is what the column's default records).
     async fn insert(
         &self,
         tx: &mut Transaction<'_, Postgres>,
-        org_id: Uuid,
     ) -> Result<DateTime<Utc>, StoreError> {
-        let created_at: DateTime<Utc> = sqlx::query_scalar!(
-            r#"INSERT INTO transfers (id, org_id, org_seq, debit_account_id, credit_account_id,
-                                      amount, kind, balance_after, idempotency_key, actor,
-                                      reason, refs)
-               SELECT u.id, $1, u.seq, u.debit, u.credit, u.amount, u.kind, u.balance_after,
-                      u.key, u.actor, u.reason, u.refs
-                 FROM UNNEST($2::uuid[], $3::bigint[], $4::bigint[], $5::bigint[],
-                             $6::numeric[], $7::text[], $8::numeric[], $9::text[], $10::text[],
-                             $11::text[], $12::jsonb[])
-                   AS u(id, seq, debit, credit, amount, kind, balance_after, key, actor,
-                        reason, refs)
-               RETURNING created_at"#,
-            org_id,
+        let created_at = sqlx::query_scalar!(
+            r#"WITH inserted AS (
+                 INSERT INTO transfers (id, org_id, org_seq, debit_account_id, credit_account_id,
+                                        amount, kind, balance_after, idempotency_key, actor,
+                                        reason, refs)
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::bigint[],
+                                      $5::bigint[], $6::numeric[], $7::text[], $8::numeric[],
+                                      $9::text[], $10::text[], $11::text[], $12::jsonb[])
+                 RETURNING 1)
+               SELECT now() AS "created_at!""#,
             &self.ids,
+            &self.orgs,
             &self.seqs,
             &self.debits,
             &self.credits,
@@ -629,12 +727,39 @@ impl NewRows {
             &self.reasons,
             &self.refs
         )
-        .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| StoreError::Schema("insert returned no rows".into()))?;
+        .fetch_one(&mut **tx)
+        .await?;
         Ok(created_at)
+    }
+}
+
+/// Outbox rows written by a booking.
+#[derive(Default)]
+struct OutboxRows {
+    orgs: Vec<Uuid>,
+    payloads: Vec<serde_json::Value>,
+}
+
+impl OutboxRows {
+    fn push(&mut self, org: Uuid, payload: serde_json::Value) {
+        self.orgs.push(org);
+        self.payloads.push(payload);
+    }
+
+    async fn insert(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+        if self.orgs.is_empty() {
+            return Ok(());
+        }
+        sqlx::query!(
+            "INSERT INTO outbox (org_id, topic, payload)
+             SELECT u.org, $3, u.payload FROM UNNEST($1::uuid[], $2::jsonb[]) AS u(org, payload)",
+            &self.orgs,
+            &self.payloads,
+            THRESHOLD_CROSSED
+        )
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 }
 

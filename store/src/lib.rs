@@ -5,8 +5,11 @@
 
 mod error;
 pub mod idempotency;
+pub mod ingest;
 pub mod ledger;
 pub mod orgs;
+pub mod prices;
+pub mod usage;
 
 use std::{collections::HashMap, str::FromStr, time::Duration};
 
@@ -18,8 +21,14 @@ use sqlx::{
 
 pub use error::StoreError;
 pub use idempotency::{Claim, request_hash};
-pub use ledger::{Balance, BookOutcome, NewTransfer, Transfer, TransferPage, TransferQuery};
+pub use ingest::{IngestConfig, Ingestor};
+pub use ledger::{
+    Balance, BookOutcome, LockedOrgs, NewTransfer, THRESHOLD_CROSSED, Transfer, TransferPage,
+    TransferQuery,
+};
 pub use orgs::{ApiKey, NewApiKey, Org, Principal};
+pub use prices::NewPriceVersion;
+pub use usage::{EventOutcome, JobResult, OutboxRow, RatedEvent, Recorded, UsageJob};
 
 /// The migrations, embedded so the binary can apply them (`creditflow migrate`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

@@ -204,12 +204,19 @@ impl TestApp {
         let database_url = fresh_database().await?;
         let store = connect_store(&database_url, 16).await?;
         let temporal = connect_temporal().await?;
-        let state = api::AppState {
-            store: store.clone(),
-            operator_keys: api::OperatorKeys::new([OPERATOR_KEY]),
-            temporal: temporal.clone(),
-            probe_timeout: Duration::from_secs(2),
+        let options = api::ApiOptions {
+            // Tests publish prices a moment ahead, refreshed faster than that.
+            price_refresh_every: Duration::from_millis(200),
+            price_publish_lead: Duration::from_secs(1),
+            ..api::ApiOptions::default()
         };
+        let state = api::AppState::start(
+            store.clone(),
+            api::OperatorKeys::new([OPERATOR_KEY]),
+            temporal.clone(),
+            options,
+        )
+        .await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base_url = format!("http://{}", listener.local_addr()?);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

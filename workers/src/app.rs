@@ -3,8 +3,8 @@
 use std::{future::Future, time::Duration};
 
 use anyhow::Context;
-use api::{AppState, OperatorKeys};
-use store::Store;
+use api::{ApiOptions, AppState, OperatorKeys};
+use store::{IngestConfig, Store};
 use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions, Url};
 use temporalio_sdk::{Runtime, Worker};
 use tokio::net::TcpListener;
@@ -38,13 +38,28 @@ pub async fn connect_temporal(t: &Temporal) -> anyhow::Result<Client> {
     )?)
 }
 
-pub fn app_state(settings: &Settings, store: Store, temporal: Client) -> AppState {
-    AppState {
-        store,
-        operator_keys: OperatorKeys::new(settings.auth.operator_keys.iter().map(|k| k.expose())),
-        temporal,
+pub async fn app_state(
+    settings: &Settings,
+    store: Store,
+    temporal: Client,
+) -> anyhow::Result<AppState> {
+    let options = ApiOptions {
         probe_timeout: PROBE_TIMEOUT,
-    }
+        price_refresh_every: Duration::from_millis(settings.pricing.refresh_ms),
+        price_publish_lead: Duration::from_millis(settings.pricing.publish_lead_ms),
+        ingest: IngestConfig {
+            writers: settings.ingest.writers,
+            queue_jobs: settings.ingest.queue_jobs,
+            batch_events_max: settings.ingest.batch_events_max,
+        },
+        ..ApiOptions::default()
+    };
+    anyhow::ensure!(
+        options.price_publish_lead > options.price_refresh_every,
+        "pricing.publish_lead_ms must be longer than pricing.refresh_ms"
+    );
+    let keys = OperatorKeys::new(settings.auth.operator_keys.iter().map(|k| k.expose()));
+    Ok(AppState::start(store, keys, temporal, options).await?)
 }
 
 /// Serves the API on `listener` until `shutdown` completes.

@@ -11,6 +11,21 @@ pub struct Settings {
     pub temporal: Temporal,
     pub auth: Auth,
     pub log: Log,
+    pub pricing: Pricing,
+    pub ingest: Ingest,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Pricing {
+    pub refresh_ms: u64,
+    pub publish_lead_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Ingest {
+    pub writers: usize,
+    pub queue_jobs: usize,
+    pub batch_events_max: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

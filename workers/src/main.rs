@@ -80,7 +80,7 @@ async fn shutdown_signal() {
 async fn serve(settings: &Settings) -> anyhow::Result<()> {
     let store = app::connect_store(settings).await?;
     let temporal = app::connect_temporal(&settings.temporal).await?;
-    let state = app::app_state(settings, store, temporal);
+    let state = app::app_state(settings, store, temporal).await?;
     let listener = TcpListener::bind(&settings.server.bind)
         .await
         .with_context(|| format!("binding {}", settings.server.bind))?;

@@ -1,0 +1,437 @@
+//! `POST /v1/usage`: a batch of 1 to 1,000 usage events from an org key, as JSON
+//! (`{"events": [...]}`) or as a CloudEvents batch (`application/cloudevents-batch+json`).
+//!
+//! Each event is validated and rated here, with no database work; the valid ones go to the
+//! coalescing writer ([`store::Ingestor`]) and are committed with other requests' events in
+//! one transaction. Valid events are recorded even when others in the batch are refused.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Json as AxumJson,
+    body::Bytes,
+    extract::{State, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode, header},
+};
+use billing::{
+    Credits,
+    pricing::{PriceCatalog, Resource},
+    usage::{self, AiTokens, InfraUsage, Rejection, Usage, UsageEvent, limits},
+};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde_json::{Map, Value, json};
+use store::{EventOutcome, RatedEvent, Recorded, UsageJob};
+
+use crate::{AppState, Caller, error::ApiError};
+
+/// The body limit of this route: 1,000 events with labels fit well inside it.
+pub const USAGE_BODY_LIMIT_BYTES: usize = 4 * 1024 * 1024;
+
+const CLOUDEVENTS_BATCH: &str = "application/cloudevents-batch+json";
+
+pub async fn ingest(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
+    let principal = match &caller {
+        Caller::Org(p) => *p,
+        Caller::Operator { .. } => {
+            return Err(ApiError::forbidden(
+                "org_key_required",
+                "usage is reported with the organization's own API key",
+            ));
+        }
+    };
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                r.body_text(),
+            )
+        } else {
+            ApiError::bad_request("malformed_body", r.body_text())
+        }
+    })?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let events = parse_batch(content_type, &body)?;
+
+    let catalog = state.prices.current();
+    let now = Utc::now();
+    let mut results: Vec<Value> = Vec::with_capacity(events.len());
+    let mut valid = Vec::new();
+    // Where each valid event's outcome goes in `results`.
+    let mut slots = Vec::new();
+    for raw in &events {
+        match rate(raw, now, &catalog) {
+            Ok(rated) => {
+                slots.push(results.len());
+                results.push(Value::Null);
+                valid.push(rated);
+            }
+            Err(r) => results.push(rejected(raw.get("id"), &r)),
+        }
+    }
+
+    let balance = if valid.is_empty() {
+        state.store.balance(principal.org_id).await?.balance
+    } else {
+        let ids: Vec<String> = valid.iter().map(|e| e.event.id.clone()).collect();
+        let job = UsageJob {
+            org_id: principal.org_id,
+            actor: caller.actor(),
+            events: valid,
+        };
+        let done = state.ingestor.submit(job).await?;
+        for ((slot, id), outcome) in slots.into_iter().zip(ids).zip(done.outcomes) {
+            results[slot] = match outcome {
+                EventOutcome::Accepted(r) => recorded(&id, "accepted", &r),
+                EventOutcome::Duplicate(r) => recorded(&id, "duplicate", &r),
+                EventOutcome::Conflict => rejected(
+                    Some(&Value::String(id)),
+                    &Rejection::new(
+                        "id_conflict",
+                        "this id was already recorded with a different payload",
+                    ),
+                ),
+            };
+        }
+        done.balance
+    };
+    let count = |s: &str| results.iter().filter(|r| r["status"] == s).count();
+    let summary = json!({
+        "accepted": count("accepted"),
+        "duplicates": count("duplicate"),
+        "rejected": count("rejected"),
+        "balance_credits": balance,
+        "negative": balance.is_negative(),
+        "results": results,
+    });
+    Ok((StatusCode::OK, AxumJson(summary)))
+}
+
+fn recorded(id: &str, status: &str, r: &Recorded) -> Value {
+    json!({
+        "id": id,
+        "status": status,
+        "cost_credits": r.cost,
+        "price_version": r.price_version,
+        "transfer_id": r.transfer_id,
+        "usage_event_id": r.usage_id,
+    })
+}
+
+fn rejected(id: Option<&Value>, r: &Rejection) -> Value {
+    json!({ "id": id, "status": "rejected", "code": r.code, "message": r.message })
+}
+
+/// The batch's events as JSON objects, in our own shape (CloudEvents are mapped onto it).
+fn parse_batch(content_type: &str, body: &[u8]) -> Result<Vec<Value>, ApiError> {
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let parsed: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request("malformed_json", format!("the body is not JSON: {e}"))
+    })?;
+    let events = match media.as_str() {
+        "application/json" => match parsed {
+            Value::Object(mut o) => match o.remove("events") {
+                Some(Value::Array(a)) if o.is_empty() => a,
+                _ => {
+                    return Err(invalid_batch(
+                        "the body must be {\"events\": [...]} and nothing else",
+                    ));
+                }
+            },
+            _ => return Err(invalid_batch("the body must be {\"events\": [...]}")),
+        },
+        CLOUDEVENTS_BATCH => match parsed {
+            Value::Array(a) => a.into_iter().map(from_cloudevent).collect(),
+            _ => {
+                return Err(invalid_batch(
+                    "a CloudEvents batch is a JSON array of events",
+                ));
+            }
+        },
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("send application/json or {CLOUDEVENTS_BATCH}"),
+            ));
+        }
+    };
+    if events.is_empty() || events.len() > limits::BATCH_MAX {
+        return Err(invalid_batch(&format!(
+            "a batch holds 1 to {} events, this one {}",
+            limits::BATCH_MAX,
+            events.len()
+        )));
+    }
+    Ok(events)
+}
+
+fn invalid_batch(detail: &str) -> ApiError {
+    ApiError::invalid("events", "invalid_batch", detail)
+}
+
+/// Maps a CloudEvent (`specversion` 1.0, `type` ending in `.ai_tokens` or `.infra`, `time`,
+/// `data` with the usage fields) onto our event shape. Anything it cannot map is kept so the
+/// validation below refuses it with a precise code.
+fn from_cloudevent(ce: Value) -> Value {
+    let Value::Object(mut ce) = ce else {
+        return ce;
+    };
+    let mut e = match ce.remove("data") {
+        Some(Value::Object(data)) => data,
+        _ => Map::new(),
+    };
+    if ce.get("specversion").and_then(Value::as_str) != Some("1.0") {
+        e.insert(
+            "specversion".into(),
+            ce.remove("specversion").unwrap_or(Value::Null),
+        );
+    }
+    if let Some(id) = ce.remove("id") {
+        e.insert("id".into(), id);
+    }
+    if let Some(Value::String(t)) = ce.remove("type") {
+        let short = t.rsplit('.').next().unwrap_or(&t).to_string();
+        e.insert("type".into(), Value::String(short));
+    }
+    if let Some(time) = ce.remove("time") {
+        e.insert("occurred_at".into(), time);
+    }
+    if let Some(subject) = ce.remove("subject") {
+        e.entry("user").or_insert(subject);
+    }
+    e.into()
+}
+
+fn field<'a>(o: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    o.get(name).filter(|v| !v.is_null())
+}
+
+fn string(o: &Map<String, Value>, name: &str, required: bool) -> Result<Option<String>, Rejection> {
+    match field(o, name) {
+        None if required => Err(Rejection::new(
+            "missing_field",
+            format!("{name} is required"),
+        )),
+        None => Ok(None),
+        Some(Value::String(s)) => {
+            usage::check_name(name, s, required)?;
+            Ok(Some(s.clone()))
+        }
+        Some(_) => Err(Rejection::new(
+            "invalid_field",
+            format!("{name} must be a string"),
+        )),
+    }
+}
+
+fn tokens(o: &Map<String, Value>, name: &str) -> Result<u64, Rejection> {
+    match field(o, name) {
+        None => Ok(0),
+        Some(Value::Number(n)) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => usage::check_tokens(name, i as i128),
+            (_, Some(u)) => usage::check_tokens(name, u as i128),
+            _ if n.as_f64().is_some_and(|f| f < 0.0) => Err(Rejection::new(
+                "negative_quantity",
+                format!("{name} must not be negative"),
+            )),
+            _ => Err(Rejection::new(
+                "invalid_quantity",
+                format!("{name} must be a whole number"),
+            )),
+        },
+        Some(_) => Err(Rejection::new(
+            "invalid_quantity",
+            format!("{name} must be a whole number"),
+        )),
+    }
+}
+
+fn quantity(o: &Map<String, Value>) -> Result<Decimal, Rejection> {
+    let text = match field(o, "quantity") {
+        None => return Err(Rejection::new("missing_field", "quantity is required")),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => i.to_string(),
+            (_, Some(u), _) => u.to_string(),
+            (_, _, Some(f)) => f.to_string(),
+            _ => n.to_string(),
+        },
+        Some(_) => {
+            return Err(Rejection::new(
+                "invalid_quantity",
+                "quantity must be a decimal",
+            ));
+        }
+    };
+    let ok_chars = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .chars()
+            .enumerate()
+            .all(|(i, c)| c.is_ascii_digit() || c == '.' || (i == 0 && c == '-'));
+    if !ok_chars {
+        return Err(Rejection::new(
+            "invalid_quantity",
+            "quantity must be a plain decimal",
+        ));
+    }
+    let q = Decimal::from_str_exact(&text).map_err(|_| {
+        if text.starts_with('-') {
+            Rejection::new("negative_quantity", "quantity must not be negative")
+        } else {
+            Rejection::new("quantity_out_of_range", "quantity is out of range")
+        }
+    })?;
+    usage::check_quantity(q)
+}
+
+const AI_FIELDS: &[&str] = &[
+    "id",
+    "type",
+    "occurred_at",
+    "user",
+    "labels",
+    "model",
+    "operation",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+];
+const INFRA_FIELDS: &[&str] = &[
+    "id",
+    "type",
+    "occurred_at",
+    "user",
+    "labels",
+    "resource",
+    "quantity",
+    "unit",
+];
+
+/// Validates one event from its JSON.
+fn parse_event(v: &Value, now: DateTime<Utc>) -> Result<UsageEvent, Rejection> {
+    let Value::Object(o) = v else {
+        return Err(Rejection::new("invalid_event", "an event is a JSON object"));
+    };
+    if o.contains_key("specversion") {
+        return Err(Rejection::new(
+            "invalid_cloudevent",
+            "specversion must be \"1.0\"",
+        ));
+    }
+    let id = match field(o, "id") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(Rejection::new("invalid_id", "id must be a string")),
+        None => return Err(Rejection::new("missing_field", "id is required")),
+    };
+    usage::check_event_id(&id)?;
+    let kind = string(o, "type", true)?.unwrap_or_default();
+    let allowed = match kind.as_str() {
+        "ai_tokens" => AI_FIELDS,
+        "infra" => INFRA_FIELDS,
+        other => {
+            return Err(Rejection::new(
+                "unknown_type",
+                format!("type `{other}` is neither ai_tokens nor infra"),
+            ));
+        }
+    };
+    if let Some(extra) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(Rejection::new(
+            "unknown_field",
+            format!("`{extra}` is not a field of a {kind} event"),
+        ));
+    }
+    let occurred_at: DateTime<Utc> = match field(o, "occurred_at") {
+        Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
+            .map_err(|_| Rejection::new("invalid_time", "occurred_at must be an RFC 3339 time"))?
+            .with_timezone(&Utc),
+        Some(_) => {
+            return Err(Rejection::new(
+                "invalid_time",
+                "occurred_at must be an RFC 3339 time",
+            ));
+        }
+        None => return Err(Rejection::new("missing_field", "occurred_at is required")),
+    };
+    usage::check_occurred_at(occurred_at, now)?;
+    let user = string(o, "user", false)?;
+    let labels: BTreeMap<String, String> = match field(o, "labels") {
+        None => BTreeMap::new(),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k.clone(), s.clone())),
+                _ => Err(Rejection::new(
+                    "invalid_labels",
+                    "label values must be strings",
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(Rejection::new("invalid_labels", "labels must be an object")),
+    };
+    usage::check_labels(&labels)?;
+    let usage = if kind == "ai_tokens" {
+        Usage::AiTokens(AiTokens {
+            model: string(o, "model", true)?.unwrap_or_default(),
+            operation: string(o, "operation", false)?.unwrap_or_default(),
+            input_tokens: tokens(o, "input_tokens")?,
+            output_tokens: tokens(o, "output_tokens")?,
+            cached_input_tokens: tokens(o, "cached_input_tokens")?,
+        })
+    } else {
+        let name = string(o, "resource", true)?.unwrap_or_default();
+        let resource: Resource = name.parse().map_err(|_| {
+            Rejection::new(
+                "unknown_resource",
+                format!("resource `{name}` is not one we meter"),
+            )
+        })?;
+        let quantity = quantity(o)?;
+        let unit = string(o, "unit", true)?.unwrap_or_default();
+        if unit != resource.unit() {
+            return Err(Rejection::new(
+                "unit_mismatch",
+                format!("{resource} is metered in {}, not {unit}", resource.unit()),
+            ));
+        }
+        Usage::Infra(InfraUsage { resource, quantity })
+    };
+    Ok(UsageEvent {
+        id,
+        occurred_at,
+        user,
+        labels,
+        usage,
+    })
+}
+
+/// Validates and rates one event with the version effective when it occurred.
+fn rate(v: &Value, now: DateTime<Utc>, catalog: &PriceCatalog) -> Result<RatedEvent, Rejection> {
+    let event = parse_event(v, now)?;
+    let (cost, price_version): (Credits, i64) = catalog
+        .rate(event.occurred_at, &event.usage)
+        .map_err(|e| Rejection::new(e.code(), e.message()))?;
+    let payload_hash = store::request_hash(&[event.canonical_text().as_bytes()]);
+    Ok(RatedEvent {
+        event,
+        cost,
+        price_version,
+        payload_hash,
+    })
+}

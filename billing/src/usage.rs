@@ -1,0 +1,282 @@
+//! Usage events: what a platform service reports, validated into exact, typed values.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use rust_decimal::Decimal;
+
+use crate::pricing::Resource;
+
+/// Bounds on what one event may carry.
+pub mod limits {
+    /// Client event ids: 1 to this many printable ASCII characters.
+    pub const ID_MAX_CHARS: usize = 255;
+    /// Tokens of one class in one event.
+    pub const TOKENS_MAX: u64 = 1_000_000_000_000;
+    /// Decimal places of an infrastructure quantity.
+    pub const QUANTITY_SCALE: u32 = 6;
+    /// The largest infrastructure quantity in one event.
+    pub const QUANTITY_MAX: u64 = 1_000_000_000_000;
+    /// How far ahead of the server's clock `occurred_at` may be (clock skew).
+    pub const FUTURE_SKEW_SECONDS: i64 = 300;
+    pub const LABELS_MAX: usize = 32;
+    pub const LABEL_KEY_MAX_CHARS: usize = 64;
+    pub const LABEL_VALUE_MAX_CHARS: usize = 256;
+    /// User ids, models and operations.
+    pub const NAME_MAX_CHARS: usize = 255;
+    /// Events in one batch.
+    pub const BATCH_MAX: usize = 1000;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AiTokens {
+    pub model: String,
+    pub operation: String,
+    /// Input tokens not served from cache.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_input_tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InfraUsage {
+    pub resource: Resource,
+    /// In the resource's unit ([`Resource::unit`]).
+    pub quantity: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Usage {
+    AiTokens(AiTokens),
+    Infra(InfraUsage),
+}
+
+impl Usage {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Usage::AiTokens(_) => "ai_tokens",
+            Usage::Infra(_) => "infra",
+        }
+    }
+}
+
+/// A validated usage event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageEvent {
+    /// The client's id, unique per organization.
+    pub id: String,
+    pub occurred_at: DateTime<Utc>,
+    pub user: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub usage: Usage,
+}
+
+impl UsageEvent {
+    /// A canonical text of everything the event says, for detecting "same id, other payload".
+    pub fn canonical_text(&self) -> String {
+        let mut s = format!(
+            "{}\n{}\n{}\n",
+            self.id,
+            self.occurred_at
+                .to_rfc3339_opts(SecondsFormat::Micros, true),
+            self.user.as_deref().unwrap_or("\u{0}")
+        );
+        for (k, v) in &self.labels {
+            s.push_str(&format!("{}={}\u{1}{}\u{1}", k.len(), k, v));
+        }
+        s.push('\n');
+        match &self.usage {
+            Usage::AiTokens(a) => s.push_str(&format!(
+                "ai\n{}\n{}\n{}\n{}\n{}",
+                a.model, a.operation, a.input_tokens, a.output_tokens, a.cached_input_tokens
+            )),
+            Usage::Infra(i) => s.push_str(&format!(
+                "infra\n{}\n{}",
+                i.resource,
+                i.quantity.normalize()
+            )),
+        }
+        s
+    }
+}
+
+/// Why one event was refused. `code` is stable and part of the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Rejection {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+pub fn check_event_id(id: &str) -> Result<(), Rejection> {
+    let ok = !id.is_empty()
+        && id.len() <= limits::ID_MAX_CHARS
+        && id.bytes().all(|b| (0x20..=0x7e).contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Rejection::new(
+            "invalid_id",
+            format!(
+                "id must be 1 to {} printable ASCII characters",
+                limits::ID_MAX_CHARS
+            ),
+        ))
+    }
+}
+
+pub fn check_occurred_at(at: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), Rejection> {
+    if at > now + Duration::seconds(limits::FUTURE_SKEW_SECONDS) {
+        return Err(Rejection::new(
+            "occurred_in_future",
+            format!(
+                "occurred_at is more than {} s ahead of the server's clock",
+                limits::FUTURE_SKEW_SECONDS
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_tokens(field: &str, n: i128) -> Result<u64, Rejection> {
+    if n < 0 {
+        return Err(Rejection::new(
+            "negative_quantity",
+            format!("{field} must not be negative"),
+        ));
+    }
+    if n > limits::TOKENS_MAX as i128 {
+        return Err(Rejection::new(
+            "quantity_out_of_range",
+            format!("{field} is larger than {}", limits::TOKENS_MAX),
+        ));
+    }
+    Ok(n as u64)
+}
+
+pub fn check_quantity(q: Decimal) -> Result<Decimal, Rejection> {
+    if q.is_sign_negative() && !q.is_zero() {
+        return Err(Rejection::new(
+            "negative_quantity",
+            "quantity must not be negative",
+        ));
+    }
+    if q.normalize().scale() > limits::QUANTITY_SCALE {
+        return Err(Rejection::new(
+            "too_many_decimals",
+            format!(
+                "quantity has more than {} decimal places",
+                limits::QUANTITY_SCALE
+            ),
+        ));
+    }
+    if q > Decimal::from(limits::QUANTITY_MAX) {
+        return Err(Rejection::new(
+            "quantity_out_of_range",
+            format!("quantity is larger than {}", limits::QUANTITY_MAX),
+        ));
+    }
+    Ok(q.abs())
+}
+
+/// A short name (model, operation, user): bounded, no control characters.
+pub fn check_name(field: &str, s: &str, required: bool) -> Result<(), Rejection> {
+    if required && s.is_empty() {
+        return Err(Rejection::new(
+            "missing_field",
+            format!("{field} is required"),
+        ));
+    }
+    if s.chars().count() > limits::NAME_MAX_CHARS || s.chars().any(char::is_control) {
+        return Err(Rejection::new(
+            "invalid_field",
+            format!(
+                "{field} must be at most {} characters, without control characters",
+                limits::NAME_MAX_CHARS
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), Rejection> {
+    let ok = labels.len() <= limits::LABELS_MAX
+        && labels.iter().all(|(k, v)| {
+            !k.is_empty()
+                && k.chars().count() <= limits::LABEL_KEY_MAX_CHARS
+                && v.chars().count() <= limits::LABEL_VALUE_MAX_CHARS
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Rejection::new(
+            "invalid_labels",
+            format!(
+                "labels: at most {} string values, keys 1–{} and values up to {} characters",
+                limits::LABELS_MAX,
+                limits::LABEL_KEY_MAX_CHARS,
+                limits::LABEL_VALUE_MAX_CHARS
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_printable_ascii_up_to_255() {
+        assert!(check_event_id("evt-1 ok").is_ok());
+        assert!(check_event_id(&"a".repeat(255)).is_ok());
+        assert_eq!(check_event_id("").unwrap_err().code, "invalid_id");
+        assert_eq!(
+            check_event_id(&"a".repeat(256)).unwrap_err().code,
+            "invalid_id"
+        );
+        assert_eq!(check_event_id("tab\there").unwrap_err().code, "invalid_id");
+        assert_eq!(check_event_id("é").unwrap_err().code, "invalid_id");
+    }
+
+    #[test]
+    fn quantities_are_checked() {
+        let d = |s: &str| Decimal::from_str_exact(s).unwrap();
+        assert_eq!(
+            check_quantity(d("-1")).unwrap_err().code,
+            "negative_quantity"
+        );
+        assert_eq!(
+            check_quantity(d("0.0000001")).unwrap_err().code,
+            "too_many_decimals"
+        );
+        assert_eq!(
+            check_quantity(d("1000000000001")).unwrap_err().code,
+            "quantity_out_of_range"
+        );
+        assert_eq!(check_quantity(d("12.5")).unwrap(), d("12.5"));
+        assert_eq!(
+            check_tokens("input_tokens", -1).unwrap_err().code,
+            "negative_quantity"
+        );
+    }
+
+    #[test]
+    fn the_future_is_bounded_by_the_skew() {
+        let now: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        assert!(check_occurred_at(now + Duration::seconds(300), now).is_ok());
+        assert_eq!(
+            check_occurred_at(now + Duration::seconds(301), now)
+                .unwrap_err()
+                .code,
+            "occurred_in_future"
+        );
+    }
+}
