@@ -49,8 +49,10 @@ impl OperatorKeys {
 #[derive(Clone)]
 pub struct KeyCache {
     ttl: Duration,
-    entries: Arc<Mutex<HashMap<[u8; 32], (Principal, Instant)>>>,
+    entries: Arc<Mutex<HashMap<KeyHash, (Principal, Instant)>>>,
 }
+
+type KeyHash = [u8; 32];
 
 /// Entries at most; the cache is emptied when full (a bound, not an eviction policy).
 const KEY_CACHE_MAX: usize = 10_000;

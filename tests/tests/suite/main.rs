@@ -7,4 +7,5 @@ mod health;
 mod history;
 mod keys;
 mod ledger_invariants;
+mod usage;
 mod worker;
