@@ -2,5 +2,6 @@
 //! production starts: settings, telemetry, the HTTP server and the Temporal worker.
 
 pub mod app;
+pub mod bench;
 pub mod config;
 pub mod telemetry;

@@ -33,6 +33,15 @@ enum Command {
     Dev,
     /// Check the ledger's invariants; exits non-zero on any violation.
     VerifyLedger,
+    /// Benchmarks against the local stack (build with --release).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Usage ingestion and balance reads under load.
+    Ingest(workers::bench::IngestArgs),
 }
 
 #[tokio::main]
@@ -54,6 +63,9 @@ async fn main() -> anyhow::Result<()> {
                 r = serve(&settings) => r?,
                 r = run_worker(&settings) => r?,
             }
+        }
+        Command::Bench(BenchCommand::Ingest(args)) => {
+            workers::bench::ingest(&settings, &args).await?
         }
         Command::VerifyLedger => {
             let store = app::connect_store(&settings).await?;

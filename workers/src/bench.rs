@@ -1,0 +1,361 @@
+//! `creditflow bench ingest`: ingestion and balance-read figures against the local stack.
+//!
+//! Starts `creditflow serve` as a child process on a fresh database, drives it over loopback
+//! HTTP, and prints, in one run: events/s for one hot org and for 1,000 orgs (16 clients ×
+//! batches of 100), events/s for batches of 1, balance-read latency while ingesting, the
+//! server's peak RSS, and the yardstick: a plain one-transaction-per-event insert-and-update
+//! loop against the same Postgres.
+
+use std::{
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
+use tokio::process::{Child, Command};
+
+use crate::config::Settings;
+
+const OPERATOR_KEY: &str = "cf_op_bench_operator_key";
+const BENCH_DB: &str = "creditflow_bench";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct IngestArgs {
+    /// Seconds each scenario runs.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Organizations in the many-orgs scenario.
+    #[arg(long, default_value_t = 1000)]
+    pub orgs: usize,
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+fn database_url(base: &str, name: &str) -> String {
+    let (server, _) = base.rsplit_once('/').unwrap_or((base, ""));
+    format!("{server}/{name}")
+}
+
+async fn fresh_database(settings: &Settings) -> anyhow::Result<String> {
+    let url = settings.database.url.expose();
+    let mut admin = PgConnection::connect(&database_url(url, "postgres")).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await?;
+    sqlx::query(&format!("CREATE DATABASE {BENCH_DB}"))
+        .execute(&mut admin)
+        .await?;
+    let bench_url = database_url(url, BENCH_DB);
+    let pool = sqlx::PgPool::connect(&bench_url).await?;
+    store::Store::migrate(&pool).await?;
+    pool.close().await;
+    Ok(bench_url)
+}
+
+async fn start_server(db_url: &str) -> anyhow::Result<Server> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = Command::new(std::env::current_exe()?)
+        .arg("serve")
+        .env("CREDITFLOW__DATABASE__URL", db_url)
+        .env("CREDITFLOW__SERVER__BIND", format!("127.0.0.1:{port}"))
+        .env("CREDITFLOW__AUTH__OPERATOR_KEYS", OPERATOR_KEY)
+        .env("CREDITFLOW__LOG__FILTER", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting creditflow serve")?;
+    let server = Server {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{}/readyz", server.base)).send().await
+            && r.status().is_success()
+        {
+            return Ok(server);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the server did not become ready in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Creates `n` orgs; returns their (id, API key).
+async fn create_orgs(
+    http: &reqwest::Client,
+    base: &str,
+    n: usize,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut orgs = Vec::with_capacity(n);
+    for i in 0..n {
+        let r: Value = http
+            .post(format!("{base}/v1/orgs"))
+            .bearer_auth(OPERATOR_KEY)
+            .json(&json!({ "name": format!("bench-{i}") }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        orgs.push((
+            r["org"]["id"].as_str().context("org id")?.to_string(),
+            r["api_key"]["secret"].as_str().context("key")?.to_string(),
+        ));
+    }
+    Ok(orgs)
+}
+
+fn batch_body(prefix: &str, seq: u64, size: usize) -> String {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let events: Vec<Value> = (0..size)
+        .map(|i| {
+            json!({
+                "id": format!("{prefix}-{seq}-{i}"), "type": "ai_tokens", "occurred_at": now,
+                "model": "gpt-4o-mini", "operation": "chat", "user": "bench",
+                "input_tokens": 1200 + i, "output_tokens": 300, "cached_input_tokens": 100,
+            })
+        })
+        .collect();
+    json!({ "events": events }).to_string()
+}
+
+/// Sends batches from `clients` tasks for `seconds`; returns events accepted per second.
+async fn drive(
+    http: &reqwest::Client,
+    base: &str,
+    keys: &[String],
+    clients: usize,
+    batch: usize,
+    seconds: u64,
+    label: &str,
+) -> anyhow::Result<f64> {
+    let accepted = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (http, base, keys) = (http.clone(), base.to_string(), keys.to_vec());
+        let (accepted, errors, label) = (accepted.clone(), errors.clone(), label.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut seq = 0u64;
+            while Instant::now() < end {
+                let key = &keys[(c + seq as usize * clients) % keys.len()];
+                let body = batch_body(&format!("{label}-{c}"), seq, batch);
+                seq += 1;
+                match http
+                    .post(format!("{base}/v1/usage"))
+                    .bearer_auth(key)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => {
+                        let v: Value = r.json().await.unwrap_or_default();
+                        accepted.fetch_add(v["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let errors = errors.load(Ordering::Relaxed);
+    anyhow::ensure!(errors == 0, "{errors} requests failed in {label}");
+    Ok(accepted.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Reads the balance in a loop until `stop`; returns the latencies in microseconds.
+async fn read_balances(
+    http: reqwest::Client,
+    url: String,
+    key: String,
+    stop: Arc<AtomicBool>,
+) -> Vec<u64> {
+    let mut lat = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        let ok = http
+            .get(&url)
+            .bearer_auth(&key)
+            .send()
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false);
+        if ok {
+            lat.push(t.elapsed().as_micros() as u64);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    lat
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+/// The yardstick: one transaction per event (insert a row, update one balance row), from
+/// `clients` connections, against the same Postgres.
+async fn yardstick(db_url: &str, clients: usize, seconds: u64) -> anyhow::Result<f64> {
+    let mut setup = PgConnection::connect(db_url).await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS bench_yardstick_events (id uuid PRIMARY KEY, amount numeric NOT NULL);
+         CREATE TABLE IF NOT EXISTS bench_yardstick_balance (id int PRIMARY KEY, balance numeric NOT NULL);
+         INSERT INTO bench_yardstick_balance VALUES (1, 0) ON CONFLICT DO NOTHING;",
+    )
+    .execute(&mut setup)
+    .await?;
+    let done = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (url, done) = (db_url.to_string(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = PgConnection::connect(&url).await?;
+            while Instant::now() < end {
+                let mut tx = conn.begin().await?;
+                sqlx::query("INSERT INTO bench_yardstick_events VALUES ($1, 0.001275)")
+                    .bind(uuid::Uuid::now_v7())
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "UPDATE bench_yardstick_balance SET balance = balance - 0.001275 WHERE id = 1",
+                )
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+pub async fn ingest(settings: &Settings, args: &IngestArgs) -> anyhow::Result<()> {
+    let db_url = fresh_database(settings).await?;
+    let server = start_server(&db_url).await?;
+    let pid = server.child.id().context("server pid")?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients * 2)
+        .build()?;
+    let base = server.base.clone();
+    println!(
+        "creditflow bench ingest: {} s per scenario, {} clients, server pid {pid}",
+        args.seconds, args.clients
+    );
+
+    let hot_org = create_orgs(&http, &base, 1).await?.remove(0);
+    let hot = vec![hot_org.1.clone()];
+    let many: Vec<String> = create_orgs(&http, &base, args.orgs)
+        .await?
+        .into_iter()
+        .map(|(_, key)| key)
+        .collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = tokio::spawn(read_balances(
+        http.clone(),
+        format!("{base}/v1/orgs/{}/balance", hot_org.0),
+        hot[0].clone(),
+        stop.clone(),
+    ));
+    let hot_rate = drive(&http, &base, &hot, args.clients, 100, args.seconds, "hot").await?;
+    stop.store(true, Ordering::Relaxed);
+    let mut reads = reader.await?;
+    reads.sort_unstable();
+
+    let many_rate = drive(&http, &base, &many, args.clients, 100, args.seconds, "many").await?;
+    let single_rate = drive(&http, &base, &hot, args.clients, 1, args.seconds, "single").await?;
+    let rss = peak_rss_mb(pid).unwrap_or(f64::NAN);
+    drop(server);
+    let yard = yardstick(&db_url, args.clients, args.seconds).await?;
+
+    println!();
+    println!("{:<58} {:>12}", "scenario", "figure");
+    println!(
+        "{:<58} {:>9.0} ev/s",
+        format!("1 org x {} clients x batches of 100", args.clients),
+        hot_rate
+    );
+    println!(
+        "{:<58} {:>9.0} ev/s",
+        format!(
+            "{} orgs x {} clients x batches of 100",
+            args.orgs, args.clients
+        ),
+        many_rate
+    );
+    println!(
+        "{:<58} {:>9.0} ev/s",
+        format!("1 org x {} clients x batches of 1", args.clients),
+        single_rate
+    );
+    println!(
+        "{:<58} {:>9.2} ms",
+        format!("balance read p50 while ingesting ({} reads)", reads.len()),
+        percentile(&reads, 0.50)
+    );
+    println!(
+        "{:<58} {:>9.2} ms",
+        "balance read p99 while ingesting",
+        percentile(&reads, 0.99)
+    );
+    println!("{:<58} {:>9.1} MB", "server peak RSS", rss);
+    println!(
+        "{:<58} {:>9.0} ev/s",
+        format!("yardstick: 1 tx per event, {} connections", args.clients),
+        yard
+    );
+    println!("{:<58} {:>9.1} x", "hot org vs yardstick", hot_rate / yard);
+    println!(
+        "{:<58} {:>9.0} %",
+        "hot org vs 1,000 orgs",
+        100.0 * hot_rate / many_rate
+    );
+    Ok(())
+}
