@@ -253,14 +253,7 @@ pub fn credits_field(value: Option<&Value>, field: &'static str) -> Result<Credi
             ));
         }
         Some(Value::String(s)) => s.clone(),
-        // A JSON number is read as its shortest decimal text (12.5 stays 12.5), so a value with
-        // more digits than the scale is refused rather than rounded.
-        Some(Value::Number(n)) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-            (Some(i), _, _) => i.to_string(),
-            (_, Some(u), _) => u.to_string(),
-            (_, _, Some(f)) => f.to_string(),
-            _ => n.to_string(),
-        },
+        Some(Value::Number(n)) => crate::extract::decimal_text(n),
         Some(_) => {
             return Err(ApiError::invalid(
                 field,

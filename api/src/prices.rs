@@ -85,7 +85,7 @@ pub struct InfraBody {
 fn price(v: &Value, field: &'static str, scale: u32) -> Result<Decimal, ApiError> {
     let text = match v {
         Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
+        Value::Number(n) => crate::extract::decimal_text(n),
         _ => {
             return Err(ApiError::invalid(
                 field,

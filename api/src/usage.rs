@@ -30,6 +30,10 @@ pub const USAGE_BODY_LIMIT_BYTES: usize = 4 * 1024 * 1024;
 
 const CLOUDEVENTS_BATCH: &str = "application/cloudevents-batch+json";
 
+/// Batches parsed at once (each on a blocking thread).
+const PARSE_THREADS: usize = 1;
+static PARSE_PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PARSE_THREADS);
+
 pub async fn ingest(
     State(state): State<AppState>,
     caller: Caller,
@@ -59,25 +63,25 @@ pub async fn ingest(
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let events = parse_batch(content_type, &body)?;
-
+        .unwrap_or("")
+        .to_string();
+    // Parsing and rating are pure CPU work: they run off the async workers, so a flood of
+    // large batches does not delay light requests such as balance reads.
+    // At most `PARSE_THREADS` batches are parsed at once, so ingestion cannot crowd the two
+    // cores with runnable threads.
     let catalog = state.prices.current();
-    let now = Utc::now();
-    let mut results: Vec<Value> = Vec::with_capacity(events.len());
-    let mut valid = Vec::new();
-    // Where each valid event's outcome goes in `results`.
-    let mut slots = Vec::new();
-    for raw in &events {
-        match rate(raw, now, &catalog) {
-            Ok(rated) => {
-                slots.push(results.len());
-                results.push(Value::Null);
-                valid.push(rated);
-            }
-            Err(r) => results.push(rejected(raw.get("id"), &r)),
-        }
-    }
+    let permit = PARSE_PERMITS
+        .acquire()
+        .await
+        .map_err(|_| ApiError::internal())?;
+    let Prepared {
+        mut results,
+        slots,
+        valid,
+    } = tokio::task::spawn_blocking(move || prepare(&content_type, &body, &catalog, Utc::now()))
+        .await
+        .map_err(|_| ApiError::internal())??;
+    drop(permit);
 
     let balance = if valid.is_empty() {
         state.store.balance(principal.org_id).await?.balance
@@ -114,6 +118,39 @@ pub async fn ingest(
         "results": results,
     });
     Ok((StatusCode::OK, AxumJson(summary)))
+}
+
+/// A batch parsed and rated: a result slot per event (rejections filled in), and the valid
+/// events with the slot each one's outcome goes to.
+struct Prepared {
+    results: Vec<Value>,
+    slots: Vec<usize>,
+    valid: Vec<RatedEvent>,
+}
+
+fn prepare(
+    content_type: &str,
+    body: &[u8],
+    catalog: &PriceCatalog,
+    now: DateTime<Utc>,
+) -> Result<Prepared, ApiError> {
+    let events = parse_batch(content_type, body)?;
+    let mut p = Prepared {
+        results: Vec::with_capacity(events.len()),
+        slots: Vec::new(),
+        valid: Vec::new(),
+    };
+    for raw in &events {
+        match rate(raw, now, catalog) {
+            Ok(rated) => {
+                p.slots.push(p.results.len());
+                p.results.push(Value::Null);
+                p.valid.push(rated);
+            }
+            Err(r) => p.results.push(rejected(raw.get("id"), &r)),
+        }
+    }
+    Ok(p)
 }
 
 fn recorded(id: &str, status: &str, r: &Recorded) -> Value {
@@ -265,12 +302,7 @@ fn quantity(o: &Map<String, Value>) -> Result<Decimal, Rejection> {
     let text = match field(o, "quantity") {
         None => return Err(Rejection::new("missing_field", "quantity is required")),
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-            (Some(i), _, _) => i.to_string(),
-            (_, Some(u), _) => u.to_string(),
-            (_, _, Some(f)) => f.to_string(),
-            _ => n.to_string(),
-        },
+        Some(Value::Number(n)) => crate::extract::decimal_text(n),
         Some(_) => {
             return Err(Rejection::new(
                 "invalid_quantity",

@@ -18,6 +18,8 @@ use crate::{Claim, Store, StoreError, idempotency};
 /// A movement to book, with its audit trail.
 #[derive(Debug, Clone)]
 pub struct NewTransfer {
+    /// The transfer's id (UUIDv7), chosen before booking so other rows can point at it.
+    pub id: Uuid,
     pub posting: Posting,
     /// Unique forever: booking the same key twice books once.
     pub idempotency_key: String,
@@ -303,7 +305,7 @@ impl Store {
                 org.debits += amount.as_decimal();
                 p.credit
             };
-            let id = Uuid::now_v7();
+            let id = t.id;
             for th in locked.thresholds.get(&org_id).into_iter().flatten() {
                 if before >= th.threshold && after < th.threshold {
                     outbox.push(
@@ -473,6 +475,7 @@ impl Store {
             return Ok(t);
         }
         let new = NewTransfer {
+            id: Uuid::now_v7(),
             posting,
             idempotency_key: format!("{scope}:{idempotency_key}"),
             actor: actor.to_string(),
@@ -624,6 +627,21 @@ impl Store {
             violations.push(format!(
                 "org {} kind {}: stored {:?}/{:?}, transfers {:?}/{:?}",
                 k.org_id, k.kind, k.stored_credits, k.stored_debits, k.credits, k.debits
+            ));
+        }
+        let orphans = sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!" FROM transfers t
+                WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = t.debit_account_id)
+                   OR NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = t.credit_account_id)
+                   OR NOT EXISTS (SELECT 1 FROM accounts a
+                                   WHERE a.org_id = t.org_id
+                                     AND a.id IN (t.debit_account_id, t.credit_account_id))"#
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if orphans > 0 {
+            violations.push(format!(
+                "{orphans} transfers name an unknown account or do not move their org's account"
             ));
         }
         let orgs = sqlx::query!(

@@ -73,6 +73,14 @@ impl Store {
         })
     }
 
+    /// The same store over another pool (of the same database).
+    pub fn with_pool(&self, pool: PgPool) -> Store {
+        Store {
+            pool,
+            system_accounts: self.system_accounts.clone(),
+        }
+    }
+
     /// Applies pending migrations.
     pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
         MIGRATOR

@@ -1,6 +1,6 @@
 //! Recording usage: many events of many orgs in one transaction, each event once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use billing::{
     Account, Credits, Posting, SystemAccount, TransferKind,
@@ -59,118 +59,121 @@ pub struct JobResult {
 }
 
 impl Store {
-    /// Records the jobs' events in one transaction: locks every org involved, skips events
-    /// recorded before, books one usage transfer per event with a cost, and inserts the events.
+    /// Records the jobs' events in one transaction: inserts the events not recorded before,
+    /// then locks every org involved and books one usage transfer per new event with a cost.
+    ///
+    /// The events go in first, before any org lock, with `ON CONFLICT DO NOTHING` on
+    /// `(org_id, event_id)`: the unique index is the duplicate check, so several writers can
+    /// insert events of the same org at once and only serialize on the org's balance row. Rows
+    /// are inserted in `(org_id, event_id)` order, so two writers never wait on each other's
+    /// keys in a cycle.
     pub async fn record_usage(&self, jobs: &[UsageJob]) -> Result<Vec<JobResult>, StoreError> {
-        let org_ids: Vec<Uuid> = jobs.iter().map(|j| j.org_id).collect();
-        let mut tx = self.pool.begin().await?;
-        // Lock first: a concurrent transaction recording the same ids has then committed, and
-        // the lookup below sees its rows.
-        let mut locked = self.lock_orgs(&mut tx, &org_ids).await?;
-
-        let (mut q_orgs, mut q_ids) = (vec![], vec![]);
+        // The first occurrence of each (org, id) in the batch is a candidate to insert.
+        let mut candidates: HashMap<(Uuid, &str), Candidate> = HashMap::new();
+        let mut transfers = Vec::new();
         for j in jobs {
             for e in &j.events {
-                q_orgs.push(j.org_id);
-                q_ids.push(e.event.id.clone());
+                candidates
+                    .entry((j.org_id, e.event.id.as_str()))
+                    .or_insert_with(|| {
+                        let usage_id = Uuid::now_v7();
+                        let transfer = e.cost.is_positive().then(|| usage_transfer(j, e, usage_id));
+                        let c = Candidate {
+                            usage_id,
+                            transfer_id: transfer.as_ref().map(|t| t.id),
+                            event: e,
+                            transfer_index: transfer.as_ref().map(|_| transfers.len()),
+                        };
+                        transfers.extend(transfer);
+                        c
+                    });
             }
         }
-        let mut seen: HashMap<(Uuid, String), (Vec<u8>, Recorded)> = HashMap::new();
-        for r in sqlx::query!(
-            r#"SELECT u.org_id, u.event_id, u.payload_hash, u.id, u.cost, u.price_version,
-                      u.transfer_id
-                 FROM usage_events u
-                 JOIN UNNEST($1::uuid[], $2::text[]) AS q(org_id, event_id)
-                   ON u.org_id = q.org_id AND u.event_id = q.event_id"#,
-            &q_orgs,
-            &q_ids
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        {
-            let rec = Recorded {
-                usage_id: r.id,
-                cost: Credits::from_stored(r.cost),
-                price_version: r.price_version,
-                transfer_id: r.transfer_id,
-            };
-            seen.insert((r.org_id, r.event_id), (r.payload_hash, rec));
+        let mut ordered: Vec<(&(Uuid, &str), &Candidate)> = candidates.iter().collect();
+        ordered.sort_by(|a, b| a.0.cmp(b.0));
+        let mut rows = EventRows::default();
+        for ((org, _), c) in &ordered {
+            rows.push(*org, c.usage_id, c.transfer_id, c.event);
         }
 
-        // Decide each event's fate in order; new ones get their ids and transfers.
-        let mut plans: Vec<Vec<Plan>> = Vec::with_capacity(jobs.len());
-        let mut transfers = Vec::new();
-        let mut rows = EventRows::default();
+        let mut tx = self.pool.begin().await?;
+        let inserted: HashSet<Uuid> = rows.insert(&mut tx).await?.into_iter().collect();
+
+        // Candidates that were not inserted were recorded before: read what they were.
+        let (mut q_orgs, mut q_ids) = (vec![], vec![]);
+        for ((org, id), c) in &ordered {
+            if !inserted.contains(&c.usage_id) {
+                q_orgs.push(*org);
+                q_ids.push(id.to_string());
+            }
+        }
+        let mut earlier: HashMap<(Uuid, String), (Vec<u8>, Recorded)> = HashMap::new();
+        if !q_orgs.is_empty() {
+            for r in sqlx::query!(
+                r#"SELECT u.org_id, u.event_id, u.payload_hash, u.id, u.cost, u.price_version,
+                          u.transfer_id
+                     FROM usage_events u
+                     JOIN UNNEST($1::uuid[], $2::text[]) AS q(org_id, event_id)
+                       ON u.org_id = q.org_id AND u.event_id = q.event_id"#,
+                &q_orgs,
+                &q_ids
+            )
+            .fetch_all(&mut *tx)
+            .await?
+            {
+                let rec = Recorded {
+                    usage_id: r.id,
+                    cost: Credits::from_stored(r.cost),
+                    price_version: r.price_version,
+                    transfer_id: r.transfer_id,
+                };
+                earlier.insert((r.org_id, r.event_id), (r.payload_hash, rec));
+            }
+        }
+
+        // Book the transfers of the inserted events only.
+        let org_ids: Vec<Uuid> = jobs.iter().map(|j| j.org_id).collect();
+        let mut locked = self.lock_orgs(&mut tx, &org_ids).await?;
+        let new_transfers: Vec<NewTransfer> = ordered
+            .iter()
+            .filter(|(_, c)| inserted.contains(&c.usage_id))
+            .filter_map(|(_, c)| c.transfer_index.map(|i| transfers[i].clone()))
+            .collect();
+        self.book_locked(&mut tx, &mut locked, &new_transfers, false)
+            .await?;
+
+        // Each event's outcome, against the record that holds its id: the earlier one, or the
+        // first occurrence in this batch.
+        let mut results = Vec::with_capacity(jobs.len());
+        let mut accepted_once: HashSet<Uuid> = HashSet::new();
         for j in jobs {
-            let mut plan = Vec::with_capacity(j.events.len());
+            let mut outcomes = Vec::with_capacity(j.events.len());
             for e in &j.events {
                 let key = (j.org_id, e.event.id.clone());
-                if let Some((hash, rec)) = seen.get(&key) {
-                    plan.push(if *hash == e.payload_hash {
-                        Plan::Done(EventOutcome::Duplicate(rec.clone()))
-                    } else {
-                        Plan::Done(EventOutcome::Conflict)
-                    });
-                    continue;
-                }
-                let usage_id = Uuid::now_v7();
-                let transfer = e.cost.is_positive().then_some(transfers.len());
-                if transfer.is_some() {
-                    transfers.push(usage_transfer(j, e, usage_id));
-                }
-                let rec = Recorded {
-                    usage_id,
-                    cost: e.cost,
-                    price_version: e.price_version,
-                    transfer_id: None,
-                };
-                seen.insert(key, (e.payload_hash.clone(), rec.clone()));
-                plan.push(Plan::New {
-                    rec,
-                    transfer,
-                    row: rows.len(),
-                });
-                rows.push(j.org_id, usage_id, e);
-            }
-            plans.push(plan);
-        }
-
-        let booked = self
-            .book_locked(&mut tx, &mut locked, &transfers, false)
-            .await?;
-        let transfer_ids: Vec<Uuid> = booked.iter().map(|b| b.transfer().id).collect();
-        let mut results = Vec::with_capacity(jobs.len());
-        for (j, plan) in jobs.iter().zip(plans) {
-            let outcomes = plan
-                .into_iter()
-                .map(|p| match p {
-                    Plan::Done(o) => o,
-                    Plan::New {
-                        mut rec,
-                        transfer,
-                        row,
-                    } => {
-                        rec.transfer_id = transfer.map(|t| transfer_ids[t]);
-                        rows.transfer_ids[row] = rec.transfer_id;
-                        EventOutcome::Accepted(rec)
+                let (hash, rec, fresh) = match earlier.get(&key) {
+                    Some((hash, rec)) => (hash.as_slice(), rec.clone(), false),
+                    None => {
+                        let c = &candidates[&(j.org_id, e.event.id.as_str())];
+                        let rec = Recorded {
+                            usage_id: c.usage_id,
+                            cost: c.event.cost,
+                            price_version: c.event.price_version,
+                            transfer_id: c.transfer_id,
+                        };
+                        (c.event.payload_hash.as_slice(), rec, true)
                     }
-                })
-                .collect();
+                };
+                outcomes.push(if hash != e.payload_hash.as_slice() {
+                    EventOutcome::Conflict
+                } else if fresh && accepted_once.insert(rec.usage_id) {
+                    EventOutcome::Accepted(rec)
+                } else {
+                    EventOutcome::Duplicate(rec)
+                });
+            }
             let balance = locked.balance(j.org_id).ok_or(StoreError::OrgNotFound)?;
             results.push(JobResult { outcomes, balance });
         }
-        // Duplicates of an id first seen in this same batch point at that first result.
-        for r in &mut results {
-            for o in &mut r.outcomes {
-                if let EventOutcome::Duplicate(rec) = o
-                    && rec.transfer_id.is_none()
-                    && let Some(i) = rows.ids.iter().position(|id| *id == rec.usage_id)
-                {
-                    rec.transfer_id = rows.transfer_ids[i];
-                }
-            }
-        }
-        rows.insert(&mut tx).await?;
         tx.commit().await?;
         Ok(results)
     }
@@ -226,13 +229,11 @@ pub struct OutboxRow {
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
-enum Plan {
-    Done(EventOutcome),
-    New {
-        rec: Recorded,
-        transfer: Option<usize>,
-        row: usize,
-    },
+struct Candidate<'a> {
+    usage_id: Uuid,
+    transfer_id: Option<Uuid>,
+    event: &'a RatedEvent,
+    transfer_index: Option<usize>,
 }
 
 fn usage_transfer(job: &UsageJob, e: &RatedEvent, usage_id: Uuid) -> NewTransfer {
@@ -241,6 +242,7 @@ fn usage_transfer(job: &UsageJob, e: &RatedEvent, usage_id: Uuid) -> NewTransfer
         Usage::Infra(i) => (SystemAccount::UsageInfra, i.resource.as_str()),
     };
     NewTransfer {
+        id: Uuid::now_v7(),
         posting: Posting {
             debit: Account::Org(job.org_id),
             credit: Account::System(system),
@@ -284,11 +286,7 @@ struct EventRows {
 }
 
 impl EventRows {
-    fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    fn push(&mut self, org: Uuid, id: Uuid, e: &RatedEvent) {
+    fn push(&mut self, org: Uuid, id: Uuid, transfer_id: Option<Uuid>, e: &RatedEvent) {
         let ev = &e.event;
         self.ids.push(id);
         self.orgs.push(org);
@@ -324,17 +322,18 @@ impl EventRows {
             .push(serde_json::to_value(&ev.labels).unwrap_or_default());
         self.costs.push(e.cost.as_decimal());
         self.versions.push(e.price_version);
-        self.transfer_ids.push(None);
+        self.transfer_ids.push(transfer_id);
     }
 
+    /// Inserts the rows whose `(org_id, event_id)` is new; returns the ids of those inserted.
     async fn insert(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Uuid>, StoreError> {
         if self.ids.is_empty() {
-            return Ok(());
+            return Ok(vec![]);
         }
-        sqlx::query!(
+        Ok(sqlx::query_scalar!(
             "INSERT INTO usage_events (id, org_id, event_id, payload_hash, type, occurred_at,
                                        user_id, model, operation, input_tokens, output_tokens,
                                        cached_input_tokens, resource, quantity, unit, labels,
@@ -343,7 +342,9 @@ impl EventRows {
                                   $6::timestamptz[], $7::text[], $8::text[], $9::text[],
                                   $10::bigint[], $11::bigint[], $12::bigint[], $13::text[],
                                   $14::numeric[], $15::text[], $16::jsonb[], $17::numeric[],
-                                  $18::bigint[], $19::uuid[])",
+                                  $18::bigint[], $19::uuid[])
+             ON CONFLICT (org_id, event_id) DO NOTHING
+             RETURNING id",
             &self.ids,
             &self.orgs,
             &self.event_ids,
@@ -364,8 +365,7 @@ impl EventRows {
             &self.versions,
             &self.transfer_ids as &[Option<Uuid>]
         )
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
+        .fetch_all(&mut **tx)
+        .await?)
     }
 }

@@ -163,6 +163,7 @@ async fn book_one(
         org: org_id,
     };
     let t = NewTransfer {
+        id: uuid::Uuid::now_v7(),
         posting,
         idempotency_key: key.to_string(),
         actor: "test".into(),
