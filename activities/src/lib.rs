@@ -2,6 +2,9 @@
 //! because Temporal retries it.
 
 pub mod health;
+pub mod mail;
+pub mod payments;
+pub mod purchase;
 
 use std::sync::Arc;
 
@@ -12,6 +15,9 @@ use temporalio_sdk::{WorkerOptions, WorkerOptionsBuilder};
 #[derive(Clone)]
 pub struct Deps {
     pub store: Store,
+    pub payments: payments::Payments,
+    pub mailer: mail::Mailer,
+    pub checkout_urls: purchase::CheckoutUrls,
 }
 
 /// Every workflow and activity the project runs, registered on one worker's options. The
@@ -20,8 +26,15 @@ pub fn worker_options(task_queue: &str, deps: Deps) -> Result<WorkerOptions, any
     let builder: WorkerOptionsBuilder = WorkerOptions::new(task_queue);
     Ok(builder
         .register_workflow::<workflows::health::PingWorkflow>()?
+        .register_workflow::<workflows::purchase::PurchaseWorkflow>()?
         .register_activities(health::HealthActivitiesImpl {
-            store: Arc::new(deps.store),
+            store: Arc::new(deps.store.clone()),
+        })
+        .register_activities(purchase::PurchaseActivitiesImpl {
+            store: deps.store,
+            payments: deps.payments,
+            mailer: deps.mailer,
+            urls: deps.checkout_urls,
         })
         .build())
 }

@@ -8,6 +8,7 @@ mod ledger;
 mod orgs;
 mod prices;
 pub mod pricing;
+pub mod purchases;
 mod usage;
 
 use std::time::Duration;
@@ -39,6 +40,11 @@ pub struct AppState {
     /// How far ahead a new price version must start (longer than the price refresh interval).
     pub price_publish_lead: chrono::Duration,
     pub keys: auth::KeyCache,
+    /// The task queue workflows are started on.
+    pub task_queue: String,
+    pub stripe_webhook_secret: String,
+    /// How long a buyer has to pay a checkout.
+    pub checkout_expiry: Duration,
 }
 
 /// Tunables of the API process.
@@ -50,6 +56,9 @@ pub struct ApiOptions {
     pub ingest: IngestConfig,
     /// How long an authenticated API key is trusted without asking the database again.
     pub key_cache_ttl: Duration,
+    pub task_queue: String,
+    pub stripe_webhook_secret: String,
+    pub checkout_expiry: Duration,
 }
 
 impl Default for ApiOptions {
@@ -60,6 +69,9 @@ impl Default for ApiOptions {
             price_publish_lead: Duration::from_secs(5),
             ingest: IngestConfig::default(),
             key_cache_ttl: Duration::from_secs(2),
+            task_queue: "creditflow".into(),
+            stripe_webhook_secret: String::new(),
+            checkout_expiry: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -85,6 +97,9 @@ impl AppState {
             price_publish_lead: chrono::Duration::from_std(options.price_publish_lead)
                 .unwrap_or(chrono::Duration::seconds(5)),
             keys: auth::KeyCache::new(options.key_cache_ttl),
+            task_queue: options.task_queue,
+            stripe_webhook_secret: options.stripe_webhook_secret,
+            checkout_expiry: options.checkout_expiry,
         })
     }
 }
@@ -108,6 +123,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/prices"),
     ("post", "/v1/prices"),
     ("post", "/v1/usage"),
+    ("get", "/v1/packages"),
+    ("post", "/v1/packages"),
+    ("put", "/v1/packages/{id}"),
+    ("post", "/v1/purchases"),
+    ("get", "/v1/purchases/{id}"),
+    ("post", "/v1/webhooks/stripe"),
 ];
 
 pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
@@ -133,6 +154,17 @@ pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
             "/v1/usage",
             post(usage::ingest).layer(DefaultBodyLimit::max(usage::USAGE_BODY_LIMIT_BYTES)),
         )
+        .route(
+            "/v1/packages",
+            get(purchases::list_packages).post(purchases::create_package),
+        )
+        .route(
+            "/v1/packages/{id}",
+            axum::routing::put(purchases::put_package),
+        )
+        .route("/v1/purchases", post(purchases::create_purchase))
+        .route("/v1/purchases/{id}", get(purchases::get_purchase))
+        .route("/v1/webhooks/stripe", post(purchases::stripe_webhook))
         .fallback(|| async { ApiError::not_found("no_route", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -7,6 +7,7 @@ pub mod credits;
 pub mod error;
 pub mod ledger;
 pub mod money;
+pub mod packages;
 pub mod pricing;
 pub mod usage;
 

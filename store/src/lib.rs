@@ -9,6 +9,7 @@ pub mod ingest;
 pub mod ledger;
 pub mod orgs;
 pub mod prices;
+pub mod purchases;
 pub mod usage;
 
 use std::{collections::HashMap, str::FromStr, time::Duration};
@@ -28,6 +29,7 @@ pub use ledger::{
 };
 pub use orgs::{ApiKey, NewApiKey, Org, Principal};
 pub use prices::NewPriceVersion;
+pub use purchases::{Grant, Purchase};
 pub use usage::{EventOutcome, JobResult, OutboxRow, RatedEvent, Recorded, UsageJob};
 
 /// The migrations, embedded so the binary can apply them (`creditflow migrate`).

@@ -4,6 +4,7 @@
 //! The services come from the local stack (`scripts/up` writes `.env.local`); each test gets
 //! its own database and, when it runs workflows, its own task queue, so tests run in parallel.
 
+pub mod smtp;
 pub mod worker;
 
 use std::{
@@ -23,6 +24,8 @@ use store::Store;
 use uuid::Uuid;
 
 pub const OPERATOR_KEY: &str = "cf_op_test_operator_key";
+pub const WEBHOOK_SECRET: &str = "whsec_test_secret";
+pub const STRIPE_KEY: &str = "sk_test_harness";
 /// The body limit the test server uses (the default from config/base.toml).
 pub const BODY_LIMIT_BYTES: usize = 65_536;
 
@@ -155,14 +158,32 @@ pub async fn connect_temporal() -> anyhow::Result<temporalio_client::Client> {
     .await
 }
 
-/// The API served on a loopback port against a fresh database.
+/// The API served on a loopback port against a fresh database, with its own Stripe emulator
+/// (delivering webhooks to this API) and SMTP server, and a task queue of its own.
 pub struct TestApp {
     pub base_url: String,
     pub database_url: String,
     pub store: Store,
     pub http: reqwest::Client,
     pub temporal: temporalio_client::Client,
+    pub stripe_url: String,
+    pub smtp: smtp::SmtpServer,
+    pub task_queue: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// What a test may change about its app.
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    pub checkout_expiry: Duration,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        AppOptions {
+            checkout_expiry: Duration::from_secs(600),
+        }
+    }
 }
 
 /// An organization created through the API, with its first key.
@@ -201,13 +222,30 @@ impl Answer {
 
 impl TestApp {
     pub async fn spawn() -> anyhow::Result<TestApp> {
+        TestApp::spawn_with(AppOptions::default()).await
+    }
+
+    pub async fn spawn_with(app_options: AppOptions) -> anyhow::Result<TestApp> {
         let database_url = fresh_database().await?;
+        let task_queue = format!("test-{}", Uuid::now_v7());
+        let stripe_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let stripe_url = format!("http://{}", stripe_listener.local_addr()?);
+        let emulator = stripe_emulator::Emulator::new(stripe_emulator::Config {
+            webhook_url: None,
+            webhook_secret: WEBHOOK_SECRET.into(),
+            public_url: stripe_url.clone(),
+        });
+        tokio::spawn(axum_serve(stripe_listener, emulator.router()));
+        let smtp = smtp::SmtpServer::start().await?;
         let store = connect_store(&database_url, 16).await?;
         let temporal = connect_temporal().await?;
         let options = api::ApiOptions {
             // Tests publish prices a moment ahead, refreshed faster than that.
             price_refresh_every: Duration::from_millis(200),
             price_publish_lead: Duration::from_secs(1),
+            task_queue: task_queue.clone(),
+            stripe_webhook_secret: WEBHOOK_SECRET.into(),
+            checkout_expiry: app_options.checkout_expiry,
             ..api::ApiOptions::default()
         };
         let state = api::AppState::start(
@@ -219,6 +257,7 @@ impl TestApp {
         .await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base_url = format!("http://{}", listener.local_addr()?);
+        emulator.set_webhook_url(Some(format!("{base_url}/v1/webhooks/stripe")));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(workers::app::serve(
             listener,
@@ -236,8 +275,39 @@ impl TestApp {
                 .pool_max_idle_per_host(64)
                 .build()?,
             temporal,
+            stripe_url,
+            smtp,
+            task_queue,
             shutdown: Some(tx),
         })
+    }
+
+    /// The settings a worker for this app runs with (as the binary would read them).
+    pub fn worker_env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "CREDITFLOW__DATABASE__URL".into(),
+                self.database_url.clone(),
+            ),
+            (
+                "CREDITFLOW__TEMPORAL__URL".into(),
+                temporal_url().unwrap_or_default(),
+            ),
+            (
+                "CREDITFLOW__TEMPORAL__TASK_QUEUE".into(),
+                self.task_queue.clone(),
+            ),
+            (
+                "CREDITFLOW__STRIPE__API_BASE".into(),
+                self.stripe_url.clone(),
+            ),
+            ("CREDITFLOW__STRIPE__SECRET_KEY".into(), STRIPE_KEY.into()),
+            (
+                "CREDITFLOW__MAIL__SMTP_PORT".into(),
+                self.smtp.port.to_string(),
+            ),
+            ("CREDITFLOW__LOG__FILTER".into(), "warn".into()),
+        ]
     }
 
     /// Sends a request; `key` goes in `Authorization: Bearer`, `body` as JSON when present.
@@ -349,6 +419,10 @@ impl Drop for TestApp {
             let _ = tx.send(());
         }
     }
+}
+
+async fn axum_serve(listener: tokio::net::TcpListener, router: axum::Router) {
+    let _ = axum::serve(listener, router).await;
 }
 
 async fn answer(res: reqwest::Response) -> Answer {

@@ -1,7 +1,14 @@
-//! A Temporal worker for one test, on its own task queue, in its own thread (the worker's
-//! future is not `Send`, and a dedicated runtime lets a test stop it like a crashed process).
+//! Temporal workers for tests: in-process (its own thread and runtime, since the worker's future
+//! is not `Send`), or the real `creditflow worker` binary as a child process a test can SIGKILL.
 
-use std::{sync::mpsc, thread::JoinHandle, time::Duration};
+use std::{
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use crate::{STRIPE_KEY, TestApp};
 
 pub struct TestWorker {
     pub task_queue: String,
@@ -10,12 +17,16 @@ pub struct TestWorker {
 }
 
 impl TestWorker {
-    /// Starts a worker against `database_url` polling a fresh task queue.
-    pub fn start(database_url: &str) -> anyhow::Result<TestWorker> {
-        let task_queue = format!("test-{}", uuid::Uuid::now_v7());
+    /// Starts an in-process worker for `app` (its database, emulator, SMTP server, task queue).
+    pub fn start(app: &TestApp) -> anyhow::Result<TestWorker> {
+        let task_queue = app.task_queue.clone();
         let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<Box<dyn FnOnce() + Send>>>();
-        let url = database_url.to_string();
-        let queue = task_queue.clone();
+        let (url, queue, stripe, smtp_port) = (
+            app.database_url.clone(),
+            task_queue.clone(),
+            app.stripe_url.clone(),
+            app.smtp.port,
+        );
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -25,7 +36,20 @@ impl TestWorker {
                 let setup = async {
                     let store = crate::connect_store(&url, 8).await?;
                     let temporal = crate::connect_temporal().await?;
-                    workers::app::worker(store, temporal, &queue)
+                    let deps = activities::Deps {
+                        store,
+                        payments: activities::payments::Payments::new(&stripe, STRIPE_KEY)?,
+                        mailer: activities::mail::Mailer::new(
+                            "127.0.0.1",
+                            smtp_port,
+                            "billing@creditflow.test",
+                        )?,
+                        checkout_urls: activities::purchase::CheckoutUrls {
+                            success_url: "http://127.0.0.1/success".into(),
+                            cancel_url: "http://127.0.0.1/cancel".into(),
+                        },
+                    };
+                    workers::app::worker(deps, temporal, &queue)
                 };
                 match setup.await {
                     Ok(mut worker) => {
@@ -58,5 +82,42 @@ impl Drop for TestWorker {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// The `creditflow worker` binary (built by `scripts/up`) as a child process.
+pub struct ProcessWorker {
+    child: Child,
+}
+
+impl ProcessWorker {
+    pub fn start(app: &TestApp) -> anyhow::Result<ProcessWorker> {
+        let root = crate::workspace_root();
+        let bin = root.join("target/debug/creditflow");
+        anyhow::ensure!(
+            bin.exists(),
+            "{} is missing: run scripts/up (it builds it)",
+            bin.display()
+        );
+        let child = Command::new(bin)
+            .arg("worker")
+            .current_dir(&root)
+            .env("CREDITFLOW_ENV", "test")
+            .envs(app.worker_env())
+            .stdout(Stdio::null())
+            .spawn()?;
+        Ok(ProcessWorker { child })
+    }
+
+    /// SIGKILL: the process gets no chance to finish anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ProcessWorker {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

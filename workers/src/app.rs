@@ -52,6 +52,9 @@ pub async fn app_state(
             queue_jobs: settings.ingest.queue_jobs,
             batch_events_max: settings.ingest.batch_events_max,
         },
+        task_queue: settings.temporal.task_queue.clone(),
+        stripe_webhook_secret: settings.stripe.webhook_secret.expose().to_string(),
+        checkout_expiry: Duration::from_secs(settings.checkout.expiry_secs),
         ..ApiOptions::default()
     };
     anyhow::ensure!(
@@ -77,11 +80,35 @@ pub async fn serve(
         .context("HTTP server")
 }
 
+/// What the activities reach: the processor, the mail server, the checkout return URLs.
+pub fn activity_deps(settings: &Settings, store: Store) -> anyhow::Result<activities::Deps> {
+    Ok(activities::Deps {
+        store,
+        payments: activities::payments::Payments::new(
+            &settings.stripe.api_base,
+            settings.stripe.secret_key.expose(),
+        )?,
+        mailer: activities::mail::Mailer::new(
+            &settings.mail.smtp_host,
+            settings.mail.smtp_port,
+            &settings.mail.from,
+        )?,
+        checkout_urls: activities::purchase::CheckoutUrls {
+            success_url: settings.checkout.success_url.clone(),
+            cancel_url: settings.checkout.cancel_url.clone(),
+        },
+    })
+}
+
 /// A worker polling `task_queue` with every workflow and activity registered. Its `run()`
 /// future is not `Send`: drive it on the current task (or a `LocalSet`), never `tokio::spawn`.
-pub fn worker(store: Store, temporal: Client, task_queue: &str) -> anyhow::Result<Worker> {
+pub fn worker(
+    deps: activities::Deps,
+    temporal: Client,
+    task_queue: &str,
+) -> anyhow::Result<Worker> {
     let runtime = Runtime::from_current_tokio(Default::default())
         .map_err(|e| anyhow::anyhow!("Temporal runtime: {e}"))?;
-    let options = activities::worker_options(task_queue, activities::Deps { store })?;
+    let options = activities::worker_options(task_queue, deps)?;
     Worker::new(&runtime, temporal, options).map_err(|e| anyhow::anyhow!("Temporal worker: {e}"))
 }

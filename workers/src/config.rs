@@ -13,6 +13,30 @@ pub struct Settings {
     pub log: Log,
     pub pricing: Pricing,
     pub ingest: Ingest,
+    pub stripe: Stripe,
+    pub checkout: Checkout,
+    pub mail: Mail,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Stripe {
+    pub api_base: String,
+    pub secret_key: Secret,
+    pub webhook_secret: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Checkout {
+    pub expiry_secs: u64,
+    pub success_url: String,
+    pub cancel_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Mail {
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    pub from: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +89,10 @@ pub struct Log {
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

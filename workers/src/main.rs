@@ -108,7 +108,8 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
 async fn run_worker(settings: &Settings) -> anyhow::Result<()> {
     let store = app::connect_store(settings).await?;
     let temporal = app::connect_temporal(&settings.temporal).await?;
-    let mut worker = app::worker(store, temporal, &settings.temporal.task_queue)?;
+    let deps = app::activity_deps(settings, store)?;
+    let mut worker = app::worker(deps, temporal, &settings.temporal.task_queue)?;
     tracing::info!(task_queue = %settings.temporal.task_queue, "worker polling");
     let handle = worker.shutdown_handle();
     tokio::spawn(async move {

@@ -5,3 +5,10 @@
 //! Rust code never breaks running histories.
 
 pub mod health;
+pub mod purchase;
+
+use temporalio_common::search_attributes::SearchAttributeKey;
+
+/// The search attribute that lets operators find an organization's workflows in the UI
+/// (registered by `scripts/up` with `--search-attribute OrgId=Keyword`).
+pub const ORG_ID: SearchAttributeKey<String> = SearchAttributeKey::keyword("OrgId");

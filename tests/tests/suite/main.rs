@@ -7,5 +7,7 @@ mod health;
 mod history;
 mod keys;
 mod ledger_invariants;
+mod purchases;
+mod replay;
 mod usage;
 mod worker;

@@ -7,7 +7,7 @@ use workflows::health::PingWorkflow;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_polls_its_task_queue_and_runs_a_workflow_with_an_activity() {
     let app = TestApp::spawn().await.unwrap();
-    let worker = TestWorker::start(&app.database_url).unwrap();
+    let worker = TestWorker::start(&app).unwrap();
     let id = format!("ping-{}", uuid::Uuid::now_v7());
 
     let handle = app

@@ -1,0 +1,53 @@
+//! E-mail over SMTP (lettre). Settings come from config; tests point it at a real SMTP server
+//! on loopback.
+
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor, message::Mailbox};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum MailError {
+    #[error("bad address or message: {0}")]
+    Invalid(String),
+    #[error("SMTP delivery failed: {0}")]
+    Smtp(String),
+}
+
+#[derive(Clone)]
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+}
+
+impl Mailer {
+    /// A mailer for an SMTP server without TLS (a local relay or catcher); `from` is the
+    /// sender address.
+    pub fn new(host: &str, port: u16, from: &str) -> Result<Mailer, MailError> {
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+            .port(port)
+            .timeout(Some(std::time::Duration::from_secs(10)))
+            .build();
+        Ok(Mailer {
+            transport,
+            from: from
+                .parse()
+                .map_err(|e| MailError::Invalid(format!("from: {e}")))?,
+        })
+    }
+
+    pub async fn send(&self, to: &[String], subject: &str, body: &str) -> Result<(), MailError> {
+        let mut builder = Message::builder().from(self.from.clone()).subject(subject);
+        for t in to {
+            builder = builder.to(t
+                .parse()
+                .map_err(|e| MailError::Invalid(format!("{t}: {e}")))?);
+        }
+        let message = builder
+            .body(body.to_string())
+            .map_err(|e| MailError::Invalid(e.to_string()))?;
+        self.transport
+            .send(message)
+            .await
+            .map_err(|e| MailError::Smtp(e.to_string()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,153 @@
+//! Payments through Stripe (async-stripe) at a configurable base URL. Every call that creates
+//! something sends an idempotency key derived from our own ids, so a retried activity never
+//! creates twice. Money leaves `billing::Money` (minor units) only here.
+
+use billing::{Currency, Money};
+use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
+use stripe_checkout::{
+    CheckoutSessionMode, CheckoutSessionStatus,
+    checkout_session::{
+        CreateCheckoutSession, CreateCheckoutSessionLineItems,
+        CreateCheckoutSessionLineItemsPriceData, ExpireCheckoutSession, ProductData,
+        RetrieveCheckoutSession,
+    },
+};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum PaymentError {
+    /// The request was refused and retrying it will not help (bad parameters, a hard decline).
+    #[error("payment refused: {0}")]
+    Refused(String),
+    /// The processor or the network failed; retrying may succeed.
+    #[error("payment processor unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StripeError> for PaymentError {
+    fn from(e: StripeError) -> Self {
+        match &e {
+            StripeError::Stripe(api, status)
+                if (400..500).contains(status) && *status != 409 && *status != 429 =>
+            {
+                PaymentError::Refused(format!(
+                    "{} ({status})",
+                    api.message.clone().unwrap_or_default()
+                ))
+            }
+            _ => PaymentError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// A created Checkout Session.
+pub struct Session {
+    pub id: String,
+    pub url: String,
+}
+
+/// What expiring a session found.
+pub enum Expired {
+    Expired,
+    AlreadyPaid { payment_intent_id: String },
+}
+
+#[derive(Clone)]
+pub struct Payments {
+    client: Client,
+}
+
+fn currency(c: Currency) -> stripe_types::Currency {
+    match c {
+        Currency::Usd => stripe_types::Currency::USD,
+        Currency::Eur => stripe_types::Currency::EUR,
+        Currency::Gbp => stripe_types::Currency::GBP,
+        Currency::Jpy => stripe_types::Currency::JPY,
+    }
+}
+
+fn idempotent(key: &str) -> Result<RequestStrategy, PaymentError> {
+    IdempotencyKey::new(key)
+        .map(RequestStrategy::Idempotent)
+        .map_err(|e| PaymentError::Refused(format!("idempotency key: {e}")))
+}
+
+/// A Checkout Session to create.
+pub struct CheckoutRequest<'a> {
+    pub idempotency_key: &'a str,
+    pub client_reference_id: &'a str,
+    pub product_name: &'a str,
+    pub price: Money,
+    pub expires_at_unix: i64,
+    pub success_url: &'a str,
+    pub cancel_url: &'a str,
+    pub metadata: Vec<(String, String)>,
+}
+
+impl Payments {
+    /// `base_url` is Stripe's API (or the emulator's); `secret_key` an `sk_…` key.
+    pub fn new(base_url: &str, secret_key: &str) -> Result<Payments, PaymentError> {
+        let url = if base_url.ends_with('/') {
+            base_url.to_string()
+        } else {
+            format!("{base_url}/")
+        };
+        let client = ClientBuilder::new(secret_key)
+            .url(url)
+            .timeout(std::time::Duration::from_secs(20))
+            .build()
+            .map_err(|e| PaymentError::Refused(format!("payments client: {e}")))?;
+        Ok(Payments { client })
+    }
+
+    pub async fn create_checkout_session(
+        &self,
+        r: &CheckoutRequest<'_>,
+    ) -> Result<Session, PaymentError> {
+        let mut price = CreateCheckoutSessionLineItemsPriceData::new(currency(r.price.currency));
+        price.unit_amount = Some(r.price.amount_minor);
+        price.product_data = Some(ProductData::new(r.product_name));
+        let mut item = CreateCheckoutSessionLineItems::new();
+        item.price_data = Some(price);
+        item.quantity = Some(1);
+        let session = CreateCheckoutSession::new()
+            .mode(CheckoutSessionMode::Payment)
+            .line_items(vec![item])
+            .client_reference_id(r.client_reference_id)
+            .metadata(
+                r.metadata
+                    .iter()
+                    .cloned()
+                    .collect::<std::collections::HashMap<_, _>>(),
+            )
+            .success_url(r.success_url)
+            .cancel_url(r.cancel_url)
+            .expires_at(r.expires_at_unix)
+            .customize()
+            .request_strategy(idempotent(r.idempotency_key)?)
+            .send(&self.client)
+            .await?;
+        Ok(Session {
+            id: session.id.to_string(),
+            url: session.url.unwrap_or_default(),
+        })
+    }
+
+    /// Expires an open session. A session that was completed meanwhile is reported as paid.
+    pub async fn expire_checkout_session(&self, id: &str) -> Result<Expired, PaymentError> {
+        let expired = ExpireCheckoutSession::new(id).send(&self.client).await;
+        if expired.is_ok() {
+            return Ok(Expired::Expired);
+        }
+        let session = RetrieveCheckoutSession::new(id).send(&self.client).await?;
+        match (session.status, session.payment_intent) {
+            (Some(CheckoutSessionStatus::Complete), Some(pi)) => Ok(Expired::AlreadyPaid {
+                payment_intent_id: pi.id().to_string(),
+            }),
+            (Some(CheckoutSessionStatus::Expired), _) => Ok(Expired::Expired),
+            _ => Err(expired.err().map(PaymentError::from).unwrap_or_else(|| {
+                PaymentError::Unavailable("session neither expired nor paid".into())
+            })),
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! Credit packages, purchases (checkout through Stripe), and Stripe's webhook.
+
+use std::time::{Duration, Instant};
+
+use axum::{
+    Json as AxumJson,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+};
+use billing::{
+    Credits, Currency, Money,
+    packages::{self, Package},
+};
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use store::Purchase;
+use temporalio_client::{WorkflowSignalOptions, WorkflowStartOptions};
+use temporalio_common::search_attributes::SearchAttributes;
+use uuid::Uuid;
+use workflows::purchase::{PaymentCompleted, PurchaseInput, PurchaseWorkflow, workflow_id};
+
+use crate::{
+    AppState, Caller,
+    error::ApiError,
+    extract::{Json, Path},
+    ledger::credits_field,
+};
+
+/// How long `POST /v1/purchases` waits for the workflow to create the checkout session.
+const CHECKOUT_URL_WAIT: Duration = Duration::from_secs(5);
+/// How old a webhook's signature timestamp may be (Stripe's own tolerance).
+pub const WEBHOOK_TOLERANCE_SECS: i64 = 300;
+
+fn package_json(p: &Package, reference: Option<&Package>) -> Result<Value, ApiError> {
+    let major = rust_decimal::Decimal::new(p.price.amount_minor, p.price.currency.minor_digits());
+    Ok(json!({
+        "id": p.id,
+        "name": p.name,
+        "price_minor": p.price.amount_minor,
+        "price": major.to_string(),
+        "currency": p.price.currency,
+        "base_credits": p.base_credits,
+        "bonus_credits": p.bonus_credits,
+        "effective_credits": p.effective_credits()?,
+        "cost_per_credit": p.cost_per_credit()?.to_string(),
+        "saving_percent": match reference {
+            Some(r) if r.price.currency == p.price.currency => Some(p.saving_percent(r)?.to_string()),
+            _ => None,
+        },
+        "active": p.active,
+    }))
+}
+
+impl From<billing::BillingError> for ApiError {
+    fn from(e: billing::BillingError) -> Self {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string())
+    }
+}
+
+/// `GET /v1/packages`: active packages, cheapest first, each with its effective credits, cost
+/// per credit and saving against the smallest package (fewest effective credits) of its
+/// currency.
+pub async fn list_packages(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Result<AxumJson<Value>, ApiError> {
+    let all = state.store.packages(true).await?;
+    let mut out = Vec::with_capacity(all.len());
+    for p in &all {
+        let smallest = all
+            .iter()
+            .filter(|o| o.price.currency == p.price.currency)
+            .min_by_key(|o| o.effective_credits().unwrap_or_default());
+        out.push(package_json(p, smallest)?);
+    }
+    Ok(AxumJson(json!({ "data": out })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageBody {
+    name: String,
+    price_minor: i64,
+    currency: String,
+    base_credits: Value,
+    #[serde(default)]
+    bonus_credits: Option<Value>,
+    #[serde(default = "yes")]
+    active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn package_from(id: Uuid, b: PackageBody) -> Result<Package, ApiError> {
+    let currency: Currency = b
+        .currency
+        .parse()
+        .map_err(|e| ApiError::billing("currency", e))?;
+    let base: Credits = credits_field(Some(&b.base_credits), "base_credits")?;
+    let bonus: Credits = match &b.bonus_credits {
+        Some(v) => credits_field(Some(v), "bonus_credits")?,
+        None => Credits::ZERO,
+    };
+    packages::check_package(&b.name, b.price_minor, base, bonus)
+        .map_err(|(field, msg)| ApiError::invalid(field, "invalid_package", msg))?;
+    Ok(Package {
+        id,
+        name: b.name.trim().to_string(),
+        price: Money::new(b.price_minor, currency),
+        base_credits: base,
+        bonus_credits: bonus,
+        active: b.active,
+    })
+}
+
+/// `POST /v1/packages` (operator).
+pub async fn create_package(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<PackageBody>,
+) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
+    caller.require_operator()?;
+    let p = state
+        .store
+        .put_package(&package_from(Uuid::now_v7(), body)?)
+        .await?;
+    Ok((StatusCode::CREATED, AxumJson(package_json(&p, None)?)))
+}
+
+/// `PUT /v1/packages/{id}` (operator): change or deactivate; purchases keep their snapshot.
+pub async fn put_package(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    Json(body): Json<PackageBody>,
+) -> Result<AxumJson<Value>, ApiError> {
+    caller.require_operator()?;
+    state.store.package(id).await?;
+    let p = state.store.put_package(&package_from(id, body)?).await?;
+    Ok(AxumJson(package_json(&p, None)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurchaseBody {
+    package_id: Option<Uuid>,
+    /// The buying user (recorded on the transfers).
+    user: Option<String>,
+    /// Where the receipt goes; defaults to `user` when that is an e-mail address.
+    email: Option<String>,
+}
+
+fn purchase_json(p: &Purchase) -> Value {
+    json!({
+        "id": p.id,
+        "org_id": p.org_id,
+        "state": p.state,
+        "package": {
+            "id": p.package.id, "name": p.package.name,
+            "price_minor": p.package.price.amount_minor, "currency": p.package.price.currency,
+            "base_credits": p.package.base_credits, "bonus_credits": p.package.bonus_credits,
+        },
+        "user": p.buyer,
+        "checkout_url": p.checkout_url,
+        "checkout_session_id": p.checkout_session_id,
+        "payment_intent_id": p.payment_intent_id,
+        "expires_at": p.expires_at,
+        "created_at": p.created_at,
+        "paid_at": p.paid_at,
+        "credited_at": p.credited_at,
+    })
+}
+
+/// `POST /v1/purchases` (org key): records the purchase, starts its workflow, and answers with
+/// the checkout URL as soon as the workflow has created the session.
+pub async fn create_purchase(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<PurchaseBody>,
+) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
+    let Caller::Org(principal) = &caller else {
+        return Err(ApiError::forbidden(
+            "org_key_required",
+            "purchases are made with the organization's own API key",
+        ));
+    };
+    let package_id = body.package_id.ok_or_else(|| {
+        ApiError::invalid("package_id", "missing_field", "`package_id` is required")
+    })?;
+    let user = body.user.map(|u| u.trim().to_string()).unwrap_or_default();
+    billing::usage::check_name("user", &user, true)
+        .map_err(|r| ApiError::invalid("user", r.code, r.message))?;
+    let email = body
+        .email
+        .or_else(|| user.contains('@').then(|| user.clone()));
+    if let Some(e) = &email
+        && (e.len() > 254
+            || !e.contains('@')
+            || e.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(ApiError::invalid(
+            "email",
+            "invalid_email",
+            "`email` is not an e-mail address",
+        ));
+    }
+    let package = match state.store.package(package_id).await {
+        Ok(p) if p.active => p,
+        Ok(_) => {
+            return Err(ApiError::invalid(
+                "package_id",
+                "package_inactive",
+                "this package is no longer sold",
+            ));
+        }
+        Err(store::StoreError::NotFound(_)) => {
+            return Err(ApiError::invalid(
+                "package_id",
+                "unknown_package",
+                "no such package",
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let expires_at = chrono::Utc::now()
+        + chrono::Duration::from_std(state.checkout_expiry)
+            .unwrap_or(chrono::Duration::minutes(30));
+    let purchase = state
+        .store
+        .create_purchase(
+            principal.org_id,
+            &package,
+            &user,
+            email.as_deref(),
+            expires_at,
+        )
+        .await?;
+    let input = PurchaseInput {
+        purchase_id: purchase.id.to_string(),
+        org_id: principal.org_id.to_string(),
+        expires_after_secs: state.checkout_expiry.as_secs().max(1),
+    };
+    let options =
+        WorkflowStartOptions::new(state.task_queue.clone(), workflow_id(&input.purchase_id))
+            .search_attributes(SearchAttributes::new([
+                workflows::ORG_ID.value_set(input.org_id.clone())
+            ]))
+            .build();
+    state
+        .temporal
+        .start_workflow(PurchaseWorkflow::run, input, options)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, purchase = %purchase.id, "could not start the purchase workflow");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "workflow_unavailable", "the purchase could not be started; try again")
+        })?;
+    // The session is created by the workflow's first activity: wait for its URL, bounded.
+    let start = Instant::now();
+    let mut current = purchase;
+    while current.checkout_url.is_none() && start.elapsed() < CHECKOUT_URL_WAIT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        current = state.store.purchase(current.id).await?;
+    }
+    let status = if current.checkout_url.is_some() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, AxumJson(purchase_json(&current))))
+}
+
+pub async fn get_purchase(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<AxumJson<Value>, ApiError> {
+    let p = state.store.purchase(id).await?;
+    caller.authorize_org(p.org_id)?;
+    Ok(AxumJson(purchase_json(&p)))
+}
+
+/// Checks `Stripe-Signature: t=…,v1=…` against the raw body: HMAC-SHA256 of `t.body` with the
+/// endpoint secret, any `v1` may match, and `t` within the tolerance of now.
+pub fn verify_signature(
+    secret: &str,
+    header: &str,
+    body: &[u8],
+    now: i64,
+) -> Result<(), &'static str> {
+    let mut timestamp = None;
+    let mut signatures = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", v)) => timestamp = v.parse::<i64>().ok(),
+            Some(("v1", v)) => signatures.extend(hex::decode(v).ok()),
+            _ => {}
+        }
+    }
+    let t = timestamp.ok_or("no timestamp in Stripe-Signature")?;
+    if (now - t).abs() > WEBHOOK_TOLERANCE_SECS {
+        return Err("the signature's timestamp is outside the tolerance");
+    }
+    let valid = signatures.iter().any(|sig| {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+        mac.update(t.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        mac.verify_slice(sig).is_ok()
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err("no valid v1 signature")
+    }
+}
+
+/// `POST /v1/webhooks/stripe`: verifies the signature on the raw body, handles each event id
+/// once, and signals the purchase's workflow. Unknown event types are acknowledged and ignored.
+pub async fn stripe_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<AxumJson<Value>, ApiError> {
+    let signature = headers
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::bad_request("invalid_signature", "missing Stripe-Signature"))?;
+    verify_signature(
+        &state.stripe_webhook_secret,
+        signature,
+        &body,
+        chrono::Utc::now().timestamp(),
+    )
+    .map_err(|m| ApiError::bad_request("invalid_signature", m))?;
+    let event: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("malformed_json", e.to_string()))?;
+    let (Some(id), Some(kind)) = (event["id"].as_str(), event["type"].as_str()) else {
+        return Err(ApiError::bad_request(
+            "invalid_event",
+            "an event has an id and a type",
+        ));
+    };
+    let mut tx = state
+        .store
+        .pool()
+        .begin()
+        .await
+        .map_err(store::StoreError::from)?;
+    if !state.store.record_stripe_event(&mut tx, id, kind).await? {
+        return Ok(AxumJson(json!({ "received": true, "duplicate": true })));
+    }
+    let object = &event["data"]["object"];
+    if kind == "checkout.session.completed" && object["mode"] == "payment" {
+        let purchase_id = object["client_reference_id"].as_str().unwrap_or_default();
+        let signal = PaymentCompleted {
+            checkout_session_id: object["id"].as_str().unwrap_or_default().to_string(),
+            payment_intent_id: object["payment_intent"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            event_id: id.to_string(),
+        };
+        let handle = state
+            .temporal
+            .get_workflow_handle::<PurchaseWorkflow>(workflow_id(purchase_id));
+        if let Err(e) = handle
+            .signal(
+                PurchaseWorkflow::payment_completed,
+                signal,
+                WorkflowSignalOptions::default(),
+            )
+            .await
+        {
+            let text = e.to_string();
+            // A finished or unknown workflow has nothing left to do with this payment.
+            if !(text.contains("already completed") || text.contains("not found")) {
+                tracing::error!(error = %text, purchase = purchase_id, "signal failed; the processor will retry");
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "retry_later",
+                    "could not reach the workflow",
+                ));
+            }
+            tracing::warn!(error = %text, purchase = purchase_id, "payment for a purchase that is not waiting");
+        }
+    }
+    tx.commit().await.map_err(store::StoreError::from)?;
+    Ok(AxumJson(json!({ "received": true })))
+}

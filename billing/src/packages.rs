@@ -1,0 +1,110 @@
+//! Credit packages: what a buyer can purchase, and how packages compare.
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{BillingError, Credits, Money};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Package {
+    pub id: Uuid,
+    pub name: String,
+    pub price: Money,
+    pub base_credits: Credits,
+    pub bonus_credits: Credits,
+    pub active: bool,
+}
+
+impl Package {
+    /// Credits the buyer receives: base plus bonus.
+    pub fn effective_credits(&self) -> Result<Credits, BillingError> {
+        self.base_credits.checked_add(self.bonus_credits)
+    }
+
+    /// What one effective credit costs, in the currency's major unit (e.g. dollars), to six
+    /// decimals.
+    pub fn cost_per_credit(&self) -> Result<Decimal, BillingError> {
+        let credits = self.effective_credits()?.as_decimal();
+        if credits.is_zero() {
+            return Err(BillingError::NotPositive);
+        }
+        let major = Decimal::new(self.price.amount_minor, self.price.currency.minor_digits());
+        major
+            .checked_div(credits)
+            .map(|d| d.round_dp_with_strategy(6, RoundingStrategy::MidpointAwayFromZero))
+            .ok_or(BillingError::Overflow)
+    }
+
+    /// How much cheaper per credit this package is than `reference`, in percent (one decimal).
+    pub fn saving_percent(&self, reference: &Package) -> Result<Decimal, BillingError> {
+        let mine = self.cost_per_credit()?;
+        let theirs = reference.cost_per_credit()?;
+        if theirs.is_zero() {
+            return Ok(Decimal::ZERO);
+        }
+        let mut saving = ((Decimal::ONE - mine / theirs) * Decimal::ONE_HUNDRED)
+            .round_dp_with_strategy(1, RoundingStrategy::MidpointAwayFromZero);
+        saving.rescale(1);
+        Ok(saving)
+    }
+}
+
+/// Checks what an operator may set on a package.
+pub fn check_package(
+    name: &str,
+    price_minor: i64,
+    base: Credits,
+    bonus: Credits,
+) -> Result<(), (&'static str, &'static str)> {
+    if name.trim().is_empty() || name.chars().count() > 100 {
+        return Err(("name", "name must be 1 to 100 characters"));
+    }
+    if price_minor <= 0 || price_minor > 100_000_000 {
+        return Err((
+            "price_minor",
+            "price_minor must be between 1 and 100,000,000",
+        ));
+    }
+    if !base.is_positive() {
+        return Err(("base_credits", "base_credits must be greater than zero"));
+    }
+    if bonus.is_negative() {
+        return Err(("bonus_credits", "bonus_credits must not be negative"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Currency;
+
+    fn pkg(price_minor: i64, base: i64, bonus: i64) -> Package {
+        Package {
+            id: Uuid::nil(),
+            name: "p".into(),
+            price: Money::new(price_minor, Currency::Usd),
+            base_credits: Credits::whole(base),
+            bonus_credits: Credits::whole(bonus),
+            active: true,
+        }
+    }
+
+    #[test]
+    fn effective_credits_and_cost_per_credit() {
+        let growth = pkg(5000, 5000, 250);
+        assert_eq!(growth.effective_credits().unwrap(), Credits::whole(5250));
+        // $50 / 5,250 credits = 0.0095238… → 0.009524
+        assert_eq!(growth.cost_per_credit().unwrap().to_string(), "0.009524");
+    }
+
+    #[test]
+    fn saving_is_measured_against_a_reference_package() {
+        let starter = pkg(1000, 1000, 0);
+        let scale = pkg(20000, 20000, 2000);
+        // 0.01 vs 0.009091 per credit → 9.1 % cheaper
+        assert_eq!(scale.saving_percent(&starter).unwrap().to_string(), "9.1");
+        assert_eq!(starter.saving_percent(&starter).unwrap().to_string(), "0.0");
+    }
+}

@@ -1,0 +1,363 @@
+//! Credit packages, purchases and what the payment processor told us.
+
+use billing::{
+    Account, Credits, Currency, Money, Posting, SystemAccount, TransferKind, packages::Package,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{BookOutcome, NewTransfer, Store, StoreError, Transfer};
+
+/// A purchase as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Purchase {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    /// The package as it was when bought.
+    pub package: Package,
+    pub buyer: String,
+    /// Where the receipt goes, if anywhere.
+    pub receipt_email: Option<String>,
+    pub state: String,
+    pub checkout_session_id: Option<String>,
+    pub checkout_url: Option<String>,
+    pub payment_intent_id: Option<String>,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub credited_at: Option<DateTime<Utc>>,
+}
+
+/// What a purchase's grant booked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Grant {
+    pub transfers: Vec<Transfer>,
+    pub balance: Credits,
+    /// False when the grant had been booked before (a retried activity).
+    pub newly_booked: bool,
+}
+
+struct PackageRow {
+    id: Uuid,
+    name: String,
+    price_minor: i64,
+    currency: String,
+    base_credits: rust_decimal::Decimal,
+    bonus_credits: rust_decimal::Decimal,
+    active: bool,
+}
+
+impl PackageRow {
+    fn into_package(self) -> Result<Package, StoreError> {
+        let currency: Currency = self.currency.parse()?;
+        Ok(Package {
+            id: self.id,
+            name: self.name,
+            price: Money::new(self.price_minor, currency),
+            base_credits: Credits::from_stored(self.base_credits),
+            bonus_credits: Credits::from_stored(self.bonus_credits),
+            active: self.active,
+        })
+    }
+}
+
+struct PurchaseRow {
+    id: Uuid,
+    org_id: Uuid,
+    package: serde_json::Value,
+    buyer: String,
+    receipt_email: Option<String>,
+    state: String,
+    checkout_session_id: Option<String>,
+    checkout_url: Option<String>,
+    payment_intent_id: Option<String>,
+    expires_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    paid_at: Option<DateTime<Utc>>,
+    credited_at: Option<DateTime<Utc>>,
+}
+
+impl PurchaseRow {
+    fn into_purchase(self) -> Result<Purchase, StoreError> {
+        Ok(Purchase {
+            id: self.id,
+            org_id: self.org_id,
+            package: serde_json::from_value(self.package)
+                .map_err(|e| StoreError::Decode(e.to_string()))?,
+            buyer: self.buyer,
+            receipt_email: self.receipt_email,
+            state: self.state,
+            checkout_session_id: self.checkout_session_id,
+            checkout_url: self.checkout_url,
+            payment_intent_id: self.payment_intent_id,
+            expires_at: self.expires_at,
+            created_at: self.created_at,
+            paid_at: self.paid_at,
+            credited_at: self.credited_at,
+        })
+    }
+}
+
+impl Store {
+    /// Packages, all or only the active ones, cheapest first.
+    pub async fn packages(&self, only_active: bool) -> Result<Vec<Package>, StoreError> {
+        sqlx::query_as!(
+            PackageRow,
+            "SELECT id, name, price_minor, currency, base_credits, bonus_credits, active
+               FROM credit_packages WHERE active OR NOT $1 ORDER BY price_minor, id",
+            only_active
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(PackageRow::into_package)
+        .collect()
+    }
+
+    pub async fn package(&self, id: Uuid) -> Result<Package, StoreError> {
+        sqlx::query_as!(
+            PackageRow,
+            "SELECT id, name, price_minor, currency, base_credits, bonus_credits, active
+               FROM credit_packages WHERE id = $1",
+            id
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound("package"))?
+        .into_package()
+    }
+
+    /// Creates or replaces a package (purchases keep their own snapshot).
+    pub async fn put_package(&self, p: &Package) -> Result<Package, StoreError> {
+        sqlx::query_as!(
+            PackageRow,
+            "INSERT INTO credit_packages (id, name, price_minor, currency, base_credits,
+                                          bonus_credits, active)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (id) DO UPDATE SET name = $2, price_minor = $3, currency = $4,
+                 base_credits = $5, bonus_credits = $6, active = $7, updated_at = now()
+             RETURNING id, name, price_minor, currency, base_credits, bonus_credits, active",
+            p.id,
+            p.name,
+            p.price.amount_minor,
+            p.price.currency.code(),
+            p.base_credits.as_decimal(),
+            p.bonus_credits.as_decimal(),
+            p.active
+        )
+        .fetch_one(&self.pool)
+        .await?
+        .into_package()
+    }
+
+    pub async fn create_purchase(
+        &self,
+        org_id: Uuid,
+        package: &Package,
+        buyer: &str,
+        receipt_email: Option<&str>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Purchase, StoreError> {
+        let snapshot =
+            serde_json::to_value(package).map_err(|e| StoreError::Decode(e.to_string()))?;
+        sqlx::query_as!(
+            PurchaseRow,
+            "INSERT INTO purchases (id, org_id, package_id, package, buyer, receipt_email,
+                                    expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             RETURNING id, org_id, package, buyer, receipt_email, state, checkout_session_id, checkout_url,
+                       payment_intent_id, expires_at, created_at, paid_at, credited_at",
+            Uuid::now_v7(),
+            org_id,
+            package.id,
+            snapshot,
+            buyer,
+            receipt_email,
+            expires_at
+        )
+        .fetch_one(&self.pool)
+        .await?
+        .into_purchase()
+    }
+
+    pub async fn purchase(&self, id: Uuid) -> Result<Purchase, StoreError> {
+        sqlx::query_as!(
+            PurchaseRow,
+            "SELECT id, org_id, package, buyer, receipt_email, state, checkout_session_id, checkout_url,
+                    payment_intent_id, expires_at, created_at, paid_at, credited_at
+               FROM purchases WHERE id = $1",
+            id
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound("purchase"))?
+        .into_purchase()
+    }
+
+    /// Records the checkout session made for a purchase (idempotent: the same session again
+    /// changes nothing).
+    pub async fn set_checkout_session(
+        &self,
+        id: Uuid,
+        session_id: &str,
+        url: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query!(
+            "UPDATE purchases SET checkout_session_id = $2, checkout_url = $3, updated_at = now()
+              WHERE id = $1 AND (checkout_session_id IS NULL OR checkout_session_id = $2)",
+            id,
+            session_id,
+            url
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Moves a purchase to `paid` (from awaiting_payment; later states are left alone).
+    pub async fn mark_purchase_paid(
+        &self,
+        id: Uuid,
+        payment_intent_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query!(
+            "UPDATE purchases SET state = 'paid', payment_intent_id = $2, paid_at = now(),
+                                  updated_at = now()
+              WHERE id = $1 AND state = 'awaiting_payment'",
+            id,
+            payment_intent_id
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Ends an unpaid purchase as `expired` or `failed`.
+    pub async fn end_purchase(&self, id: Uuid, state: &str) -> Result<(), StoreError> {
+        sqlx::query!(
+            "UPDATE purchases SET state = $2, updated_at = now()
+              WHERE id = $1 AND state = 'awaiting_payment'",
+            id,
+            state
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Grants a paid purchase's credits: one transfer for the base credits and one for the
+    /// bonus, attributed to the buyer, in one transaction with the purchase's move to
+    /// `credited`. Idempotent on the purchase: a second call books nothing.
+    pub async fn grant_purchase(&self, id: Uuid) -> Result<Grant, StoreError> {
+        let purchase = self.purchase(id).await?;
+        let org = purchase.org_id;
+        let refs = serde_json::json!({
+            "purchase_id": id,
+            "package_id": purchase.package.id,
+            "checkout_session_id": purchase.checkout_session_id,
+            "payment_intent_id": purchase.payment_intent_id,
+        });
+        let actor = format!("user:{}", purchase.buyer);
+        let mut transfers = vec![NewTransfer {
+            id: Uuid::now_v7(),
+            posting: Posting {
+                debit: Account::System(SystemAccount::Sales),
+                credit: Account::Org(org),
+                amount: purchase.package.base_credits,
+                kind: TransferKind::Purchase,
+                org,
+            },
+            idempotency_key: format!("purchase:{id}:base"),
+            actor: actor.clone(),
+            reason: format!("purchase of {}", purchase.package.name),
+            refs: refs.clone(),
+        }];
+        if purchase.package.bonus_credits.is_positive() {
+            transfers.push(NewTransfer {
+                id: Uuid::now_v7(),
+                posting: Posting {
+                    debit: Account::System(SystemAccount::Promotions),
+                    credit: Account::Org(org),
+                    amount: purchase.package.bonus_credits,
+                    kind: TransferKind::Bonus,
+                    org,
+                },
+                idempotency_key: format!("purchase:{id}:bonus"),
+                actor,
+                reason: format!("bonus with {}", purchase.package.name),
+                refs,
+            });
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut locked = self.lock_orgs(&mut tx, &[org]).await?;
+        let outcomes = self
+            .book_locked(&mut tx, &mut locked, &transfers, true)
+            .await?;
+        sqlx::query!(
+            "UPDATE purchases SET state = 'credited', credited_at = COALESCE(credited_at, now()),
+                                  updated_at = now()
+              WHERE id = $1",
+            id
+        )
+        .execute(&mut *tx)
+        .await?;
+        let balance = locked.balance(org).ok_or(StoreError::OrgNotFound)?;
+        tx.commit().await?;
+        Ok(Grant {
+            newly_booked: outcomes.iter().any(|o| matches!(o, BookOutcome::Booked(_))),
+            transfers: outcomes.iter().map(|o| o.transfer().clone()).collect(),
+            balance,
+        })
+    }
+
+    /// Records a payment-processor event id; false when it was recorded before.
+    pub async fn record_stripe_event(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        id: &str,
+        kind: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query!(
+            "INSERT INTO stripe_events (id, type) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            id,
+            kind
+        )
+        .execute(&mut **tx)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    /// Whether the e-mail with this key was already delivered; records the intent to send it.
+    pub async fn email_pending(
+        &self,
+        key: &str,
+        recipients: &str,
+        subject: &str,
+    ) -> Result<bool, StoreError> {
+        sqlx::query!(
+            "INSERT INTO email_sends (key, recipients, subject) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+            key,
+            recipients,
+            subject
+        )
+        .execute(&self.pool)
+        .await?;
+        let sent = sqlx::query_scalar!("SELECT sent_at FROM email_sends WHERE key = $1", key)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(sent.is_none())
+    }
+
+    pub async fn email_sent(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query!(
+            "UPDATE email_sends SET sent_at = COALESCE(sent_at, now()) WHERE key = $1",
+            key
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,105 @@
+//! A real (minimal) SMTP server on loopback that keeps what it receives, for tests. It speaks
+//! enough of RFC 5321 for lettre: EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::TcpListener,
+};
+
+#[derive(Debug, Clone, Default)]
+pub struct Mail {
+    pub from: String,
+    pub to: Vec<String>,
+    pub data: String,
+}
+
+impl Mail {
+    pub fn subject(&self) -> String {
+        self.data
+            .lines()
+            .find_map(|l| l.strip_prefix("Subject: "))
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+#[derive(Clone)]
+pub struct SmtpServer {
+    pub port: u16,
+    inbox: Arc<Mutex<Vec<Mail>>>,
+}
+
+impl SmtpServer {
+    pub async fn start() -> anyhow::Result<SmtpServer> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let inbox: Arc<Mutex<Vec<Mail>>> = Arc::default();
+        let boxed = inbox.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let inbox = boxed.clone();
+                tokio::spawn(async move {
+                    let _ = session(socket, inbox).await;
+                });
+            }
+        });
+        Ok(SmtpServer { port, inbox })
+    }
+
+    pub fn received(&self) -> Vec<Mail> {
+        self.inbox.lock().expect("inbox").clone()
+    }
+}
+
+async fn session(
+    socket: tokio::net::TcpStream,
+    inbox: Arc<Mutex<Vec<Mail>>>,
+) -> anyhow::Result<()> {
+    let (read, mut write) = socket.into_split();
+    let mut lines = BufReader::new(read).lines();
+    write.write_all(b"220 test-smtp ready\r\n").await?;
+    let mut mail = Mail::default();
+    while let Some(line) = lines.next_line().await? {
+        let upper = line.to_ascii_uppercase();
+        let reply: &[u8] = if upper.starts_with("EHLO") {
+            b"250-test-smtp\r\n250 8BITMIME\r\n"
+        } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
+            b"250 ok\r\n"
+        } else if upper.starts_with("MAIL FROM:") {
+            mail = Mail {
+                from: line[10..].trim().to_string(),
+                ..Mail::default()
+            };
+            b"250 ok\r\n"
+        } else if upper.starts_with("RCPT TO:") {
+            mail.to
+                .push(line[8..].trim().trim_matches(['<', '>']).to_string());
+            b"250 ok\r\n"
+        } else if upper == "DATA" {
+            write.write_all(b"354 end with .\r\n").await?;
+            let mut data = String::new();
+            while let Some(l) = lines.next_line().await? {
+                if l == "." {
+                    break;
+                }
+                data.push_str(l.strip_prefix('.').unwrap_or(&l));
+                data.push('\n');
+            }
+            mail.data = data;
+            inbox.lock().expect("inbox").push(std::mem::take(&mut mail));
+            b"250 queued\r\n"
+        } else if upper.starts_with("RSET") {
+            mail = Mail::default();
+            b"250 ok\r\n"
+        } else if upper.starts_with("QUIT") {
+            write.write_all(b"221 bye\r\n").await?;
+            return Ok(());
+        } else {
+            b"502 not implemented\r\n"
+        };
+        write.write_all(reply).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,455 @@
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use tests::{
+    AppOptions, OPERATOR_KEY, STRIPE_KEY, TestApp, TestOrg, WEBHOOK_SECRET, eventually,
+    worker::{ProcessWorker, TestWorker},
+};
+
+const GROWTH: &str = "01970000-0000-7000-8000-000000000002";
+
+async fn buy(app: &TestApp, org: &TestOrg, package: &str) -> tests::Answer {
+    app.call(
+        Method::POST,
+        "/v1/purchases",
+        Some(&org.key),
+        Some(&json!({"package_id": package, "user": "ana@acme.test"})),
+        &[],
+    )
+    .await
+}
+
+async fn state_of(app: &TestApp, org: &TestOrg, id: &str) -> Value {
+    app.get(&format!("/v1/purchases/{id}"), &org.key).await.body
+}
+
+async fn wait_state(app: &TestApp, org: &TestOrg, id: &str, want: &str) -> Value {
+    eventually(
+        &format!("purchase {want}"),
+        Duration::from_secs(30),
+        || async {
+            let p = state_of(app, org, id).await;
+            (p["state"] == want).then_some(p)
+        },
+    )
+    .await
+}
+
+/// Pays a session the way the hosted page's form does.
+async fn pay(app: &TestApp, session_url: &str) {
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = app.http.get(session_url).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("Pay"));
+    let paid = no_redirect
+        .post(format!("{session_url}/pay"))
+        .form(&[("payment_method", "pm_card_visa")])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        paid.status().is_redirection() || paid.status().is_success(),
+        "{}",
+        paid.status()
+    );
+}
+
+async fn emulator_events(app: &TestApp) -> Vec<Value> {
+    let v: Value = app
+        .http
+        .get(format!("{}/_emulator/events", app.stripe_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["data"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn packages_show_effective_credits_cost_per_credit_and_saving() {
+    let app = TestApp::spawn().await.unwrap();
+    let org = app.create_org("shopper").await;
+
+    let list = app.get("/v1/packages", &org.key).await;
+
+    let names: Vec<&str> = list.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Starter", "Growth", "Scale"]);
+    let growth = &list.body["data"][1];
+    assert_eq!(growth["effective_credits"], "5250.000000");
+    assert_eq!(growth["cost_per_credit"], "0.009524");
+    assert_eq!(growth["saving_percent"], "4.8");
+    assert_eq!(list.body["data"][2]["saving_percent"], "9.1");
+    assert_eq!(list.body["data"][0]["saving_percent"], "0.0");
+}
+
+#[tokio::test]
+async fn operators_create_change_and_deactivate_packages() {
+    let app = TestApp::spawn().await.unwrap();
+    let org = app.create_org("ops").await;
+    let body = json!({"name": "Mega", "price_minor": 100000, "currency": "usd", "base_credits": "100000", "bonus_credits": "15000"});
+
+    app.call(
+        Method::POST,
+        "/v1/packages",
+        Some(&org.key),
+        Some(&body),
+        &[],
+    )
+    .await
+    .assert_problem(403, "operator_only");
+    let created = app
+        .call(
+            Method::POST,
+            "/v1/packages",
+            Some(OPERATOR_KEY),
+            Some(&body),
+            &[],
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let mut off = body.clone();
+    off["active"] = json!(false);
+    let changed = app
+        .call(
+            Method::PUT,
+            &format!("/v1/packages/{id}"),
+            Some(OPERATOR_KEY),
+            Some(&off),
+            &[],
+        )
+        .await;
+    assert_eq!(changed.status, 200, "{}", changed.text);
+    let bad = json!({"name": "", "price_minor": 0, "currency": "usd", "base_credits": "1"});
+    app.call(
+        Method::POST,
+        "/v1/packages",
+        Some(OPERATOR_KEY),
+        Some(&bad),
+        &[],
+    )
+    .await
+    .assert_problem(422, "invalid_package");
+
+    let list = app.get("/v1/packages", &org.key).await;
+    assert!(
+        list.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["id"] != id.as_str())
+    );
+    buy(&app, &org, &id)
+        .await
+        .assert_problem(422, "package_inactive");
+    buy(&app, &org, &uuid::Uuid::now_v7().to_string())
+        .await
+        .assert_problem(422, "unknown_package");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buying_and_paying_grants_base_and_bonus_once_with_one_receipt() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = app.create_org("buyer").await;
+
+    let started = std::time::Instant::now();
+    let bought = buy(&app, &org, GROWTH).await;
+    assert_eq!(bought.status, 201, "{}", bought.text);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "checkout URL took {:?}",
+        started.elapsed()
+    );
+    let id = bought.body["id"].as_str().unwrap().to_string();
+    let url = bought.body["checkout_url"].as_str().unwrap().to_string();
+    assert!(url.starts_with(&app.stripe_url), "{url}");
+    pay(&app, &url).await;
+    let done = wait_state(&app, &org, &id, "credited").await;
+
+    assert_eq!(app.balance(&org).await, "5250.000000");
+    let history = app
+        .get(&format!("/v1/orgs/{}/transactions", org.id), &org.key)
+        .await;
+    let rows = history.body["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let kinds: Vec<&str> = rows.iter().map(|t| t["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["bonus", "purchase"]);
+    for t in rows {
+        assert_eq!(t["actor"], "user:ana@acme.test");
+        assert_eq!(t["refs"]["purchase_id"], id.as_str());
+        assert_eq!(
+            t["refs"]["checkout_session_id"],
+            done["checkout_session_id"]
+        );
+        assert!(
+            t["refs"]["payment_intent_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("pi_")
+        );
+    }
+    let mails = eventually("the receipt", Duration::from_secs(10), || async {
+        let m = app.smtp.received();
+        (!m.is_empty()).then_some(m)
+    })
+    .await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].to, ["ana@acme.test"]);
+    assert!(
+        mails[0].data.contains("Bonus credits: 250.000000"),
+        "{}",
+        mails[0].data
+    );
+    assert!(
+        mails[0].data.contains("New balance: 5250.000000"),
+        "{}",
+        mails[0].data
+    );
+    let state: String = app
+        .temporal
+        .get_workflow_handle::<workflows::purchase::PurchaseWorkflow>(format!("purchase-{id}"))
+        .query(
+            workflows::purchase::PurchaseWorkflow::current_state,
+            (),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(state, "credited");
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_completion_webhook_delivered_again_and_early_still_grants_once() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = app.create_org("dupes").await;
+    let bought = buy(&app, &org, GROWTH).await;
+    let id = bought.body["id"].as_str().unwrap().to_string();
+
+    // Paid the moment the URL exists, so the webhook usually lands before the workflow waits.
+    pay(&app, bought.body["checkout_url"].as_str().unwrap()).await;
+    let completed = eventually("the completion event", Duration::from_secs(10), || async {
+        emulator_events(&app)
+            .await
+            .into_iter()
+            .find(|e| e["type"] == "checkout.session.completed")
+    })
+    .await;
+    let redeliver = format!(
+        "{}/_emulator/events/{}/deliver?times=3",
+        app.stripe_url,
+        completed["id"].as_str().unwrap()
+    );
+    assert_eq!(
+        app.http.post(&redeliver).send().await.unwrap().status(),
+        204
+    );
+    wait_state(&app, &org, &id, "credited").await;
+    assert_eq!(
+        app.http.post(&redeliver).send().await.unwrap().status(),
+        204
+    );
+
+    assert_eq!(app.balance(&org).await, "5250.000000");
+    let transfers: i64 = sqlx::query_scalar("SELECT count(*) FROM transfers")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(transfers, 2);
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpaid_session_expires_without_credits() {
+    let app = TestApp::spawn_with(AppOptions {
+        checkout_expiry: Duration::from_secs(2),
+    })
+    .await
+    .unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = app.create_org("late").await;
+    let bought = buy(&app, &org, GROWTH).await;
+    let id = bought.body["id"].as_str().unwrap().to_string();
+
+    let expired = wait_state(&app, &org, &id, "expired").await;
+
+    assert_eq!(app.balance(&org).await, "0.000000");
+    let session: Value = app
+        .http
+        .get(format!(
+            "{}/v1/checkout/sessions/{}",
+            app.stripe_url,
+            expired["checkout_session_id"].as_str().unwrap()
+        ))
+        .bearer_auth(STRIPE_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(session["status"], "expired");
+}
+
+#[tokio::test]
+async fn a_forged_or_stale_signature_is_refused_and_changes_nothing() {
+    let app = TestApp::spawn().await.unwrap();
+    let body = json!({"id": "evt_forged", "type": "checkout.session.completed",
+                      "data": {"object": {"mode": "payment", "client_reference_id": "x"}}})
+    .to_string();
+    let now = chrono::Utc::now().timestamp();
+    let send = |sig: String| {
+        let (app, body) = (&app, body.clone());
+        async move {
+            let r = app
+                .http
+                .post(format!("{}/v1/webhooks/stripe", app.base_url))
+                .header("stripe-signature", sig)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }
+    };
+
+    assert_eq!(
+        send(stripe_emulator::sign("whsec_wrong", now, &body)).await,
+        400
+    );
+    assert_eq!(
+        send(stripe_emulator::sign(WEBHOOK_SECRET, now - 301, &body)).await,
+        400
+    );
+    assert_eq!(send("t=1,v1=00".into()).await, 400);
+    let missing = app
+        .http
+        .post(format!("{}/v1/webhooks/stripe", app.base_url))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 400);
+
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_events")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(events, 0);
+    // A good signature on an unknown event type is acknowledged and ignored.
+    let other =
+        json!({"id": "evt_other", "type": "customer.created", "data": {"object": {}}}).to_string();
+    let ok = app
+        .http
+        .post(format!("{}/v1/webhooks/stripe", app.base_url))
+        .header(
+            "stripe-signature",
+            stripe_emulator::sign(WEBHOOK_SECRET, now, &other),
+        )
+        .body(other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn another_orgs_purchase_is_not_visible() {
+    let app = TestApp::spawn().await.unwrap();
+    let a = app.create_org("a").await;
+    let b = app.create_org("b").await;
+    let package = app.store.package(GROWTH.parse().unwrap()).await.unwrap();
+    let p = app
+        .store
+        .create_purchase(a.id, &package, "ana", None, chrono::Utc::now())
+        .await
+        .unwrap();
+
+    app.get(&format!("/v1/purchases/{}", p.id), &b.key)
+        .await
+        .assert_problem(403, "wrong_org");
+    app.get(&format!("/v1/purchases/{}", uuid::Uuid::now_v7()), &b.key)
+        .await
+        .assert_problem(404, "not_found");
+    assert_eq!(
+        app.get(&format!("/v1/purchases/{}", p.id), &a.key)
+            .await
+            .status,
+        200
+    );
+    app.call(
+        Method::POST,
+        "/v1/purchases",
+        Some(&a.key),
+        Some(&json!({"package_id": GROWTH})),
+        &[],
+    )
+    .await
+    .assert_problem(422, "missing_field");
+}
+
+#[tokio::test]
+async fn granting_a_purchase_twice_books_it_once() {
+    let app = TestApp::spawn().await.unwrap();
+    let org = app.create_org("retry").await;
+    let package = app.store.package(GROWTH.parse().unwrap()).await.unwrap();
+    let p = app
+        .store
+        .create_purchase(org.id, &package, "ana", None, chrono::Utc::now())
+        .await
+        .unwrap();
+
+    let first = app.store.grant_purchase(p.id).await.unwrap();
+    let again = app.store.grant_purchase(p.id).await.unwrap();
+
+    assert!(first.newly_booked);
+    assert!(!again.newly_booked);
+    assert_eq!(first.transfers, again.transfers);
+    assert_eq!(app.balance(&org).await, "5250.000000");
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_before_the_grant_and_restarted_grants_once() {
+    let app = TestApp::spawn().await.unwrap();
+    let mut worker = ProcessWorker::start(&app).unwrap();
+    let org = app.create_org("crash").await;
+    let bought = buy(&app, &org, GROWTH).await;
+    assert_eq!(bought.status, 201, "{}", bought.text);
+    let id = bought.body["id"].as_str().unwrap().to_string();
+
+    // The worker dies (SIGKILL) while the workflow waits; the payment arrives with no worker
+    // alive, so nothing can grant until one comes back.
+    worker.kill();
+    pay(&app, bought.body["checkout_url"].as_str().unwrap()).await;
+    eventually("the webhook", Duration::from_secs(10), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM stripe_events WHERE type = 'checkout.session.completed'",
+        )
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
+    assert_eq!(state_of(&app, &org, &id).await["state"], "awaiting_payment");
+    assert_eq!(app.balance(&org).await, "0.000000");
+    let _restarted = ProcessWorker::start(&app).unwrap();
+
+    wait_state(&app, &org, &id, "credited").await;
+    assert_eq!(app.balance(&org).await, "5250.000000");
+    app.assert_invariants().await;
+}

@@ -1,0 +1,713 @@
+//! A small, stateful stand-in for the parts of Stripe's REST API creditflow uses, in Stripe's
+//! wire format: form-encoded requests, JSON objects with Stripe's field names, Stripe's error
+//! objects and `Idempotency-Key` semantics. Customers, Checkout Sessions (payment and setup
+//! mode: create, retrieve, expire), PaymentIntents confirmed off-session against test payment
+//! methods, and refunds. It serves a hosted checkout page per session, and delivers events to
+//! the webhook URL signed as Stripe signs them (`Stripe-Signature: t=…,v1=…`), retrying on
+//! non-2xx. For development and tests only.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Form, Json, Router,
+    body::Bytes,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{Html, IntoResponse, Redirect, Response},
+    routing::{get, post},
+};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub webhook_url: Option<String>,
+    pub webhook_secret: String,
+    /// Base of the hosted checkout pages' URLs.
+    pub public_url: String,
+}
+
+/// Webhook delivery attempts per event at most, with doubling delays from 200 ms.
+pub const DELIVERY_ATTEMPTS_MAX: u32 = 8;
+
+#[derive(Default)]
+struct Data {
+    seq: u64,
+    objects: HashMap<String, Value>,
+    /// Idempotency-Key → (request hash, status, body).
+    idempotency: HashMap<String, (Vec<u8>, u16, Value)>,
+    events: Vec<Value>,
+    /// Deliveries answered 2xx, per event id.
+    delivered: HashMap<String, u32>,
+}
+
+/// The emulator's state; cheap to clone.
+#[derive(Clone)]
+pub struct Emulator {
+    config: Arc<Mutex<Config>>,
+    data: Arc<Mutex<Data>>,
+    http: reqwest::Client,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A Stripe error answer.
+fn error(
+    status: StatusCode,
+    kind: &str,
+    code: Option<&str>,
+    message: &str,
+    extra: Value,
+) -> (u16, Value) {
+    let mut e = json!({ "type": kind, "message": message });
+    if let Some(c) = code {
+        e["code"] = json!(c);
+        e["doc_url"] = json!(format!("https://stripe.com/docs/error-codes/{c}"));
+    }
+    if let Value::Object(m) = extra {
+        for (k, v) in m {
+            e[k] = v;
+        }
+    }
+    (status.as_u16(), json!({ "error": e }))
+}
+
+fn reply((status, body): (u16, Value)) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+        Json(body),
+    )
+        .into_response()
+}
+
+/// The signature header Stripe sends: `t=<unix>,v1=<hex HMAC-SHA256 of "t.payload">`.
+pub fn sign(secret: &str, timestamp: i64, payload: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(format!("{timestamp}.{payload}").as_bytes());
+    format!(
+        "t={timestamp},v1={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
+}
+
+/// Test payment methods and what charging them off-session does: `None` succeeds, otherwise
+/// (code, decline_code).
+fn card_outcome(pm: &str) -> Option<(&'static str, &'static str)> {
+    match pm {
+        "pm_card_chargeDeclinedInsufficientFunds"
+        | "pm_card_visa_chargeDeclinedInsufficientFunds" => {
+            Some(("card_declined", "insufficient_funds"))
+        }
+        "pm_card_chargeDeclinedProcessingError" => Some(("processing_error", "processing_error")),
+        "pm_card_chargeDeclined" | "pm_card_visa_chargeDeclined" => {
+            Some(("card_declined", "generic_decline"))
+        }
+        "pm_card_chargeDeclinedExpiredCard" => Some(("expired_card", "expired_card")),
+        "pm_card_chargeDeclinedDoNotHonor" => Some(("card_declined", "do_not_honor")),
+        "pm_card_visa_chargeDeclinedStolenCard" => Some(("card_declined", "stolen_card")),
+        "pm_card_authenticationRequired" => {
+            Some(("authentication_required", "authentication_required"))
+        }
+        _ => None,
+    }
+}
+
+type Params = HashMap<String, String>;
+
+/// A PaymentIntent to record.
+struct NewIntent<'a> {
+    amount: i64,
+    currency: &'a str,
+    customer: Option<&'a String>,
+    pm: &'a str,
+    metadata: Value,
+    status: &'a str,
+}
+
+fn int(p: &Params, k: &str) -> Option<i64> {
+    p.get(k).and_then(|v| v.parse().ok())
+}
+
+/// `prefix[key]=value` pairs as an object (Stripe's metadata encoding).
+fn map_of(p: &Params, prefix: &str) -> Value {
+    let mut m = serde_json::Map::new();
+    for (k, v) in p {
+        if let Some(rest) = k
+            .strip_prefix(&format!("{prefix}["))
+            .and_then(|r| r.strip_suffix(']'))
+        {
+            m.insert(rest.to_string(), json!(v));
+        }
+    }
+    Value::Object(m)
+}
+
+impl Emulator {
+    pub fn new(config: Config) -> Emulator {
+        Emulator {
+            config: Arc::new(Mutex::new(config)),
+            data: Arc::default(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Points event delivery somewhere else (tests start the emulator before the app).
+    pub fn set_webhook_url(&self, url: Option<String>) {
+        self.config.lock().expect("config").webhook_url = url;
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1/customers", post(api_post))
+            .route("/v1/checkout/sessions", post(api_post))
+            .route("/v1/checkout/sessions/{id}", get(get_object))
+            .route("/v1/checkout/sessions/{id}/expire", post(api_post))
+            .route("/v1/payment_intents", post(api_post))
+            .route("/v1/payment_intents/{id}", get(get_object))
+            .route("/v1/refunds", post(api_post))
+            .route("/checkout/{id}", get(hosted_page))
+            .route("/checkout/{id}/pay", post(pay))
+            .route("/_emulator/events", get(list_events))
+            .route("/_emulator/events/{id}/deliver", post(redeliver))
+            .with_state(self.clone())
+    }
+
+    fn next_id(&self, data: &mut Data, prefix: &str) -> String {
+        data.seq += 1;
+        format!("{prefix}_test_{:06}{:08x}", data.seq, now() as u32)
+    }
+
+    /// Stores an event and delivers it in the background.
+    fn emit(&self, data: &mut Data, kind: &str, object: Value) {
+        let id = self.next_id(data, "evt");
+        let event = json!({
+            "id": id, "object": "event", "api_version": "2026-09-30.endive", "created": now(),
+            "data": { "object": object }, "livemode": false, "pending_webhooks": 1,
+            "request": { "id": null, "idempotency_key": null }, "type": kind,
+        });
+        data.events.push(event.clone());
+        let me = self.clone();
+        tokio::spawn(async move { me.deliver(event, DELIVERY_ATTEMPTS_MAX).await });
+    }
+
+    /// Delivers one event, retrying non-2xx answers with doubling delays.
+    async fn deliver(&self, event: Value, attempts: u32) {
+        let (url, secret) = {
+            let c = self.config.lock().expect("config");
+            (c.webhook_url.clone(), c.webhook_secret.clone())
+        };
+        let Some(url) = url else { return };
+        let body = event.to_string();
+        let id = event["id"].as_str().unwrap_or_default().to_string();
+        let mut delay = Duration::from_millis(200);
+        for _ in 0..attempts {
+            let sent = self
+                .http
+                .post(&url)
+                .header("content-type", "application/json; charset=utf-8")
+                .header("stripe-signature", sign(&secret, now(), &body))
+                .body(body.clone())
+                .send()
+                .await;
+            if sent.is_ok_and(|r| r.status().is_success()) {
+                *self
+                    .data
+                    .lock()
+                    .expect("data")
+                    .delivered
+                    .entry(id)
+                    .or_default() += 1;
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+        tracing::warn!(event = %id, "webhook delivery gave up");
+    }
+
+    fn handle(&self, path: &str, p: &Params) -> (u16, Value) {
+        let mut data = self.data.lock().expect("data");
+        if path == "/v1/customers" {
+            let id = self.next_id(&mut data, "cus");
+            let c = json!({"id": id, "object": "customer", "created": now(), "livemode": false,
+                           "email": p.get("email"), "name": p.get("name"), "metadata": map_of(p, "metadata")});
+            data.objects.insert(id, c.clone());
+            return (200, c);
+        }
+        if path == "/v1/checkout/sessions" {
+            return self.create_session(&mut data, p);
+        }
+        if let Some(id) = path
+            .strip_prefix("/v1/checkout/sessions/")
+            .and_then(|r| r.strip_suffix("/expire"))
+        {
+            let Some(s) = data.objects.get(id).cloned() else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    Some("resource_missing"),
+                    "No such checkout.session",
+                    json!({}),
+                );
+            };
+            if s["status"] != "open" {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    None,
+                    "Only Checkout Sessions with a status in [\"open\"] can be expired.",
+                    json!({}),
+                );
+            }
+            let mut s = s;
+            s["status"] = json!("expired");
+            s["url"] = Value::Null;
+            data.objects.insert(id.to_string(), s.clone());
+            self.emit(&mut data, "checkout.session.expired", s.clone());
+            return (200, s);
+        }
+        if path == "/v1/payment_intents" {
+            return self.charge(&mut data, p);
+        }
+        if path == "/v1/refunds" {
+            return self.refund(&mut data, p);
+        }
+        error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            None,
+            "Unrecognized request URL",
+            json!({}),
+        )
+    }
+
+    fn create_session(&self, data: &mut Data, p: &Params) -> (u16, Value) {
+        let mode = p.get("mode").map(String::as_str).unwrap_or("");
+        if mode != "payment" && mode != "setup" {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("parameter_missing"),
+                "Missing required param: mode.",
+                json!({"param": "mode"}),
+            );
+        }
+        let amount = int(p, "line_items[0][price_data][unit_amount]").unwrap_or(0)
+            * int(p, "line_items[0][quantity]").unwrap_or(1);
+        if mode == "payment" && amount <= 0 {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("parameter_missing"),
+                "Missing required param: line_items.",
+                json!({"param": "line_items"}),
+            );
+        }
+        let currency = p
+            .get("line_items[0][price_data][currency]")
+            .or(p.get("currency"))
+            .cloned();
+        let id = self.next_id(data, "cs");
+        let public = self.config.lock().expect("config").public_url.clone();
+        let s = json!({
+            "id": id, "object": "checkout.session", "mode": mode, "status": "open",
+            "payment_status": "unpaid", "url": format!("{public}/checkout/{id}"),
+            "amount_total": if mode == "payment" { json!(amount) } else { Value::Null },
+            "currency": currency, "client_reference_id": p.get("client_reference_id"),
+            "customer": p.get("customer"), "customer_email": p.get("customer_email"),
+            "metadata": map_of(p, "metadata"), "success_url": p.get("success_url"),
+            "cancel_url": p.get("cancel_url"),
+            "expires_at": int(p, "expires_at").unwrap_or(now() + 24 * 3600),
+            "created": now(), "livemode": false, "automatic_tax": {"enabled": false},
+            "custom_fields": [], "custom_text": {}, "payment_method_types": ["card"],
+            "shipping_options": [], "payment_intent": null, "setup_intent": null,
+            "product_name": p.get("line_items[0][price_data][product_data][name]"),
+        });
+        data.objects.insert(id, s.clone());
+        (200, s)
+    }
+
+    fn payment_intent(&self, data: &mut Data, n: NewIntent<'_>) -> Value {
+        let NewIntent {
+            amount,
+            currency,
+            customer,
+            pm,
+            metadata,
+            status,
+        } = n;
+        let id = self.next_id(data, "pi");
+        let charge = self.next_id(data, "ch");
+        let pi = json!({
+            "id": id, "object": "payment_intent", "amount": amount,
+            "amount_capturable": 0, "amount_received": if status == "succeeded" { amount } else { 0 },
+            "capture_method": "automatic", "confirmation_method": "automatic", "created": now(),
+            "currency": currency, "customer": customer, "livemode": false, "metadata": metadata,
+            "payment_method": pm, "payment_method_types": ["card"], "status": status,
+            "latest_charge": charge,
+        });
+        data.objects.insert(charge.clone(), json!({
+            "id": charge, "object": "charge", "amount": amount, "amount_captured": if status == "succeeded" { amount } else { 0 },
+            "amount_refunded": 0, "billing_details": {}, "captured": status == "succeeded",
+            "created": now(), "currency": currency, "disputed": false, "livemode": false,
+            "metadata": {}, "paid": status == "succeeded", "refunded": false,
+            "status": if status == "succeeded" { "succeeded" } else { "failed" }, "payment_intent": id,
+        }));
+        data.objects.insert(id, pi.clone());
+        pi
+    }
+
+    fn charge(&self, data: &mut Data, p: &Params) -> (u16, Value) {
+        let (Some(amount), Some(currency)) = (int(p, "amount"), p.get("currency")) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("parameter_missing"),
+                "Missing required param: amount or currency.",
+                json!({}),
+            );
+        };
+        let pm = p.get("payment_method").cloned().unwrap_or_default();
+        let metadata = map_of(p, "metadata");
+        match card_outcome(&pm) {
+            None => {
+                let pi = self.payment_intent(
+                    data,
+                    NewIntent {
+                        amount,
+                        currency,
+                        customer: p.get("customer"),
+                        pm: &pm,
+                        metadata,
+                        status: "succeeded",
+                    },
+                );
+                self.emit(data, "payment_intent.succeeded", pi.clone());
+                (200, pi)
+            }
+            Some((code, decline)) => {
+                let mut pi = self.payment_intent(
+                    data,
+                    NewIntent {
+                        amount,
+                        currency,
+                        customer: p.get("customer"),
+                        pm: &pm,
+                        metadata,
+                        status: "requires_payment_method",
+                    },
+                );
+                let err = json!({"type": "card_error", "code": code, "decline_code": decline,
+                                 "message": format!("Your card was declined ({decline})."),
+                                 "charge": pi["latest_charge"]});
+                pi["last_payment_error"] = err.clone();
+                let id = pi["id"].as_str().unwrap_or_default().to_string();
+                data.objects.insert(id, pi.clone());
+                self.emit(data, "payment_intent.payment_failed", pi.clone());
+                error(
+                    StatusCode::PAYMENT_REQUIRED,
+                    "card_error",
+                    Some(code),
+                    &format!("Your card was declined ({decline})."),
+                    json!({"decline_code": decline, "charge": pi["latest_charge"], "payment_intent": pi}),
+                )
+            }
+        }
+    }
+
+    fn refund(&self, data: &mut Data, p: &Params) -> (u16, Value) {
+        let Some(pi) = p
+            .get("payment_intent")
+            .and_then(|id| data.objects.get(id))
+            .cloned()
+        else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("resource_missing"),
+                "No such payment_intent.",
+                json!({"param": "payment_intent"}),
+            );
+        };
+        let charge_id = pi["latest_charge"].as_str().unwrap_or_default().to_string();
+        let mut charge = data.objects.get(&charge_id).cloned().unwrap_or_default();
+        let refunded = charge["amount_refunded"].as_i64().unwrap_or(0);
+        let paid = pi["amount_received"].as_i64().unwrap_or(0);
+        let amount = int(p, "amount").unwrap_or(paid - refunded);
+        if amount <= 0 || refunded + amount > paid {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("amount_too_large"),
+                "Refund amount is greater than unrefunded amount on charge.",
+                json!({"param": "amount"}),
+            );
+        }
+        charge["amount_refunded"] = json!(refunded + amount);
+        charge["refunded"] = json!(refunded + amount == paid);
+        data.objects.insert(charge_id.clone(), charge.clone());
+        let id = self.next_id(data, "re");
+        let r = json!({"id": id, "object": "refund", "amount": amount, "created": now(),
+                       "currency": pi["currency"], "status": "succeeded", "payment_intent": pi["id"],
+                       "charge": charge_id, "metadata": map_of(p, "metadata")});
+        data.objects.insert(id, r.clone());
+        self.emit(data, "charge.refunded", charge);
+        (200, r)
+    }
+
+    /// Completes a session as a paying customer would.
+    fn complete(&self, id: &str, pm: &str) -> Result<Value, (u16, Value)> {
+        let mut data = self.data.lock().expect("data");
+        let Some(mut s) = data.objects.get(id).cloned() else {
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("resource_missing"),
+                "No such checkout.session",
+                json!({}),
+            ));
+        };
+        if s["status"] != "open" {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                "This Checkout Session is no longer open.",
+                json!({}),
+            ));
+        }
+        if s["mode"] == "payment" {
+            let amount = s["amount_total"].as_i64().unwrap_or(0);
+            let currency = s["currency"].as_str().unwrap_or("usd").to_string();
+            let customer = s["customer"].as_str().map(String::from);
+            let pi = self.payment_intent(
+                &mut data,
+                NewIntent {
+                    amount,
+                    currency: &currency,
+                    customer: customer.as_ref(),
+                    pm,
+                    metadata: s["metadata"].clone(),
+                    status: "succeeded",
+                },
+            );
+            s["payment_intent"] = pi["id"].clone();
+            s["payment_status"] = json!("paid");
+            self.emit(&mut data, "payment_intent.succeeded", pi);
+        } else {
+            let seti = self.next_id(&mut data, "seti");
+            data.objects.insert(
+                seti.clone(),
+                json!({"id": seti, "object": "setup_intent", "created": now(),
+                "livemode": false, "payment_method_types": ["card"], "status": "succeeded",
+                "usage": "off_session", "payment_method": pm, "customer": s["customer"]}),
+            );
+            s["setup_intent"] = json!(seti);
+            s["payment_status"] = json!("no_payment_required");
+        }
+        s["status"] = json!("complete");
+        s["url"] = Value::Null;
+        data.objects.insert(id.to_string(), s.clone());
+        self.emit(&mut data, "checkout.session.completed", s.clone());
+        Ok(s)
+    }
+}
+
+async fn api_post(
+    State(em): State<Emulator>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer sk_test_"))
+    {
+        return reply(error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            None,
+            "Invalid API Key provided.",
+            json!({}),
+        ));
+    }
+    let params: Params = form_urlencoded::parse(&body).into_owned().collect();
+    let path = uri.path().to_string();
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let mut sorted: Vec<_> = params.iter().collect();
+    sorted.sort();
+    let hash = Sha256::digest(format!("{path}?{sorted:?}").as_bytes()).to_vec();
+    if let Some(k) = &key {
+        let data = em.data.lock().expect("data");
+        if let Some((h, status, body)) = data.idempotency.get(k) {
+            if *h != hash {
+                return reply(error(
+                    StatusCode::BAD_REQUEST,
+                    "idempotency_error",
+                    None,
+                    &format!(
+                        "Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{k}' if you meant to execute a different request."
+                    ),
+                    json!({}),
+                ));
+            }
+            let mut r = reply((*status, body.clone()));
+            r.headers_mut()
+                .insert("idempotent-replayed", "true".parse().expect("header"));
+            return r;
+        }
+    }
+    let (status, body) = em.handle(&path, &params);
+    if let Some(k) = key
+        && status != 400
+    {
+        em.data
+            .lock()
+            .expect("data")
+            .idempotency
+            .insert(k, (hash, status, body.clone()));
+    }
+    reply((status, body))
+}
+
+async fn get_object(State(em): State<Emulator>, Path(id): Path<String>) -> Response {
+    match em.data.lock().expect("data").objects.get(&id) {
+        Some(o) => reply((200, o.clone())),
+        None => reply(error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("resource_missing"),
+            &format!("No such object: '{id}'"),
+            json!({}),
+        )),
+    }
+}
+
+async fn hosted_page(State(em): State<Emulator>, Path(id): Path<String>) -> Response {
+    let Some(s) = em.data.lock().expect("data").objects.get(&id).cloned() else {
+        return (
+            StatusCode::NOT_FOUND,
+            Html("<h1>No such checkout session</h1>".to_string()),
+        )
+            .into_response();
+    };
+    let what = if s["mode"] == "payment" {
+        let amount = s["amount_total"].as_i64().unwrap_or(0);
+        format!(
+            "{} — {}.{:02} {}",
+            s["product_name"].as_str().unwrap_or("Purchase"),
+            amount / 100,
+            amount % 100,
+            s["currency"].as_str().unwrap_or("").to_uppercase()
+        )
+    } else {
+        "Save a card for future payments".to_string()
+    };
+    let body = if s["status"] == "open" {
+        format!(
+            r#"<form method="post" action="/checkout/{id}/pay">
+  <label>Test card <select name="payment_method">
+    <option value="pm_card_visa">4242 4242 4242 4242 (succeeds)</option>
+    <option value="pm_card_chargeDeclinedInsufficientFunds">…9995 (insufficient funds later)</option>
+    <option value="pm_card_chargeDeclinedExpiredCard">…0069 (expired card later)</option>
+  </select></label>
+  <button type="submit" id="pay">Pay</button></form>"#
+        )
+    } else {
+        format!(
+            "<p>This session is {}.</p>",
+            s["status"].as_str().unwrap_or("")
+        )
+    };
+    Html(format!(
+        "<!doctype html><html><head><title>Checkout (emulator)</title></head><body>\
+        <h1>Checkout</h1><p>{what}</p>{body}</body></html>"
+    ))
+    .into_response()
+}
+
+async fn pay(
+    State(em): State<Emulator>,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let pm = form
+        .get("payment_method")
+        .cloned()
+        .unwrap_or_else(|| "pm_card_visa".into());
+    match em.complete(&id, &pm) {
+        Ok(s) => match s["success_url"].as_str() {
+            Some(url) if !url.is_empty() => {
+                Redirect::to(&url.replace("{CHECKOUT_SESSION_ID}", &id)).into_response()
+            }
+            _ => reply((200, s)),
+        },
+        Err(e) => reply(e),
+    }
+}
+
+async fn list_events(State(em): State<Emulator>) -> Json<Value> {
+    let data = em.data.lock().expect("data");
+    let events: Vec<Value> = data
+        .events
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            e["delivered"] = json!(
+                data.delivered
+                    .get(e["id"].as_str().unwrap_or_default())
+                    .copied()
+                    .unwrap_or(0)
+            );
+            e
+        })
+        .collect();
+    Json(json!({ "data": events }))
+}
+
+/// Delivers an event again, `times` times at once (duplicate deliveries for tests).
+async fn redeliver(
+    State(em): State<Emulator>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let times: u32 = q
+        .get("times")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1)
+        .min(20);
+    let Some(event) = em
+        .data
+        .lock()
+        .expect("data")
+        .events
+        .iter()
+        .find(|e| e["id"] == id.as_str())
+        .cloned()
+    else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..times {
+        let (em, event) = (em.clone(), event.clone());
+        tasks.push(tokio::spawn(async move { em.deliver(event, 1).await }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
