@@ -5,6 +5,7 @@ pub mod health;
 pub mod mail;
 pub mod payments;
 pub mod purchase;
+pub mod topup;
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ pub struct Deps {
 /// Every workflow and activity the project runs, registered on one worker's options. The
 /// binary and the tests both build their workers here, so they run the same set.
 pub fn worker_options(task_queue: &str, deps: Deps) -> Result<WorkerOptions, anyhow::Error> {
+    // A crashed worker's workflows move to another worker after this long (default 10 s).
     let builder: WorkerOptionsBuilder = WorkerOptions::new(task_queue);
     Ok(builder
         .register_workflow::<workflows::health::PingWorkflow>()?
@@ -30,11 +32,19 @@ pub fn worker_options(task_queue: &str, deps: Deps) -> Result<WorkerOptions, any
         .register_activities(health::HealthActivitiesImpl {
             store: Arc::new(deps.store.clone()),
         })
+        .register_workflow::<workflows::topup::AutoTopupWorkflow>()?
+        .register_workflow::<workflows::topup::LowBalanceAlertWorkflow>()?
+        .register_activities(topup::TopupActivitiesImpl {
+            store: deps.store.clone(),
+            payments: deps.payments.clone(),
+            mailer: deps.mailer.clone(),
+        })
         .register_activities(purchase::PurchaseActivitiesImpl {
             store: deps.store,
             payments: deps.payments,
             mailer: deps.mailer,
             urls: deps.checkout_urls,
         })
+        .sticky_queue_schedule_to_start_timeout(std::time::Duration::from_secs(3))
         .build())
 }

@@ -151,3 +151,65 @@ impl Payments {
         }
     }
 }
+
+/// What an off-session charge did.
+pub enum Charge {
+    Succeeded {
+        payment_intent_id: String,
+    },
+    Declined {
+        code: Option<String>,
+        decline_code: Option<String>,
+        class: billing::topup::DeclineClass,
+        payment_intent_id: Option<String>,
+    },
+}
+
+impl Payments {
+    /// Charges a saved payment method off-session (a PaymentIntent created and confirmed at
+    /// once). The idempotency key names one attempt: a retried activity replays the same
+    /// attempt instead of charging again.
+    pub async fn charge_off_session(
+        &self,
+        idempotency_key: &str,
+        amount: Money,
+        customer: Option<&str>,
+        payment_method: &str,
+        metadata: Vec<(String, String)>,
+    ) -> Result<Charge, PaymentError> {
+        use stripe_core::payment_intent::{CreatePaymentIntent, CreatePaymentIntentOffSession};
+        let mut request = CreatePaymentIntent::new(amount.amount_minor, currency(amount.currency))
+            .payment_method(payment_method)
+            .confirm(true)
+            .off_session(CreatePaymentIntentOffSession::Bool(true))
+            .metadata(
+                metadata
+                    .into_iter()
+                    .collect::<std::collections::HashMap<_, _>>(),
+            );
+        if let Some(c) = customer {
+            request = request.customer(c);
+        }
+        match request
+            .customize()
+            .request_strategy(idempotent(idempotency_key)?)
+            .send(&self.client)
+            .await
+        {
+            Ok(pi) => Ok(Charge::Succeeded {
+                payment_intent_id: pi.id.to_string(),
+            }),
+            Err(StripeError::Stripe(api, 402)) => {
+                let code = api.code.as_ref().map(|c| c.as_str().to_string());
+                let decline_code = api.decline_code.clone();
+                Ok(Charge::Declined {
+                    class: billing::topup::decline_class(code.as_deref(), decline_code.as_deref()),
+                    code,
+                    decline_code,
+                    payment_intent_id: api.payment_intent.as_ref().map(|p| p.id.to_string()),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}

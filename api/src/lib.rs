@@ -9,6 +9,7 @@ mod orgs;
 mod prices;
 pub mod pricing;
 pub mod purchases;
+mod settings;
 mod usage;
 
 use std::time::Duration;
@@ -129,6 +130,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/purchases"),
     ("get", "/v1/purchases/{id}"),
     ("post", "/v1/webhooks/stripe"),
+    ("get", "/v1/orgs/{org}/billing-settings"),
+    ("put", "/v1/orgs/{org}/billing-settings"),
+    ("post", "/v1/orgs/{org}/payment-method"),
+    ("get", "/v1/orgs/{org}/topups"),
+    ("get", "/v1/orgs/{org}/alerts"),
 ];
 
 pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
@@ -165,6 +171,16 @@ pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
         .route("/v1/purchases", post(purchases::create_purchase))
         .route("/v1/purchases/{id}", get(purchases::get_purchase))
         .route("/v1/webhooks/stripe", post(purchases::stripe_webhook))
+        .route(
+            "/v1/orgs/{org}/billing-settings",
+            get(settings::get_settings).put(settings::put_settings),
+        )
+        .route(
+            "/v1/orgs/{org}/payment-method",
+            post(settings::save_payment_method),
+        )
+        .route("/v1/orgs/{org}/topups", get(settings::topups))
+        .route("/v1/orgs/{org}/alerts", get(settings::alerts))
         .fallback(|| async { ApiError::not_found("no_route", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -10,6 +10,7 @@ pub mod ledger;
 pub mod orgs;
 pub mod prices;
 pub mod purchases;
+pub mod topups;
 pub mod usage;
 
 use std::{collections::HashMap, str::FromStr, time::Duration};
@@ -30,6 +31,7 @@ pub use ledger::{
 pub use orgs::{ApiKey, NewApiKey, Org, Principal};
 pub use prices::NewPriceVersion;
 pub use purchases::{Grant, Purchase};
+pub use topups::{AlertRecord, BillingSettings, TopupRecord, TopupStart};
 pub use usage::{EventOutcome, JobResult, OutboxRow, RatedEvent, Recorded, UsageJob};
 
 /// The migrations, embedded so the binary can apply them (`creditflow migrate`).

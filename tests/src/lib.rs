@@ -307,6 +307,8 @@ impl TestApp {
                 self.smtp.port.to_string(),
             ),
             ("CREDITFLOW__LOG__FILTER".into(), "warn".into()),
+            ("CREDITFLOW__TOPUP__BACKOFF_INITIAL_SECS".into(), "1".into()),
+            ("CREDITFLOW__TOPUP__BACKOFF_MAX_SECS".into(), "2".into()),
         ]
     }
 

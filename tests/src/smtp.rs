@@ -1,7 +1,10 @@
 //! A real (minimal) SMTP server on loopback that keeps what it receives, for tests. It speaks
 //! enough of RFC 5321 for lettre: EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, AtomicU32, Ordering},
+};
 
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
@@ -16,6 +19,11 @@ pub struct Mail {
 }
 
 impl Mail {
+    /// The message as text, with quoted-printable soft line breaks and `=3D` undone.
+    pub fn text(&self) -> String {
+        self.data.replace("=\n", "").replace("=3D", "=")
+    }
+
     pub fn subject(&self) -> String {
         self.data
             .lines()
@@ -29,6 +37,9 @@ impl Mail {
 pub struct SmtpServer {
     pub port: u16,
     inbox: Arc<Mutex<Vec<Mail>>>,
+    /// While false the server answers every session "421 service not available" (down).
+    accepting: Arc<AtomicBool>,
+    refused: Arc<AtomicU32>,
 }
 
 impl SmtpServer {
@@ -36,16 +47,38 @@ impl SmtpServer {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let inbox: Arc<Mutex<Vec<Mail>>> = Arc::default();
-        let boxed = inbox.clone();
+        let accepting = Arc::new(AtomicBool::new(true));
+        let refused = Arc::new(AtomicU32::new(0));
+        let (boxed, open, count) = (inbox.clone(), accepting.clone(), refused.clone());
         tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                if !open.load(Ordering::SeqCst) {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let _ = socket.write_all(b"421 service not available\r\n").await;
+                    continue;
+                }
                 let inbox = boxed.clone();
                 tokio::spawn(async move {
                     let _ = session(socket, inbox).await;
                 });
             }
         });
-        Ok(SmtpServer { port, inbox })
+        Ok(SmtpServer {
+            port,
+            inbox,
+            accepting,
+            refused,
+        })
+    }
+
+    /// Down (every session refused with 421) or up.
+    pub fn set_accepting(&self, up: bool) {
+        self.accepting.store(up, Ordering::SeqCst);
+    }
+
+    /// Sessions refused while down.
+    pub fn refused(&self) -> u32 {
+        self.refused.load(Ordering::SeqCst)
     }
 
     pub fn received(&self) -> Vec<Mail> {

@@ -49,13 +49,23 @@ impl TestWorker {
                             cancel_url: "http://127.0.0.1/cancel".into(),
                         },
                     };
-                    workers::app::worker(deps, temporal, &queue)
+                    anyhow::Ok((deps, temporal))
                 };
                 match setup.await {
-                    Ok(mut worker) => {
-                        let handle = worker.shutdown_handle();
-                        let _ = ready_tx.send(Ok(Box::new(handle)));
-                        if let Err(e) = worker.run().await {
+                    Ok((deps, temporal)) => {
+                        let ready = ready_tx.clone();
+                        let ran = workers::app::run_worker(
+                            deps,
+                            temporal,
+                            &queue,
+                            test_topup_policy(),
+                            move |stop| {
+                                let _ = ready.send(Ok(stop));
+                            },
+                        )
+                        .await;
+                        if let Err(e) = ran {
+                            let _ = ready_tx.send(Err(anyhow::anyhow!("{e}")));
                             eprintln!("test worker stopped with an error: {e}");
                         }
                     }
@@ -82,6 +92,15 @@ impl Drop for TestWorker {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Soft declines retried after 1 s, then 2 s: tests do not wait minutes.
+pub fn test_topup_policy() -> workers::dispatch::TopupPolicy {
+    workers::dispatch::TopupPolicy {
+        attempts_max: 4,
+        backoff_initial_secs: 1,
+        backoff_max_secs: 2,
     }
 }
 

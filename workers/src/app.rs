@@ -112,3 +112,35 @@ pub fn worker(
     let options = activities::worker_options(task_queue, deps)?;
     Worker::new(&runtime, temporal, options).map_err(|e| anyhow::anyhow!("Temporal worker: {e}"))
 }
+
+/// The worker and the outbox dispatcher, until the worker stops (its shutdown handle is sent
+/// through `ready` once it is built). Not `Send`: run it on the current task.
+pub async fn run_worker(
+    deps: activities::Deps,
+    temporal: Client,
+    task_queue: &str,
+    topup: crate::dispatch::TopupPolicy,
+    ready: impl FnOnce(Box<dyn FnOnce() + Send>),
+) -> anyhow::Result<()> {
+    let dispatcher = crate::dispatch::Dispatcher {
+        store: deps.store.clone(),
+        temporal: temporal.clone(),
+        task_queue: task_queue.to_string(),
+        topup,
+    };
+    let mut worker = worker(deps, temporal, task_queue)?;
+    let handle = worker.shutdown_handle();
+    ready(Box::new(handle));
+    tokio::select! {
+        r = worker.run() => r.map_err(|e| anyhow::anyhow!("worker: {e}")),
+        _ = dispatcher.run() => Ok(()),
+    }
+}
+
+pub fn topup_policy(settings: &Settings) -> crate::dispatch::TopupPolicy {
+    crate::dispatch::TopupPolicy {
+        attempts_max: settings.topup.attempts_max,
+        backoff_initial_secs: settings.topup.backoff_initial_secs,
+        backoff_max_secs: settings.topup.backoff_max_secs,
+    }
+}

@@ -16,6 +16,14 @@ pub struct Settings {
     pub stripe: Stripe,
     pub checkout: Checkout,
     pub mail: Mail,
+    pub topup: Topup,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Topup {
+    pub attempts_max: u32,
+    pub backoff_initial_secs: u64,
+    pub backoff_max_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

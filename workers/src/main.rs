@@ -109,15 +109,18 @@ async fn run_worker(settings: &Settings) -> anyhow::Result<()> {
     let store = app::connect_store(settings).await?;
     let temporal = app::connect_temporal(&settings.temporal).await?;
     let deps = app::activity_deps(settings, store)?;
-    let mut worker = app::worker(deps, temporal, &settings.temporal.task_queue)?;
     tracing::info!(task_queue = %settings.temporal.task_queue, "worker polling");
-    let handle = worker.shutdown_handle();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        handle();
-    });
-    worker
-        .run()
-        .await
-        .map_err(|e| anyhow::anyhow!("worker: {e}"))
+    app::run_worker(
+        deps,
+        temporal,
+        &settings.temporal.task_queue,
+        app::topup_policy(settings),
+        |stop| {
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                stop();
+            });
+        },
+    )
+    .await
 }

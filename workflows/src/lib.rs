@@ -6,6 +6,7 @@
 
 pub mod health;
 pub mod purchase;
+pub mod topup;
 
 use temporalio_common::search_attributes::SearchAttributeKey;
 

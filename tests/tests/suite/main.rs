@@ -9,5 +9,6 @@ mod keys;
 mod ledger_invariants;
 mod purchases;
 mod replay;
+mod topups;
 mod usage;
 mod worker;

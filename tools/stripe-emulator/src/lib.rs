@@ -44,6 +44,8 @@ struct Data {
     events: Vec<Value>,
     /// Deliveries answered 2xx, per event id.
     delivered: HashMap<String, u32>,
+    /// Charges seen per payment method (for methods that decline a number of times first).
+    charges: HashMap<String, u32>,
 }
 
 /// The emulator's state; cheap to clone.
@@ -379,7 +381,15 @@ impl Emulator {
         };
         let pm = p.get("payment_method").cloned().unwrap_or_default();
         let metadata = map_of(p, "metadata");
-        match card_outcome(&pm) {
+        let seen = data.charges.entry(pm.clone()).or_default();
+        *seen += 1;
+        // `pm_card_softDeclineTwice`: insufficient funds twice, then it succeeds.
+        let outcome = if pm == "pm_card_softDeclineTwice" {
+            (*seen <= 2).then_some(("card_declined", "insufficient_funds"))
+        } else {
+            card_outcome(&pm)
+        };
+        match outcome {
             None => {
                 let pi = self.payment_intent(
                     data,

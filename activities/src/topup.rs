@@ -1,0 +1,291 @@
+use std::sync::Arc;
+
+use billing::{Credits, Currency, Money, topup::DeclineClass};
+use store::{Store, TopupStart};
+use temporalio_common::error::ApplicationFailure;
+use temporalio_macros::activities;
+use temporalio_sdk::activities::{ActivityContext, ActivityError};
+use uuid::Uuid;
+use workflows::topup::{
+    AlertInput, BeginTopup, ChargeInput, ChargeOutcome, FailTopup, GrantTopup, TopupPlan,
+};
+
+use crate::{
+    mail::Mailer,
+    payments::{Charge, PaymentError, Payments},
+};
+
+pub struct TopupActivitiesImpl {
+    pub store: Store,
+    pub payments: Payments,
+    pub mailer: Mailer,
+}
+
+fn bad_input(what: &str) -> ActivityError {
+    ActivityError::application(ApplicationFailure::non_retryable(format!(
+        "bad input: {what}"
+    )))
+}
+
+fn uuid(s: &str) -> Result<Uuid, ActivityError> {
+    s.parse().map_err(|_| bad_input(s))
+}
+
+fn retryable(e: impl std::fmt::Display) -> ActivityError {
+    ActivityError::from(anyhow::anyhow!("{e}"))
+}
+
+impl TopupActivitiesImpl {
+    /// Sends an e-mail once per `key`: a retried activity does not deliver a second copy.
+    async fn mail_once(
+        &self,
+        key: &str,
+        to: &[String],
+        subject: &str,
+        body: &str,
+    ) -> Result<(), ActivityError> {
+        if to.is_empty() {
+            return Ok(());
+        }
+        if !self
+            .store
+            .email_pending(key, &to.join(","), subject)
+            .await
+            .map_err(retryable)?
+        {
+            return Ok(());
+        }
+        self.mailer
+            .send(to, subject, body)
+            .await
+            .map_err(retryable)?;
+        self.store.email_sent(key).await.map_err(retryable)
+    }
+}
+
+#[activities]
+impl TopupActivitiesImpl {
+    #[activity(definition = workflows::topup::markers::Begin)]
+    pub async fn begin(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        b: BeginTopup,
+    ) -> Result<TopupPlan, ActivityError> {
+        Ok(
+            match self
+                .store
+                .begin_topup(uuid(&b.org_id)?, b.crossing_seq)
+                .await
+                .map_err(retryable)?
+            {
+                TopupStart::Charge {
+                    topup_id,
+                    package,
+                    customer,
+                    payment_method,
+                } => TopupPlan::Charge {
+                    topup_id: topup_id.to_string(),
+                    amount_minor: package.price.amount_minor,
+                    currency: package.price.currency.code().to_string(),
+                    customer,
+                    payment_method,
+                },
+                TopupStart::Skipped { reason, .. } => TopupPlan::Skipped { reason },
+                TopupStart::Capped { topup_id, .. } => TopupPlan::Capped {
+                    topup_id: topup_id.to_string(),
+                },
+            },
+        )
+    }
+
+    #[activity(definition = workflows::topup::markers::Charge)]
+    pub async fn charge(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        c: ChargeInput,
+    ) -> Result<ChargeOutcome, ActivityError> {
+        let topup_id = uuid(&c.topup_id)?;
+        let currency: Currency = c.currency.parse().map_err(|_| bad_input(&c.currency))?;
+        let charged = self
+            .payments
+            .charge_off_session(
+                &format!("topup-{}-{}", c.topup_id, c.attempt),
+                Money::new(c.amount_minor, currency),
+                c.customer.as_deref(),
+                &c.payment_method,
+                vec![
+                    ("topup_id".into(), c.topup_id.clone()),
+                    ("attempt".into(), c.attempt.to_string()),
+                ],
+            )
+            .await;
+        let attempt = c.attempt as i32;
+        Ok(match charged {
+            Ok(Charge::Succeeded { payment_intent_id }) => {
+                self.store
+                    .record_topup_attempt(
+                        topup_id,
+                        attempt,
+                        "succeeded",
+                        None,
+                        None,
+                        Some(&payment_intent_id),
+                    )
+                    .await
+                    .map_err(retryable)?;
+                ChargeOutcome::Succeeded { payment_intent_id }
+            }
+            Ok(Charge::Declined {
+                code,
+                decline_code,
+                class,
+                payment_intent_id,
+            }) => {
+                let outcome = if class == DeclineClass::Soft {
+                    "soft_decline"
+                } else {
+                    "hard_decline"
+                };
+                self.store
+                    .record_topup_attempt(
+                        topup_id,
+                        attempt,
+                        outcome,
+                        code.as_deref(),
+                        decline_code.as_deref(),
+                        payment_intent_id.as_deref(),
+                    )
+                    .await
+                    .map_err(retryable)?;
+                let code = decline_code.or(code).unwrap_or_else(|| "declined".into());
+                match class {
+                    DeclineClass::Soft => ChargeOutcome::SoftDecline { code },
+                    DeclineClass::Hard => ChargeOutcome::HardDecline { code },
+                }
+            }
+            // A refused request (bad parameters) will not succeed later: treat it as hard.
+            Err(PaymentError::Refused(m)) => {
+                self.store
+                    .record_topup_attempt(
+                        topup_id,
+                        attempt,
+                        "hard_decline",
+                        Some("invalid_request"),
+                        None,
+                        None,
+                    )
+                    .await
+                    .map_err(retryable)?;
+                ChargeOutcome::HardDecline { code: m }
+            }
+            Err(e @ PaymentError::Unavailable(_)) => return Err(retryable(e)),
+        })
+    }
+
+    #[activity(definition = workflows::topup::markers::Grant)]
+    pub async fn grant(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        g: GrantTopup,
+    ) -> Result<(), ActivityError> {
+        self.store
+            .grant_topup(uuid(&g.topup_id)?, &g.payment_intent_id)
+            .await
+            .map(|_| ())
+            .map_err(retryable)
+    }
+
+    #[activity(definition = workflows::topup::markers::Fail)]
+    pub async fn fail(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        f: FailTopup,
+    ) -> Result<(), ActivityError> {
+        let recipients = self
+            .store
+            .fail_topup(uuid(&f.topup_id)?, &f.reason)
+            .await
+            .map_err(retryable)?;
+        let body = format!(
+            "Auto-topup could not charge your saved payment method: {}.\n\n\
+             Auto-topup is paused until the payment method is updated. Your balance is not \
+             being topped up; buy credits or update the payment method to resume.\n\nTopup: {}\n",
+            f.reason, f.topup_id
+        );
+        self.mail_once(
+            &format!("topup-failed:{}", f.topup_id),
+            &recipients,
+            "Auto-topup failed",
+            &body,
+        )
+        .await
+    }
+
+    #[activity(definition = workflows::topup::markers::NotifyCapped)]
+    pub async fn notify_capped(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        topup_id: String,
+    ) -> Result<(), ActivityError> {
+        let row = org_of(&self.store, &topup_id).await?;
+        let settings = self.store.billing_settings(row).await.map_err(retryable)?;
+        let body = format!(
+            "Your balance fell below the auto-topup threshold, but charging again would exceed \
+             the monthly auto-topup cap ({} minor units), so nothing was charged.\n\nTopup: {topup_id}\n",
+            settings.topup_monthly_cap_minor.unwrap_or_default()
+        );
+        self.mail_once(
+            &format!("topup-capped:{topup_id}"),
+            &settings.recipients,
+            "Auto-topup cap reached",
+            &body,
+        )
+        .await
+    }
+
+    #[activity(definition = workflows::topup::markers::SendAlert)]
+    pub async fn send_alert(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        a: AlertInput,
+    ) -> Result<(), ActivityError> {
+        let org = uuid(&a.org_id)?;
+        let settings = self.store.billing_settings(org).await.map_err(retryable)?;
+        let threshold: Credits = a.threshold.parse().map_err(|_| bad_input(&a.threshold))?;
+        let balance: Credits = a.balance.parse().map_err(|_| bad_input(&a.balance))?;
+        let burn = self.store.usage_last_24h(org).await.map_err(retryable)?;
+        let until_zero = if burn.is_positive() && balance.is_positive() {
+            let hours = balance.as_decimal() / burn.as_decimal() * rust_decimal::Decimal::from(24);
+            format!("about {} hours at that rate", hours.round_dp(1))
+        } else if balance.is_positive() {
+            "no usage in the last 24 hours".to_string()
+        } else {
+            "the balance is already used up".to_string()
+        };
+        let body = format!(
+            "Your creditflow balance is {balance} credits, below your alert threshold of {threshold}.\n\n\
+             Used in the last 24 hours: {burn} credits; time until zero: {until_zero}.\n\n\
+             To buy more, POST /v1/purchases with one of GET /v1/packages, or turn on auto-topup.\n"
+        );
+        let key = format!("alert:{}:{}:{}", a.org_id, a.threshold_id, a.crossing_seq);
+        self.mail_once(&key, &settings.recipients, "Low credit balance", &body)
+            .await?;
+        self.store
+            .record_alert(
+                org,
+                a.threshold_id,
+                a.crossing_seq,
+                threshold,
+                balance,
+                &settings.recipients,
+            )
+            .await
+            .map_err(retryable)
+    }
+}
+
+/// The org a topup belongs to.
+async fn org_of(store: &Store, topup_id: &str) -> Result<Uuid, ActivityError> {
+    let id = uuid(topup_id)?;
+    store.topup_org(id).await.map_err(retryable)
+}

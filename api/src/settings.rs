@@ -1,0 +1,266 @@
+//! Per-org auto-topup and alert settings, the saved payment method, and what they did.
+
+use axum::{Json as AxumJson, extract::State};
+use billing::Credits;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use store::BillingSettings;
+use uuid::Uuid;
+
+use crate::{
+    AppState, Caller,
+    error::ApiError,
+    extract::{Json, Path},
+    ledger::credits_field,
+};
+
+/// Alert thresholds and recipients per org, at most.
+const THRESHOLDS_MAX: usize = 10;
+const RECIPIENTS_MAX: usize = 20;
+
+fn settings_json(s: &BillingSettings) -> Value {
+    json!({
+        "auto_topup": {
+            "enabled": s.topup_enabled,
+            "threshold_credits": s.topup_threshold,
+            "package_id": s.topup_package_id,
+            "monthly_cap_minor": s.topup_monthly_cap_minor,
+            "paused_reason": s.topup_paused_reason,
+            "payment_method": s.payment_method_id.as_ref().map(|pm| json!({
+                "id": pm,
+                "customer": s.stripe_customer_id,
+                "consented_at": s.payment_method_consent_at,
+                "consented_by": s.payment_method_consent_by,
+            })),
+        },
+        "alerts": {
+            "thresholds_credits": s.alert_thresholds,
+            "recipients": s.recipients,
+        },
+    })
+}
+
+pub async fn get_settings(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(org_id): Path<Uuid>,
+) -> Result<AxumJson<Value>, ApiError> {
+    caller.authorize_org(org_id)?;
+    Ok(AxumJson(settings_json(
+        &state.store.billing_settings(org_id).await?,
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsBody {
+    auto_topup: Option<TopupBody>,
+    alerts: Option<AlertsBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopupBody {
+    enabled: bool,
+    threshold_credits: Option<Value>,
+    package_id: Option<Uuid>,
+    monthly_cap_minor: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsBody {
+    #[serde(default)]
+    thresholds_credits: Vec<Value>,
+    #[serde(default)]
+    recipients: Vec<String>,
+}
+
+fn non_negative(v: &Value, field: &'static str) -> Result<Credits, ApiError> {
+    let c = credits_field(Some(v), field)?;
+    if c.is_negative() {
+        return Err(ApiError::invalid(
+            field,
+            "negative_threshold",
+            format!("`{field}` must be zero or more"),
+        ));
+    }
+    Ok(c)
+}
+
+fn valid_email(e: &str) -> bool {
+    let parts: Vec<&str> = e.split('@').collect();
+    e.len() <= 254
+        && parts.len() == 2
+        && !parts[0].is_empty()
+        && parts[1].contains('.')
+        && !parts[1].starts_with('.')
+        && !parts[1].ends_with('.')
+        && !e
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '<' || c == '>')
+}
+
+/// `PUT /v1/orgs/{org}/billing-settings`: the whole of auto-topup and alerts, validated.
+pub async fn put_settings(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(org_id): Path<Uuid>,
+    Json(body): Json<SettingsBody>,
+) -> Result<AxumJson<Value>, ApiError> {
+    caller.authorize_org(org_id)?;
+    let mut s = state.store.billing_settings(org_id).await?;
+    if let Some(t) = body.auto_topup {
+        let threshold = t
+            .threshold_credits
+            .as_ref()
+            .map(|v| non_negative(v, "threshold_credits"))
+            .transpose()?;
+        if let Some(cap) = t.monthly_cap_minor
+            && cap <= 0
+        {
+            return Err(ApiError::invalid(
+                "monthly_cap_minor",
+                "invalid_cap",
+                "`monthly_cap_minor` must be positive",
+            ));
+        }
+        if let Some(id) = t.package_id {
+            match state.store.package(id).await {
+                Ok(p) if p.active => {}
+                _ => {
+                    return Err(ApiError::invalid(
+                        "package_id",
+                        "unknown_package",
+                        "no such active package",
+                    ));
+                }
+            }
+        }
+        if t.enabled {
+            if threshold.is_none() || t.package_id.is_none() || t.monthly_cap_minor.is_none() {
+                return Err(ApiError::invalid(
+                    "auto_topup",
+                    "missing_field",
+                    "enabling auto-topup needs threshold_credits, package_id and monthly_cap_minor",
+                ));
+            }
+            if s.payment_method_id.is_none() {
+                return Err(ApiError::invalid(
+                    "auto_topup",
+                    "payment_method_required",
+                    "save a payment method first (POST /v1/orgs/{org}/payment-method)",
+                ));
+            }
+        }
+        s.topup_enabled = t.enabled;
+        s.topup_threshold = threshold;
+        s.topup_package_id = t.package_id;
+        s.topup_monthly_cap_minor = t.monthly_cap_minor;
+    }
+    if let Some(a) = body.alerts {
+        if a.thresholds_credits.len() > THRESHOLDS_MAX || a.recipients.len() > RECIPIENTS_MAX {
+            return Err(ApiError::invalid(
+                "alerts",
+                "too_many",
+                format!("at most {THRESHOLDS_MAX} thresholds and {RECIPIENTS_MAX} recipients"),
+            ));
+        }
+        let mut thresholds = a
+            .thresholds_credits
+            .iter()
+            .map(|v| non_negative(v, "thresholds_credits"))
+            .collect::<Result<Vec<_>, _>>()?;
+        thresholds.sort();
+        thresholds.dedup();
+        if let Some(bad) = a.recipients.iter().find(|r| !valid_email(r)) {
+            return Err(ApiError::invalid(
+                "recipients",
+                "invalid_email",
+                format!("`{bad}` is not an e-mail address"),
+            ));
+        }
+        s.alert_thresholds = thresholds;
+        s.recipients = a.recipients;
+    }
+    state.store.put_billing_settings(org_id, &s).await?;
+    Ok(AxumJson(settings_json(
+        &state.store.billing_settings(org_id).await?,
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentMethodBody {
+    /// The payment method saved by a setup-mode Checkout Session (`pm_…`).
+    payment_method_id: String,
+    /// The processor's customer it is attached to, when there is one.
+    customer_id: Option<String>,
+    /// Who consents to off-session charges.
+    user: String,
+}
+
+/// `POST /v1/orgs/{org}/payment-method`: records the payment method and who consented to
+/// off-session charges, when; resumes a paused auto-topup.
+pub async fn save_payment_method(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(org_id): Path<Uuid>,
+    Json(body): Json<PaymentMethodBody>,
+) -> Result<AxumJson<Value>, ApiError> {
+    caller.authorize_org(org_id)?;
+    let ok = |s: &str| !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic());
+    if !ok(&body.payment_method_id) || !body.payment_method_id.starts_with("pm_") {
+        return Err(ApiError::invalid(
+            "payment_method_id",
+            "invalid_payment_method",
+            "expected a pm_… id",
+        ));
+    }
+    if body.customer_id.as_deref().is_some_and(|c| !ok(c)) {
+        return Err(ApiError::invalid(
+            "customer_id",
+            "invalid_customer",
+            "expected a cus_… id",
+        ));
+    }
+    billing::usage::check_name("user", &body.user, true)
+        .map_err(|r| ApiError::invalid("user", r.code, r.message))?;
+    state.store.get_org(org_id).await?;
+    state
+        .store
+        .save_payment_method(
+            org_id,
+            body.customer_id.as_deref(),
+            &body.payment_method_id,
+            &body.user,
+        )
+        .await?;
+    Ok(AxumJson(settings_json(
+        &state.store.billing_settings(org_id).await?,
+    )))
+}
+
+pub async fn topups(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(org_id): Path<Uuid>,
+) -> Result<AxumJson<Value>, ApiError> {
+    caller.authorize_org(org_id)?;
+    state.store.get_org(org_id).await?;
+    Ok(AxumJson(
+        json!({ "data": state.store.topups(org_id).await? }),
+    ))
+}
+
+pub async fn alerts(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(org_id): Path<Uuid>,
+) -> Result<AxumJson<Value>, ApiError> {
+    caller.authorize_org(org_id)?;
+    state.store.get_org(org_id).await?;
+    Ok(AxumJson(
+        json!({ "data": state.store.alerts(org_id).await? }),
+    ))
+}

@@ -1,0 +1,81 @@
+//! Auto-topup rules: which card declines are worth retrying, and the monthly cap.
+
+use serde::{Deserialize, Serialize};
+
+/// How a declined charge should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeclineClass {
+    /// Temporary (insufficient funds, processing error …): retry later.
+    Soft,
+    /// Needs the customer (expired, stolen, authentication required …): stop.
+    Hard,
+}
+
+/// Classifies a decline by Stripe's `decline_code` (or `code` when there is none).
+pub fn decline_class(code: Option<&str>, decline_code: Option<&str>) -> DeclineClass {
+    const HARD: &[&str] = &[
+        "expired_card",
+        "do_not_honor",
+        "do_not_try_again",
+        "authentication_required",
+        "stolen_card",
+        "lost_card",
+        "pickup_card",
+        "restricted_card",
+        "fraudulent",
+        "incorrect_cvc",
+        "incorrect_number",
+        "invalid_account",
+        "card_not_supported",
+        "currency_not_supported",
+    ];
+    let reason = decline_code.or(code).unwrap_or_default();
+    if HARD.contains(&reason) || code.is_some_and(|c| HARD.contains(&c)) {
+        DeclineClass::Hard
+    } else {
+        DeclineClass::Soft
+    }
+}
+
+/// Whether charging `amount_minor` keeps the month's auto-topup charges within `cap_minor`.
+pub fn within_cap(charged_this_month_minor: i64, amount_minor: i64, cap_minor: i64) -> bool {
+    charged_this_month_minor
+        .checked_add(amount_minor)
+        .is_some_and(|total| total <= cap_minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn soft_and_hard_declines() {
+        assert_eq!(
+            decline_class(Some("card_declined"), Some("insufficient_funds")),
+            DeclineClass::Soft
+        );
+        assert_eq!(
+            decline_class(Some("processing_error"), Some("processing_error")),
+            DeclineClass::Soft
+        );
+        assert_eq!(
+            decline_class(Some("expired_card"), Some("expired_card")),
+            DeclineClass::Hard
+        );
+        assert_eq!(
+            decline_class(Some("card_declined"), Some("do_not_honor")),
+            DeclineClass::Hard
+        );
+        assert_eq!(
+            decline_class(Some("authentication_required"), None),
+            DeclineClass::Hard
+        );
+    }
+
+    #[test]
+    fn the_cap_is_inclusive() {
+        assert!(within_cap(5000, 5000, 10000));
+        assert!(!within_cap(5001, 5000, 10000));
+        assert!(!within_cap(i64::MAX, 1, i64::MAX));
+    }
+}

@@ -1,0 +1,525 @@
+//! Auto-topup and alert settings, topups and their attempts, alerts, and the outbox's claim.
+
+use billing::{Account, Credits, Posting, SystemAccount, TransferKind, packages::Package};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{NewTransfer, OutboxRow, Store, StoreError};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BillingSettings {
+    pub topup_enabled: bool,
+    pub topup_threshold: Option<Credits>,
+    pub topup_package_id: Option<Uuid>,
+    pub topup_monthly_cap_minor: Option<i64>,
+    pub topup_paused_reason: Option<String>,
+    pub stripe_customer_id: Option<String>,
+    pub payment_method_id: Option<String>,
+    pub payment_method_consent_at: Option<DateTime<Utc>>,
+    pub payment_method_consent_by: Option<String>,
+    pub recipients: Vec<String>,
+    pub alert_thresholds: Vec<Credits>,
+}
+
+/// What the auto-topup workflow should do for one crossing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TopupStart {
+    /// Charge this.
+    Charge {
+        topup_id: Uuid,
+        package: Package,
+        customer: Option<String>,
+        payment_method: String,
+    },
+    /// Nothing to do (disabled, paused, no payment method); recorded as skipped.
+    Skipped { topup_id: Uuid, reason: String },
+    /// The monthly cap would be exceeded: no charge, the recipients are told.
+    Capped {
+        topup_id: Uuid,
+        recipients: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopupRecord {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub crossing_seq: i64,
+    pub state: String,
+    pub detail: String,
+    pub amount_minor: Option<i64>,
+    pub currency: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub attempts: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertRecord {
+    pub threshold: Credits,
+    pub balance: Credits,
+    pub crossing_seq: i64,
+    pub recipients: Vec<String>,
+    pub sent_at: DateTime<Utc>,
+}
+
+impl Store {
+    pub async fn billing_settings(&self, org_id: Uuid) -> Result<BillingSettings, StoreError> {
+        self.get_org(org_id).await?;
+        let row = sqlx::query!(
+            "SELECT topup_enabled, topup_threshold, topup_package_id, topup_monthly_cap_minor,
+                    topup_paused_reason, stripe_customer_id, payment_method_id,
+                    payment_method_consent_at, payment_method_consent_by, recipients
+               FROM org_billing_settings WHERE org_id = $1",
+            org_id
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let alert_thresholds = sqlx::query_scalar!(
+            "SELECT threshold FROM org_thresholds WHERE org_id = $1 AND purpose = 'alert'
+              ORDER BY threshold DESC",
+            org_id
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(Credits::from_stored)
+        .collect();
+        Ok(match row {
+            None => BillingSettings {
+                alert_thresholds,
+                ..BillingSettings::default()
+            },
+            Some(r) => BillingSettings {
+                topup_enabled: r.topup_enabled,
+                topup_threshold: r.topup_threshold.map(Credits::from_stored),
+                topup_package_id: r.topup_package_id,
+                topup_monthly_cap_minor: r.topup_monthly_cap_minor,
+                topup_paused_reason: r.topup_paused_reason,
+                stripe_customer_id: r.stripe_customer_id,
+                payment_method_id: r.payment_method_id,
+                payment_method_consent_at: r.payment_method_consent_at,
+                payment_method_consent_by: r.payment_method_consent_by,
+                recipients: r.recipients,
+                alert_thresholds,
+            },
+        })
+    }
+
+    /// Saves the settings people control, and the thresholds the ledger watches, atomically.
+    pub async fn put_billing_settings(
+        &self,
+        org_id: Uuid,
+        s: &BillingSettings,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query!(
+            "INSERT INTO org_billing_settings (org_id, topup_enabled, topup_threshold,
+                 topup_package_id, topup_monthly_cap_minor, recipients)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (org_id) DO UPDATE SET topup_enabled = $2, topup_threshold = $3,
+                 topup_package_id = $4, topup_monthly_cap_minor = $5, recipients = $6,
+                 updated_at = now()",
+            org_id,
+            s.topup_enabled,
+            s.topup_threshold.map(|c| c.as_decimal()),
+            s.topup_package_id,
+            s.topup_monthly_cap_minor,
+            &s.recipients
+        )
+        .execute(&mut *tx)
+        .await?;
+        let topup: Vec<Decimal> = s
+            .topup_threshold
+            .filter(|_| s.topup_enabled)
+            .map(|t| t.as_decimal())
+            .into_iter()
+            .collect();
+        let alerts: Vec<Decimal> = s.alert_thresholds.iter().map(|t| t.as_decimal()).collect();
+        for (purpose, values) in [("auto_topup", topup), ("alert", alerts)] {
+            sqlx::query!(
+                "DELETE FROM org_thresholds WHERE org_id = $1 AND purpose = $2 AND NOT threshold = ANY($3)",
+                org_id,
+                purpose,
+                &values
+            )
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query!(
+                "INSERT INTO org_thresholds (org_id, purpose, threshold)
+                 SELECT $1, $2, t FROM UNNEST($3::numeric[]) AS t ON CONFLICT DO NOTHING",
+                org_id,
+                purpose,
+                &values
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records the payment method saved for off-session charges, with who consented and when;
+    /// a new payment method resumes a paused auto-topup.
+    pub async fn save_payment_method(
+        &self,
+        org_id: Uuid,
+        customer: Option<&str>,
+        payment_method: &str,
+        consented_by: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query!(
+            "INSERT INTO org_billing_settings (org_id, stripe_customer_id, payment_method_id,
+                 payment_method_consent_at, payment_method_consent_by)
+             VALUES ($1, $2, $3, now(), $4)
+             ON CONFLICT (org_id) DO UPDATE SET stripe_customer_id = COALESCE($2, org_billing_settings.stripe_customer_id),
+                 payment_method_id = $3, payment_method_consent_at = now(),
+                 payment_method_consent_by = $4, topup_paused_reason = NULL, updated_at = now()",
+            org_id,
+            customer,
+            payment_method,
+            consented_by
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Starts (or finds) the topup for one crossing and decides what to do with it.
+    pub async fn begin_topup(
+        &self,
+        org_id: Uuid,
+        crossing_seq: i64,
+    ) -> Result<TopupStart, StoreError> {
+        let s = self.billing_settings(org_id).await?;
+        let package = match s.topup_package_id {
+            Some(id) => Some(self.package(id).await?),
+            None => None,
+        };
+        let mut tx = self.pool.begin().await?;
+        // Serialize topup decisions per org (the cap check must see the other topups).
+        sqlx::query!(
+            "SELECT id FROM accounts WHERE org_id = $1 FOR UPDATE",
+            org_id
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let existing = sqlx::query!(
+            "SELECT id, state, detail FROM topups WHERE org_id = $1 AND crossing_seq = $2",
+            org_id,
+            crossing_seq
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let topup_id = existing.as_ref().map(|e| e.id).unwrap_or_else(Uuid::now_v7);
+        let skip = if existing.as_ref().is_some_and(|e| e.state != "running") {
+            Some("this crossing was already handled")
+        } else if !s.topup_enabled {
+            Some("auto-topup is disabled")
+        } else if s.topup_paused_reason.is_some() {
+            Some("auto-topup is paused until the payment method is updated")
+        } else if s.payment_method_id.is_none() {
+            Some("no saved payment method")
+        } else if package.is_none() {
+            Some("no package chosen")
+        } else {
+            None
+        };
+        let decision = match (skip, &package) {
+            (Some(reason), _) => TopupStart::Skipped {
+                topup_id,
+                reason: reason.to_string(),
+            },
+            (None, None) => TopupStart::Skipped {
+                topup_id,
+                reason: "no package chosen".to_string(),
+            },
+            (None, Some(p)) => {
+                let charged: i64 = sqlx::query_scalar!(
+                    r#"SELECT COALESCE(sum(amount_minor), 0)::bigint AS "n!" FROM topups
+                        WHERE org_id = $1 AND state IN ('succeeded', 'running') AND id <> $2
+                          AND date_trunc('month', created_at AT TIME ZONE 'UTC')
+                            = date_trunc('month', now() AT TIME ZONE 'UTC')"#,
+                    org_id,
+                    topup_id
+                )
+                .fetch_one(&mut *tx)
+                .await?;
+                let cap = s.topup_monthly_cap_minor.unwrap_or(i64::MAX);
+                if billing::topup::within_cap(charged, p.price.amount_minor, cap) {
+                    TopupStart::Charge {
+                        topup_id,
+                        package: p.clone(),
+                        customer: s.stripe_customer_id.clone(),
+                        payment_method: s.payment_method_id.clone().unwrap_or_default(),
+                    }
+                } else {
+                    TopupStart::Capped {
+                        topup_id,
+                        recipients: s.recipients.clone(),
+                    }
+                }
+            }
+        };
+        let (state, detail) = match &decision {
+            TopupStart::Charge { .. } => ("running", String::new()),
+            TopupStart::Skipped { reason, .. } => ("skipped", reason.clone()),
+            TopupStart::Capped { .. } => {
+                ("capped", "the monthly cap would be exceeded".to_string())
+            }
+        };
+        if existing.is_none() {
+            sqlx::query!(
+                "INSERT INTO topups (id, org_id, crossing_seq, package, amount_minor, currency, state,
+                                     detail, finished_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $7 = 'running' THEN NULL ELSE now() END)",
+                topup_id,
+                org_id,
+                crossing_seq,
+                package.as_ref().and_then(|p| serde_json::to_value(p).ok()),
+                package.as_ref().map(|p| p.price.amount_minor),
+                package.as_ref().map(|p| p.price.currency.code()),
+                state,
+                detail
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(decision)
+    }
+
+    /// Records one charge attempt (idempotent per attempt number).
+    pub async fn record_topup_attempt(
+        &self,
+        topup_id: Uuid,
+        attempt: i32,
+        outcome: &str,
+        code: Option<&str>,
+        decline_code: Option<&str>,
+        payment_intent_id: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query!(
+            "INSERT INTO topup_attempts (topup_id, attempt, outcome, code, decline_code, payment_intent_id)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            topup_id,
+            attempt,
+            outcome,
+            code,
+            decline_code,
+            payment_intent_id
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Grants a paid topup's credits (package base as `topup`, bonus as `bonus`), idempotent on
+    /// the topup, and marks it succeeded in the same transaction. Returns the balance after.
+    pub async fn grant_topup(
+        &self,
+        topup_id: Uuid,
+        payment_intent_id: &str,
+    ) -> Result<Credits, StoreError> {
+        let t = sqlx::query!("SELECT org_id, package FROM topups WHERE id = $1", topup_id)
+            .fetch_one(&self.pool)
+            .await?;
+        let package: Package = serde_json::from_value(t.package.unwrap_or_default())
+            .map_err(|e| StoreError::Decode(e.to_string()))?;
+        let org = t.org_id;
+        let refs = serde_json::json!({ "topup_id": topup_id, "payment_intent_id": payment_intent_id,
+                                       "package_id": package.id });
+        let mut transfers = vec![NewTransfer {
+            id: Uuid::now_v7(),
+            posting: Posting {
+                debit: Account::System(SystemAccount::Sales),
+                credit: Account::Org(org),
+                amount: package.base_credits,
+                kind: TransferKind::Topup,
+                org,
+            },
+            idempotency_key: format!("topup:{topup_id}:base"),
+            actor: "workflow:auto-topup".into(),
+            reason: format!("auto-topup: {}", package.name),
+            refs: refs.clone(),
+        }];
+        if package.bonus_credits.is_positive() {
+            transfers.push(NewTransfer {
+                id: Uuid::now_v7(),
+                posting: Posting {
+                    debit: Account::System(SystemAccount::Promotions),
+                    credit: Account::Org(org),
+                    amount: package.bonus_credits,
+                    kind: TransferKind::Bonus,
+                    org,
+                },
+                idempotency_key: format!("topup:{topup_id}:bonus"),
+                actor: "workflow:auto-topup".into(),
+                reason: format!("auto-topup bonus: {}", package.name),
+                refs,
+            });
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut locked = self.lock_orgs(&mut tx, &[org]).await?;
+        self.book_locked(&mut tx, &mut locked, &transfers, true)
+            .await?;
+        sqlx::query!(
+            "UPDATE topups SET state = 'succeeded', finished_at = COALESCE(finished_at, now())
+              WHERE id = $1",
+            topup_id
+        )
+        .execute(&mut *tx)
+        .await?;
+        let balance = locked.balance(org).ok_or(StoreError::OrgNotFound)?;
+        tx.commit().await?;
+        Ok(balance)
+    }
+
+    /// Ends a topup as failed and pauses auto-topup until the payment method is replaced.
+    /// Returns who to tell.
+    pub async fn fail_topup(
+        &self,
+        topup_id: Uuid,
+        reason: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let org = sqlx::query_scalar!(
+            "UPDATE topups SET state = 'failed', detail = $2, finished_at = COALESCE(finished_at, now())
+              WHERE id = $1 RETURNING org_id",
+            topup_id,
+            reason
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let recipients = sqlx::query_scalar!(
+            "UPDATE org_billing_settings SET topup_paused_reason = $2, updated_at = now()
+              WHERE org_id = $1 RETURNING recipients",
+            org,
+            reason
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or_default();
+        tx.commit().await?;
+        Ok(recipients)
+    }
+
+    pub async fn topups(&self, org_id: Uuid) -> Result<Vec<TopupRecord>, StoreError> {
+        Ok(sqlx::query_as!(
+            TopupRecord,
+            r#"SELECT t.id, t.org_id, t.crossing_seq, t.state, t.detail, t.amount_minor, t.currency,
+                      t.created_at, t.finished_at,
+                      COALESCE((SELECT jsonb_agg(jsonb_build_object('attempt', a.attempt,
+                                  'outcome', a.outcome, 'code', a.code, 'decline_code', a.decline_code,
+                                  'payment_intent_id', a.payment_intent_id, 'at', a.created_at)
+                                  ORDER BY a.attempt)
+                                 FROM topup_attempts a WHERE a.topup_id = t.id), '[]'::jsonb)
+                        AS "attempts!"
+                 FROM topups t WHERE t.org_id = $1 ORDER BY t.created_at DESC LIMIT 100"#,
+            org_id
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Credits used by the org in the last 24 hours (its burn rate).
+    pub async fn usage_last_24h(&self, org_id: Uuid) -> Result<Credits, StoreError> {
+        let used = sqlx::query_scalar!(
+            r#"SELECT COALESCE(sum(amount), 0) AS "n!" FROM transfers
+                WHERE org_id = $1 AND kind = 'usage' AND created_at > now() - interval '24 hours'"#,
+            org_id
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Credits::from_stored(used))
+    }
+
+    /// Records an alert as sent (once per crossing); the recipients come from the settings.
+    pub async fn record_alert(
+        &self,
+        org_id: Uuid,
+        threshold_id: i64,
+        crossing_seq: i64,
+        threshold: Credits,
+        balance: Credits,
+        recipients: &[String],
+    ) -> Result<(), StoreError> {
+        sqlx::query!(
+            "INSERT INTO alerts (org_id, threshold_id, crossing_seq, threshold, balance, recipients)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            org_id,
+            threshold_id,
+            crossing_seq,
+            threshold.as_decimal(),
+            balance.as_decimal(),
+            recipients
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn alerts(&self, org_id: Uuid) -> Result<Vec<AlertRecord>, StoreError> {
+        Ok(sqlx::query!(
+            "SELECT threshold, balance, crossing_seq, recipients, sent_at FROM alerts
+              WHERE org_id = $1 ORDER BY sent_at DESC LIMIT 100",
+            org_id
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| AlertRecord {
+            threshold: Credits::from_stored(r.threshold),
+            balance: Credits::from_stored(r.balance),
+            crossing_seq: r.crossing_seq,
+            recipients: r.recipients,
+            sent_at: r.sent_at,
+        })
+        .collect())
+    }
+
+    /// Claims up to `limit` undispatched outbox rows for this transaction (others skip them).
+    pub async fn claim_outbox(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        Ok(sqlx::query_as!(
+            OutboxRow,
+            "SELECT id, org_id, topic, payload, created_at FROM outbox
+              WHERE dispatched_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            limit
+        )
+        .fetch_all(&mut **tx)
+        .await?)
+    }
+
+    pub async fn mark_dispatched(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        id: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query!("UPDATE outbox SET dispatched_at = now() WHERE id = $1", id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn topup_org(&self, topup_id: Uuid) -> Result<Uuid, StoreError> {
+        sqlx::query_scalar!("SELECT org_id FROM topups WHERE id = $1", topup_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound("topup"))
+    }
+
+    /// Undispatched outbox rows and the age of the oldest, for metrics and tests.
+    pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!" FROM outbox WHERE dispatched_at IS NULL"#
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+}

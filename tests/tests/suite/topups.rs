@@ -1,0 +1,405 @@
+use std::time::Duration;
+
+use futures::future::join_all;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tests::{
+    OPERATOR_KEY, TestApp, TestOrg, eventually,
+    worker::{ProcessWorker, TestWorker},
+};
+
+const STARTER: &str = "01970000-0000-7000-8000-000000000001";
+
+fn usage(id: &str, credits_x4000_tokens: u64) -> Value {
+    // gpt-4o input: 250 credits per million tokens, so 4,000 tokens cost 1 credit.
+    json!({"id": id, "type": "ai_tokens", "occurred_at": chrono::Utc::now().to_rfc3339(),
+           "model": "gpt-4o", "input_tokens": credits_x4000_tokens * 4000})
+}
+
+async fn spend(app: &TestApp, org: &TestOrg, id: &str, credits: u64) {
+    let a = app
+        .call(
+            Method::POST,
+            "/v1/usage",
+            Some(&org.key),
+            Some(&json!({"events": [usage(id, credits)]})),
+            &[],
+        )
+        .await;
+    assert_eq!(a.body["accepted"], 1, "{}", a.text);
+}
+
+/// An org with 100 credits, a saved payment method, and the given auto-topup and alerts.
+async fn org_with(
+    app: &TestApp,
+    pm: &str,
+    topup: Option<(&str, i64)>,
+    alert: Option<&str>,
+) -> TestOrg {
+    let org = app.create_org("topups").await;
+    assert_eq!(app.adjust(org.id, "100", "seed", "seed").await.status, 201);
+    let saved = app
+        .call(Method::POST, &format!("/v1/orgs/{}/payment-method", org.id), Some(&org.key),
+              Some(&json!({"payment_method_id": pm, "customer_id": "cus_test_1", "user": "ana@acme.test"})), &[])
+        .await;
+    assert_eq!(saved.status, 200, "{}", saved.text);
+    let body = json!({
+        "auto_topup": match topup {
+            Some((threshold, cap)) => json!({"enabled": true, "threshold_credits": threshold, "package_id": STARTER, "monthly_cap_minor": cap}),
+            None => json!({"enabled": false}),
+        },
+        "alerts": {"thresholds_credits": alert.map(|a| vec![a]).unwrap_or_default(), "recipients": ["ops@acme.test"]},
+    });
+    let put = app
+        .call(
+            Method::PUT,
+            &format!("/v1/orgs/{}/billing-settings", org.id),
+            Some(&org.key),
+            Some(&body),
+            &[],
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.text);
+    org
+}
+
+async fn topups(app: &TestApp, org: &TestOrg) -> Vec<Value> {
+    app.get(&format!("/v1/orgs/{}/topups", org.id), &org.key)
+        .await
+        .body["data"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+async fn finished_topup(app: &TestApp, org: &TestOrg) -> Value {
+    eventually("a finished topup", Duration::from_secs(60), || async {
+        topups(app, org)
+            .await
+            .into_iter()
+            .find(|t| t["state"] != "running")
+    })
+    .await
+}
+
+async fn succeeded_charges(app: &TestApp) -> usize {
+    let v: Value = app
+        .http
+        .get(format!("{}/_emulator/events", app.stripe_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "payment_intent.succeeded")
+        .count()
+}
+
+fn mails_with(app: &TestApp, subject: &str) -> usize {
+    app.smtp
+        .received()
+        .iter()
+        .filter(|m| m.subject() == subject)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_clients_driving_below_the_threshold_charge_grant_and_alert_once() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = org_with(&app, "pm_card_visa", Some(("50", 100_000)), Some("50")).await;
+
+    // 50 clients × 1.2 credits: 100 → 40, one crossing of 50.
+    join_all((0..50).map(|i| {
+        let (app, org) = (&app, &org);
+        async move {
+            let e = json!({"id": format!("c{i}"), "type": "ai_tokens", "occurred_at": chrono::Utc::now().to_rfc3339(),
+                           "model": "gpt-4o", "input_tokens": 4800});
+            app.call(Method::POST, "/v1/usage", Some(&org.key), Some(&json!({"events": [e]})), &[]).await
+        }
+    }))
+    .await;
+    let topup = finished_topup(&app, &org).await;
+    eventually("the alert", Duration::from_secs(20), || async {
+        (mails_with(&app, "Low credit balance") == 1).then_some(())
+    })
+    .await;
+
+    assert_eq!(topup["state"], "succeeded", "{topup}");
+    assert_eq!(topups(&app, &org).await.len(), 1);
+    assert_eq!(app.balance(&org).await, "1040.000000");
+    assert_eq!(succeeded_charges(&app).await, 1);
+    let topup_transfers: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM transfers WHERE kind = 'topup'")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(topup_transfers, 1);
+    assert_eq!(mails_with(&app, "Low credit balance"), 1);
+    let alerts = app
+        .get(&format!("/v1/orgs/{}/alerts", org.id), &org.key)
+        .await;
+    assert_eq!(alerts.body["data"].as_array().unwrap().len(), 1);
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_soft_declines_then_success_grant_once_after_three_attempts() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = org_with(
+        &app,
+        "pm_card_softDeclineTwice",
+        Some(("50", 100_000)),
+        None,
+    )
+    .await;
+
+    spend(&app, &org, "dip", 60).await;
+    let topup = finished_topup(&app, &org).await;
+
+    assert_eq!(topup["state"], "succeeded", "{topup}");
+    let outcomes: Vec<&str> = topup["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["soft_decline", "soft_decline", "succeeded"]);
+    assert_eq!(topup["attempts"][0]["decline_code"], "insufficient_funds");
+    assert_eq!(succeeded_charges(&app).await, 1);
+    assert_eq!(app.balance(&org).await, "1040.000000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_decline_stops_at_once_pauses_and_a_new_card_resumes() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = org_with(
+        &app,
+        "pm_card_chargeDeclinedExpiredCard",
+        Some(("50", 100_000)),
+        None,
+    )
+    .await;
+
+    spend(&app, &org, "dip", 60).await;
+    let topup = finished_topup(&app, &org).await;
+    eventually("the failure e-mail", Duration::from_secs(10), || async {
+        (mails_with(&app, "Auto-topup failed") == 1).then_some(())
+    })
+    .await;
+
+    assert_eq!(topup["state"], "failed");
+    assert_eq!(topup["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(topup["attempts"][0]["outcome"], "hard_decline");
+    let settings = app
+        .get(&format!("/v1/orgs/{}/billing-settings", org.id), &org.key)
+        .await;
+    assert!(
+        settings.body["auto_topup"]["paused_reason"]
+            .as_str()
+            .unwrap()
+            .contains("expired_card")
+    );
+
+    // A new card resumes it: the next dip is topped up.
+    let saved = app
+        .call(
+            Method::POST,
+            &format!("/v1/orgs/{}/payment-method", org.id),
+            Some(&org.key),
+            Some(&json!({"payment_method_id": "pm_card_visa", "user": "ana@acme.test"})),
+            &[],
+        )
+        .await;
+    assert!(saved.body["auto_topup"]["paused_reason"].is_null());
+    assert_eq!(
+        saved.body["auto_topup"]["payment_method"]["consented_by"],
+        "ana@acme.test"
+    );
+    app.adjust(org.id, "30", "back above", "up").await;
+    spend(&app, &org, "dip-2", 30).await;
+    eventually("a successful topup", Duration::from_secs(30), || async {
+        topups(&app, &org)
+            .await
+            .into_iter()
+            .find(|t| t["state"] == "succeeded")
+    })
+    .await;
+    assert_eq!(mails_with(&app, "Auto-topup failed"), 1);
+    assert_eq!(succeeded_charges(&app).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reached_monthly_cap_charges_nothing_and_says_so_once() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = org_with(&app, "pm_card_visa", Some(("50", 500)), None).await;
+
+    spend(&app, &org, "dip", 60).await;
+    let topup = finished_topup(&app, &org).await;
+    eventually("the cap e-mail", Duration::from_secs(10), || async {
+        (mails_with(&app, "Auto-topup cap reached") == 1).then_some(())
+    })
+    .await;
+
+    assert_eq!(topup["state"], "capped");
+    assert_eq!(succeeded_charges(&app).await, 0);
+    assert_eq!(app.balance(&org).await, "40.000000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_while_smtp_is_down_arrives_exactly_once_when_it_is_back() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = org_with(&app, "pm_card_visa", None, Some("50")).await;
+    app.smtp.set_accepting(false);
+
+    spend(&app, &org, "dip", 60).await;
+    eventually(
+        "two refused deliveries",
+        Duration::from_secs(30),
+        || async { (app.smtp.refused() >= 2).then_some(()) },
+    )
+    .await;
+    app.smtp.set_accepting(true);
+    eventually("the alert recorded", Duration::from_secs(60), || async {
+        let a = app
+            .get(&format!("/v1/orgs/{}/alerts", org.id), &org.key)
+            .await;
+        (a.body["data"].as_array().unwrap().len() == 1).then_some(())
+    })
+    .await;
+
+    assert_eq!(mails_with(&app, "Low credit balance"), 1);
+    let mail = &app.smtp.received()[0];
+    assert_eq!(mail.to, ["ops@acme.test"]);
+    assert!(
+        mail.text()
+            .contains("below your alert threshold of 50.000000"),
+        "{}",
+        mail.data
+    );
+    assert!(
+        mail.text().contains("Used in the last 24 hours: 60.000000"),
+        "{}",
+        mail.data
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dip_recover_dip_alerts_twice_and_dipping_twice_alerts_once() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = org_with(&app, "pm_card_visa", None, Some("50")).await;
+
+    spend(&app, &org, "dip-1", 60).await; // 100 → 40: alert
+    spend(&app, &org, "dip-1b", 10).await; // 40 → 30: still below, no alert
+    eventually("the first alert", Duration::from_secs(20), || async {
+        (mails_with(&app, "Low credit balance") == 1).then_some(())
+    })
+    .await;
+    app.adjust(org.id, "40", "recover", "up").await; // 30 → 70: re-armed
+    spend(&app, &org, "dip-2", 30).await; // 70 → 40: alert
+    eventually("the second alert", Duration::from_secs(20), || async {
+        (mails_with(&app, "Low credit balance") == 2).then_some(())
+    })
+    .await;
+
+    eventually("both alerts recorded", Duration::from_secs(20), || async {
+        let a = app
+            .get(&format!("/v1/orgs/{}/alerts", org.id), &org.key)
+            .await;
+        (a.body["data"].as_array().unwrap().len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(app.store.outbox_backlog().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_the_charge_and_restarted_charges_and_grants_once() {
+    let app = TestApp::spawn().await.unwrap();
+    let mut worker = ProcessWorker::start(&app).unwrap();
+    let org = org_with(&app, "pm_card_visa", Some(("50", 100_000)), None).await;
+
+    spend(&app, &org, "dip", 60).await;
+    // SIGKILL as soon as the charge is recorded (the grant is the next step).
+    eventually("the charge", Duration::from_secs(30), || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM topup_attempts WHERE outcome = 'succeeded'")
+                .fetch_one(app.store.pool())
+                .await
+                .unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
+    worker.kill();
+    let _restarted = ProcessWorker::start(&app).unwrap();
+    let topup = finished_topup(&app, &org).await;
+
+    assert_eq!(topup["state"], "succeeded");
+    assert_eq!(succeeded_charges(&app).await, 1);
+    assert_eq!(app.balance(&org).await, "1040.000000");
+    app.assert_invariants().await;
+}
+
+#[tokio::test]
+async fn settings_are_validated() {
+    let app = TestApp::spawn().await.unwrap();
+    let org = app.create_org("settings").await;
+    let put = |body: Value| {
+        let (app, org) = (&app, &org);
+        async move {
+            app.call(
+                Method::PUT,
+                &format!("/v1/orgs/{}/billing-settings", org.id),
+                Some(&org.key),
+                Some(&body),
+                &[],
+            )
+            .await
+        }
+    };
+
+    put(json!({"auto_topup": {"enabled": true, "threshold_credits": "50", "package_id": STARTER, "monthly_cap_minor": 1000}}))
+        .await.assert_problem(422, "payment_method_required");
+    put(json!({"auto_topup": {"enabled": false, "threshold_credits": "-1"}}))
+        .await
+        .assert_problem(422, "negative_threshold");
+    put(json!({"auto_topup": {"enabled": false, "package_id": uuid::Uuid::now_v7()}}))
+        .await
+        .assert_problem(422, "unknown_package");
+    put(json!({"auto_topup": {"enabled": false, "monthly_cap_minor": 0}}))
+        .await
+        .assert_problem(422, "invalid_cap");
+    put(json!({"alerts": {"thresholds_credits": ["10"], "recipients": ["not-an-email"]}}))
+        .await
+        .assert_problem(422, "invalid_email");
+    put(json!({"alerts": {"thresholds_credits": ["1.0000001"]}}))
+        .await
+        .assert_problem(422, "too_many_decimals");
+    let other = app.create_org("other").await;
+    app.get(&format!("/v1/orgs/{}/billing-settings", org.id), &other.key)
+        .await
+        .assert_problem(403, "wrong_org");
+    let ok = put(json!({"alerts": {"thresholds_credits": ["10", "50", "10"], "recipients": ["a@b.example"]}})).await;
+    assert_eq!(
+        ok.body["alerts"]["thresholds_credits"],
+        json!(["50.000000", "10.000000"])
+    );
+    assert_eq!(
+        app.get(
+            &format!("/v1/orgs/{}/billing-settings", org.id),
+            OPERATOR_KEY
+        )
+        .await
+        .status,
+        200
+    );
+}
