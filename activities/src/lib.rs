@@ -3,6 +3,7 @@
 
 pub mod health;
 pub mod mail;
+pub mod payment_method;
 pub mod payments;
 pub mod purchase;
 pub mod topup;
@@ -34,6 +35,12 @@ pub fn worker_options(task_queue: &str, deps: Deps) -> Result<WorkerOptions, any
         })
         .register_workflow::<workflows::topup::AutoTopupWorkflow>()?
         .register_workflow::<workflows::topup::LowBalanceAlertWorkflow>()?
+        .register_workflow::<workflows::payment_method::PaymentMethodSetupWorkflow>()?
+        .register_activities(payment_method::SetupActivitiesImpl {
+            store: deps.store.clone(),
+            payments: deps.payments.clone(),
+            urls: deps.checkout_urls.clone(),
+        })
         .register_activities(topup::TopupActivitiesImpl {
             store: deps.store.clone(),
             payments: deps.payments.clone(),

@@ -213,3 +213,61 @@ impl Payments {
         }
     }
 }
+
+impl Payments {
+    /// Creates the org's customer (once: the idempotency key is the org's id).
+    pub async fn create_customer(&self, org_id: &str, name: &str) -> Result<String, PaymentError> {
+        use stripe_core::customer::CreateCustomer;
+        let c = CreateCustomer::new()
+            .name(name)
+            .metadata([("org_id".to_string(), org_id.to_string())])
+            .customize()
+            .request_strategy(idempotent(&format!("customer-{org_id}"))?)
+            .send(&self.client)
+            .await?;
+        Ok(c.id.to_string())
+    }
+
+    /// A setup-mode Checkout Session: the customer saves a card for off-session charges.
+    pub async fn create_setup_session(
+        &self,
+        idempotency_key: &str,
+        customer: &str,
+        client_reference_id: &str,
+        success_url: &str,
+        cancel_url: &str,
+    ) -> Result<Session, PaymentError> {
+        let session = CreateCheckoutSession::new()
+            .mode(CheckoutSessionMode::Setup)
+            .currency(stripe_types::Currency::USD)
+            .customer(customer)
+            .client_reference_id(client_reference_id)
+            .success_url(success_url)
+            .cancel_url(cancel_url)
+            .customize()
+            .request_strategy(idempotent(idempotency_key)?)
+            .send(&self.client)
+            .await?;
+        Ok(Session {
+            id: session.id.to_string(),
+            url: session.url.unwrap_or_default(),
+        })
+    }
+
+    /// The payment method (and customer) a completed SetupIntent saved.
+    pub async fn setup_intent_payment_method(
+        &self,
+        id: &str,
+    ) -> Result<(String, Option<String>), PaymentError> {
+        use stripe_core::setup_intent::RetrieveSetupIntent;
+        let si = RetrieveSetupIntent::new(id).send(&self.client).await?;
+        let pm = si
+            .payment_method
+            .as_ref()
+            .map(|p| p.id().to_string())
+            .ok_or_else(|| {
+                PaymentError::Refused(format!("setup intent {id} has no payment method"))
+            })?;
+        Ok((pm, si.customer.as_ref().map(|c| c.id().to_string())))
+    }
+}

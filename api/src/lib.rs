@@ -133,6 +133,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/orgs/{org}/billing-settings"),
     ("put", "/v1/orgs/{org}/billing-settings"),
     ("post", "/v1/orgs/{org}/payment-method"),
+    ("post", "/v1/orgs/{org}/payment-method/setup"),
     ("get", "/v1/orgs/{org}/topups"),
     ("get", "/v1/orgs/{org}/alerts"),
 ];
@@ -178,6 +179,10 @@ pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
         .route(
             "/v1/orgs/{org}/payment-method",
             post(settings::save_payment_method),
+        )
+        .route(
+            "/v1/orgs/{org}/payment-method/setup",
+            post(purchases::start_payment_method_setup),
         )
         .route("/v1/orgs/{org}/topups", get(settings::topups))
         .route("/v1/orgs/{org}/alerts", get(settings::alerts))

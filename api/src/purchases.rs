@@ -20,7 +20,12 @@ use store::Purchase;
 use temporalio_client::{WorkflowSignalOptions, WorkflowStartOptions};
 use temporalio_common::search_attributes::SearchAttributes;
 use uuid::Uuid;
-use workflows::purchase::{PaymentCompleted, PurchaseInput, PurchaseWorkflow, workflow_id};
+use workflows::{
+    payment_method::{
+        PaymentMethodSetupWorkflow, SetupCompleted, SetupInput, workflow_id as setup_workflow_id,
+    },
+    purchase::{PaymentCompleted, PurchaseInput, PurchaseWorkflow, workflow_id},
+};
 
 use crate::{
     AppState, Caller,
@@ -355,40 +360,132 @@ pub async fn stripe_webhook(
         return Ok(AxumJson(json!({ "received": true, "duplicate": true })));
     }
     let object = &event["data"]["object"];
-    if kind == "checkout.session.completed" && object["mode"] == "payment" {
-        let purchase_id = object["client_reference_id"].as_str().unwrap_or_default();
-        let signal = PaymentCompleted {
-            checkout_session_id: object["id"].as_str().unwrap_or_default().to_string(),
-            payment_intent_id: object["payment_intent"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            event_id: id.to_string(),
-        };
-        let handle = state
-            .temporal
-            .get_workflow_handle::<PurchaseWorkflow>(workflow_id(purchase_id));
-        if let Err(e) = handle
-            .signal(
-                PurchaseWorkflow::payment_completed,
-                signal,
-                WorkflowSignalOptions::default(),
-            )
-            .await
-        {
-            let text = e.to_string();
-            // A finished or unknown workflow has nothing left to do with this payment.
-            if !(text.contains("already completed") || text.contains("not found")) {
-                tracing::error!(error = %text, purchase = purchase_id, "signal failed; the processor will retry");
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "retry_later",
-                    "could not reach the workflow",
-                ));
-            }
-            tracing::warn!(error = %text, purchase = purchase_id, "payment for a purchase that is not waiting");
+    let reference = object["client_reference_id"].as_str().unwrap_or_default();
+    let session_id = object["id"].as_str().unwrap_or_default().to_string();
+    let signalled = match (kind, object["mode"].as_str()) {
+        ("checkout.session.completed", Some("payment")) => {
+            let signal = PaymentCompleted {
+                checkout_session_id: session_id,
+                payment_intent_id: object["payment_intent"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                event_id: id.to_string(),
+            };
+            state
+                .temporal
+                .get_workflow_handle::<PurchaseWorkflow>(workflow_id(reference))
+                .signal(
+                    PurchaseWorkflow::payment_completed,
+                    signal,
+                    WorkflowSignalOptions::default(),
+                )
+                .await
         }
+        ("checkout.session.completed", Some("setup")) => {
+            let signal = SetupCompleted {
+                checkout_session_id: session_id,
+                setup_intent_id: object["setup_intent"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            };
+            state
+                .temporal
+                .get_workflow_handle::<PaymentMethodSetupWorkflow>(setup_workflow_id(reference))
+                .signal(
+                    PaymentMethodSetupWorkflow::setup_completed,
+                    signal,
+                    WorkflowSignalOptions::default(),
+                )
+                .await
+        }
+        _ => Ok(()),
+    };
+    if let Err(e) = signalled {
+        let text = e.to_string();
+        // A finished or unknown workflow has nothing left to do with this event.
+        if !(text.contains("already completed") || text.contains("not found")) {
+            tracing::error!(error = %text, reference, "signal failed; the processor will retry");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "retry_later",
+                "could not reach the workflow",
+            ));
+        }
+        tracing::warn!(error = %text, reference, "event for a workflow that is not waiting");
     }
     tx.commit().await.map_err(store::StoreError::from)?;
     Ok(AxumJson(json!({ "received": true })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetupBody {
+    /// Who consents to off-session charges on the saved card.
+    user: Option<String>,
+}
+
+/// `POST /v1/orgs/{org}/payment-method/setup`: a setup-mode Checkout Session where a person
+/// saves a card for auto-topup; completing it records the card with their consent.
+pub async fn start_payment_method_setup(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(org_id): Path<Uuid>,
+    Json(body): Json<SetupBody>,
+) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
+    caller.authorize_org(org_id)?;
+    let user = body.user.map(|u| u.trim().to_string()).unwrap_or_default();
+    billing::usage::check_name("user", &user, true)
+        .map_err(|r| ApiError::invalid("user", r.code, r.message))?;
+    state.store.get_org(org_id).await?;
+    let setup_id = Uuid::now_v7().to_string();
+    let input = SetupInput {
+        setup_id: setup_id.clone(),
+        org_id: org_id.to_string(),
+        user,
+        expires_after_secs: state.checkout_expiry.as_secs().max(1),
+    };
+    let options = WorkflowStartOptions::new(state.task_queue.clone(), setup_workflow_id(&setup_id))
+        .search_attributes(SearchAttributes::new([
+            workflows::ORG_ID.value_set(org_id.to_string())
+        ]))
+        .build();
+    let handle = state
+        .temporal
+        .start_workflow(PaymentMethodSetupWorkflow::run, input, options)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "could not start the payment method setup");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "workflow_unavailable",
+                "try again",
+            )
+        })?;
+    let start = Instant::now();
+    let mut url = None;
+    while url.is_none() && start.elapsed() < CHECKOUT_URL_WAIT {
+        url = handle
+            .query(
+                PaymentMethodSetupWorkflow::checkout_url,
+                (),
+                Default::default(),
+            )
+            .await
+            .ok()
+            .flatten();
+        if url.is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let status = if url.is_some() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((
+        status,
+        AxumJson(json!({ "setup_id": setup_id, "checkout_url": url })),
+    ))
 }

@@ -5,6 +5,7 @@
 //! Rust code never breaks running histories.
 
 pub mod health;
+pub mod payment_method;
 pub mod purchase;
 pub mod topup;
 

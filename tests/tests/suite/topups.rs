@@ -403,3 +403,56 @@ async fn settings_are_validated() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_saved_through_a_setup_checkout_is_recorded_with_its_consent() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = app.create_org("setup").await;
+
+    let setup = app
+        .call(
+            Method::POST,
+            &format!("/v1/orgs/{}/payment-method/setup", org.id),
+            Some(&org.key),
+            Some(&json!({"user": "ana@acme.test"})),
+            &[],
+        )
+        .await;
+    assert_eq!(setup.status, 201, "{}", setup.text);
+    let url = setup.body["checkout_url"].as_str().unwrap();
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    no_redirect
+        .post(format!("{url}/pay"))
+        .form(&[("payment_method", "pm_card_visa")])
+        .send()
+        .await
+        .unwrap();
+    let saved = eventually("the saved card", Duration::from_secs(30), || async {
+        let s = app
+            .get(&format!("/v1/orgs/{}/billing-settings", org.id), &org.key)
+            .await;
+        (!s.body["auto_topup"]["payment_method"].is_null()).then_some(s.body)
+    })
+    .await;
+
+    let pm = &saved["auto_topup"]["payment_method"];
+    assert_eq!(pm["id"], "pm_card_visa");
+    assert_eq!(pm["consented_by"], "ana@acme.test");
+    assert!(pm["customer"].as_str().unwrap().starts_with("cus_"));
+    assert!(pm["consented_at"].is_string());
+    let enable = json!({"auto_topup": {"enabled": true, "threshold_credits": "50", "package_id": STARTER, "monthly_cap_minor": 5000}});
+    let put = app
+        .call(
+            Method::PUT,
+            &format!("/v1/orgs/{}/billing-settings", org.id),
+            Some(&org.key),
+            Some(&enable),
+            &[],
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.text);
+}

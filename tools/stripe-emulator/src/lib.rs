@@ -177,6 +177,7 @@ impl Emulator {
             .route("/v1/payment_intents", post(api_post))
             .route("/v1/payment_intents/{id}", get(get_object))
             .route("/v1/refunds", post(api_post))
+            .route("/v1/setup_intents/{id}", get(get_object))
             .route("/checkout/{id}", get(hosted_page))
             .route("/checkout/{id}/pay", post(pay))
             .route("/_emulator/events", get(list_events))

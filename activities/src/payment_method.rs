@@ -1,0 +1,101 @@
+use std::sync::Arc;
+
+use store::Store;
+use temporalio_common::error::ApplicationFailure;
+use temporalio_macros::activities;
+use temporalio_sdk::activities::{ActivityContext, ActivityError};
+use uuid::Uuid;
+use workflows::{
+    payment_method::{SaveSetup, SetupInput},
+    purchase::CheckoutSession,
+};
+
+use crate::{
+    payments::{PaymentError, Payments},
+    purchase::CheckoutUrls,
+};
+
+pub struct SetupActivitiesImpl {
+    pub store: Store,
+    pub payments: Payments,
+    pub urls: CheckoutUrls,
+}
+
+fn err(e: PaymentError) -> ActivityError {
+    match e {
+        PaymentError::Refused(m) => {
+            ActivityError::application(ApplicationFailure::non_retryable(m))
+        }
+        PaymentError::Unavailable(m) => ActivityError::from(anyhow::anyhow!(m)),
+    }
+}
+
+fn org(s: &str) -> Result<Uuid, ActivityError> {
+    s.parse().map_err(|_| {
+        ActivityError::application(ApplicationFailure::non_retryable(format!("bad org id {s}")))
+    })
+}
+
+#[activities]
+impl SetupActivitiesImpl {
+    #[activity(definition = workflows::payment_method::markers::CreateSetupSession)]
+    pub async fn create_setup_session(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: SetupInput,
+    ) -> Result<CheckoutSession, ActivityError> {
+        let org_id = org(&input.org_id)?;
+        let settings = self
+            .store
+            .billing_settings(org_id)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let customer = match settings.stripe_customer_id {
+            Some(c) => c,
+            None => {
+                let o = self
+                    .store
+                    .get_org(org_id)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                self.payments
+                    .create_customer(&input.org_id, &o.name)
+                    .await
+                    .map_err(err)?
+            }
+        };
+        let s = self
+            .payments
+            .create_setup_session(
+                &format!("setup-{}", input.setup_id),
+                &customer,
+                &input.setup_id,
+                &self.urls.success_url,
+                &self.urls.cancel_url,
+            )
+            .await
+            .map_err(err)?;
+        Ok(CheckoutSession {
+            id: s.id,
+            url: s.url,
+        })
+    }
+
+    #[activity(definition = workflows::payment_method::markers::Save)]
+    pub async fn save(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        s: SaveSetup,
+    ) -> Result<String, ActivityError> {
+        let (pm, customer) = self
+            .payments
+            .setup_intent_payment_method(&s.setup_intent_id)
+            .await
+            .map_err(err)?;
+        self.store
+            .save_payment_method(org(&s.org_id)?, customer.as_deref(), &pm, &s.user)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(pm)
+    }
+}
