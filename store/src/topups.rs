@@ -2,7 +2,6 @@
 
 use billing::{Account, Credits, Posting, SystemAccount, TransferKind, packages::Package};
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -131,32 +130,13 @@ impl Store {
         )
         .execute(&mut *tx)
         .await?;
-        let topup: Vec<Decimal> = s
+        let topup: Vec<Credits> = s
             .topup_threshold
             .filter(|_| s.topup_enabled)
-            .map(|t| t.as_decimal())
             .into_iter()
             .collect();
-        let alerts: Vec<Decimal> = s.alert_thresholds.iter().map(|t| t.as_decimal()).collect();
-        for (purpose, values) in [("auto_topup", topup), ("alert", alerts)] {
-            sqlx::query!(
-                "DELETE FROM org_thresholds WHERE org_id = $1 AND purpose = $2 AND NOT threshold = ANY($3)",
-                org_id,
-                purpose,
-                &values
-            )
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query!(
-                "INSERT INTO org_thresholds (org_id, purpose, threshold)
-                 SELECT $1, $2, t FROM UNNEST($3::numeric[]) AS t ON CONFLICT DO NOTHING",
-                org_id,
-                purpose,
-                &values
-            )
-            .execute(&mut *tx)
-            .await?;
-        }
+        crate::usage::replace_thresholds(&mut tx, org_id, "auto_topup", &topup).await?;
+        crate::usage::replace_thresholds(&mut tx, org_id, "alert", &s.alert_thresholds).await?;
         tx.commit().await?;
         Ok(())
     }

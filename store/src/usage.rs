@@ -186,23 +186,7 @@ impl Store {
         thresholds: &[Credits],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query!(
-            "DELETE FROM org_thresholds WHERE org_id = $1 AND purpose = $2",
-            org_id,
-            purpose
-        )
-        .execute(&mut *tx)
-        .await?;
-        let values: Vec<Decimal> = thresholds.iter().map(|t| t.as_decimal()).collect();
-        sqlx::query!(
-            "INSERT INTO org_thresholds (org_id, purpose, threshold)
-             SELECT $1, $2, t FROM UNNEST($3::numeric[]) AS t",
-            org_id,
-            purpose,
-            &values
-        )
-        .execute(&mut *tx)
-        .await?;
+        replace_thresholds(&mut tx, org_id, purpose, thresholds).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -368,4 +352,33 @@ impl EventRows {
         .fetch_all(&mut **tx)
         .await?)
     }
+}
+
+/// Makes an org's thresholds of one purpose exactly `thresholds`, keeping the rows (and ids)
+/// of those that stay, so workflows keyed by a threshold id keep their meaning.
+pub(crate) async fn replace_thresholds(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    org_id: Uuid,
+    purpose: &str,
+    thresholds: &[Credits],
+) -> Result<(), StoreError> {
+    let values: Vec<Decimal> = thresholds.iter().map(|t| t.as_decimal()).collect();
+    sqlx::query!(
+        "DELETE FROM org_thresholds WHERE org_id = $1 AND purpose = $2 AND NOT threshold = ANY($3)",
+        org_id,
+        purpose,
+        &values
+    )
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query!(
+        "INSERT INTO org_thresholds (org_id, purpose, threshold)
+         SELECT $1, $2, t FROM UNNEST($3::numeric[]) AS t ON CONFLICT DO NOTHING",
+        org_id,
+        purpose,
+        &values
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

@@ -405,6 +405,26 @@ impl TestApp {
         a.body["balance_credits"].as_str().unwrap().to_string()
     }
 
+    /// Pays a hosted checkout page the way its form does (`pm_card_visa` and the other test
+    /// payment methods), without following the redirect to the success URL.
+    pub async fn pay_checkout(&self, checkout_url: &str, payment_method: &str) {
+        let no_redirect = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let paid = no_redirect
+            .post(format!("{checkout_url}/pay"))
+            .form(&[("payment_method", payment_method)])
+            .send()
+            .await
+            .expect("pay");
+        assert!(
+            paid.status().is_redirection() || paid.status().is_success(),
+            "paying {checkout_url}: {}",
+            paid.status()
+        );
+    }
+
     /// Asserts the ledger invariants over this test's whole database.
     pub async fn assert_invariants(&self) {
         let violations = self.store.check_invariants().await.unwrap();

@@ -28,16 +28,7 @@ async fn record() {
         .await;
     let id = bought.body["id"].as_str().unwrap().to_string();
     let url = bought.body["checkout_url"].as_str().unwrap();
-    let no_redirect = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    no_redirect
-        .post(format!("{url}/pay"))
-        .form(&[("payment_method", "pm_card_visa")])
-        .send()
-        .await
-        .unwrap();
+    app.pay_checkout(url, "pm_card_visa").await;
     let handle = app
         .temporal
         .get_workflow_handle::<PurchaseWorkflow>(format!("purchase-{id}"));

@@ -421,16 +421,7 @@ async fn a_card_saved_through_a_setup_checkout_is_recorded_with_its_consent() {
         .await;
     assert_eq!(setup.status, 201, "{}", setup.text);
     let url = setup.body["checkout_url"].as_str().unwrap();
-    let no_redirect = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    no_redirect
-        .post(format!("{url}/pay"))
-        .form(&[("payment_method", "pm_card_visa")])
-        .send()
-        .await
-        .unwrap();
+    app.pay_checkout(url, "pm_card_visa").await;
     let saved = eventually("the saved card", Duration::from_secs(30), || async {
         let s = app
             .get(&format!("/v1/orgs/{}/billing-settings", org.id), &org.key)
