@@ -6,6 +6,7 @@ pub mod mail;
 pub mod payment_method;
 pub mod payments;
 pub mod purchase;
+pub mod summary;
 pub mod topup;
 
 use std::sync::Arc;
@@ -36,6 +37,10 @@ pub fn worker_options(task_queue: &str, deps: Deps) -> Result<WorkerOptions, any
         .register_workflow::<workflows::topup::AutoTopupWorkflow>()?
         .register_workflow::<workflows::topup::LowBalanceAlertWorkflow>()?
         .register_workflow::<workflows::payment_method::PaymentMethodSetupWorkflow>()?
+        .register_workflow::<workflows::summary::MonthlySummaryWorkflow>()?
+        .register_activities(summary::SummaryActivitiesImpl {
+            store: deps.store.clone(),
+        })
         .register_activities(payment_method::SetupActivitiesImpl {
             store: deps.store.clone(),
             payments: deps.payments.clone(),

@@ -10,6 +10,7 @@ mod prices;
 pub mod pricing;
 pub mod purchases;
 mod settings;
+mod summaries;
 mod usage;
 
 use std::time::Duration;
@@ -136,6 +137,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/orgs/{org}/payment-method/setup"),
     ("get", "/v1/orgs/{org}/topups"),
     ("get", "/v1/orgs/{org}/alerts"),
+    ("get", "/v1/summaries"),
+    ("get", "/v1/orgs/{org}/summaries/{month}"),
 ];
 
 pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
@@ -186,6 +189,8 @@ pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
         )
         .route("/v1/orgs/{org}/topups", get(settings::topups))
         .route("/v1/orgs/{org}/alerts", get(settings::alerts))
+        .route("/v1/summaries", get(summaries::list))
+        .route("/v1/orgs/{org}/summaries/{month}", get(summaries::one))
         .fallback(|| async { ApiError::not_found("no_route", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -9,6 +9,7 @@ pub mod ledger;
 pub mod money;
 pub mod packages;
 pub mod pricing;
+pub mod summary;
 pub mod topup;
 pub mod usage;
 

@@ -17,6 +17,16 @@ pub struct Settings {
     pub checkout: Checkout,
     pub mail: Mail,
     pub topup: Topup,
+    pub summaries: Summaries,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Summaries {
+    /// Hours after midnight UTC on the 1st when last month's summaries are generated.
+    pub grace_hours: u32,
+    /// Orgs per activity, and pages per workflow run before it continues as new.
+    pub page_size: u32,
+    pub pages_per_run: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

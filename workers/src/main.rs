@@ -33,9 +33,31 @@ enum Command {
     Dev,
     /// Check the ledger's invariants; exits non-zero on any violation.
     VerifyLedger,
+    /// Temporal Schedules.
+    #[command(subcommand)]
+    Schedules(SchedulesCommand),
+    /// Monthly summaries.
+    #[command(subcommand)]
+    Summaries(SummariesCommand),
     /// Benchmarks against the local stack (build with --release).
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum SchedulesCommand {
+    /// Create or update the monthly-summary schedule.
+    Sync,
+}
+
+#[derive(Subcommand)]
+enum SummariesCommand {
+    /// Generate (or regenerate, for late events) one month's summaries and wait for them.
+    Run {
+        /// The month, `YYYY-MM`.
+        #[arg(long)]
+        month: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -66,6 +88,31 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Ingest(args)) => {
             workers::bench::ingest(&settings, &args).await?
+        }
+        Command::Schedules(SchedulesCommand::Sync) => {
+            let temporal = app::connect_temporal(&settings.temporal).await?;
+            workers::summaries::sync_schedule(
+                &temporal,
+                &settings.temporal.task_queue,
+                &settings.summaries,
+            )
+            .await?;
+            println!("schedule {} is in sync", workflows::summary::SCHEDULE_ID);
+        }
+        Command::Summaries(SummariesCommand::Run { month }) => {
+            let month: billing::summary::Month = month
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--month takes YYYY-MM"))?;
+            let temporal = app::connect_temporal(&settings.temporal).await?;
+            eprintln!("generating the summaries of {month} (workflow monthly-summaries-{month}) …");
+            let done = workers::summaries::run_month(
+                &temporal,
+                &settings.temporal.task_queue,
+                &settings.summaries,
+                &month.to_string(),
+            )
+            .await?;
+            println!("{done}");
         }
         Command::VerifyLedger => {
             let store = app::connect_store(&settings).await?;
@@ -109,6 +156,15 @@ async fn run_worker(settings: &Settings) -> anyhow::Result<()> {
     let store = app::connect_store(settings).await?;
     let temporal = app::connect_temporal(&settings.temporal).await?;
     let deps = app::activity_deps(settings, store)?;
+    if let Err(e) = workers::summaries::sync_schedule(
+        &temporal,
+        &settings.temporal.task_queue,
+        &settings.summaries,
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "could not sync the summaries schedule; run `creditflow schedules sync`");
+    }
     tracing::info!(task_queue = %settings.temporal.task_queue, "worker polling");
     app::run_worker(
         deps,

@@ -9,6 +9,7 @@ mod keys;
 mod ledger_invariants;
 mod purchases;
 mod replay;
+mod summaries;
 mod topups;
 mod usage;
 mod worker;

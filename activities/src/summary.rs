@@ -1,0 +1,43 @@
+use std::sync::Arc;
+
+use billing::summary::Month;
+use store::Store;
+use temporalio_common::error::ApplicationFailure;
+use temporalio_macros::activities;
+use temporalio_sdk::activities::{ActivityContext, ActivityError};
+use workflows::summary::{PageDone, PageRequest};
+
+pub struct SummaryActivitiesImpl {
+    pub store: Store,
+}
+
+#[activities]
+impl SummaryActivitiesImpl {
+    #[activity(definition = workflows::summary::markers::GeneratePage)]
+    pub async fn generate_page(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        p: PageRequest,
+    ) -> Result<PageDone, ActivityError> {
+        let bad = |what: &str| {
+            ActivityError::application(ApplicationFailure::non_retryable(format!("bad {what}")))
+        };
+        let month: Month = p.month.parse().map_err(|_| bad("month"))?;
+        let after = p
+            .after_org
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|_| bad("org id"))?;
+        let done = self
+            .store
+            .generate_summaries(month, after, i64::from(p.page_size))
+            .await
+            .map_err(|e| ActivityError::from(anyhow::anyhow!("{e}")))?;
+        Ok(PageDone {
+            orgs: done.orgs as u32,
+            revisions_written: done.revisions_written as u32,
+            last_org: done.last_org.map(|o| o.to_string()),
+        })
+    }
+}

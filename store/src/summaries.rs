@@ -1,0 +1,294 @@
+//! Monthly summaries, computed from the ledger and the usage events with set-based queries over
+//! a page of orgs at a time, and stored as immutable revisions.
+
+use std::collections::HashMap;
+
+use billing::{
+    Credits,
+    summary::{Month, Movements},
+};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::{Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub org_id: Uuid,
+    pub month: Month,
+    /// 0 for a live (provisional) computation, else the stored revision.
+    pub revision: i32,
+    pub movements: Movements,
+    pub closing: Credits,
+    /// Usage by type, model and operation (AI) or resource (infra), with quantities and cost.
+    pub lines: Value,
+    /// Usage cost and events per user.
+    pub users: Value,
+    pub computed_at: DateTime<Utc>,
+}
+
+/// What generating one page of orgs did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PageOutcome {
+    pub orgs: usize,
+    pub revisions_written: usize,
+    pub last_org: Option<Uuid>,
+}
+
+fn dec(v: Option<Decimal>) -> Credits {
+    Credits::from_stored(v.unwrap_or_default())
+}
+
+impl Store {
+    /// Computes the month's summaries for these orgs (live; nothing stored).
+    pub async fn compute_summaries(
+        &self,
+        org_ids: &[Uuid],
+        month: Month,
+    ) -> Result<Vec<Summary>, StoreError> {
+        let (start, end) = (month.start(), month.end());
+        let mut movements: HashMap<Uuid, Movements> =
+            org_ids.iter().map(|o| (*o, Movements::default())).collect();
+        // Booked movements other than usage, before and within the month.
+        for r in sqlx::query!(
+            r#"SELECT t.org_id, t.kind,
+                      sum(CASE WHEN t.credit_account_id = a.id THEN t.amount ELSE -t.amount END)
+                        FILTER (WHERE t.created_at < $2) AS before,
+                      sum(CASE WHEN t.credit_account_id = a.id THEN t.amount ELSE -t.amount END)
+                        FILTER (WHERE t.created_at >= $2) AS during
+                 FROM transfers t JOIN accounts a ON a.org_id = t.org_id
+                WHERE t.org_id = ANY($1) AND t.kind <> 'usage' AND t.created_at < $3
+                GROUP BY t.org_id, t.kind"#,
+            org_ids,
+            start,
+            end
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let m = movements.entry(r.org_id).or_default();
+            m.opening = m.opening.checked_add(dec(r.before))?;
+            let during = dec(r.during);
+            match r.kind.as_str() {
+                "purchase" => m.purchased = during,
+                "bonus" => m.bonus = during,
+                "topup" => m.topup = during,
+                "refund" => m.refunded = during.checked_neg(),
+                "adjustment" => m.adjusted = during,
+                "reversal" => m.reversed = during,
+                other => return Err(StoreError::Decode(format!("kind {other}"))),
+            }
+        }
+        // Usage by when it happened: before the month (opening) and within it (used).
+        for r in sqlx::query!(
+            r#"SELECT org_id, sum(cost) FILTER (WHERE occurred_at < $2) AS before,
+                      sum(cost) FILTER (WHERE occurred_at >= $2) AS during
+                 FROM usage_events WHERE org_id = ANY($1) AND occurred_at < $3
+                GROUP BY org_id"#,
+            org_ids,
+            start,
+            end
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let m = movements.entry(r.org_id).or_default();
+            m.opening = m.opening.checked_sub(dec(r.before))?;
+            m.used = dec(r.during);
+        }
+        let mut lines: HashMap<Uuid, Vec<Value>> = HashMap::new();
+        for r in sqlx::query!(
+            r#"SELECT org_id, type AS kind, model, operation, resource, unit, count(*) AS "events!",
+                      sum(input_tokens)::bigint AS input_tokens, sum(output_tokens)::bigint AS output_tokens,
+                      sum(cached_input_tokens)::bigint AS cached_input_tokens, sum(quantity) AS quantity,
+                      sum(cost) AS "cost!"
+                 FROM usage_events
+                WHERE org_id = ANY($1) AND occurred_at >= $2 AND occurred_at < $3
+                GROUP BY org_id, type, model, operation, resource, unit
+                ORDER BY org_id, type, model, operation, resource"#,
+            org_ids,
+            start,
+            end
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let line = if r.kind == "ai_tokens" {
+                json!({"type": "ai_tokens", "model": r.model, "operation": r.operation, "events": r.events,
+                       "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
+                       "cached_input_tokens": r.cached_input_tokens, "cost_credits": Credits::from_stored(r.cost)})
+            } else {
+                json!({"type": "infra", "resource": r.resource, "unit": r.unit, "events": r.events,
+                       "quantity": r.quantity.map(|q| q.normalize().to_string()),
+                       "cost_credits": Credits::from_stored(r.cost)})
+            };
+            lines.entry(r.org_id).or_default().push(line);
+        }
+        let mut users: HashMap<Uuid, Vec<Value>> = HashMap::new();
+        for r in sqlx::query!(
+            r#"SELECT org_id, user_id, count(*) AS "events!", sum(cost) AS "cost!"
+                 FROM usage_events
+                WHERE org_id = ANY($1) AND occurred_at >= $2 AND occurred_at < $3
+                GROUP BY org_id, user_id ORDER BY org_id, user_id"#,
+            org_ids,
+            start,
+            end
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            users.entry(r.org_id).or_default().push(
+                json!({"user": r.user_id, "events": r.events, "cost_credits": Credits::from_stored(r.cost)}),
+            );
+        }
+        let now = Utc::now();
+        let mut out = Vec::with_capacity(org_ids.len());
+        for org in org_ids {
+            let m = movements.remove(org).unwrap_or_default();
+            out.push(Summary {
+                org_id: *org,
+                month,
+                revision: 0,
+                closing: m.closing()?,
+                movements: m,
+                lines: Value::Array(lines.remove(org).unwrap_or_default()),
+                users: Value::Array(users.remove(org).unwrap_or_default()),
+                computed_at: now,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Generates and stores the month's summaries for up to `limit` orgs after `after` (by id):
+    /// a summary whose figures equal the latest stored revision is not stored again, a changed
+    /// one (late usage) becomes the next revision.
+    pub async fn generate_summaries(
+        &self,
+        month: Month,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<PageOutcome, StoreError> {
+        let orgs: Vec<Uuid> = sqlx::query_scalar!(
+            "SELECT id FROM orgs WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2",
+            after,
+            limit
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let computed = self.compute_summaries(&orgs, month).await?;
+        let latest = self.latest_summaries(&orgs, month).await?;
+        let mut fresh = Vec::new();
+        for s in computed {
+            match latest.get(&s.org_id) {
+                Some(old)
+                    if old.movements == s.movements
+                        && old.lines == s.lines
+                        && old.users == s.users => {}
+                Some(old) => fresh.push((old.revision + 1, s)),
+                None => fresh.push((1, s)),
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        for (revision, s) in &fresh {
+            let m = &s.movements;
+            sqlx::query!(
+                "INSERT INTO monthly_summaries (org_id, month, revision, opening, purchased, bonus,
+                     topup, refunded, adjusted, reversed, used, closing, lines, users)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                 ON CONFLICT DO NOTHING",
+                s.org_id,
+                month.first_day(),
+                revision,
+                m.opening.as_decimal(),
+                m.purchased.as_decimal(),
+                m.bonus.as_decimal(),
+                m.topup.as_decimal(),
+                m.refunded.as_decimal(),
+                m.adjusted.as_decimal(),
+                m.reversed.as_decimal(),
+                m.used.as_decimal(),
+                s.closing.as_decimal(),
+                s.lines,
+                s.users
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(PageOutcome {
+            orgs: orgs.len(),
+            revisions_written: fresh.len(),
+            last_org: orgs.last().copied(),
+        })
+    }
+
+    /// The latest stored revision per org for a month.
+    pub async fn latest_summaries(
+        &self,
+        org_ids: &[Uuid],
+        month: Month,
+    ) -> Result<HashMap<Uuid, Summary>, StoreError> {
+        let rows = sqlx::query!(
+            r#"SELECT DISTINCT ON (org_id) org_id, revision, opening, purchased, bonus, topup, refunded,
+                      adjusted, reversed, used, closing, lines, users, computed_at
+                 FROM monthly_summaries WHERE org_id = ANY($1) AND month = $2
+                ORDER BY org_id, revision DESC"#,
+            org_ids,
+            month.first_day()
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let s = Summary {
+                    org_id: r.org_id,
+                    month,
+                    revision: r.revision,
+                    movements: Movements {
+                        opening: Credits::from_stored(r.opening),
+                        purchased: Credits::from_stored(r.purchased),
+                        bonus: Credits::from_stored(r.bonus),
+                        topup: Credits::from_stored(r.topup),
+                        refunded: Credits::from_stored(r.refunded),
+                        adjusted: Credits::from_stored(r.adjusted),
+                        reversed: Credits::from_stored(r.reversed),
+                        used: Credits::from_stored(r.used),
+                    },
+                    closing: Credits::from_stored(r.closing),
+                    lines: r.lines,
+                    users: r.users,
+                    computed_at: r.computed_at,
+                };
+                (r.org_id, s)
+            })
+            .collect())
+    }
+
+    /// Every org's id for a month listing (operators), bounded.
+    pub async fn org_ids(&self, limit: i64) -> Result<Vec<Uuid>, StoreError> {
+        Ok(
+            sqlx::query_scalar!("SELECT id FROM orgs ORDER BY id LIMIT $1", limit)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Stored revisions of one org's month, oldest first.
+    pub async fn summary_revisions(
+        &self,
+        org_id: Uuid,
+        month: Month,
+    ) -> Result<Vec<i32>, StoreError> {
+        Ok(sqlx::query_scalar!(
+            "SELECT revision FROM monthly_summaries WHERE org_id = $1 AND month = $2 ORDER BY revision",
+            org_id,
+            month.first_day()
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

@@ -1,0 +1,96 @@
+//! The monthly-summary Schedule (created or updated idempotently) and on-demand runs.
+
+use anyhow::Context;
+use temporalio_client::{
+    Client, WorkflowGetResultOptions, WorkflowIdConflictPolicy, WorkflowIdReusePolicy,
+    WorkflowStartOptions,
+    schedules::{CreateScheduleOptions, ScheduleAction, ScheduleOverlapPolicy, ScheduleSpec},
+};
+use workflows::summary::{MonthlySummaryWorkflow, SCHEDULE_ID, SummaryInput, workflow_id};
+
+use crate::config::Summaries;
+
+fn input(cfg: &Summaries, month: String) -> SummaryInput {
+    SummaryInput {
+        month,
+        page_size: cfg.page_size,
+        pages_per_run: cfg.pages_per_run,
+        ..SummaryInput::default()
+    }
+}
+
+/// Creates the Schedule that starts the summaries of the month before, on the 1st of each month
+/// at `grace_hours` UTC (late events get that long to arrive), or brings an existing one to
+/// this spec and action. Safe to run at every worker start.
+pub async fn sync_schedule(
+    temporal: &Client,
+    task_queue: &str,
+    cfg: &Summaries,
+) -> anyhow::Result<()> {
+    let spec = ScheduleSpec::builder()
+        .cron_strings(vec![format!("0 {} 1 * *", cfg.grace_hours.min(23))])
+        .build();
+    let action = || {
+        ScheduleAction::start_workflow(
+            MonthlySummaryWorkflow::run,
+            input(cfg, String::new()),
+            task_queue.to_string(),
+            "monthly-summaries-scheduled",
+        )
+    };
+    let created = temporal
+        .create_schedule(
+            SCHEDULE_ID,
+            CreateScheduleOptions::builder()
+                .action(action())
+                .spec(spec.clone())
+                .overlap_policy(ScheduleOverlapPolicy::Skip)
+                .note("monthly usage summaries (creditflow)".to_string())
+                .build(),
+        )
+        .await;
+    match created {
+        Ok(_) => tracing::info!(schedule = SCHEDULE_ID, "schedule created"),
+        Err(e) if e.to_string().to_lowercase().contains("already") => {
+            let action = action();
+            temporal
+                .get_schedule_handle(SCHEDULE_ID)
+                .update(
+                    move |u| {
+                        u.set_spec(spec);
+                        u.set_action(action);
+                    },
+                    Default::default(),
+                )
+                .await
+                .context("updating the summaries schedule")?;
+            tracing::info!(schedule = SCHEDULE_ID, "schedule updated");
+        }
+        Err(e) => return Err(e).context("creating the summaries schedule"),
+    }
+    Ok(())
+}
+
+/// Runs (or joins the running) generation for one month and waits for it: the backfill.
+pub async fn run_month(
+    temporal: &Client,
+    task_queue: &str,
+    cfg: &Summaries,
+    month: &str,
+) -> anyhow::Result<String> {
+    let options = WorkflowStartOptions::new(task_queue.to_string(), workflow_id(month))
+        .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
+        .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicate)
+        .build();
+    let handle = temporal
+        .start_workflow(
+            MonthlySummaryWorkflow::run,
+            input(cfg, month.to_string()),
+            options,
+        )
+        .await
+        .context("starting the summaries workflow")?;
+    Ok(handle
+        .get_result(WorkflowGetResultOptions::default())
+        .await?)
+}
