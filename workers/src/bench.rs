@@ -427,3 +427,108 @@ pub async fn ingest(settings: &Settings, args: &IngestArgs) -> anyhow::Result<()
     );
     Ok(())
 }
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SummariesArgs {
+    #[arg(long, default_value_t = 10_000)]
+    pub orgs: i64,
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: i64,
+    /// The month the events fall in.
+    #[arg(long, default_value = "2026-10")]
+    pub month: String,
+}
+
+/// `creditflow bench summaries`: seeds a fresh database with `orgs` orgs and `events` usage
+/// events in one month, then times the real monthly-summary workflow (a `creditflow worker`
+/// child process, the Temporal dev server) over them.
+pub async fn summaries(settings: &Settings, args: &SummariesArgs) -> anyhow::Result<()> {
+    let month: billing::summary::Month = args
+        .month
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--month YYYY-MM"))?;
+    let db_url = fresh_database(settings).await?;
+    let mut conn = PgConnection::connect(&db_url).await?;
+    let seeding = Instant::now();
+    sqlx::query("INSERT INTO orgs (id, name) SELECT gen_random_uuid(), 'bench-' || i FROM generate_series(1, $1) i")
+        .bind(args.orgs)
+        .execute(&mut conn)
+        .await?;
+    sqlx::query("INSERT INTO accounts (code, org_id) SELECT 'org:' || id, id FROM orgs")
+        .execute(&mut conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO usage_events (id, org_id, event_id, payload_hash, type, occurred_at, user_id, model,
+                                   operation, input_tokens, output_tokens, cached_input_tokens, cost,
+                                   price_version)
+         SELECT gen_random_uuid(), o.id, 'e' || g, '\\x00', 'ai_tokens',
+                $3::timestamptz + (g % (28 * 86400)) * interval '1 second', 'user-' || (g % 7),
+                (ARRAY['gpt-4o', 'gpt-4o-mini', 'claude-sonnet-4'])[1 + g % 3], 'chat',
+                1000 + g % 500, 200, g % 50, 0.250000 + (g % 100) / 1000.0, 1
+           FROM generate_series(1, $2) g
+           JOIN (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM orgs) o ON o.rn = 1 + g % $1",
+    )
+    .bind(args.orgs)
+    .bind(args.events)
+    .bind(month.start())
+    .execute(&mut conn)
+    .await?;
+    sqlx::query("ANALYZE").execute(&mut conn).await?;
+    let seeded = seeding.elapsed();
+
+    let task_queue = format!("bench-summaries-{}", std::process::id());
+    let mut worker = Command::new(std::env::current_exe()?)
+        .arg("worker")
+        .env("CREDITFLOW__DATABASE__URL", &db_url)
+        .env("CREDITFLOW__TEMPORAL__TASK_QUEUE", &task_queue)
+        .env("CREDITFLOW__LOG__FILTER", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting creditflow worker")?;
+    let temporal = crate::app::connect_temporal(&settings.temporal).await?;
+    let started = Instant::now();
+    let done = crate::summaries::run_month(
+        &temporal,
+        &task_queue,
+        &settings.summaries,
+        &month.to_string(),
+    )
+    .await?;
+    let took = started.elapsed();
+    let described = temporal
+        .get_workflow_handle::<workflows::summary::MonthlySummaryWorkflow>(
+            workflows::summary::workflow_id(&month.to_string()),
+        )
+        .describe(Default::default())
+        .await?;
+    let _ = worker.start_kill();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM monthly_summaries")
+        .fetch_one(&mut conn)
+        .await?;
+    println!(
+        "creditflow bench summaries: {} orgs, {} usage events in {month}",
+        args.orgs, args.events
+    );
+    println!(
+        "{:<52} {:>10.1} s",
+        "seeding (not part of the figure)",
+        seeded.as_secs_f64()
+    );
+    println!(
+        "{:<52} {:>10.1} s",
+        "generation (workflow start to result)",
+        took.as_secs_f64()
+    );
+    println!("{:<52} {:>10}", "summaries stored", stored);
+    println!("{:<52} {:>10}", "result", done);
+    println!(
+        "{:<52} {:>10}",
+        format!(
+            "history events of the last run (pages of {}, {} per run)",
+            settings.summaries.page_size, settings.summaries.pages_per_run
+        ),
+        described.history_length()
+    );
+    Ok(())
+}

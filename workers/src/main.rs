@@ -64,6 +64,8 @@ enum SummariesCommand {
 enum BenchCommand {
     /// Usage ingestion and balance reads under load.
     Ingest(workers::bench::IngestArgs),
+    /// Monthly summary generation over many orgs and events.
+    Summaries(workers::bench::SummariesArgs),
 }
 
 #[tokio::main]
@@ -88,6 +90,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Ingest(args)) => {
             workers::bench::ingest(&settings, &args).await?
+        }
+        Command::Bench(BenchCommand::Summaries(args)) => {
+            workers::bench::summaries(&settings, &args).await?
         }
         Command::Schedules(SchedulesCommand::Sync) => {
             let temporal = app::connect_temporal(&settings.temporal).await?;

@@ -243,3 +243,90 @@ async fn summaries_are_filtered_by_org_year_and_month_and_exported_as_csv() {
         .await
         .assert_problem(400, "invalid_month");
 }
+
+#[tokio::test]
+async fn the_schedule_is_created_once_and_kept_in_sync() {
+    let app = TestApp::spawn().await.unwrap();
+    let cfg = workers::config::Summaries {
+        grace_hours: 6,
+        page_size: 500,
+        pages_per_run: 40,
+    };
+
+    workers::summaries::sync_schedule(&app.temporal, &app.task_queue, &cfg)
+        .await
+        .unwrap();
+    let cfg = workers::config::Summaries {
+        grace_hours: 7,
+        ..cfg
+    };
+    workers::summaries::sync_schedule(&app.temporal, &app.task_queue, &cfg)
+        .await
+        .unwrap();
+
+    let described = app
+        .temporal
+        .get_schedule_handle(workflows::summary::SCHEDULE_ID)
+        .describe(Default::default())
+        .await
+        .unwrap();
+    let raw = described.raw().schedule.clone().unwrap();
+    let spec = raw.spec.unwrap();
+    assert!(format!("{:?}", raw.action).contains("monthly_summaries"));
+    // The server keeps the cron as a structured calendar: day 1, hour 7 after the update.
+    let calendar = format!("{:?}{:?}", spec.structured_calendar, spec.cron_string);
+    assert!(
+        calendar.contains("start: 7") || calendar.contains("0 7 1 * *"),
+        "{calendar}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_finishes_with_no_duplicate_and_no_gap() {
+    let app = TestApp::spawn().await.unwrap();
+    let mut worker = tests::worker::ProcessWorker::start(&app).unwrap();
+    let mut orgs = Vec::new();
+    for i in 0..24 {
+        let org = app.create_org(&format!("k{i}")).await;
+        send(&app, &org, vec![event("e", "2024-09-09T09:00:00Z", 4000)]).await;
+        orgs.push(org);
+    }
+    let run = {
+        let (temporal, queue) = (app.temporal.clone(), app.task_queue.clone());
+        tokio::spawn(async move {
+            let cfg = workers::config::Summaries {
+                grace_hours: 6,
+                page_size: 1,
+                pages_per_run: 4,
+            };
+            workers::summaries::run_month(&temporal, &queue, &cfg, "2024-09").await
+        })
+    };
+    tests::eventually("a few summaries", Duration::from_secs(60), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM monthly_summaries")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+        (n >= 3).then_some(())
+    })
+    .await;
+    worker.kill();
+    let _restarted = tests::worker::ProcessWorker::start(&app).unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    assert!(done.starts_with("2024-09"), "{done}");
+    let rows: Vec<(uuid::Uuid, i32)> =
+        sqlx::query_as("SELECT org_id, revision FROM monthly_summaries ORDER BY org_id")
+            .fetch_all(app.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 24, "one summary per org");
+    assert!(
+        rows.iter().all(|(_, r)| *r == 1),
+        "no second revision: {rows:?}"
+    );
+}
