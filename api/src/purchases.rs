@@ -186,8 +186,15 @@ fn purchase_json(p: &Purchase) -> Value {
 pub async fn create_purchase(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     Json(body): Json<PurchaseBody>,
 ) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
+    // Optional here (nothing is charged until the buyer pays), but a retried request with the
+    // same key gets the same purchase instead of a second checkout.
+    let idempotency_key = match headers.get("idempotency-key") {
+        Some(_) => Some(crate::ledger::idempotency_key(&headers)?),
+        None => None,
+    };
     let Caller::Org(principal) = &caller else {
         return Err(ApiError::forbidden(
             "org_key_required",
@@ -235,7 +242,7 @@ pub async fn create_purchase(
     let expires_at = chrono::Utc::now()
         + chrono::Duration::from_std(state.checkout_expiry)
             .unwrap_or(chrono::Duration::minutes(30));
-    let purchase = state
+    let (purchase, _) = state
         .store
         .create_purchase(
             principal.org_id,
@@ -243,6 +250,7 @@ pub async fn create_purchase(
             &user,
             email.as_deref(),
             expires_at,
+            idempotency_key.as_deref(),
         )
         .await?;
     let input = PurchaseInput {
@@ -256,14 +264,21 @@ pub async fn create_purchase(
                 workflows::ORG_ID.value_set(input.org_id.clone())
             ]))
             .build();
-    state
+    // A replayed request starts nothing new: the workflow id is the purchase's, and an existing
+    // workflow (the first request's) is left to run.
+    let started = state
         .temporal
         .start_workflow(PurchaseWorkflow::run, input, options)
-        .await
-        .map_err(|e| {
+        .await;
+    if !matches!(
+        started,
+        Err(temporalio_client::errors::WorkflowStartError::AlreadyStarted { .. })
+    ) {
+        started.map_err(|e| {
             tracing::error!(error = %e, purchase = %purchase.id, "could not start the purchase workflow");
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "workflow_unavailable", "the purchase could not be started; try again")
         })?;
+    }
     // The session is created by the workflow's first activity: wait for its URL, bounded.
     let start = Instant::now();
     let mut current = purchase;

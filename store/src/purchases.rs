@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{BookOutcome, NewTransfer, Store, StoreError, Transfer};
+use crate::{BookOutcome, Claim, NewTransfer, Store, StoreError, Transfer, idempotency};
 
 /// A purchase as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,6 +151,8 @@ impl Store {
         .into_package()
     }
 
+    /// Records a purchase. With an idempotency key, the same request again returns the first
+    /// purchase (and `false`), and the same key with another request is a conflict.
     pub async fn create_purchase(
         &self,
         org_id: Uuid,
@@ -158,10 +160,25 @@ impl Store {
         buyer: &str,
         receipt_email: Option<&str>,
         expires_at: DateTime<Utc>,
-    ) -> Result<Purchase, StoreError> {
+        idempotency_key: Option<&str>,
+    ) -> Result<(Purchase, bool), StoreError> {
         let snapshot =
             serde_json::to_value(package).map_err(|e| StoreError::Decode(e.to_string()))?;
-        sqlx::query_as!(
+        let scope = format!("purchase:{org_id}");
+        let hash = idempotency::request_hash(&[
+            package.id.as_bytes(),
+            buyer.as_bytes(),
+            receipt_email.unwrap_or_default().as_bytes(),
+        ]);
+        let mut tx = self.pool.begin().await?;
+        if let Some(key) = idempotency_key
+            && let Claim::Replay(id) =
+                idempotency::claim::<Uuid>(&mut tx, &scope, key, &hash).await?
+        {
+            drop(tx);
+            return Ok((self.purchase(id).await?, false));
+        }
+        let purchase = sqlx::query_as!(
             PurchaseRow,
             "INSERT INTO purchases (id, org_id, package_id, package, buyer, receipt_email,
                                     expires_at)
@@ -176,9 +193,14 @@ impl Store {
             receipt_email,
             expires_at
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?
-        .into_purchase()
+        .into_purchase()?;
+        if let Some(key) = idempotency_key {
+            idempotency::finish(&mut tx, &scope, key, &purchase.id).await?;
+        }
+        tx.commit().await?;
+        Ok((purchase, true))
     }
 
     pub async fn purchase(&self, id: Uuid) -> Result<Purchase, StoreError> {

@@ -360,9 +360,10 @@ async fn another_orgs_purchase_is_not_visible() {
     let package = app.store.package(GROWTH.parse().unwrap()).await.unwrap();
     let p = app
         .store
-        .create_purchase(a.id, &package, "ana", None, chrono::Utc::now())
+        .create_purchase(a.id, &package, "ana", None, chrono::Utc::now(), None)
         .await
-        .unwrap();
+        .unwrap()
+        .0;
 
     app.get(&format!("/v1/purchases/{}", p.id), &b.key)
         .await
@@ -394,9 +395,10 @@ async fn granting_a_purchase_twice_books_it_once() {
     let package = app.store.package(GROWTH.parse().unwrap()).await.unwrap();
     let p = app
         .store
-        .create_purchase(org.id, &package, "ana", None, chrono::Utc::now())
+        .create_purchase(org.id, &package, "ana", None, chrono::Utc::now(), None)
         .await
-        .unwrap();
+        .unwrap()
+        .0;
 
     let first = app.store.grant_purchase(p.id).await.unwrap();
     let again = app.store.grant_purchase(p.id).await.unwrap();
@@ -438,4 +440,43 @@ async fn a_worker_killed_before_the_grant_and_restarted_grants_once() {
     wait_state(&app, &org, &id, "credited").await;
     assert_eq!(app.balance(&org).await, "5250.000000");
     app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_purchase_request_twice_makes_one_checkout() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = app.create_org("retry-buy").await;
+    let body = json!({"package_id": GROWTH, "user": "ana@acme.test"});
+    let post = |key: &'static str, body: Value| {
+        let (app, org) = (&app, &org);
+        async move {
+            app.call(
+                Method::POST,
+                "/v1/purchases",
+                Some(&org.key),
+                Some(&body),
+                &[("idempotency-key", key)],
+            )
+            .await
+        }
+    };
+
+    let first = post("buy-1", body.clone()).await;
+    let again = post("buy-1", body.clone()).await;
+    let other = post(
+        "buy-1",
+        json!({"package_id": GROWTH, "user": "bob@acme.test"}),
+    )
+    .await;
+
+    assert_eq!(first.status, 201, "{}", first.text);
+    assert_eq!(again.body["id"], first.body["id"]);
+    assert_eq!(again.body["checkout_url"], first.body["checkout_url"]);
+    other.assert_problem(409, "idempotency_conflict");
+    let purchases: i64 = sqlx::query_scalar("SELECT count(*) FROM purchases")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(purchases, 1);
 }
