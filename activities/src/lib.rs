@@ -6,6 +6,7 @@ pub mod mail;
 pub mod payment_method;
 pub mod payments;
 pub mod purchase;
+pub mod refund;
 pub mod summary;
 pub mod topup;
 
@@ -38,6 +39,12 @@ pub fn worker_options(task_queue: &str, deps: Deps) -> Result<WorkerOptions, any
         .register_workflow::<workflows::topup::LowBalanceAlertWorkflow>()?
         .register_workflow::<workflows::payment_method::PaymentMethodSetupWorkflow>()?
         .register_workflow::<workflows::summary::MonthlySummaryWorkflow>()?
+        .register_workflow::<workflows::refund::RefundWorkflow>()?
+        .register_activities(refund::RefundActivitiesImpl {
+            store: deps.store.clone(),
+            payments: deps.payments.clone(),
+            mailer: deps.mailer.clone(),
+        })
         .register_activities(summary::SummaryActivitiesImpl {
             store: deps.store.clone(),
         })

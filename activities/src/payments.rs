@@ -271,3 +271,23 @@ impl Payments {
         Ok((pm, si.customer.as_ref().map(|c| c.id().to_string())))
     }
 }
+
+impl Payments {
+    /// Refunds part or all of a payment; the idempotency key makes a retried call a replay.
+    pub async fn refund(
+        &self,
+        idempotency_key: &str,
+        payment_intent_id: &str,
+        amount_minor: i64,
+    ) -> Result<String, PaymentError> {
+        use stripe_core::refund::CreateRefund;
+        let r = CreateRefund::new()
+            .payment_intent(payment_intent_id)
+            .amount(amount_minor)
+            .customize()
+            .request_strategy(idempotent(idempotency_key)?)
+            .send(&self.client)
+            .await?;
+        Ok(r.id.to_string())
+    }
+}

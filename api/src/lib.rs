@@ -138,6 +138,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/orgs/{org}/topups"),
     ("get", "/v1/orgs/{org}/alerts"),
     ("get", "/v1/summaries"),
+    ("post", "/v1/purchases/{id}/refunds"),
+    ("get", "/v1/purchases/{id}/refunds"),
     ("get", "/v1/orgs/{org}/summaries/{month}"),
 ];
 
@@ -190,6 +192,10 @@ pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
         .route("/v1/orgs/{org}/topups", get(settings::topups))
         .route("/v1/orgs/{org}/alerts", get(settings::alerts))
         .route("/v1/summaries", get(summaries::list))
+        .route(
+            "/v1/purchases/{id}/refunds",
+            get(purchases::list_refunds).post(purchases::create_refund),
+        )
         .route("/v1/orgs/{org}/summaries/{month}", get(summaries::one))
         .fallback(|| async { ApiError::not_found("no_route", "no such route") })
         .method_not_allowed_fallback(|| async {

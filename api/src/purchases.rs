@@ -504,3 +504,121 @@ pub async fn start_payment_method_setup(
         AxumJson(json!({ "setup_id": setup_id, "checkout_url": url })),
     ))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    /// How much of the payment to refund, in its currency's minor units.
+    amount_minor: Option<i64>,
+    reason: Option<String>,
+}
+
+fn refund_json(r: &store::Refund) -> Value {
+    json!({
+        "id": r.id,
+        "purchase_id": r.purchase_id,
+        "org_id": r.org_id,
+        "amount_minor": r.amount_minor,
+        "currency": r.currency,
+        "credits_reversed": r.credits,
+        "bonus_credits_reversed": r.bonus_credits,
+        "reason": r.reason,
+        "requested_by": r.requested_by,
+        "state": r.state,
+        "stripe_refund_id": r.stripe_refund_id,
+        "detail": r.detail,
+        "created_at": r.created_at,
+    })
+}
+
+/// `POST /v1/purchases/{id}/refunds` (operator): checks the refund before any money moves
+/// (never more than what is left of the payment, never a balance below zero), then starts
+/// `refund-{id}`: the processor's refund, then the proportional reversal of credits and bonus.
+pub async fn create_refund(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(purchase_id): Path<Uuid>,
+    headers: HeaderMap,
+    Json(body): Json<RefundBody>,
+) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
+    caller.require_operator()?;
+    let key = crate::ledger::idempotency_key(&headers)?;
+    let amount = body.amount_minor.ok_or_else(|| {
+        ApiError::invalid(
+            "amount_minor",
+            "missing_field",
+            "`amount_minor` is required",
+        )
+    })?;
+    if amount <= 0 {
+        return Err(ApiError::invalid(
+            "amount_minor",
+            "amount_not_positive",
+            "`amount_minor` must be greater than zero",
+        ));
+    }
+    let reason = body
+        .reason
+        .map(|r| r.trim().to_string())
+        .unwrap_or_default();
+    if reason.is_empty() || reason.chars().count() > 1000 {
+        return Err(ApiError::invalid(
+            "reason",
+            "missing_field",
+            "`reason` is required (at most 1,000 characters)",
+        ));
+    }
+    let refund = state
+        .store
+        .request_refund(purchase_id, amount, &reason, &caller.actor(), &key)
+        .await
+        .map_err(|e| match e {
+            store::StoreError::Conflict(m) => {
+                ApiError::invalid("amount_minor", "refund_not_allowed", m)
+            }
+            other => other.into(),
+        })?;
+    let options = WorkflowStartOptions::new(
+        state.task_queue.clone(),
+        workflows::refund::workflow_id(&refund.id.to_string()),
+    )
+    .search_attributes(SearchAttributes::new([
+        workflows::ORG_ID.value_set(refund.org_id.to_string())
+    ]))
+    .build();
+    let started = state
+        .temporal
+        .start_workflow(
+            workflows::refund::RefundWorkflow::run,
+            refund.id.to_string(),
+            options,
+        )
+        .await;
+    if !matches!(
+        started,
+        Err(temporalio_client::errors::WorkflowStartError::AlreadyStarted { .. })
+    ) {
+        started.map_err(|e| {
+            tracing::error!(error = %e, refund = %refund.id, "could not start the refund workflow");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "workflow_unavailable",
+                "try again with the same Idempotency-Key",
+            )
+        })?;
+    }
+    Ok((StatusCode::ACCEPTED, AxumJson(refund_json(&refund))))
+}
+
+pub async fn list_refunds(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(purchase_id): Path<Uuid>,
+) -> Result<AxumJson<Value>, ApiError> {
+    let p = state.store.purchase(purchase_id).await?;
+    caller.authorize_org(p.org_id)?;
+    let refunds = state.store.refunds_of(purchase_id).await?;
+    Ok(AxumJson(
+        json!({ "data": refunds.iter().map(refund_json).collect::<Vec<_>>() }),
+    ))
+}

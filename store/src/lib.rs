@@ -10,6 +10,7 @@ pub mod ledger;
 pub mod orgs;
 pub mod prices;
 pub mod purchases;
+pub mod refunds;
 pub mod summaries;
 pub mod topups;
 pub mod usage;
@@ -32,6 +33,7 @@ pub use ledger::{
 pub use orgs::{ApiKey, NewApiKey, Org, Principal};
 pub use prices::NewPriceVersion;
 pub use purchases::{Grant, Purchase};
+pub use refunds::Refund;
 pub use summaries::{PageOutcome, Summary};
 pub use topups::{AlertRecord, BillingSettings, TopupRecord, TopupStart};
 pub use usage::{EventOutcome, JobResult, OutboxRow, RatedEvent, Recorded, UsageJob};

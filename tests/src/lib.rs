@@ -308,6 +308,11 @@ impl TestApp {
             ),
             ("CREDITFLOW__LOG__FILTER".into(), "warn".into()),
             ("CREDITFLOW__TOPUP__BACKOFF_INITIAL_SECS".into(), "1".into()),
+            // The Schedule is global to the namespace: test workers leave it alone.
+            (
+                "CREDITFLOW__SUMMARIES__SYNC_SCHEDULE_ON_START".into(),
+                "false".into(),
+            ),
             ("CREDITFLOW__TOPUP__BACKOFF_MAX_SECS".into(), "2".into()),
         ]
     }

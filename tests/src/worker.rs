@@ -118,12 +118,21 @@ impl ProcessWorker {
             "{} is missing: run scripts/up (it builds it)",
             bin.display()
         );
+        // Its log goes next to the other test artifacts, for when a test fails.
+        let log_dir = root.join(".local/test-workers");
+        std::fs::create_dir_all(&log_dir)?;
+        let log = std::fs::File::create(log_dir.join(format!(
+            "{}-{}.log",
+            app.task_queue,
+            uuid::Uuid::now_v7()
+        )))?;
         let child = Command::new(bin)
             .arg("worker")
             .current_dir(&root)
             .env("CREDITFLOW_ENV", "test")
             .envs(app.worker_env())
             .stdout(Stdio::null())
+            .stderr(log)
             .spawn()?;
         Ok(ProcessWorker { child })
     }

@@ -22,6 +22,13 @@ pub struct Settings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Summaries {
+    /// Whether `creditflow worker` creates or updates the Schedule when it starts.
+    #[serde(default = "yes")]
+    pub sync_schedule_on_start: bool,
+    /// Put before `monthly-summaries-{YYYY-MM}` workflow ids: lets several deployments (or
+    /// test runs) share one Temporal namespace without joining each other's runs.
+    #[serde(default)]
+    pub workflow_id_prefix: String,
     /// Hours after midnight UTC on the 1st when last month's summaries are generated.
     pub grace_hours: u32,
     /// Orgs per activity, and pages per workflow run before it continues as new.
@@ -158,4 +165,8 @@ impl Settings {
             .build()?;
         Ok(settings.try_deserialize()?)
     }
+}
+
+fn yes() -> bool {
+    true
 }

@@ -161,14 +161,18 @@ async fn run_worker(settings: &Settings) -> anyhow::Result<()> {
     let store = app::connect_store(settings).await?;
     let temporal = app::connect_temporal(&settings.temporal).await?;
     let deps = app::activity_deps(settings, store)?;
-    if let Err(e) = workers::summaries::sync_schedule(
-        &temporal,
-        &settings.temporal.task_queue,
-        &settings.summaries,
-    )
-    .await
-    {
-        tracing::warn!(error = %e, "could not sync the summaries schedule; run `creditflow schedules sync`");
+    if settings.summaries.sync_schedule_on_start {
+        // In the background: polling must not wait on the Schedule API.
+        let (temporal, queue, cfg) = (
+            temporal.clone(),
+            settings.temporal.task_queue.clone(),
+            settings.summaries.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = workers::summaries::sync_schedule(&temporal, &queue, &cfg).await {
+                tracing::warn!(error = %e, "could not sync the summaries schedule; run `creditflow schedules sync`");
+            }
+        });
     }
     tracing::info!(task_queue = %settings.temporal.task_queue, "worker polling");
     app::run_worker(

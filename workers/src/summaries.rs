@@ -78,7 +78,8 @@ pub async fn run_month(
     cfg: &Summaries,
     month: &str,
 ) -> anyhow::Result<String> {
-    let options = WorkflowStartOptions::new(task_queue.to_string(), workflow_id(month))
+    let id = format!("{}{}", cfg.workflow_id_prefix, workflow_id(month));
+    let options = WorkflowStartOptions::new(task_queue.to_string(), id)
         .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
         .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicate)
         .build();

@@ -7,6 +7,7 @@
 pub mod health;
 pub mod payment_method;
 pub mod purchase;
+pub mod refund;
 pub mod summary;
 pub mod topup;
 

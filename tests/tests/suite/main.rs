@@ -8,6 +8,7 @@ mod history;
 mod keys;
 mod ledger_invariants;
 mod purchases;
+mod refunds;
 mod replay;
 mod summaries;
 mod topups;

@@ -27,7 +27,7 @@ async fn state_of(app: &TestApp, org: &TestOrg, id: &str) -> Value {
 async fn wait_state(app: &TestApp, org: &TestOrg, id: &str, want: &str) -> Value {
     eventually(
         &format!("purchase {want}"),
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || async {
             let p = state_of(app, org, id).await;
             (p["state"] == want).then_some(p)

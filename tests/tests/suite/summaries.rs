@@ -38,6 +38,8 @@ fn d(v: &Value) -> Decimal {
 
 async fn run_month(app: &TestApp, month: &str, page_size: u32, pages_per_run: u32) -> String {
     let cfg = workers::config::Summaries {
+        sync_schedule_on_start: false,
+        workflow_id_prefix: format!("{}-", app.task_queue),
         grace_hours: 6,
         page_size,
         pages_per_run,
@@ -248,6 +250,8 @@ async fn summaries_are_filtered_by_org_year_and_month_and_exported_as_csv() {
 async fn the_schedule_is_created_once_and_kept_in_sync() {
     let app = TestApp::spawn().await.unwrap();
     let cfg = workers::config::Summaries {
+        sync_schedule_on_start: false,
+        workflow_id_prefix: format!("{}-", app.task_queue),
         grace_hours: 6,
         page_size: 500,
         pages_per_run: 40,
@@ -257,6 +261,8 @@ async fn the_schedule_is_created_once_and_kept_in_sync() {
         .await
         .unwrap();
     let cfg = workers::config::Summaries {
+        sync_schedule_on_start: false,
+        workflow_id_prefix: format!("{}-", app.task_queue),
         grace_hours: 7,
         ..cfg
     };
@@ -295,6 +301,8 @@ async fn a_worker_killed_mid_run_finishes_with_no_duplicate_and_no_gap() {
         let (temporal, queue) = (app.temporal.clone(), app.task_queue.clone());
         tokio::spawn(async move {
             let cfg = workers::config::Summaries {
+                sync_schedule_on_start: false,
+                workflow_id_prefix: format!("{queue}-"),
                 grace_hours: 6,
                 page_size: 1,
                 pages_per_run: 4,

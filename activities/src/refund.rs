@@ -1,0 +1,134 @@
+use std::sync::Arc;
+
+use store::Store;
+use temporalio_common::error::ApplicationFailure;
+use temporalio_macros::activities;
+use temporalio_sdk::activities::{ActivityContext, ActivityError};
+use uuid::Uuid;
+use workflows::refund::ProcessorRefund;
+
+use crate::{
+    mail::Mailer,
+    payments::{PaymentError, Payments},
+};
+
+pub struct RefundActivitiesImpl {
+    pub store: Store,
+    pub payments: Payments,
+    pub mailer: Mailer,
+}
+
+fn id(s: &str) -> Result<Uuid, ActivityError> {
+    s.parse().map_err(|_| {
+        ActivityError::application(ApplicationFailure::non_retryable(format!(
+            "bad refund id {s}"
+        )))
+    })
+}
+
+fn retryable(e: impl std::fmt::Display) -> ActivityError {
+    ActivityError::from(anyhow::anyhow!("{e}"))
+}
+
+#[activities]
+impl RefundActivitiesImpl {
+    #[activity(definition = workflows::refund::markers::RefundPayment)]
+    pub async fn refund_payment(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        refund_id: String,
+    ) -> Result<ProcessorRefund, ActivityError> {
+        let r = self
+            .store
+            .refund(id(&refund_id)?)
+            .await
+            .map_err(retryable)?;
+        if let Some(done) = r.stripe_refund_id.clone() {
+            return Ok(ProcessorRefund::Refunded {
+                stripe_refund_id: done,
+            });
+        }
+        let pi = r.payment_intent_id.clone().unwrap_or_default();
+        match self
+            .payments
+            .refund(&format!("refund-{refund_id}"), &pi, r.amount_minor)
+            .await
+        {
+            Ok(stripe_refund_id) => {
+                self.store
+                    .refund_refunded(r.id, &stripe_refund_id)
+                    .await
+                    .map_err(retryable)?;
+                Ok(ProcessorRefund::Refunded { stripe_refund_id })
+            }
+            Err(PaymentError::Refused(reason)) => {
+                self.store
+                    .refund_failed(r.id, &reason)
+                    .await
+                    .map_err(retryable)?;
+                Ok(ProcessorRefund::Refused { reason })
+            }
+            Err(e @ PaymentError::Unavailable(_)) => Err(retryable(e)),
+        }
+    }
+
+    #[activity(definition = workflows::refund::markers::ReverseCredits)]
+    pub async fn reverse_credits(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        refund_id: String,
+    ) -> Result<String, ActivityError> {
+        let balance = self
+            .store
+            .reverse_refund(id(&refund_id)?)
+            .await
+            .map_err(retryable)?;
+        Ok(balance.to_string())
+    }
+
+    #[activity(definition = workflows::refund::markers::Notify)]
+    pub async fn notify(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        refund_id: String,
+    ) -> Result<(), ActivityError> {
+        let r = self
+            .store
+            .refund(id(&refund_id)?)
+            .await
+            .map_err(retryable)?;
+        let p = self
+            .store
+            .purchase(r.purchase_id)
+            .await
+            .map_err(retryable)?;
+        let Some(to) = p.receipt_email else {
+            return Ok(());
+        };
+        let key = format!("refund:{refund_id}");
+        let subject = "Your creditflow refund";
+        if !self
+            .store
+            .email_pending(&key, &to, subject)
+            .await
+            .map_err(retryable)?
+        {
+            return Ok(());
+        }
+        let major =
+            rust_decimal::Decimal::new(r.amount_minor, p.package.price.currency.minor_digits());
+        let body = format!(
+            "We refunded {major} {} of purchase {}.\nCredits taken back: {} (bonus {}).\nReason: {}\n",
+            r.currency.to_uppercase(),
+            r.purchase_id,
+            r.credits,
+            r.bonus_credits,
+            r.reason
+        );
+        self.mailer
+            .send(&[to], subject, &body)
+            .await
+            .map_err(retryable)?;
+        self.store.email_sent(&key).await.map_err(retryable)
+    }
+}
