@@ -430,6 +430,29 @@ impl TestApp {
         );
     }
 
+    /// The events the Stripe emulator emitted (each with its `delivered` count).
+    pub async fn emulator_events(&self) -> Vec<Value> {
+        let v: Value = self
+            .http
+            .get(format!("{}/_emulator/events", self.stripe_url))
+            .send()
+            .await
+            .expect("emulator events")
+            .json()
+            .await
+            .expect("emulator events JSON");
+        v["data"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// How many events of this type the emulator emitted.
+    pub async fn emulator_event_count(&self, kind: &str) -> usize {
+        self.emulator_events()
+            .await
+            .iter()
+            .filter(|e| e["type"] == kind)
+            .count()
+    }
+
     /// Asserts the ledger invariants over this test's whole database.
     pub async fn assert_invariants(&self) {
         let violations = self.store.check_invariants().await.unwrap();

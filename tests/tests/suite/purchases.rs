@@ -44,19 +44,6 @@ async fn pay(app: &TestApp, session_url: &str) {
     app.pay_checkout(session_url, "pm_card_visa").await;
 }
 
-async fn emulator_events(app: &TestApp) -> Vec<Value> {
-    let v: Value = app
-        .http
-        .get(format!("{}/_emulator/events", app.stripe_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["data"].as_array().unwrap().clone()
-}
-
 #[tokio::test]
 async fn packages_show_effective_credits_cost_per_credit_and_saving() {
     let app = TestApp::spawn().await.unwrap();
@@ -228,7 +215,7 @@ async fn the_completion_webhook_delivered_again_and_early_still_grants_once() {
     // Paid the moment the URL exists, so the webhook usually lands before the workflow waits.
     pay(&app, bought.body["checkout_url"].as_str().unwrap()).await;
     let completed = eventually("the completion event", Duration::from_secs(10), || async {
-        emulator_events(&app)
+        app.emulator_events()
             .await
             .into_iter()
             .find(|e| e["type"] == "checkout.session.completed")

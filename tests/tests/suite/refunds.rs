@@ -59,21 +59,7 @@ async fn refunds_of(app: &TestApp, org: &TestOrg, purchase: &str) -> Vec<Value> 
 }
 
 async fn processor_refunds(app: &TestApp) -> usize {
-    let v: Value = app
-        .http
-        .get(format!("{}/_emulator/events", app.stripe_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["type"] == "charge.refunded")
-        .count()
+    app.emulator_event_count("charge.refunded").await
 }
 
 async fn use_credits(app: &TestApp, org: &TestOrg, credits: u64) {

@@ -83,21 +83,7 @@ async fn finished_topup(app: &TestApp, org: &TestOrg) -> Value {
 }
 
 async fn succeeded_charges(app: &TestApp) -> usize {
-    let v: Value = app
-        .http
-        .get(format!("{}/_emulator/events", app.stripe_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["type"] == "payment_intent.succeeded")
-        .count()
+    app.emulator_event_count("payment_intent.succeeded").await
 }
 
 fn mails_with(app: &TestApp, subject: &str) -> usize {
