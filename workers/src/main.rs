@@ -33,6 +33,12 @@ enum Command {
     Dev,
     /// Check the ledger's invariants; exits non-zero on any violation.
     VerifyLedger,
+    /// Organizations (operator).
+    #[command(subcommand)]
+    Orgs(OrgsCommand),
+    /// Manual credit adjustments (operator).
+    #[command(subcommand)]
+    Credits(CreditsCommand),
     /// Temporal Schedules.
     #[command(subcommand)]
     Schedules(SchedulesCommand),
@@ -42,6 +48,43 @@ enum Command {
     /// Benchmarks against the local stack (build with --release).
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum OrgsCommand {
+    /// Create an organization; prints it with its first API key (shown only this once).
+    Create {
+        #[arg(long)]
+        name: String,
+    },
+    /// An organization's balance, totals and last transactions.
+    Show {
+        #[arg(long)]
+        org: uuid::Uuid,
+        /// How many of the latest transactions to show (at most 1,000).
+        #[arg(long, default_value_t = 10)]
+        last: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum CreditsCommand {
+    /// Add (positive) or remove (negative) credits, with a reason; the same --key twice moves
+    /// credits once.
+    Adjust {
+        #[arg(long)]
+        org: uuid::Uuid,
+        #[arg(long, allow_hyphen_values = true)]
+        amount: String,
+        #[arg(long)]
+        reason: String,
+        /// Idempotency key (default: a new one, so each run is a new adjustment).
+        #[arg(long)]
+        key: Option<String>,
+        /// Who is doing it, for the ledger's actor column.
+        #[arg(long, default_value = "cli")]
+        operator: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -93,6 +136,68 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Summaries(args)) => {
             workers::bench::summaries(&settings, &args).await?
+        }
+        Command::Orgs(OrgsCommand::Create { name }) => {
+            let store = app::connect_store(&settings).await?;
+            let name = name.trim();
+            anyhow::ensure!(
+                !name.is_empty() && name.chars().count() <= 200,
+                "--name: 1 to 200 characters"
+            );
+            let (org, key) = store.create_org(name, "operator:cli").await?;
+            println!("{}", serde_json::json!({ "org": org, "api_key": key }));
+        }
+        Command::Orgs(OrgsCommand::Show { org, last }) => {
+            let store = app::connect_store(&settings).await?;
+            let b = store.balance(org).await?;
+            let page = store
+                .transfers(&store::TransferQuery {
+                    org_id: org,
+                    kinds: None,
+                    from: None,
+                    to: None,
+                    before_seq: None,
+                    limit: last.clamp(1, 1000),
+                })
+                .await?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "org_id": org,
+                    "balance_credits": b.balance,
+                    "totals": {
+                        "purchased_credits": b.purchased()?, "bonus_credits": b.bonus()?,
+                        "used_credits": b.used()?, "refunded_credits": b.refunded()?,
+                        "adjusted_credits": b.adjusted()?,
+                    },
+                    "transactions": page.transfers,
+                })
+            );
+        }
+        Command::Credits(CreditsCommand::Adjust {
+            org,
+            amount,
+            reason,
+            key,
+            operator,
+        }) => {
+            let store = app::connect_store(&settings).await?;
+            let amount: billing::Credits = amount
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--amount: {e}"))?;
+            anyhow::ensure!(!reason.trim().is_empty(), "--reason is required");
+            let key = key.unwrap_or_else(|| format!("cli-{}", uuid::Uuid::now_v7()));
+            let t = store
+                .post_adjustment(
+                    org,
+                    amount,
+                    reason.trim(),
+                    &format!("operator:{operator}"),
+                    &key,
+                )
+                .await?;
+            eprintln!("adjusted {org} by {amount}: balance {}", t.balance_after);
+            println!("{}", serde_json::to_string(&t)?);
         }
         Command::Schedules(SchedulesCommand::Sync) => {
             let temporal = app::connect_temporal(&settings.temporal).await?;

@@ -3,6 +3,7 @@
 
 mod adjustments;
 mod bad_input;
+mod cli;
 mod health;
 mod history;
 mod keys;
