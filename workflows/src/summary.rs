@@ -98,7 +98,9 @@ impl MonthlySummaryWorkflow {
             input.month = previous_month_of(started);
         }
         let page_size = input.page_size.max(1);
-        let step = ActivityOptions::start_to_close_timeout(Duration::from_secs(300));
+        // A page of 500 orgs takes well under a second; a worker that dies mid-page is
+        // retried after this timeout, so it is kept short.
+        let step = ActivityOptions::start_to_close_timeout(Duration::from_secs(30));
         for _ in 0..input.pages_per_run.max(1) {
             let page = PageRequest {
                 month: input.month.clone(),
