@@ -12,6 +12,9 @@ pub mod topup;
 
 use std::sync::Arc;
 
+use temporalio_common::error::ApplicationFailure;
+use temporalio_sdk::activities::ActivityError;
+
 use store::Store;
 use temporalio_sdk::{WorkerOptions, WorkerOptionsBuilder};
 
@@ -66,4 +69,43 @@ pub fn worker_options(task_queue: &str, deps: Deps) -> Result<WorkerOptions, any
         })
         .sticky_queue_schedule_to_start_timeout(std::time::Duration::from_secs(3))
         .build())
+}
+
+/// An error Temporal should retry (the database or a service was unavailable).
+pub(crate) fn retryable(e: impl std::fmt::Display) -> ActivityError {
+    ActivityError::from(anyhow::anyhow!("{e}"))
+}
+
+/// A payment error as an activity error: a refused request is not retried.
+pub(crate) fn payment_error(e: payments::PaymentError) -> ActivityError {
+    match e {
+        payments::PaymentError::Refused(m) => {
+            ActivityError::application(ApplicationFailure::non_retryable(m))
+        }
+        payments::PaymentError::Unavailable(m) => retryable(m),
+    }
+}
+
+/// Sends an e-mail once per `key` (receipts, alerts, failures): a send record is kept, so a
+/// retried activity does not deliver a second copy.
+pub(crate) async fn mail_once(
+    store: &Store,
+    mailer: &mail::Mailer,
+    key: &str,
+    to: &[String],
+    subject: &str,
+    body: &str,
+) -> Result<(), ActivityError> {
+    if to.is_empty() {
+        return Ok(());
+    }
+    if !store
+        .email_pending(key, &to.join(","), subject)
+        .await
+        .map_err(retryable)?
+    {
+        return Ok(());
+    }
+    mailer.send(to, subject, body).await.map_err(retryable)?;
+    store.email_sent(key).await.map_err(retryable)
 }

@@ -10,24 +10,12 @@ use workflows::{
     purchase::CheckoutSession,
 };
 
-use crate::{
-    payments::{PaymentError, Payments},
-    purchase::CheckoutUrls,
-};
+use crate::{payment_error, payments::Payments, purchase::CheckoutUrls};
 
 pub struct SetupActivitiesImpl {
     pub store: Store,
     pub payments: Payments,
     pub urls: CheckoutUrls,
-}
-
-fn err(e: PaymentError) -> ActivityError {
-    match e {
-        PaymentError::Refused(m) => {
-            ActivityError::application(ApplicationFailure::non_retryable(m))
-        }
-        PaymentError::Unavailable(m) => ActivityError::from(anyhow::anyhow!(m)),
-    }
 }
 
 fn org(s: &str) -> Result<Uuid, ActivityError> {
@@ -61,7 +49,7 @@ impl SetupActivitiesImpl {
                 self.payments
                     .create_customer(&input.org_id, &o.name)
                     .await
-                    .map_err(err)?
+                    .map_err(payment_error)?
             }
         };
         let s = self
@@ -74,7 +62,7 @@ impl SetupActivitiesImpl {
                 &self.urls.cancel_url,
             )
             .await
-            .map_err(err)?;
+            .map_err(payment_error)?;
         Ok(CheckoutSession {
             id: s.id,
             url: s.url,
@@ -91,7 +79,7 @@ impl SetupActivitiesImpl {
             .payments
             .setup_intent_payment_method(&s.setup_intent_id)
             .await
-            .map_err(err)?;
+            .map_err(payment_error)?;
         self.store
             .save_payment_method(org(&s.org_id)?, customer.as_deref(), &pm, &s.user)
             .await

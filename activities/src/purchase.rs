@@ -9,7 +9,8 @@ use workflows::purchase::{CheckoutSession, ExpireOutcome, GrantResult, MarkPaid}
 
 use crate::{
     mail::Mailer,
-    payments::{CheckoutRequest, Expired, PaymentError, Payments},
+    payment_error,
+    payments::{CheckoutRequest, Expired, Payments},
 };
 
 /// Where the processor's hosted page sends the buyer back to.
@@ -32,15 +33,6 @@ fn purchase_id(s: &str) -> Result<Uuid, ActivityError> {
             "bad purchase id {s}"
         )))
     })
-}
-
-fn payment_error(e: PaymentError) -> ActivityError {
-    match e {
-        PaymentError::Refused(m) => {
-            ActivityError::application(ApplicationFailure::non_retryable(m))
-        }
-        PaymentError::Unavailable(m) => ActivityError::from(anyhow::anyhow!(m)),
-    }
 }
 
 fn store_error(e: store::StoreError) -> ActivityError {
@@ -169,16 +161,7 @@ impl PurchaseActivitiesImpl {
         let Some(to) = p.receipt_email.clone() else {
             return Ok(());
         };
-        let key = format!("receipt:{id}");
         let subject = format!("Your creditflow receipt: {} credits", p.package.name);
-        if !self
-            .store
-            .email_pending(&key, &to, &subject)
-            .await
-            .map_err(store_error)?
-        {
-            return Ok(());
-        }
         let balance = self
             .store
             .balance(p.org_id)
@@ -199,10 +182,14 @@ impl PurchaseActivitiesImpl {
             balance,
             id
         );
-        self.mailer
-            .send(&[to], &subject, &body)
-            .await
-            .map_err(|e| ActivityError::from(anyhow::anyhow!("{e}")))?;
-        self.store.email_sent(&key).await.map_err(store_error)
+        crate::mail_once(
+            &self.store,
+            &self.mailer,
+            &format!("receipt:{id}"),
+            &[to],
+            &subject,
+            &body,
+        )
+        .await
     }
 }

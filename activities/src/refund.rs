@@ -10,6 +10,7 @@ use workflows::refund::ProcessorRefund;
 use crate::{
     mail::Mailer,
     payments::{PaymentError, Payments},
+    retryable,
 };
 
 pub struct RefundActivitiesImpl {
@@ -24,10 +25,6 @@ fn id(s: &str) -> Result<Uuid, ActivityError> {
             "bad refund id {s}"
         )))
     })
-}
-
-fn retryable(e: impl std::fmt::Display) -> ActivityError {
-    ActivityError::from(anyhow::anyhow!("{e}"))
 }
 
 #[activities]
@@ -105,16 +102,6 @@ impl RefundActivitiesImpl {
         let Some(to) = p.receipt_email else {
             return Ok(());
         };
-        let key = format!("refund:{refund_id}");
-        let subject = "Your creditflow refund";
-        if !self
-            .store
-            .email_pending(&key, &to, subject)
-            .await
-            .map_err(retryable)?
-        {
-            return Ok(());
-        }
         let major =
             rust_decimal::Decimal::new(r.amount_minor, p.package.price.currency.minor_digits());
         let body = format!(
@@ -125,10 +112,14 @@ impl RefundActivitiesImpl {
             r.bonus_credits,
             r.reason
         );
-        self.mailer
-            .send(&[to], subject, &body)
-            .await
-            .map_err(retryable)?;
-        self.store.email_sent(&key).await.map_err(retryable)
+        crate::mail_once(
+            &self.store,
+            &self.mailer,
+            &format!("refund:{refund_id}"),
+            &[to],
+            "Your creditflow refund",
+            &body,
+        )
+        .await
     }
 }

@@ -13,6 +13,7 @@ use workflows::topup::{
 use crate::{
     mail::Mailer,
     payments::{Charge, PaymentError, Payments},
+    retryable,
 };
 
 pub struct TopupActivitiesImpl {
@@ -29,38 +30,6 @@ fn bad_input(what: &str) -> ActivityError {
 
 fn uuid(s: &str) -> Result<Uuid, ActivityError> {
     s.parse().map_err(|_| bad_input(s))
-}
-
-fn retryable(e: impl std::fmt::Display) -> ActivityError {
-    ActivityError::from(anyhow::anyhow!("{e}"))
-}
-
-impl TopupActivitiesImpl {
-    /// Sends an e-mail once per `key`: a retried activity does not deliver a second copy.
-    async fn mail_once(
-        &self,
-        key: &str,
-        to: &[String],
-        subject: &str,
-        body: &str,
-    ) -> Result<(), ActivityError> {
-        if to.is_empty() {
-            return Ok(());
-        }
-        if !self
-            .store
-            .email_pending(key, &to.join(","), subject)
-            .await
-            .map_err(retryable)?
-        {
-            return Ok(());
-        }
-        self.mailer
-            .send(to, subject, body)
-            .await
-            .map_err(retryable)?;
-        self.store.email_sent(key).await.map_err(retryable)
-    }
 }
 
 #[activities]
@@ -212,7 +181,9 @@ impl TopupActivitiesImpl {
              being topped up; buy credits or update the payment method to resume.\n\nTopup: {}\n",
             f.reason, f.topup_id
         );
-        self.mail_once(
+        crate::mail_once(
+            &self.store,
+            &self.mailer,
             &format!("topup-failed:{}", f.topup_id),
             &recipients,
             "Auto-topup failed",
@@ -234,7 +205,9 @@ impl TopupActivitiesImpl {
              the monthly auto-topup cap ({} minor units), so nothing was charged.\n\nTopup: {topup_id}\n",
             settings.topup_monthly_cap_minor.unwrap_or_default()
         );
-        self.mail_once(
+        crate::mail_once(
+            &self.store,
+            &self.mailer,
             &format!("topup-capped:{topup_id}"),
             &settings.recipients,
             "Auto-topup cap reached",
@@ -268,8 +241,15 @@ impl TopupActivitiesImpl {
              To buy more, POST /v1/purchases with one of GET /v1/packages, or turn on auto-topup.\n"
         );
         let key = format!("alert:{}:{}:{}", a.org_id, a.threshold_id, a.crossing_seq);
-        self.mail_once(&key, &settings.recipients, "Low credit balance", &body)
-            .await?;
+        crate::mail_once(
+            &self.store,
+            &self.mailer,
+            &key,
+            &settings.recipients,
+            "Low credit balance",
+            &body,
+        )
+        .await?;
         self.store
             .record_alert(
                 org,
