@@ -108,6 +108,9 @@ async fn template_database(admin: &mut PgConnection) -> anyhow::Result<String> {
             let pool = PgPool::connect(&url).await?;
             Store::migrate(&pool).await?;
             pool.close().await;
+            // A closed client connection ends its server backend a moment later, and RENAME
+            // (like CREATE DATABASE ... TEMPLATE) refuses a database someone is still in.
+            wait_until_unused(&mut *admin, &building).await?;
             sqlx::query(&format!("ALTER DATABASE {building} RENAME TO {name}"))
                 .execute(&mut *admin)
                 .await?;
@@ -120,6 +123,26 @@ async fn template_database(admin: &mut PgConnection) -> anyhow::Result<String> {
         .await?;
     result?;
     Ok(name)
+}
+
+/// Waits (at most 30 s) until no session is connected to database `name`.
+async fn wait_until_unused(admin: &mut PgConnection, name: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sessions: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
+                .bind(name)
+                .fetch_one(&mut *admin)
+                .await?;
+        if sessions == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "database {name} still has {sessions} sessions after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A fresh, migrated database for one test. Databases are dropped by `scripts/test` before the
