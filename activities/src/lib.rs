@@ -3,6 +3,7 @@
 
 pub mod health;
 pub mod mail;
+pub mod metrics;
 pub mod payment_method;
 pub mod payments;
 pub mod purchase;

@@ -35,6 +35,19 @@ impl Mailer {
     }
 
     pub async fn send(&self, to: &[String], subject: &str, body: &str) -> Result<(), MailError> {
+        let sent = self.deliver(to, subject, body).await;
+        let outcome = match &sent {
+            Ok(()) => "sent",
+            Err(MailError::Invalid(_)) => "invalid",
+            Err(MailError::Smtp(_)) => "failed",
+        };
+        crate::metrics::SMTP_SENDS
+            .with_label_values(&[outcome])
+            .inc();
+        sent
+    }
+
+    async fn deliver(&self, to: &[String], subject: &str, body: &str) -> Result<(), MailError> {
         let mut builder = Message::builder().from(self.from.clone()).subject(subject);
         for t in to {
             builder = builder.to(t

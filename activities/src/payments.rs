@@ -14,6 +14,8 @@ use stripe_checkout::{
 };
 use thiserror::Error;
 
+use crate::metrics::stripe_call;
+
 #[derive(Debug, Error)]
 pub enum PaymentError {
     /// The request was refused and retrying it will not help (bad parameters, a hard decline).
@@ -126,7 +128,8 @@ impl Payments {
             .customize()
             .request_strategy(idempotent(r.idempotency_key)?)
             .send(&self.client)
-            .await?;
+            .await;
+        let session = stripe_call("checkout_session.create", session)?;
         Ok(Session {
             id: session.id.to_string(),
             url: session.url.unwrap_or_default(),
@@ -135,11 +138,17 @@ impl Payments {
 
     /// Expires an open session. A session that was completed meanwhile is reported as paid.
     pub async fn expire_checkout_session(&self, id: &str) -> Result<Expired, PaymentError> {
-        let expired = ExpireCheckoutSession::new(id).send(&self.client).await;
+        let expired = stripe_call(
+            "checkout_session.expire",
+            ExpireCheckoutSession::new(id).send(&self.client).await,
+        );
         if expired.is_ok() {
             return Ok(Expired::Expired);
         }
-        let session = RetrieveCheckoutSession::new(id).send(&self.client).await?;
+        let session = stripe_call(
+            "checkout_session.retrieve",
+            RetrieveCheckoutSession::new(id).send(&self.client).await,
+        )?;
         match (session.status, session.payment_intent) {
             (Some(CheckoutSessionStatus::Complete), Some(pi)) => Ok(Expired::AlreadyPaid {
                 payment_intent_id: pi.id().to_string(),
@@ -190,12 +199,12 @@ impl Payments {
         if let Some(c) = customer {
             request = request.customer(c);
         }
-        match request
+        let charged = request
             .customize()
             .request_strategy(idempotent(idempotency_key)?)
             .send(&self.client)
-            .await
-        {
+            .await;
+        match stripe_call("payment_intent.create", charged) {
             Ok(pi) => Ok(Charge::Succeeded {
                 payment_intent_id: pi.id.to_string(),
             }),
@@ -224,7 +233,8 @@ impl Payments {
             .customize()
             .request_strategy(idempotent(&format!("customer-{org_id}"))?)
             .send(&self.client)
-            .await?;
+            .await;
+        let c = stripe_call("customer.create", c)?;
         Ok(c.id.to_string())
     }
 
@@ -247,7 +257,8 @@ impl Payments {
             .customize()
             .request_strategy(idempotent(idempotency_key)?)
             .send(&self.client)
-            .await?;
+            .await;
+        let session = stripe_call("checkout_session.create", session)?;
         Ok(Session {
             id: session.id.to_string(),
             url: session.url.unwrap_or_default(),
@@ -260,7 +271,10 @@ impl Payments {
         id: &str,
     ) -> Result<(String, Option<String>), PaymentError> {
         use stripe_core::setup_intent::RetrieveSetupIntent;
-        let si = RetrieveSetupIntent::new(id).send(&self.client).await?;
+        let si = stripe_call(
+            "setup_intent.retrieve",
+            RetrieveSetupIntent::new(id).send(&self.client).await,
+        )?;
         let pm = si
             .payment_method
             .as_ref()
@@ -287,7 +301,8 @@ impl Payments {
             .customize()
             .request_strategy(idempotent(idempotency_key)?)
             .send(&self.client)
-            .await?;
+            .await;
+        let r = stripe_call("refund.create", r)?;
         Ok(r.id.to_string())
     }
 }

@@ -32,6 +32,7 @@ pub async fn balance(
     caller: Caller,
     Path(org_id): Path<Uuid>,
 ) -> Result<AxumJson<Value>, ApiError> {
+    let _timer = crate::metrics::BALANCE_READ_SECONDS.start_timer();
     caller.authorize_org(org_id)?;
     let b = state.store.balance(org_id).await?;
     Ok(AxumJson(json!({

@@ -5,6 +5,7 @@ pub mod error;
 pub mod extract;
 mod health;
 mod ledger;
+pub mod metrics;
 mod orgs;
 mod prices;
 pub mod pricing;

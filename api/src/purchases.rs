@@ -270,6 +270,7 @@ pub async fn create_purchase(
         .temporal
         .start_workflow(PurchaseWorkflow::run, input, options)
         .await;
+    crate::metrics::record_workflow_start("purchase_checkout", &started);
     if !matches!(
         started,
         Err(temporalio_client::errors::WorkflowStartError::AlreadyStarted { .. })
@@ -469,15 +470,16 @@ pub async fn start_payment_method_setup(
     let handle = state
         .temporal
         .start_workflow(PaymentMethodSetupWorkflow::run, input, options)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "could not start the payment method setup");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "workflow_unavailable",
-                "try again",
-            )
-        })?;
+        .await;
+    crate::metrics::record_workflow_start("payment_method_setup", &handle);
+    let handle = handle.map_err(|e| {
+        tracing::error!(error = %e, "could not start the payment method setup");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "workflow_unavailable",
+            "try again",
+        )
+    })?;
     let start = Instant::now();
     let mut url = None;
     while url.is_none() && start.elapsed() < CHECKOUT_URL_WAIT {
@@ -594,6 +596,7 @@ pub async fn create_refund(
             options,
         )
         .await;
+    crate::metrics::record_workflow_start("refund", &started);
     if !matches!(
         started,
         Err(temporalio_client::errors::WorkflowStartError::AlreadyStarted { .. })

@@ -23,7 +23,7 @@ use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
 use store::{EventOutcome, RatedEvent, Recorded, UsageJob};
 
-use crate::{AppState, Caller, error::ApiError};
+use crate::{AppState, Caller, error::ApiError, metrics};
 
 /// The body limit of this route: 1,000 events with labels fit well inside it.
 pub const USAGE_BODY_LIMIT_BYTES: usize = 4 * 1024 * 1024;
@@ -49,6 +49,7 @@ pub async fn ingest(
             ));
         }
     };
+    let _timer = metrics::USAGE_BATCH_SECONDS.start_timer();
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -108,11 +109,30 @@ pub async fn ingest(
         }
         done.balance
     };
-    let count = |s: &str| results.iter().filter(|r| r["status"] == s).count();
+    let (mut accepted, mut duplicates, mut rejected) = (0u64, 0u64, 0u64);
+    for r in &results {
+        match r["status"].as_str() {
+            Some("accepted") => accepted += 1,
+            Some("duplicate") => duplicates += 1,
+            _ => {
+                rejected += 1;
+                let code = r["code"].as_str().unwrap_or("unknown");
+                metrics::USAGE_EVENTS
+                    .with_label_values(&["rejected", code])
+                    .inc();
+            }
+        }
+    }
+    metrics::USAGE_EVENTS
+        .with_label_values(&["accepted", ""])
+        .inc_by(accepted);
+    metrics::USAGE_EVENTS
+        .with_label_values(&["duplicate", ""])
+        .inc_by(duplicates);
     let summary = json!({
-        "accepted": count("accepted"),
-        "duplicates": count("duplicate"),
-        "rejected": count("rejected"),
+        "accepted": accepted,
+        "duplicates": duplicates,
+        "rejected": rejected,
         "balance_credits": balance,
         "negative": balance.is_negative(),
         "results": results,

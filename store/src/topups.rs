@@ -495,11 +495,26 @@ impl Store {
     }
 
     /// Undispatched outbox rows and the age of the oldest, for metrics and tests.
-    pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar!(
-            r#"SELECT count(*) AS "n!" FROM outbox WHERE dispatched_at IS NULL"#
+    pub async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
+        let r = sqlx::query!(
+            r#"SELECT count(*) AS "rows!",
+                      COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::bigint
+                        AS "oldest_age_secs!"
+                 FROM outbox WHERE dispatched_at IS NULL"#
         )
         .fetch_one(&self.pool)
-        .await?)
+        .await?;
+        Ok(OutboxBacklog {
+            rows: r.rows,
+            oldest_age_secs: r.oldest_age_secs,
+        })
     }
+}
+
+/// What the outbox dispatcher still has to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxBacklog {
+    pub rows: i64,
+    /// Seconds since the oldest undispatched row was written (0 when there is none).
+    pub oldest_age_secs: i64,
 }

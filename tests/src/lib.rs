@@ -192,6 +192,8 @@ pub struct TestApp {
     pub stripe_url: String,
     pub smtp: smtp::SmtpServer,
     pub task_queue: String,
+    /// `/metrics` of this test process (the API's figures), as `creditflow serve` has it.
+    pub metrics_url: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -278,6 +280,9 @@ impl TestApp {
             options,
         )
         .await?;
+        let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let metrics_url = format!("http://{}/metrics", metrics_listener.local_addr()?);
+        workers::metrics::spawn(metrics_listener, store.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base_url = format!("http://{}", listener.local_addr()?);
         emulator.set_webhook_url(Some(format!("{base_url}/v1/webhooks/stripe")));
@@ -301,6 +306,7 @@ impl TestApp {
             stripe_url,
             smtp,
             task_queue,
+            metrics_url,
             shutdown: Some(tx),
         })
     }
@@ -337,6 +343,8 @@ impl TestApp {
                 "false".into(),
             ),
             ("CREDITFLOW__TOPUP__BACKOFF_MAX_SECS".into(), "2".into()),
+            // Many workers run at once: each takes a port of its own for /metrics.
+            ("CREDITFLOW__METRICS__BIND".into(), "127.0.0.1:0".into()),
         ]
     }
 
@@ -433,6 +441,38 @@ impl TestApp {
         a.body["balance_credits"].as_str().unwrap().to_string()
     }
 
+    /// Starts a purchase of `package` for `org`, bought by ana@acme.test.
+    pub async fn buy(&self, org: &TestOrg, package: &str) -> Answer {
+        self.call(
+            Method::POST,
+            "/v1/purchases",
+            Some(&org.key),
+            Some(&serde_json::json!({"package_id": package, "user": "ana@acme.test"})),
+            &[],
+        )
+        .await
+    }
+
+    /// A purchase as `GET /v1/purchases/{id}` shows it.
+    pub async fn purchase(&self, org: &TestOrg, id: &str) -> Value {
+        self.get(&format!("/v1/purchases/{id}"), &org.key)
+            .await
+            .body
+    }
+
+    /// Waits (at most 60 s) until the purchase is in state `want`.
+    pub async fn wait_purchase(&self, org: &TestOrg, id: &str, want: &str) -> Value {
+        eventually(
+            &format!("purchase {want}"),
+            Duration::from_secs(60),
+            || async {
+                let p = self.purchase(org, id).await;
+                (p["state"] == want).then_some(p)
+            },
+        )
+        .await
+    }
+
     /// Pays a hosted checkout page the way its form does (`pm_card_visa` and the other test
     /// payment methods), without following the redirect to the success URL.
     pub async fn pay_checkout(&self, checkout_url: &str, payment_method: &str) {
@@ -514,6 +554,30 @@ async fn answer(res: reqwest::Response) -> Answer {
         body,
         text,
     }
+}
+
+/// The seeded Growth package (5,000 credits + 250 bonus).
+pub const GROWTH: &str = "01970000-0000-7000-8000-000000000002";
+
+/// Sums the samples of metric `name` whose labels include all of `labels`, in a Prometheus
+/// text exposition (0 when there is none).
+pub fn metric_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> rust_decimal::Decimal {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let wanted = metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| label_text.split(',').any(|p| p == format!("{k}=\"{v}\"")));
+            wanted.then(|| value.parse::<rust_decimal::Decimal>().ok())?
+        })
+        .sum()
 }
 
 /// Polls `check` until it returns `Some`, or panics after `deadline`. Tests wait this way, never

@@ -59,6 +59,7 @@ impl TestWorker {
                             temporal,
                             &queue,
                             test_topup_policy(),
+                            None,
                             move |stop| {
                                 let _ = ready.send(Ok(stop));
                             },
@@ -111,6 +112,11 @@ pub struct ProcessWorker {
 
 impl ProcessWorker {
     pub fn start(app: &TestApp) -> anyhow::Result<ProcessWorker> {
+        ProcessWorker::start_with(app, &[])
+    }
+
+    /// Starts the binary with extra settings over the app's (e.g. a `/metrics` port).
+    pub fn start_with(app: &TestApp, extra_env: &[(&str, &str)]) -> anyhow::Result<ProcessWorker> {
         let root = crate::workspace_root();
         let bin = root.join("target/debug/creditflow");
         anyhow::ensure!(
@@ -131,6 +137,7 @@ impl ProcessWorker {
             .current_dir(&root)
             .env("CREDITFLOW_ENV", "test")
             .envs(app.worker_env())
+            .envs(extra_env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;

@@ -1,15 +1,22 @@
 //! Starting the pieces: the Temporal client, the HTTP API, the worker.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use api::{ApiOptions, AppState, OperatorKeys};
 use store::{IngestConfig, Store};
 use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions, Url};
-use temporalio_sdk::{Runtime, Worker};
+use temporalio_common::telemetry::{
+    PrometheusExporterOptions, TelemetryOptions, metrics::CoreMeter,
+    start_prometheus_metric_exporter,
+};
+use temporalio_sdk::{Runtime, Worker, runtime::RuntimeOptions};
 use tokio::net::TcpListener;
 
-use crate::config::{Settings, Temporal};
+use crate::{
+    config::{Settings, Temporal},
+    metrics::MetricsHandle,
+};
 
 /// How long a readiness probe waits for each dependency.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -102,12 +109,33 @@ pub fn activity_deps(settings: &Settings, store: Store) -> anyhow::Result<activi
 
 /// A worker polling `task_queue` with every workflow and activity registered. Its `run()`
 /// future is not `Send`: drive it on the current task (or a `LocalSet`), never `tokio::spawn`.
+/// With `metrics`, the SDK's own worker metrics join the process's `/metrics`.
 pub fn worker(
     deps: activities::Deps,
     temporal: Client,
     task_queue: &str,
+    metrics: Option<&MetricsHandle>,
 ) -> anyhow::Result<Worker> {
-    let runtime = Runtime::from_current_tokio(Default::default())
+    let runtime_options = match metrics {
+        Some(m) => {
+            // The SDK keeps its registry to itself and serves it: on loopback, an ephemeral
+            // port, read by our /metrics on each scrape.
+            let exporter = start_prometheus_metric_exporter(
+                PrometheusExporterOptions::builder()
+                    .socket_addr(SocketAddr::from(([127, 0, 0, 1], 0)))
+                    .build(),
+            )
+            .context("Temporal SDK metrics exporter")?;
+            m.add_sdk_exporter(exporter.bound_addr);
+            let meter: Arc<dyn CoreMeter> = exporter.meter;
+            RuntimeOptions::builder()
+                .telemetry_options(TelemetryOptions::builder().metrics(meter).build())
+                .build()
+                .map_err(|e| anyhow::anyhow!("Temporal runtime options: {e}"))?
+        }
+        None => RuntimeOptions::default(),
+    };
+    let runtime = Runtime::from_current_tokio(runtime_options)
         .map_err(|e| anyhow::anyhow!("Temporal runtime: {e}"))?;
     let options = activities::worker_options(task_queue, deps)?;
     Worker::new(&runtime, temporal, options).map_err(|e| anyhow::anyhow!("Temporal worker: {e}"))
@@ -120,6 +148,7 @@ pub async fn run_worker(
     temporal: Client,
     task_queue: &str,
     topup: crate::dispatch::TopupPolicy,
+    metrics: Option<&MetricsHandle>,
     ready: impl FnOnce(Box<dyn FnOnce() + Send>),
 ) -> anyhow::Result<()> {
     let dispatcher = crate::dispatch::Dispatcher {
@@ -128,7 +157,7 @@ pub async fn run_worker(
         task_queue: task_queue.to_string(),
         topup,
     };
-    let mut worker = worker(deps, temporal, task_queue)?;
+    let mut worker = worker(deps, temporal, task_queue, metrics)?;
     let handle = worker.shutdown_handle();
     ready(Box::new(handle));
     tokio::select! {

@@ -18,6 +18,13 @@ pub struct Settings {
     pub mail: Mail,
     pub topup: Topup,
     pub summaries: Summaries,
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Metrics {
+    /// Where `GET /metrics` (Prometheus text format) listens, apart from the API; empty: off.
+    pub bind: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -90,10 +90,12 @@ impl Dispatcher {
                         .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
                         .search_attributes(attrs())
                         .build();
-                self.temporal
+                let started = self
+                    .temporal
                     .start_workflow(AutoTopupWorkflow::run, input, options)
-                    .await
-                    .map(|_| ())
+                    .await;
+                api::metrics::record_workflow_start("auto_topup", &started);
+                started.map(|_| ())
             }
             Some("alert") => {
                 let threshold_id = p["threshold_id"].as_i64().unwrap_or_default();
@@ -111,10 +113,12 @@ impl Dispatcher {
                 .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
                 .search_attributes(attrs())
                 .build();
-                self.temporal
+                let started = self
+                    .temporal
                     .start_workflow(LowBalanceAlertWorkflow::run, input, options)
-                    .await
-                    .map(|_| ())
+                    .await;
+                api::metrics::record_workflow_start("low_balance_alert", &started);
+                started.map(|_| ())
             }
             other => {
                 tracing::warn!(purpose = ?other, id = row.id, "unknown threshold purpose; skipped");

@@ -5,5 +5,6 @@ pub mod app;
 pub mod bench;
 pub mod config;
 pub mod dispatch;
+pub mod metrics;
 pub mod summaries;
 pub mod telemetry;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
-use workers::{app, config::Settings, telemetry};
+use workers::{app, config::Settings, metrics::MetricsHandle, telemetry};
 
 #[derive(Parser)]
 #[command(name = "creditflow", about = "Credits-based billing service")]
@@ -122,13 +122,21 @@ async fn main() -> anyhow::Result<()> {
             store::Store::migrate(&pool).await?;
             tracing::info!("migrations applied");
         }
-        Command::Serve => serve(&settings).await?,
-        Command::Worker => run_worker(&settings).await?,
+        Command::Serve => {
+            let metrics = serve_metrics(&settings).await?;
+            serve(&settings).await?;
+            drop(metrics);
+        }
+        Command::Worker => {
+            let metrics = serve_metrics(&settings).await?;
+            run_worker(&settings, metrics.as_ref()).await?
+        }
         Command::Dev => {
+            let metrics = serve_metrics(&settings).await?;
             // The worker's future is not Send, so it runs on this task beside the server.
             tokio::select! {
                 r = serve(&settings) => r?,
-                r = run_worker(&settings) => r?,
+                r = run_worker(&settings, metrics.as_ref()) => r?,
             }
         }
         Command::Bench(BenchCommand::Ingest(args)) => {
@@ -262,7 +270,16 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
     .await
 }
 
-async fn run_worker(settings: &Settings) -> anyhow::Result<()> {
+/// `/metrics` on `metrics.bind`, when set.
+async fn serve_metrics(settings: &Settings) -> anyhow::Result<Option<MetricsHandle>> {
+    let Some(listener) = workers::metrics::bind(&settings.metrics.bind).await? else {
+        return Ok(None);
+    };
+    let store = app::connect_store(settings).await?;
+    Ok(Some(workers::metrics::spawn(listener, store)))
+}
+
+async fn run_worker(settings: &Settings, metrics: Option<&MetricsHandle>) -> anyhow::Result<()> {
     let store = app::connect_store(settings).await?;
     let temporal = app::connect_temporal(&settings.temporal).await?;
     let deps = app::activity_deps(settings, store)?;
@@ -285,6 +302,7 @@ async fn run_worker(settings: &Settings) -> anyhow::Result<()> {
         temporal,
         &settings.temporal.task_queue,
         app::topup_policy(settings),
+        metrics,
         |stop| {
             tokio::spawn(async move {
                 shutdown_signal().await;

@@ -8,6 +8,7 @@ mod health;
 mod history;
 mod keys;
 mod ledger_invariants;
+mod metrics;
 mod purchases;
 mod refunds;
 mod replay;

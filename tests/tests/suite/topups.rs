@@ -305,7 +305,7 @@ async fn dip_recover_dip_alerts_twice_and_dipping_twice_alerts_once() {
         (a.body["data"].as_array().unwrap().len() == 2).then_some(())
     })
     .await;
-    assert_eq!(app.store.outbox_backlog().await.unwrap(), 0);
+    assert_eq!(app.store.outbox_backlog().await.unwrap().rows, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,64 @@
+//! The API's Prometheus metrics, kept in the process-wide default registry; `creditflow` serves
+//! that registry on a port of its own (see `workers::metrics`). Recording is a few atomic adds,
+//! cheap enough for the usage hot path.
+
+use std::sync::LazyLock;
+
+use prometheus::{Histogram, IntCounterVec, register_histogram, register_int_counter_vec};
+use temporalio_client::errors::WorkflowStartError;
+
+/// Usage events by outcome (`accepted`, `duplicate`, `rejected`) and, for rejections, the code.
+pub static USAGE_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "creditflow_usage_events_total",
+        "Usage events by outcome (accepted, duplicate, rejected) and rejection code",
+        &["outcome", "code"]
+    )
+    .expect("creditflow_usage_events_total registers once")
+});
+
+/// Wall time of one `POST /v1/usage`, from the parsed body to the answer (parse, rate, commit).
+pub static USAGE_BATCH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "creditflow_usage_batch_seconds",
+        "Time to ingest one usage batch (parse, rate, durable commit)",
+        vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
+        ]
+    )
+    .expect("creditflow_usage_batch_seconds registers once")
+});
+
+/// Wall time of one balance read.
+pub static BALANCE_READ_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "creditflow_balance_read_seconds",
+        "Time to read one organization's balance",
+        vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
+        ]
+    )
+    .expect("creditflow_balance_read_seconds registers once")
+});
+
+/// Workflow starts by workflow type and outcome (`started`, `already_started`, `failed`).
+pub static WORKFLOW_STARTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "creditflow_workflow_starts_total",
+        "Workflow starts by workflow type and outcome (started, already_started, failed)",
+        &["workflow", "outcome"]
+    )
+    .expect("creditflow_workflow_starts_total registers once")
+});
+
+/// Counts one workflow start attempt; `workflow` is the workflow type's registered name.
+pub fn record_workflow_start<T>(workflow: &str, started: &Result<T, WorkflowStartError>) {
+    let outcome = match started {
+        Ok(_) => "started",
+        Err(WorkflowStartError::AlreadyStarted { .. }) => "already_started",
+        Err(_) => "failed",
+    };
+    WORKFLOW_STARTS
+        .with_label_values(&[workflow, outcome])
+        .inc();
+}
