@@ -307,3 +307,80 @@ async fn unknown_routes_and_methods_answer_problem_json() {
         .await
         .assert_problem(405, "method_not_allowed");
 }
+
+/// The usage route's own body limit (`USAGE_BODY_LIMIT_BYTES` in api/src/usage.rs, which the api
+/// crate does not export): larger than the default so that 1,000 events with labels fit.
+const USAGE_BODY_LIMIT_BYTES: usize = 4 * 1024 * 1024;
+
+/// A valid one-event usage batch padded with trailing whitespace (still valid JSON) to `size`.
+fn usage_batch_of_size(id: &str, size: usize) -> Vec<u8> {
+    let mut body = json!({"events": [{
+        "id": id, "type": "ai_tokens", "occurred_at": chrono::Utc::now().to_rfc3339(),
+        "model": "gpt-4o", "input_tokens": 4000,
+    }]})
+    .to_string()
+    .into_bytes();
+    assert!(body.len() <= size);
+    body.resize(size, b' ');
+    body
+}
+
+async fn answer_of(res: reqwest::Response) -> Answer {
+    let status = res.status();
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let text = res.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone()));
+    Answer {
+        status,
+        content_type,
+        body,
+        text,
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_usage_body_is_refused_with_413_and_nothing_is_written() {
+    let app = TestApp::spawn().await.unwrap();
+    let org = app.create_org("oversized-usage").await;
+
+    // A client of its own: the server may close a connection whose body it did not read, and
+    // the shared client must not pick that connection up again.
+    let res = reqwest::Client::new()
+        .post(format!("{}/v1/usage", app.base_url))
+        .bearer_auth(&org.key)
+        .header("content-type", "application/json")
+        .body(usage_batch_of_size("too-big", USAGE_BODY_LIMIT_BYTES + 1))
+        .send()
+        .await
+        .expect("request failed");
+    let too_big = answer_of(res).await;
+
+    too_big.assert_problem(413, "body_too_large");
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_events")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(events, 0);
+    assert_nothing_written(&app, &org).await;
+
+    // The route's own limit applies, not the default: four times the default is accepted.
+    let within = app
+        .call_raw(
+            Method::POST,
+            "/v1/usage",
+            Some(&org.key),
+            usage_batch_of_size("big-but-fine", BODY_LIMIT_BYTES * 4),
+        )
+        .await;
+    assert_eq!(within.status, 200, "{}", within.text);
+    assert_eq!(
+        within.body["results"][0]["status"], "accepted",
+        "{}",
+        within.text
+    );
+}

@@ -1,5 +1,17 @@
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::{FutureExt, future::BoxFuture};
 use reqwest::Method;
-use tests::TestApp;
+use serde_json::Value;
+use temporalio_client::{
+    Client, ClientOptions, Connection, ConnectionOptions, Url,
+    callback_based::{CallbackBasedGrpcService, GrpcRequest, GrpcSuccessResponse},
+    tonic::Status,
+};
+use tests::{Answer, BODY_LIMIT_BYTES, OPERATOR_KEY, TestApp};
 
 #[tokio::test]
 async fn healthz_and_readyz_answer_when_postgres_and_temporal_do() {
@@ -46,4 +58,142 @@ async fn the_openapi_document_describes_every_route() {
             "{method} {path} is not in the OpenAPI document"
         );
     }
+}
+
+/// How a stand-in Temporal server fails every call after the client has connected.
+#[derive(Debug, Clone, Copy)]
+enum Silence {
+    /// Calls never answer (a hung server or a black-holed network).
+    Hangs,
+    /// Calls fail as unavailable (the server went away).
+    Refuses,
+}
+
+/// A Temporal client whose calls go to a stand-in that answers only the connection handshake.
+///
+/// `Connection::connect` dials and calls GetSystemInfo at once, so a client cannot be built
+/// against an address where nothing listens; the client's `service_override` routes every call
+/// through a callback instead, which answers the handshake and then fails as `silence` says.
+async fn temporal_that(silence: Silence) -> Client {
+    let service = CallbackBasedGrpcService {
+        callback: Arc::new(
+            move |req: GrpcRequest| -> BoxFuture<'static, Result<GrpcSuccessResponse, Status>> {
+                if req.rpc == "GetSystemInfo" {
+                    // An empty message is a valid GetSystemInfoResponse (every field default).
+                    return async {
+                        Ok::<_, Status>(GrpcSuccessResponse {
+                            headers: Default::default(),
+                            proto: Vec::new(),
+                        })
+                    }
+                    .boxed();
+                }
+                match silence {
+                    Silence::Hangs => {
+                        std::future::pending::<Result<GrpcSuccessResponse, Status>>().boxed()
+                    }
+                    Silence::Refuses => async {
+                        Err::<GrpcSuccessResponse, _>(Status::unavailable("Temporal is down"))
+                    }
+                    .boxed(),
+                }
+            },
+        ),
+    };
+    let options = ConnectionOptions::new(Url::parse("http://127.0.0.1:7233").unwrap())
+        .service_override(service)
+        .dns_load_balancing(None)
+        .build();
+    let connection = Connection::connect(options)
+        .await
+        .expect("connect to the stand-in");
+    Client::new(
+        connection,
+        ClientOptions::new("default".to_string()).build(),
+    )
+    .expect("client")
+}
+
+/// GET /readyz from an API (on `app`'s database) whose Temporal client is `temporal`, and how
+/// long the answer took.
+async fn readyz_with(app: &TestApp, temporal: Client) -> (Answer, Duration) {
+    let options = api::ApiOptions {
+        probe_timeout: Duration::from_millis(500),
+        ..api::ApiOptions::default()
+    };
+    let state = api::AppState::start(
+        app.store.clone(),
+        api::OperatorKeys::new([OPERATOR_KEY]),
+        temporal,
+        options,
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(workers::app::serve(
+        listener,
+        state,
+        BODY_LIMIT_BYTES,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    let started = Instant::now();
+    let res = app
+        .http
+        .get(format!("{base_url}/readyz"))
+        .send()
+        .await
+        .expect("request failed");
+    let status = res.status();
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let text = res.text().await.unwrap_or_default();
+    let elapsed = started.elapsed();
+    let _ = stop.send(());
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone()));
+    (
+        Answer {
+            status,
+            content_type,
+            body,
+            text,
+        },
+        elapsed,
+    )
+}
+
+#[tokio::test]
+async fn readyz_is_503_when_temporal_does_not_answer() {
+    let app = TestApp::spawn().await.unwrap();
+    let temporal = temporal_that(Silence::Hangs).await;
+
+    let (ready, elapsed) = readyz_with(&app, temporal).await;
+
+    ready.assert_problem(503, "not_ready");
+    let detail = ready.body["detail"].as_str().unwrap();
+    assert!(detail.contains("temporal: unavailable"), "{detail}");
+    assert!(detail.contains("postgres: ok"), "{detail}");
+    // The probe timeout bounds the answer although the call itself never returns.
+    assert!(elapsed < Duration::from_secs(10), "readyz took {elapsed:?}");
+}
+
+#[tokio::test]
+async fn readyz_is_503_when_temporal_refuses_calls() {
+    let app = TestApp::spawn().await.unwrap();
+    let temporal = temporal_that(Silence::Refuses).await;
+
+    let (ready, _) = readyz_with(&app, temporal).await;
+
+    ready.assert_problem(503, "not_ready");
+    let detail = ready.body["detail"].as_str().unwrap();
+    assert!(detail.contains("temporal: unavailable"), "{detail}");
+    assert!(detail.contains("postgres: ok"), "{detail}");
 }

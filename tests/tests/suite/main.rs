@@ -3,6 +3,7 @@
 
 mod adjustments;
 mod bad_input;
+mod config;
 mod cli;
 mod health;
 mod history;

@@ -671,3 +671,234 @@ async fn crossing_a_threshold_writes_one_outbox_row_per_crossing() {
     assert!(seqs.windows(2).all(|w| w[0] <= w[1]), "{seqs:?}");
     app.assert_invariants().await;
 }
+
+#[tokio::test]
+async fn names_of_the_wrong_type_too_long_or_with_control_characters_are_invalid_fields() {
+    let app = TestApp::spawn().await.unwrap();
+    let org = app.create_org("invalid-field").await;
+    let with = |mut e: Value, k: &str, v: Value| {
+        e[k] = v;
+        e
+    };
+    let cases: Vec<Value> = vec![
+        with(ai("user-number", 1, 0, 0), "user", json!(5)),
+        with(ai("user-long", 1, 0, 0), "user", json!("u".repeat(256))),
+        with(ai("user-newline", 1, 0, 0), "user", json!("line\nbreak")),
+        with(ai("model-number", 1, 0, 0), "model", json!(42)),
+        with(ai("model-bell", 1, 0, 0), "model", json!("gpt-4o\u{7}")),
+        with(
+            ai("operation-nul", 1, 0, 0),
+            "operation",
+            json!("chat\u{0}"),
+        ),
+        with(ai("operation-list", 1, 0, 0), "operation", json!(["chat"])),
+        with(ai("type-number", 1, 0, 0), "type", json!(7)),
+        with(
+            infra("resource-object", "compute", "1", "vcpu_seconds"),
+            "resource",
+            json!({"name": "compute"}),
+        ),
+        with(
+            infra("unit-bool", "compute", "1", "vcpu_seconds"),
+            "unit",
+            json!(true),
+        ),
+    ];
+    let mut events = cases.clone();
+    events.push(ai("good", 4000, 0, 0));
+
+    let a = send(&app, &org, Value::Array(events)).await;
+
+    assert_eq!(a.status, 200, "{}", a.text);
+    for (i, event) in cases.iter().enumerate() {
+        let r = &a.body["results"][i];
+        assert_eq!(r["status"], "rejected", "{event}: {r}");
+        assert_eq!(r["code"], "invalid_field", "{event}: {r}");
+        assert!(r["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    assert_eq!(a.body["results"][cases.len()]["status"], "accepted");
+    assert_eq!(a.body["accepted"], 1);
+    assert_eq!(a.body["rejected"], cases.len());
+    assert_eq!(count(&app, "SELECT count(*) FROM usage_events").await, 1);
+    assert_eq!(count(&app, "SELECT count(*) FROM transfers").await, 1);
+    assert_eq!(app.balance(&org).await, "-1.000000");
+    app.assert_invariants().await;
+}
+
+#[tokio::test]
+async fn an_event_costing_more_than_the_credits_range_is_refused_as_amount_out_of_range() {
+    let app = TestApp::spawn().await.unwrap();
+    let org = app.create_org("amount-out-of-range").await;
+    // Bandwidth costs 9 credits per GB. A quantity may be up to 10^12 units, a single cost only
+    // up to Credits::MAX_AMOUNT = 10^12 credits, so these parse and then fail in rating.
+    let cases = vec![
+        // 9 × 10^12 credits.
+        infra("largest-quantity", "bandwidth", "1000000000000", "gb"),
+        // 1,000,000,000,000.000008 credits: one step past the range.
+        infra("just-over", "bandwidth", "111111111111.111112", "gb"),
+    ];
+    let mut events = cases.clone();
+    // 999,999,999,999.999999 credits: the largest cost inside the range is still accepted.
+    events.push(infra(
+        "just-under",
+        "bandwidth",
+        "111111111111.111111",
+        "gb",
+    ));
+    events.push(ai("good", 4000, 0, 0));
+
+    let a = send(&app, &org, Value::Array(events)).await;
+
+    assert_eq!(a.status, 200, "{}", a.text);
+    for (i, event) in cases.iter().enumerate() {
+        let r = &a.body["results"][i];
+        assert_eq!(r["status"], "rejected", "{event}: {r}");
+        assert_eq!(r["code"], "amount_out_of_range", "{event}: {r}");
+        assert!(r["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let under = &a.body["results"][cases.len()];
+    assert_eq!(under["status"], "accepted", "{under}");
+    assert_eq!(
+        dec(&under["cost_credits"]),
+        dec(&json!("999999999999.999999"))
+    );
+    assert_eq!(a.body["results"][cases.len() + 1]["status"], "accepted");
+    assert_eq!(a.body["accepted"], 2);
+    assert_eq!(a.body["rejected"], cases.len());
+    assert_eq!(count(&app, "SELECT count(*) FROM usage_events").await, 2);
+    assert_eq!(count(&app, "SELECT count(*) FROM transfers").await, 2);
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM usage_events WHERE event_id IN ('largest-quantity', 'just-over')",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(stored, 0);
+    let balance: Decimal = app.balance(&org).await.parse().unwrap();
+    assert_eq!(balance, dec(&json!("-1000000000000.999999")));
+    app.assert_invariants().await;
+}
+
+#[tokio::test]
+async fn a_cloudevents_batch_of_invalid_cloudevents_writes_nothing() {
+    let app = TestApp::spawn().await.unwrap();
+    let org = app.create_org("ce-invalid").await;
+    let batch = json!([
+        {"specversion": "0.3", "id": "old-version", "source": "/old",
+         "type": "dev.creditflow.usage.ai_tokens", "time": now(),
+         "data": {"model": "gpt-4o", "input_tokens": 4000}},
+        {"id": "no-version", "source": "/k8s", "type": "dev.creditflow.usage.infra",
+         "time": now(), "data": {"resource": "bandwidth", "quantity": "1", "unit": "gb"}},
+    ]);
+
+    let res = app
+        .http
+        .post(format!("{}/v1/usage", app.base_url))
+        .bearer_auth(&org.key)
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(batch.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let body: Value = res.json().await.unwrap();
+
+    assert_eq!(status, 200, "{body}");
+    for r in body["results"].as_array().unwrap() {
+        assert_eq!(r["status"], "rejected", "{r}");
+        assert_eq!(r["code"], "invalid_cloudevent", "{r}");
+    }
+    assert_eq!(body["accepted"], 0, "{body}");
+    assert_eq!(body["rejected"], 2, "{body}");
+    assert_eq!(count(&app, "SELECT count(*) FROM usage_events").await, 0);
+    assert_eq!(count(&app, "SELECT count(*) FROM transfers").await, 0);
+    assert_eq!(app.balance(&org).await, "0.000000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_for_one_org_share_transactions() {
+    let app = TestApp::spawn().await.unwrap();
+    let org = app.create_org("coalesced").await;
+
+    // 64 requests of 10 events each, all at once.
+    let answers = join_all((0..64u64).map(|request| {
+        let events: Vec<Value> = (0..10u64)
+            .map(|i| ai(&format!("r{request}-e{i}"), 1 + request * 10 + i, 2, 0))
+            .collect();
+        send(&app, &org, Value::Array(events))
+    }))
+    .await;
+
+    let mut sum = Decimal::ZERO;
+    for a in &answers {
+        assert_eq!(a.status, 200, "{}", a.text);
+        assert_eq!(a.body["accepted"], 10, "{}", a.text);
+        for r in a.body["results"].as_array().unwrap() {
+            sum += dec(&r["cost_credits"]);
+        }
+    }
+    let (transfers, commits): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT xmin::text::bigint) FROM transfers
+         WHERE org_id = $1 AND kind = 'usage'",
+    )
+    .bind(org.id)
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(transfers, 640);
+    // Rows written by one transaction share its xmin: fewer distinct values than requests
+    // means several requests were committed together.
+    assert!(
+        (1..64).contains(&commits),
+        "64 requests were committed in {commits} transactions"
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM usage_events").await, 640);
+    let balance: Decimal = app.balance(&org).await.parse().unwrap();
+    assert_eq!(balance, -sum, "every event is counted once");
+    app.assert_invariants().await;
+}
+
+#[tokio::test]
+async fn price_versions_cannot_be_updated_deleted_or_truncated_in_postgres() {
+    let app = TestApp::spawn().await.unwrap();
+    let rows = "SELECT (SELECT count(*) FROM price_versions) * 1000000
+                     + (SELECT count(*) FROM ai_model_prices) * 1000
+                     + (SELECT count(*) FROM infra_prices)";
+    let before = count(&app, rows).await;
+    let statements = [
+        "UPDATE price_versions SET note = 'edited' WHERE id = 1",
+        "UPDATE price_versions SET effective_from = now() WHERE id = 1",
+        "DELETE FROM price_versions WHERE id = 1",
+        "UPDATE ai_model_prices SET input_per_mtok = 1 WHERE version_id = 1 AND model = 'gpt-4o'",
+        "DELETE FROM ai_model_prices WHERE version_id = 1",
+        "UPDATE infra_prices SET price_per_unit = 0 WHERE version_id = 1",
+        "DELETE FROM infra_prices WHERE version_id = 1",
+        "TRUNCATE ai_model_prices",
+        "TRUNCATE infra_prices",
+        "TRUNCATE price_versions CASCADE",
+    ];
+
+    for sql in statements {
+        let err = sqlx::query(sql)
+            .execute(app.store.pool())
+            .await
+            .expect_err(sql);
+        let db = err
+            .as_database_error()
+            .unwrap_or_else(|| panic!("{sql}: {err}"));
+        assert_eq!(db.code().as_deref(), Some("23001"), "{sql}: {err}");
+        assert!(
+            db.message().contains("price versions are immutable"),
+            "{sql}: {err}"
+        );
+    }
+
+    assert_eq!(count(&app, rows).await, before);
+    let input: Decimal = sqlx::query_scalar(
+        "SELECT input_per_mtok FROM ai_model_prices WHERE version_id = 1 AND model = 'gpt-4o'",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(input, Decimal::from(250));
+}
