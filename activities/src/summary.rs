@@ -37,6 +37,7 @@ impl SummaryActivitiesImpl {
         Ok(PageDone {
             orgs: done.orgs as u32,
             revisions_written: done.revisions_written as u32,
+            later_revisions_written: done.later_revisions_written as u32,
             last_org: done.last_org.map(|o| o.to_string()),
         })
     }

@@ -52,6 +52,13 @@ impl Month {
         self.next().start()
     }
 
+    /// Whether the month is over at `now` (its exclusive end has passed), so its summary may be
+    /// generated and stored as final. The current month and later ones are still open: their
+    /// figures are live (provisional) and would change after being stored.
+    pub fn is_closed_at(&self, now: DateTime<Utc>) -> bool {
+        now >= self.end()
+    }
+
     pub fn next(&self) -> Month {
         if self.month == 12 {
             Month {
@@ -160,6 +167,33 @@ mod tests {
         assert_eq!(Month::of(last).to_string(), "2024-02");
         assert_eq!(Month::of(first).to_string(), "2024-03");
         assert!(last < Month::of(last).end() && first >= Month::of(first).start());
+    }
+
+    #[test]
+    fn a_month_is_closed_from_the_first_instant_of_the_next() {
+        let feb: Month = "2024-02".parse().unwrap();
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+
+        assert!(
+            !feb.is_closed_at(at("2024-02-01T00:00:00Z")),
+            "its first instant"
+        );
+        assert!(
+            !feb.is_closed_at(at("2024-02-29T23:59:59.999Z")),
+            "its last millisecond"
+        );
+        assert!(
+            !feb.is_closed_at(at("2024-01-15T12:00:00Z")),
+            "a month in the future"
+        );
+        assert!(
+            feb.is_closed_at(at("2024-03-01T00:00:00Z")),
+            "the next month's first instant"
+        );
+        assert!(feb.is_closed_at(at("2026-11-29T00:00:00Z")), "long past");
+        let december: Month = "2024-12".parse().unwrap();
+        assert!(!december.is_closed_at(at("2024-12-31T23:59:59.999Z")));
+        assert!(december.is_closed_at(at("2025-01-01T00:00:00Z")));
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! Monthly summaries, computed from the ledger and the usage events with set-based queries over
 //! a page of orgs at a time, and stored as immutable revisions.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use billing::{
     Credits,
     summary::{Month, Movements},
 };
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -34,7 +34,11 @@ pub struct Summary {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PageOutcome {
     pub orgs: usize,
+    /// New revisions of this month.
     pub revisions_written: usize,
+    /// New revisions of later months already stored, recomputed to keep the chain.
+    #[serde(default)]
+    pub later_revisions_written: usize,
     pub last_org: Option<Uuid>,
 }
 
@@ -165,6 +169,13 @@ impl Store {
     /// Generates and stores the month's summaries for up to `limit` orgs after `after` (by id):
     /// a summary whose figures equal the latest stored revision is not stored again, a changed
     /// one (late usage) becomes the next revision.
+    ///
+    /// The chain holds across revisions: when an org's month gets a new revision, every later
+    /// month already stored for that org is recomputed too, and those whose figures changed
+    /// (their opening at least) get a new revision as well, so each stored month's closing stays
+    /// the next stored month's opening. Months never generated are not created here. Everything
+    /// a page writes is stored in one transaction, so a retry after a crash finds either all of
+    /// it or none of it.
     pub async fn generate_summaries(
         &self,
         month: Month,
@@ -178,17 +189,32 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        let computed = self.compute_summaries(&orgs, month).await?;
-        let latest = self.latest_summaries(&orgs, month).await?;
-        let mut fresh = Vec::new();
-        for s in computed {
-            match latest.get(&s.org_id) {
-                Some(old)
-                    if old.movements == s.movements
-                        && old.lines == s.lines
-                        && old.users == s.users => {}
-                Some(old) => fresh.push((old.revision + 1, s)),
-                None => fresh.push((1, s)),
+        let mut fresh = self.changed_summaries(&orgs, month).await?;
+        let revisions_written = fresh.len();
+        let changed: Vec<Uuid> = fresh.iter().map(|(_, s)| s.org_id).collect();
+        let mut later_revisions_written = 0;
+        if !changed.is_empty() {
+            // Bounded: at most one row per org and calendar month stored after this one, and
+            // only closed months are generated, so no more months than there are up to today.
+            let later: Vec<(Uuid, NaiveDate)> = sqlx::query_as(
+                "SELECT DISTINCT org_id, month FROM monthly_summaries
+                  WHERE org_id = ANY($1) AND month > $2
+                  ORDER BY month, org_id",
+            )
+            .bind(&changed[..])
+            .bind(month.first_day())
+            .fetch_all(&self.pool)
+            .await?;
+            let mut by_month: BTreeMap<NaiveDate, Vec<Uuid>> = BTreeMap::new();
+            for (org, first_day) in later {
+                by_month.entry(first_day).or_default().push(org);
+            }
+            for (first_day, stored_orgs) in by_month {
+                let later_month = Month::new(first_day.year(), first_day.month())
+                    .ok_or_else(|| StoreError::Decode(format!("summary month {first_day}")))?;
+                let revised = self.changed_summaries(&stored_orgs, later_month).await?;
+                later_revisions_written += revised.len();
+                fresh.extend(revised);
             }
         }
         let mut tx = self.pool.begin().await?;
@@ -200,7 +226,7 @@ impl Store {
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
                  ON CONFLICT DO NOTHING",
                 s.org_id,
-                month.first_day(),
+                s.month.first_day(),
                 revision,
                 m.opening.as_decimal(),
                 m.purchased.as_decimal(),
@@ -220,9 +246,33 @@ impl Store {
         tx.commit().await?;
         Ok(PageOutcome {
             orgs: orgs.len(),
-            revisions_written: fresh.len(),
+            revisions_written,
+            later_revisions_written,
             last_org: orgs.last().copied(),
         })
+    }
+
+    /// The month's summaries of these orgs whose figures differ from their latest stored
+    /// revision (or that have none), each with the revision it is to be stored as.
+    async fn changed_summaries(
+        &self,
+        org_ids: &[Uuid],
+        month: Month,
+    ) -> Result<Vec<(i32, Summary)>, StoreError> {
+        let computed = self.compute_summaries(org_ids, month).await?;
+        let latest = self.latest_summaries(org_ids, month).await?;
+        let mut fresh = Vec::new();
+        for s in computed {
+            match latest.get(&s.org_id) {
+                Some(old)
+                    if old.movements == s.movements
+                        && old.lines == s.lines
+                        && old.users == s.users => {}
+                Some(old) => fresh.push((old.revision + 1, s)),
+                None => fresh.push((1, s)),
+            }
+        }
+        Ok(fresh)
     }
 
     /// The latest stored revision per org for a month.

@@ -1,6 +1,8 @@
 //! The monthly-summary Schedule (created or updated idempotently) and on-demand runs.
 
 use anyhow::Context;
+use billing::summary::Month;
+use chrono::Utc;
 use temporalio_client::{
     Client, WorkflowGetResultOptions, WorkflowIdConflictPolicy, WorkflowIdReusePolicy,
     WorkflowStartOptions,
@@ -72,12 +74,27 @@ pub async fn sync_schedule(
 }
 
 /// Runs (or joins the running) generation for one month and waits for it: the backfill.
+///
+/// Only a month that is over may be generated: the summary of the current (or a future) month
+/// would be stored as final while usage can still land in it. Its figures are live instead
+/// (`GET /v1/summaries`, marked provisional).
 pub async fn run_month(
     temporal: &Client,
     task_queue: &str,
     cfg: &Summaries,
     month: &str,
 ) -> anyhow::Result<String> {
+    let parsed: Month = month
+        .parse()
+        .map_err(|_| anyhow::anyhow!("the month must be YYYY-MM, not {month:?}"))?;
+    let now = Utc::now();
+    anyhow::ensure!(
+        parsed.is_closed_at(now),
+        "{parsed} is not over yet (it ends at {}; now is {}): only past months' summaries are \
+         generated and stored; this month's figures are live at GET /v1/summaries",
+        parsed.end().to_rfc3339(),
+        now.format("%Y-%m-%dT%H:%M:%SZ")
+    );
     let id = format!("{}{}", cfg.workflow_id_prefix, workflow_id(month));
     let options = WorkflowStartOptions::new(task_queue.to_string(), id)
         .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)

@@ -27,6 +27,9 @@ pub struct SummaryInput {
     /// Totals carried across continue-as-new.
     pub orgs_done: u64,
     pub revisions_written: u64,
+    /// Revisions of later, already stored months rewritten to keep the chain (late events).
+    #[serde(default)]
+    pub later_revisions_written: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +43,9 @@ pub struct PageRequest {
 pub struct PageDone {
     pub orgs: u32,
     pub revisions_written: u32,
+    /// New revisions of later months already stored, so their openings follow this month.
+    #[serde(default)]
+    pub later_revisions_written: u32,
     pub last_org: Option<String>,
 }
 
@@ -112,9 +118,18 @@ impl MonthlySummaryWorkflow {
                 .await?;
             input.orgs_done += u64::from(done.orgs);
             input.revisions_written += u64::from(done.revisions_written);
+            input.later_revisions_written += u64::from(done.later_revisions_written);
             if done.orgs < page_size || done.last_org.is_none() {
+                let later = if input.later_revisions_written > 0 {
+                    format!(
+                        ", {} revisions of later months (their openings follow {})",
+                        input.later_revisions_written, input.month
+                    )
+                } else {
+                    String::new()
+                };
                 return Ok(format!(
-                    "{}: {} orgs, {} summaries written",
+                    "{}: {} orgs, {} summaries written{later}",
                     input.month, input.orgs_done, input.revisions_written
                 ));
             }

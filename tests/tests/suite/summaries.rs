@@ -1,8 +1,18 @@
 use std::time::Duration;
 
+use billing::{
+    Credits,
+    summary::{Month, Movements},
+};
+use chrono::{DateTime, SecondsFormat, Utc};
+use proptest::{
+    prelude::*,
+    test_runner::{Config, TestRunner},
+};
 use reqwest::Method;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
+use store::StoreError;
 use tests::{OPERATOR_KEY, TestApp, TestOrg, worker::TestWorker};
 
 fn event(id: &str, at: &str, tokens: u64) -> Value {
@@ -94,31 +104,86 @@ async fn generating_a_month_twice_stores_one_summary_and_a_late_event_a_new_revi
 
     let first = run_month(&app, "2024-05", 500, 40).await;
     let second = run_month(&app, "2024-05", 500, 40).await;
+    let june_first = run_month(&app, "2024-06", 500, 40).await;
     let stored = summary(&app, &org, "2024-05").await;
 
     assert!(first.contains("1 summaries written"), "{first}");
     assert!(second.contains("0 summaries written"), "{second}");
+    assert!(june_first.contains("1 summaries written"), "{june_first}");
     assert_eq!(stored["provisional"], false);
     assert_eq!(stored["revision"], 1);
 
-    // Late usage for May: the next run keeps revision 1 and stores revision 2.
+    // Late usage for May: the next run keeps revision 1 and stores revision 2, and June, stored
+    // already, gets a revision 2 too, opening at May's new closing: the chain holds.
     send(
         &app,
         &org,
         vec![event("late", "2024-05-31T23:00:00Z", 8000)],
     )
     .await;
-    run_month(&app, "2024-05", 500, 40).await;
+    let late = run_month(&app, "2024-05", 500, 40).await;
     let revised = summary(&app, &org, "2024-05").await;
+    assert!(late.contains("1 summaries written"), "{late}");
+    assert!(late.contains("1 revisions of later months"), "{late}");
     assert_eq!(revised["revision"], 2);
     assert_eq!(revised["used_credits"], "3.000000");
-    let month: billing::summary::Month = "2024-05".parse().unwrap();
+    let month: Month = "2024-05".parse().unwrap();
     assert_eq!(
         app.store.summary_revisions(org.id, month).await.unwrap(),
         [1, 2]
     );
     let june = summary(&app, &org, "2024-06").await;
+    assert_eq!(june["provisional"], false);
+    assert_eq!(june["revision"], 2);
     assert_eq!(june["opening_credits"], revised["closing_credits"]);
+    assert_eq!(
+        app.store
+            .summary_revisions(org.id, month.next())
+            .await
+            .unwrap(),
+        [1, 2]
+    );
+    // A month never generated is not created by the revision, and running May once more
+    // changes nothing anywhere.
+    assert!(
+        app.store
+            .summary_revisions(org.id, month.next().next())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = run_month(&app, "2024-05", 500, 40).await;
+    assert!(again.contains("0 summaries written"), "{again}");
+    assert!(!again.contains("later months"), "{again}");
+}
+
+#[tokio::test]
+async fn summaries_run_refuses_the_current_and_a_future_month() {
+    let app = TestApp::spawn().await.unwrap();
+    let cfg = workers::config::Summaries {
+        sync_schedule_on_start: false,
+        workflow_id_prefix: format!("{}-", app.task_queue),
+        grace_hours: 6,
+        page_size: 500,
+        pages_per_run: 40,
+    };
+    let current = Month::of(Utc::now());
+
+    for month in [current, current.next()] {
+        let refused =
+            workers::summaries::run_month(&app.temporal, &app.task_queue, &cfg, &month.to_string())
+                .await
+                .expect_err("an open month is refused");
+        assert!(
+            refused.to_string().contains("is not over yet"),
+            "{month}: {refused}"
+        );
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM monthly_summaries")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,4 +402,423 @@ async fn a_worker_killed_mid_run_finishes_with_no_duplicate_and_no_gap() {
         rows.iter().all(|(_, r)| *r == 1),
         "no second revision: {rows:?}"
     );
+}
+
+/// The months the property test's movements fall in (a leap February among them), and the
+/// months it generates: one before (all zero) and one after (only carried balances).
+const PROP_MONTHS: [&str; 4] = ["2024-01", "2024-02", "2024-03", "2024-04"];
+const GENERATED_MONTHS: [&str; 6] = [
+    "2023-12", "2024-01", "2024-02", "2024-03", "2024-04", "2024-05",
+];
+const STARTER: &str = "01970000-0000-7000-8000-000000000001";
+const GROWTH: &str = "01970000-0000-7000-8000-000000000002";
+
+/// Where in its month a movement happens: the month's edges, or anywhere within it.
+#[derive(Debug, Clone, Copy)]
+enum When {
+    First,
+    Last,
+    Within(u64),
+}
+
+fn instant(month: &str, when: When) -> DateTime<Utc> {
+    let month: Month = month.parse().unwrap();
+    let length_ms = (month.end() - month.start()).num_milliseconds();
+    let offset_ms = match when {
+        When::First => 0,
+        When::Last => length_ms - 1,
+        When::Within(r) => (r % length_ms as u64) as i64,
+    };
+    month.start() + chrono::TimeDelta::milliseconds(offset_ms)
+}
+
+/// One random movement of one org for the summaries property test.
+#[derive(Debug, Clone)]
+enum Movement {
+    /// gpt-4o input tokens (4,000 tokens = 1 credit).
+    Ai { tokens: u64 },
+    /// Compute seconds (0.0012 credits each).
+    Infra { vcpu_seconds: u32 },
+    /// A paid checkout of Starter (1,000 credits) or Growth (5,000 + 250 bonus).
+    Purchase { growth: bool },
+    /// A refund of one of the org's earlier purchases (picked by index), in cents.
+    Refund { purchase: usize, amount_minor: i64 },
+    /// An operator adjustment, in micro-credits, either way.
+    Adjust { micros: i64 },
+}
+
+#[derive(Debug, Clone)]
+struct Step {
+    org: usize,
+    month: usize,
+    when: When,
+    movement: Movement,
+}
+
+/// A usage event that arrives after its month was generated.
+#[derive(Debug, Clone)]
+struct LateEvent {
+    org: usize,
+    month: usize,
+    when: When,
+    tokens: u64,
+}
+
+fn when() -> impl Strategy<Value = When> {
+    prop_oneof![
+        1 => Just(When::First),
+        1 => Just(When::Last),
+        4 => any::<u64>().prop_map(When::Within),
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let movement = prop_oneof![
+        3 => (1u64..=400_000).prop_map(|tokens| Movement::Ai { tokens }),
+        2 => (1u32..=50_000).prop_map(|vcpu_seconds| Movement::Infra { vcpu_seconds }),
+        2 => any::<bool>().prop_map(|growth| Movement::Purchase { growth }),
+        2 => (any::<usize>(), 1i64..=6_000)
+            .prop_map(|(purchase, amount_minor)| Movement::Refund { purchase, amount_minor }),
+        2 => (1i64..=200_000_000, any::<bool>()).prop_map(|(m, negative)| Movement::Adjust {
+            micros: if negative { -m } else { m }
+        }),
+    ];
+    (0..2usize, 0..PROP_MONTHS.len(), when(), movement).prop_map(|(org, month, when, movement)| {
+        Step {
+            org,
+            month,
+            when,
+            movement,
+        }
+    })
+}
+
+fn late_event() -> impl Strategy<Value = Option<LateEvent>> {
+    proptest::option::of(
+        (0..2usize, 0..PROP_MONTHS.len(), when(), 1u64..=400_000).prop_map(
+            |(org, month, when, tokens)| LateEvent {
+                org,
+                month,
+                when,
+                tokens,
+            },
+        ),
+    )
+}
+
+fn at_text(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Moves the transfers whose idempotency key matches `key_pattern` (SQL LIKE) to `at`, as if
+/// they had been booked then: the test needs purchases, refunds and adjustments in past months,
+/// and the ledger books at the transaction's time. Transfers are immutable, so the trigger is
+/// lifted for this one UPDATE, inside one transaction of this test's own database, and is back
+/// before it commits.
+async fn backdate(app: &TestApp, key_pattern: &str, at: DateTime<Utc>) {
+    let mut tx = app.store.pool().begin().await.unwrap();
+    sqlx::query("ALTER TABLE transfers DISABLE TRIGGER transfers_no_update_delete")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let moved = sqlx::query("UPDATE transfers SET created_at = $1 WHERE idempotency_key LIKE $2")
+        .bind(at)
+        .bind(key_pattern)
+        .execute(&mut *tx)
+        .await
+        .unwrap()
+        .rows_affected();
+    sqlx::query("ALTER TABLE transfers ENABLE TRIGGER transfers_no_update_delete")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(moved > 0, "no transfer matches {key_pattern}");
+}
+
+/// Books one step's movement the way the service does (usage through the API; purchases,
+/// refunds and adjustments through the store functions their workflows and routes call, with
+/// the processor's part skipped) and moves non-usage transfers to the step's time. Movements
+/// the ledger refuses (a refund beyond what was paid, or anything but usage taking the balance
+/// below zero) are left out: the expected figures come from the ledger, not from the steps.
+async fn book_step(
+    app: &TestApp,
+    orgs: &[TestOrg],
+    purchases: &mut [Vec<uuid::Uuid>],
+    case: u32,
+    i: usize,
+    step: &Step,
+) {
+    let at = instant(PROP_MONTHS[step.month], step.when);
+    let org = &orgs[step.org];
+    let user = format!("user-{}", i % 3);
+    match step.movement {
+        Movement::Ai { tokens } => {
+            let e = json!({"id": format!("c{case}-s{i}"), "type": "ai_tokens",
+                           "occurred_at": at_text(at), "model": "gpt-4o", "operation": "chat",
+                           "user": user, "input_tokens": tokens});
+            send(app, org, vec![e]).await;
+        }
+        Movement::Infra { vcpu_seconds } => {
+            let e = json!({"id": format!("c{case}-s{i}"), "type": "infra",
+                           "occurred_at": at_text(at), "resource": "compute", "user": user,
+                           "quantity": vcpu_seconds.to_string(), "unit": "vcpu_seconds"});
+            send(app, org, vec![e]).await;
+        }
+        Movement::Purchase { growth } => {
+            let package = app
+                .store
+                .package((if growth { GROWTH } else { STARTER }).parse().unwrap())
+                .await
+                .unwrap();
+            let (purchase, _) = app
+                .store
+                .create_purchase(
+                    org.id,
+                    &package,
+                    "ana@acme.test",
+                    None,
+                    Utc::now() + chrono::TimeDelta::hours(1),
+                    None,
+                )
+                .await
+                .unwrap();
+            app.store
+                .mark_purchase_paid(purchase.id, &format!("pi_c{case}s{i}"))
+                .await
+                .unwrap();
+            app.store.grant_purchase(purchase.id).await.unwrap();
+            backdate(app, &format!("purchase:{}:%", purchase.id), at).await;
+            purchases[step.org].push(purchase.id);
+        }
+        Movement::Refund {
+            purchase,
+            amount_minor,
+        } => {
+            let bought = &purchases[step.org];
+            if bought.is_empty() {
+                return;
+            }
+            let purchase_id = bought[purchase % bought.len()];
+            let requested = app
+                .store
+                .request_refund(
+                    purchase_id,
+                    amount_minor,
+                    "property test",
+                    "operator:prop",
+                    &format!("c{case}-s{i}"),
+                )
+                .await;
+            let refund = match requested {
+                Ok(r) => r,
+                Err(StoreError::Conflict(_) | StoreError::InsufficientBalance { .. }) => return,
+                Err(e) => panic!("refund of {purchase_id}: {e}"),
+            };
+            app.store
+                .refund_refunded(refund.id, &format!("re_c{case}s{i}"))
+                .await
+                .unwrap();
+            app.store.reverse_refund(refund.id).await.unwrap();
+            backdate(app, &format!("refund:{}:%", refund.id), at).await;
+        }
+        Movement::Adjust { micros } => {
+            let key = format!("c{case}-s{i}");
+            let adjusted = app
+                .store
+                .post_adjustment(
+                    org.id,
+                    Credits::from_stored(Decimal::new(micros, 6)),
+                    "property test",
+                    "operator:prop",
+                    &key,
+                )
+                .await;
+            match adjusted {
+                Ok(_) => backdate(app, &format!("adjustment:{}:{key}", org.id), at).await,
+                Err(StoreError::InsufficientBalance { .. }) => {}
+                Err(e) => panic!("adjustment: {e}"),
+            }
+        }
+    }
+}
+
+/// An org's movements in `month` computed straight from its transfers: each transfer signed
+/// from the org's side, usage attributed to its event's `occurred_at` (through
+/// `usage_events.transfer_id`), every other kind to the transfer's `created_at`.
+/// A transfer as the org sees it: kind, signed amount, booked at, and its usage's time.
+type SignedTransfer = (String, Decimal, DateTime<Utc>, Option<DateTime<Utc>>);
+
+async fn ledger_movements(app: &TestApp, org: uuid::Uuid, month: Month) -> Movements {
+    let rows: Vec<SignedTransfer> = sqlx::query_as(
+        "SELECT t.kind,
+                CASE WHEN t.credit_account_id = a.id THEN t.amount ELSE -t.amount END,
+                t.created_at, u.occurred_at
+           FROM transfers t
+           JOIN accounts a ON a.org_id = t.org_id
+           LEFT JOIN usage_events u ON u.transfer_id = t.id
+          WHERE t.org_id = $1",
+    )
+    .bind(org)
+    .fetch_all(app.store.pool())
+    .await
+    .unwrap();
+    let mut opening = Decimal::ZERO;
+    let mut during = std::collections::HashMap::<String, Decimal>::new();
+    for (kind, signed, created_at, occurred_at) in rows {
+        let at = if kind == "usage" {
+            occurred_at.expect("every usage transfer has its event")
+        } else {
+            created_at
+        };
+        if at < month.start() {
+            opening += signed;
+        } else if at < month.end() {
+            *during.entry(kind).or_default() += signed;
+        }
+    }
+    let of = |kind: &str| Credits::from_stored(during.get(kind).copied().unwrap_or_default());
+    Movements {
+        opening: Credits::from_stored(opening),
+        purchased: of("purchase"),
+        bonus: of("bonus"),
+        topup: of("topup"),
+        refunded: of("refund").checked_neg(),
+        adjusted: of("adjustment"),
+        reversed: of("reversal"),
+        used: of("usage").checked_neg(),
+    }
+}
+
+/// Checks every generated month of every org against the ledger and the chain.
+async fn assert_summaries_reconcile(app: &TestApp, orgs: &[TestOrg], context: &str) {
+    for org in orgs {
+        let mut previous_closing: Option<Credits> = None;
+        for m in GENERATED_MONTHS {
+            let month: Month = m.parse().unwrap();
+            let s = app
+                .store
+                .latest_summaries(&[org.id], month)
+                .await
+                .unwrap()
+                .remove(&org.id)
+                .unwrap_or_else(|| panic!("{m}: no stored summary; {context}"));
+            let mv = s.movements;
+            let expected = ledger_movements(app, org.id, month).await;
+
+            // (a) the usage lines (and the per-user lines) add up to the ledger's usage debits
+            let sum = |lines: &Value| -> Decimal {
+                lines
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|l| d(&l["cost_credits"]))
+                    .sum()
+            };
+            assert_eq!(
+                sum(&s.lines),
+                expected.used.as_decimal(),
+                "{m}: usage lines vs ledger; {context}"
+            );
+            assert_eq!(
+                sum(&s.users),
+                expected.used.as_decimal(),
+                "{m}: user lines vs ledger; {context}"
+            );
+            // (b) closing = opening + in − out, in plain decimals
+            let x = |c: Credits| c.as_decimal();
+            assert_eq!(
+                x(mv.opening) + x(mv.purchased) + x(mv.bonus) + x(mv.topup) - x(mv.refunded)
+                    + x(mv.adjusted)
+                    + x(mv.reversed)
+                    - x(mv.used),
+                x(s.closing),
+                "{m}: closing; {context}"
+            );
+            // (c) each month opens at the previous month's closing
+            if let Some(prev) = previous_closing {
+                assert_eq!(mv.opening, prev, "{m}: opening vs last closing; {context}");
+            }
+            // (d) every figure (opening, purchased, bonus, refunded, adjusted, …) is the ledger's
+            assert_eq!(mv, expected, "{m}: figures vs ledger; {context}");
+            previous_closing = Some(s.closing);
+        }
+        // Everything in the ledger is attributed to the generated months, so the last one
+        // closes at today's balance.
+        let balance = app.store.balance(org.id).await.unwrap().balance;
+        assert_eq!(
+            previous_closing,
+            Some(balance),
+            "last closing vs balance; {context}"
+        );
+    }
+}
+
+/// Issue 6: for random usage (AI and infra, at month edges and within), purchases, refunds and
+/// adjustments over four months, every stored summary reconciles with the ledger, the months
+/// chain, and a late event's new revision keeps the chain (the later months are revised too).
+#[test]
+fn random_months_of_movements_reconcile_with_the_ledger() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let app = rt.block_on(TestApp::spawn()).unwrap();
+    let mut runner = TestRunner::new(Config {
+        cases: 10,
+        max_shrink_iters: 64,
+        ..Config::default()
+    });
+    let case = std::sync::atomic::AtomicU32::new(0);
+    let months: Vec<Month> = GENERATED_MONTHS
+        .iter()
+        .map(|m| m.parse().unwrap())
+        .collect();
+    runner
+        .run(
+            &(proptest::collection::vec(step(), 3..12), late_event()),
+            |(steps, late)| {
+                rt.block_on(async {
+                    let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let orgs = vec![
+                        app.create_org(&format!("sum-{n}-a")).await,
+                        app.create_org(&format!("sum-{n}-b")).await,
+                    ];
+                    let mut purchases: Vec<Vec<uuid::Uuid>> = vec![Vec::new(), Vec::new()];
+                    // In time order, so balances move as they would have.
+                    let mut ordered: Vec<(usize, &Step)> = steps.iter().enumerate().collect();
+                    ordered.sort_by_key(|(_, s)| instant(PROP_MONTHS[s.month], s.when));
+                    for (i, s) in ordered {
+                        book_step(&app, &orgs, &mut purchases, n, i, s).await;
+                    }
+                    for month in &months {
+                        app.store
+                            .generate_summaries(*month, None, 10_000)
+                            .await
+                            .unwrap();
+                    }
+                    let context = format!("case {n}: {steps:?}");
+                    assert_summaries_reconcile(&app, &orgs, &context).await;
+
+                    if let Some(late) = &late {
+                        let at = instant(PROP_MONTHS[late.month], late.when);
+                        let e = json!({"id": format!("c{n}-late"), "type": "ai_tokens",
+                                       "occurred_at": at_text(at), "model": "gpt-4o",
+                                       "operation": "chat", "input_tokens": late.tokens});
+                        send(&app, &orgs[late.org], vec![e]).await;
+                        let month: Month = PROP_MONTHS[late.month].parse().unwrap();
+                        let page = app
+                            .store
+                            .generate_summaries(month, None, 10_000)
+                            .await
+                            .unwrap();
+                        let later = months.iter().filter(|m| **m > month).count();
+                        assert_eq!(page.revisions_written, 1, "{late:?}");
+                        assert_eq!(page.later_revisions_written, later, "{late:?}");
+                        let context = format!("{context}, then late {late:?}");
+                        assert_summaries_reconcile(&app, &orgs, &context).await;
+                    }
+                    app.assert_invariants().await;
+                });
+                Ok(())
+            },
+        )
+        .unwrap();
 }
