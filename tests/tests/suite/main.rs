@@ -3,8 +3,8 @@
 
 mod adjustments;
 mod bad_input;
-mod config;
 mod cli;
+mod config;
 mod health;
 mod history;
 mod keys;

@@ -44,6 +44,89 @@ async fn pay(app: &TestApp, session_url: &str) {
     app.pay_checkout(session_url, "pm_card_visa").await;
 }
 
+/// This connection's server process id, to find who waits on the locks it holds.
+async fn backend_pid(tx: &mut sqlx::Transaction<'static, sqlx::Postgres>) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut **tx)
+        .await
+        .unwrap()
+}
+
+/// Waits until a session of this test's database is blocked on a lock `holder` holds.
+async fn wait_blocked_by(app: &TestApp, holder: i32, what: &str) {
+    eventually(what, Duration::from_secs(30), || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'
+                AND $1 = ANY(pg_blocking_pids(pid))",
+        )
+        .bind(holder)
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+        (waiting > 0).then_some(())
+    })
+    .await;
+}
+
+async fn transfer_count(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM transfers")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap()
+}
+
+/// The advisory lock [`park_checkout_session_writes`] makes the session's write wait on.
+const PARK_KEY: i64 = 4_711_001;
+
+/// Makes the first recording of a purchase's checkout session (the last step of the activity
+/// that creates it) wait while the test holds advisory lock [`PARK_KEY`]. The trigger lives in
+/// this test's own database only.
+async fn park_checkout_session_writes(app: &TestApp) {
+    sqlx::query(
+        "CREATE FUNCTION test_park_checkout_session() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             PERFORM pg_advisory_xact_lock(4711001);
+             RETURN NEW;
+         END $$",
+    )
+    .execute(app.store.pool())
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER test_park_checkout_session
+             BEFORE UPDATE OF checkout_session_id ON purchases
+             FOR EACH ROW WHEN (OLD.checkout_session_id IS NULL)
+             EXECUTE FUNCTION test_park_checkout_session()",
+    )
+    .execute(app.store.pool())
+    .await
+    .unwrap();
+}
+
+/// The purchase's Checkout Session as the emulator has it (found by its client reference).
+async fn emulator_session(app: &TestApp, purchase_id: &str) -> Value {
+    let list: Value = app
+        .http
+        .get(format!("{}/v1/checkout/sessions?limit=100", app.stripe_url))
+        .bearer_auth(STRIPE_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sessions: Vec<Value> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["client_reference_id"] == purchase_id)
+        .cloned()
+        .collect();
+    assert_eq!(sessions.len(), 1, "{list}");
+    sessions[0].clone()
+}
+
 #[tokio::test]
 async fn packages_show_effective_credits_cost_per_credit_and_saving() {
     let app = TestApp::spawn().await.unwrap();
@@ -209,18 +292,43 @@ async fn the_completion_webhook_delivered_again_and_early_still_grants_once() {
     let app = TestApp::spawn().await.unwrap();
     let _worker = TestWorker::start(&app).unwrap();
     let org = app.create_org("dupes").await;
-    let bought = buy(&app, &org, GROWTH).await;
-    let id = bought.body["id"].as_str().unwrap().to_string();
+    // Early, every time: the activity that creates the session is held at its last step
+    // (recording the session) until the payment's signal is in the workflow's history, so the
+    // workflow reaches its wait with the payment already there.
+    park_checkout_session_writes(&app).await;
+    let mut hold = app.store.pool().begin().await.unwrap();
+    let holder = backend_pid(&mut hold).await;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(PARK_KEY)
+        .execute(&mut *hold)
+        .await
+        .unwrap();
 
-    // Paid the moment the URL exists, so the webhook usually lands before the workflow waits.
-    pay(&app, bought.body["checkout_url"].as_str().unwrap()).await;
-    let completed = eventually("the completion event", Duration::from_secs(10), || async {
-        app.emulator_events()
-            .await
-            .into_iter()
-            .find(|e| e["type"] == "checkout.session.completed")
+    let bought = buy(&app, &org, GROWTH).await;
+    // The session exists on the emulator but is not recorded yet, so the answer has no URL.
+    assert_eq!(bought.status, 202, "{}", bought.text);
+    assert!(bought.body["checkout_url"].is_null(), "{}", bought.text);
+    let id = bought.body["id"].as_str().unwrap().to_string();
+    wait_blocked_by(&app, holder, "the session's recording to wait").await;
+    let session = emulator_session(&app, &id).await;
+    pay(&app, session["url"].as_str().unwrap()).await;
+    // The webhook commits its event row only after the workflow accepted the signal.
+    eventually("the webhook", Duration::from_secs(10), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM stripe_events WHERE type = 'checkout.session.completed'",
+        )
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+        (n == 1).then_some(())
     })
     .await;
+    let completed = app
+        .emulator_events()
+        .await
+        .into_iter()
+        .find(|e| e["type"] == "checkout.session.completed")
+        .expect("the completion event");
     let redeliver = format!(
         "{}/_emulator/events/{}/deliver?times=3",
         app.stripe_url,
@@ -230,19 +338,41 @@ async fn the_completion_webhook_delivered_again_and_early_still_grants_once() {
         app.http.post(&redeliver).send().await.unwrap().status(),
         204
     );
-    wait_state(&app, &org, &id, "credited").await;
+    let parked = state_of(&app, &org, &id).await;
+    assert_eq!(parked["state"], "awaiting_payment");
+    assert!(parked["checkout_session_id"].is_null(), "{parked}");
+    hold.rollback().await.unwrap();
+    let done = wait_state(&app, &org, &id, "credited").await;
     assert_eq!(
         app.http.post(&redeliver).send().await.unwrap().status(),
         204
     );
 
+    assert_eq!(done["checkout_session_id"], session["id"]);
     assert_eq!(app.balance(&org).await, "5250.000000");
-    let transfers: i64 = sqlx::query_scalar("SELECT count(*) FROM transfers")
-        .fetch_one(app.store.pool())
+    assert_eq!(transfer_count(&app).await, 2);
+    app.assert_invariants().await;
+    // The history shows the case: the signal came before the session activity completed.
+    let history = app
+        .temporal
+        .get_workflow_handle::<workflows::purchase::PurchaseWorkflow>(format!("purchase-{id}"))
+        .fetch_history(temporalio_client::WorkflowFetchHistoryOptions::default())
+        .to_json()
         .await
         .unwrap();
-    assert_eq!(transfers, 2);
-    app.assert_invariants().await;
+    let history: Value = serde_json::from_slice(&history).unwrap();
+    let events = history["events"].as_array().unwrap();
+    let first = |attributes: &str| {
+        events
+            .iter()
+            .position(|e| e["attributes"].get(attributes).is_some())
+    };
+    let signalled = first("WorkflowExecutionSignaledEventAttributes").expect("a signal");
+    let session_done = first("ActivityTaskCompletedEventAttributes").expect("an activity");
+    assert!(
+        signalled < session_done,
+        "signal at event {signalled}, first activity done at {session_done}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,6 +556,47 @@ async fn a_worker_killed_before_the_grant_and_restarted_grants_once() {
 
     wait_state(&app, &org, &id, "credited").await;
     assert_eq!(app.balance(&org).await, "5250.000000");
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_grant_after_payment_grants_once_after_restart() {
+    let app = TestApp::spawn().await.unwrap();
+    let mut worker = ProcessWorker::start(&app).unwrap();
+    let org = app.create_org("mid-grant").await;
+    // The grant's transaction first locks the org's account row (`Store::lock_orgs`); marking
+    // the purchase paid only updates the purchase. Holding that row parks the grant inside its
+    // transaction, after the payment, every time.
+    let mut hold = app.store.pool().begin().await.unwrap();
+    let holder = backend_pid(&mut hold).await;
+    sqlx::query("SELECT id FROM accounts WHERE org_id = $1 FOR UPDATE")
+        .bind(org.id)
+        .fetch_one(&mut *hold)
+        .await
+        .unwrap();
+
+    let bought = buy(&app, &org, GROWTH).await;
+    assert_eq!(bought.status, 201, "{}", bought.text);
+    let id = bought.body["id"].as_str().unwrap().to_string();
+    pay(&app, bought.body["checkout_url"].as_str().unwrap()).await;
+    wait_state(&app, &org, &id, "paid").await;
+    wait_blocked_by(&app, holder, "the grant to wait for the account row").await;
+    // SIGKILL mid-grant: its transaction can never commit, whatever happens to the lock.
+    worker.kill();
+    hold.rollback().await.unwrap();
+    assert_eq!(transfer_count(&app).await, 0);
+    assert_eq!(state_of(&app, &org, &id).await["state"], "paid");
+    let _restarted = ProcessWorker::start(&app).unwrap();
+
+    // The killed attempt is retried once its 30 s start-to-close timeout has passed.
+    eventually(
+        "credited after the restart",
+        Duration::from_secs(90),
+        || async { (state_of(&app, &org, &id).await["state"] == "credited").then_some(()) },
+    )
+    .await;
+    assert_eq!(app.balance(&org).await, "5250.000000");
+    assert_eq!(transfer_count(&app).await, 2);
     app.assert_invariants().await;
 }
 

@@ -4,7 +4,7 @@ use futures::future::join_all;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tests::{
-    OPERATOR_KEY, TestApp, TestOrg, eventually,
+    OPERATOR_KEY, STRIPE_KEY, TestApp, TestOrg, eventually,
     worker::{ProcessWorker, TestWorker},
 };
 
@@ -308,29 +308,112 @@ async fn dip_recover_dip_alerts_twice_and_dipping_twice_alerts_once() {
     assert_eq!(app.store.outbox_backlog().await.unwrap().rows, 0);
 }
 
+/// This connection's server process id, to find who waits on the locks it holds.
+async fn backend_pid(tx: &mut sqlx::Transaction<'static, sqlx::Postgres>) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut **tx)
+        .await
+        .unwrap()
+}
+
+/// Waits until a session of this test's database is blocked on a lock `holder` holds.
+async fn wait_blocked_by(app: &TestApp, holder: i32, what: &str) {
+    eventually(what, Duration::from_secs(30), || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'
+                AND $1 = ANY(pg_blocking_pids(pid))",
+        )
+        .bind(holder)
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+        (waiting > 0).then_some(())
+    })
+    .await;
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap()
+}
+
+/// The PaymentIntents the emulator holds (every charge attempt makes one).
+async fn emulator_payment_intents(app: &TestApp) -> Vec<Value> {
+    let list: Value = app
+        .http
+        .get(format!("{}/v1/payment_intents?limit=100", app.stripe_url))
+        .bearer_auth(STRIPE_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list["data"].as_array().cloned().unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_after_the_charge_and_restarted_charges_and_grants_once() {
     let app = TestApp::spawn().await.unwrap();
     let mut worker = ProcessWorker::start(&app).unwrap();
     let org = org_with(&app, "pm_card_visa", Some(("50", 100_000)), None).await;
+    // The grant books the package against the `sales` system account, which nothing before it
+    // here touches (the seed is an adjustment, the dip is usage; deciding and charging book
+    // nothing). Holding that row parks the grant inside its transaction, after the charge,
+    // every time.
+    let mut hold = app.store.pool().begin().await.unwrap();
+    let holder = backend_pid(&mut hold).await;
+    sqlx::query("SELECT id FROM accounts WHERE code = 'sales' FOR UPDATE")
+        .fetch_one(&mut *hold)
+        .await
+        .unwrap();
 
     spend(&app, &org, "dip", 60).await;
-    // SIGKILL as soon as the charge is recorded (the grant is the next step).
     eventually("the charge", Duration::from_secs(30), || async {
-        let n: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM topup_attempts WHERE outcome = 'succeeded'")
-                .fetch_one(app.store.pool())
-                .await
-                .unwrap();
+        let n = count(
+            &app,
+            "SELECT count(*) FROM topup_attempts WHERE outcome = 'succeeded'",
+        )
+        .await;
         (n == 1).then_some(())
     })
     .await;
+    wait_blocked_by(&app, holder, "the grant to wait for the sales account").await;
+    // SIGKILL mid-grant: its transaction can never commit, whatever happens to the lock.
     worker.kill();
+    hold.rollback().await.unwrap();
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM transfers WHERE kind = 'topup'").await,
+        0
+    );
+    assert_eq!(topups(&app, &org).await[0]["state"], "running");
     let _restarted = ProcessWorker::start(&app).unwrap();
-    let topup = finished_topup(&app, &org).await;
+    // The killed attempt is retried once its 30 s start-to-close timeout has passed.
+    let topup = eventually(
+        "the topup finished after the restart",
+        Duration::from_secs(90),
+        || async {
+            topups(&app, &org)
+                .await
+                .into_iter()
+                .find(|t| t["state"] != "running")
+        },
+    )
+    .await;
 
-    assert_eq!(topup["state"], "succeeded");
+    assert_eq!(topup["state"], "succeeded", "{topup}");
+    assert_eq!(topup["attempts"].as_array().unwrap().len(), 1, "{topup}");
     assert_eq!(succeeded_charges(&app).await, 1);
+    let intents = emulator_payment_intents(&app).await;
+    assert_eq!(intents.len(), 1, "{intents:?}");
+    assert_eq!(intents[0]["status"], "succeeded");
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM transfers WHERE kind = 'topup'").await,
+        1
+    );
     assert_eq!(app.balance(&org).await, "1040.000000");
     app.assert_invariants().await;
 }

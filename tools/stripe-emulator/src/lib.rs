@@ -1,10 +1,11 @@
 //! A small, stateful stand-in for the parts of Stripe's REST API creditflow uses, in Stripe's
 //! wire format: form-encoded requests, JSON objects with Stripe's field names, Stripe's error
 //! objects and `Idempotency-Key` semantics. Customers, Checkout Sessions (payment and setup
-//! mode: create, retrieve, expire), PaymentIntents confirmed off-session against test payment
-//! methods, and refunds. It serves a hosted checkout page per session, and delivers events to
-//! the webhook URL signed as Stripe signs them (`Stripe-Signature: t=…,v1=…`), retrying on
-//! non-2xx. For development and tests only.
+//! mode: create, retrieve, list, expire), PaymentIntents confirmed off-session against test
+//! payment methods (create, retrieve, list), and refunds. Two requests with the same key never
+//! both run: the second replays the first's answer. It serves a hosted checkout page per
+//! session, and delivers events to the webhook URL signed as Stripe signs them
+//! (`Stripe-Signature: t=…,v1=…`), retrying on non-2xx. For development and tests only.
 
 use std::{
     collections::HashMap,
@@ -171,10 +172,13 @@ impl Emulator {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/v1/customers", post(api_post))
-            .route("/v1/checkout/sessions", post(api_post))
+            .route("/v1/checkout/sessions", post(api_post).get(list_sessions))
             .route("/v1/checkout/sessions/{id}", get(get_object))
             .route("/v1/checkout/sessions/{id}/expire", post(api_post))
-            .route("/v1/payment_intents", post(api_post))
+            .route(
+                "/v1/payment_intents",
+                post(api_post).get(list_payment_intents),
+            )
             .route("/v1/payment_intents/{id}", get(get_object))
             .route("/v1/refunds", post(api_post))
             .route("/v1/setup_intents/{id}", get(get_object))
@@ -238,17 +242,18 @@ impl Emulator {
         tracing::warn!(event = %id, "webhook delivery gave up");
     }
 
-    fn handle(&self, path: &str, p: &Params) -> (u16, Value) {
-        let mut data = self.data.lock().expect("data");
+    /// Handles one API write with the state locked by the caller (who holds the lock across
+    /// the idempotency lookup, this, and recording the answer, so a key is applied once).
+    fn handle(&self, data: &mut Data, path: &str, p: &Params) -> (u16, Value) {
         if path == "/v1/customers" {
-            let id = self.next_id(&mut data, "cus");
+            let id = self.next_id(data, "cus");
             let c = json!({"id": id, "object": "customer", "created": now(), "livemode": false,
                            "email": p.get("email"), "name": p.get("name"), "metadata": map_of(p, "metadata")});
             data.objects.insert(id, c.clone());
             return (200, c);
         }
         if path == "/v1/checkout/sessions" {
-            return self.create_session(&mut data, p);
+            return self.create_session(data, p);
         }
         if let Some(id) = path
             .strip_prefix("/v1/checkout/sessions/")
@@ -276,14 +281,14 @@ impl Emulator {
             s["status"] = json!("expired");
             s["url"] = Value::Null;
             data.objects.insert(id.to_string(), s.clone());
-            self.emit(&mut data, "checkout.session.expired", s.clone());
+            self.emit(data, "checkout.session.expired", s.clone());
             return (200, s);
         }
         if path == "/v1/payment_intents" {
-            return self.charge(&mut data, p);
+            return self.charge(data, p);
         }
         if path == "/v1/refunds" {
-            return self.refund(&mut data, p);
+            return self.refund(data, p);
         }
         error(
             StatusCode::NOT_FOUND,
@@ -534,24 +539,32 @@ impl Emulator {
     }
 }
 
+/// Whether the request carries a test secret key, as every API call must.
+fn authorized(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer sk_test_"))
+}
+
+fn unauthorized() -> Response {
+    reply(error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_request_error",
+        None,
+        "Invalid API Key provided.",
+        json!({}),
+    ))
+}
+
 async fn api_post(
     State(em): State<Emulator>,
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("Bearer sk_test_"))
-    {
-        return reply(error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            None,
-            "Invalid API Key provided.",
-            json!({}),
-        ));
+    if !authorized(&headers) {
+        return unauthorized();
     }
     let params: Params = form_urlencoded::parse(&body).into_owned().collect();
     let path = uri.path().to_string();
@@ -562,37 +575,113 @@ async fn api_post(
     let mut sorted: Vec<_> = params.iter().collect();
     sorted.sort();
     let hash = Sha256::digest(format!("{path}?{sorted:?}").as_bytes()).to_vec();
-    if let Some(k) = &key {
-        let data = em.data.lock().expect("data");
-        if let Some((h, status, body)) = data.idempotency.get(k) {
-            if *h != hash {
-                return reply(error(
-                    StatusCode::BAD_REQUEST,
-                    "idempotency_error",
-                    None,
-                    &format!(
-                        "Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{k}' if you meant to execute a different request."
-                    ),
-                    json!({}),
-                ));
-            }
-            let mut r = reply((*status, body.clone()));
-            r.headers_mut()
-                .insert("idempotent-replayed", "true".parse().expect("header"));
-            return r;
+    // One lock from the key's lookup to recording its answer: concurrent requests with the same
+    // key are serialized, so the first one runs and the others replay its answer (never a second
+    // object). Handling is synchronous and quick, so no request is ever seen in flight, which
+    // is where Stripe would answer 409.
+    let mut data = em.data.lock().expect("data");
+    if let Some(k) = &key
+        && let Some((h, status, body)) = data.idempotency.get(k)
+    {
+        if *h != hash {
+            return reply(error(
+                StatusCode::BAD_REQUEST,
+                "idempotency_error",
+                None,
+                &format!(
+                    "Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{k}' if you meant to execute a different request."
+                ),
+                json!({}),
+            ));
         }
+        let mut r = reply((*status, body.clone()));
+        r.headers_mut()
+            .insert("idempotent-replayed", "true".parse().expect("header"));
+        return r;
     }
-    let (status, body) = em.handle(&path, &params);
+    let (status, body) = em.handle(&mut data, &path, &params);
+    // Like Stripe, a request refused as invalid is not saved: the key may be used again.
     if let Some(k) = key
         && status != 400
     {
-        em.data
-            .lock()
-            .expect("data")
-            .idempotency
-            .insert(k, (hash, status, body.clone()));
+        data.idempotency.insert(k, (hash, status, body.clone()));
     }
+    drop(data);
     reply((status, body))
+}
+
+/// A page of Stripe's list object over one kind of object, newest first: `limit` (1 to 100,
+/// default 10) and equality filters on the named top-level fields (`status`, `customer` …).
+fn list(
+    em: &Emulator,
+    object: &str,
+    url: &str,
+    q: &HashMap<String, String>,
+    filters: &[&str],
+) -> Response {
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(10)
+        .clamp(1, 100);
+    let data = em.data.lock().expect("data");
+    let mut found: Vec<&Value> = data
+        .objects
+        .values()
+        .filter(|o| o["object"] == object)
+        .filter(|o| {
+            filters.iter().all(|f| {
+                q.get(*f)
+                    .is_none_or(|want| o[*f].as_str() == Some(want.as_str()))
+            })
+        })
+        .collect();
+    // Ids carry a zero-padded sequence number, so within a second they sort by age too.
+    found.sort_by(|a, b| {
+        (b["created"].as_i64(), b["id"].as_str()).cmp(&(a["created"].as_i64(), a["id"].as_str()))
+    });
+    let has_more = found.len() > limit;
+    let page: Vec<Value> = found.into_iter().take(limit).cloned().collect();
+    reply((
+        200,
+        json!({ "object": "list", "url": url, "has_more": has_more, "data": page }),
+    ))
+}
+
+/// `GET /v1/checkout/sessions`.
+async fn list_sessions(
+    State(em): State<Emulator>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if !authorized(&headers) {
+        return unauthorized();
+    }
+    list(
+        &em,
+        "checkout.session",
+        "/v1/checkout/sessions",
+        &q,
+        &["status", "customer", "payment_intent"],
+    )
+}
+
+/// `GET /v1/payment_intents`.
+async fn list_payment_intents(
+    State(em): State<Emulator>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if !authorized(&headers) {
+        return unauthorized();
+    }
+    list(
+        &em,
+        "payment_intent",
+        "/v1/payment_intents",
+        &q,
+        &["customer"],
+    )
 }
 
 async fn get_object(State(em): State<Emulator>, Path(id): Path<String>) -> Response {
