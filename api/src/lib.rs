@@ -7,7 +7,7 @@ mod health;
 mod ledger;
 pub mod metrics;
 mod orgs;
-mod prices;
+pub mod prices;
 pub mod pricing;
 pub mod purchases;
 mod settings;

@@ -129,7 +129,28 @@ pub async fn publish(
     Json(body): Json<PublishBody>,
 ) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
     caller.require_operator()?;
-    let earliest = Utc::now() + state.price_publish_lead;
+    let new = new_version(body, Utc::now(), state.price_publish_lead)?;
+    let effective_from = new.effective_from;
+    let version = state.store.publish_prices(&new, &caller.actor()).await?;
+    state.prices.refresh(&state.store).await?;
+    let catalog = state.prices.current();
+    let book = catalog
+        .at(effective_from)
+        .filter(|b| b.version == version)
+        .ok_or_else(ApiError::internal)?;
+    tracing::info!(version, %effective_from, "price version published");
+    Ok((StatusCode::CREATED, AxumJson(book_json(book))))
+}
+
+/// Checks a whole new price book version (the body of `POST /v1/prices`, or the operator CLI's
+/// file), starting at least `lead` after `now`: every infra resource priced, at least one model,
+/// each price a non-negative decimal within its scale.
+pub fn new_version(
+    body: PublishBody,
+    now: DateTime<Utc>,
+    lead: chrono::Duration,
+) -> Result<NewPriceVersion, ApiError> {
+    let earliest = now + lead;
     let effective_from = body.effective_from.unwrap_or(earliest);
     if effective_from < earliest {
         return Err(ApiError::invalid(
@@ -137,7 +158,7 @@ pub async fn publish(
             "effective_too_soon",
             format!(
                 "effective_from must be at least {} s from now, so every server knows the version before it applies",
-                state.price_publish_lead.num_seconds()
+                lead.num_seconds()
             ),
         ));
     }
@@ -196,19 +217,10 @@ pub async fn publish(
             format!("resource `{missing}` has no price"),
         ));
     }
-    let new = NewPriceVersion {
+    Ok(NewPriceVersion {
         effective_from,
         note: body.note.chars().take(1000).collect(),
         models,
         infra,
-    };
-    let version = state.store.publish_prices(&new, &caller.actor()).await?;
-    state.prices.refresh(&state.store).await?;
-    let catalog = state.prices.current();
-    let book = catalog
-        .at(effective_from)
-        .filter(|b| b.version == version)
-        .ok_or_else(ApiError::internal)?;
-    tracing::info!(version, %effective_from, "price version published");
-    Ok((StatusCode::CREATED, AxumJson(book_json(book))))
+    })
 }

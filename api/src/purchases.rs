@@ -511,11 +511,11 @@ pub async fn start_payment_method_setup(
 #[serde(deny_unknown_fields)]
 pub struct RefundBody {
     /// How much of the payment to refund, in its currency's minor units.
-    amount_minor: Option<i64>,
-    reason: Option<String>,
+    pub amount_minor: Option<i64>,
+    pub reason: Option<String>,
 }
 
-fn refund_json(r: &store::Refund) -> Value {
+pub fn refund_json(r: &store::Refund) -> Value {
     json!({
         "id": r.id,
         "purchase_id": r.purchase_id,
@@ -545,6 +545,32 @@ pub async fn create_refund(
 ) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
     caller.require_operator()?;
     let key = crate::ledger::idempotency_key(&headers)?;
+    let refund = start_refund(
+        &state.store,
+        &state.temporal,
+        &state.task_queue,
+        purchase_id,
+        body,
+        &caller.actor(),
+        &key,
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, AxumJson(refund_json(&refund))))
+}
+
+/// Records an operator's refund request, checked before any money moves (it may not take the
+/// balance below zero nor exceed what is left of the payment), and starts `refund-{id}`. The
+/// same `idempotency_key` again returns the same refund and starts nothing new. Shared by the
+/// API and the operator CLI.
+pub async fn start_refund(
+    store: &store::Store,
+    temporal: &temporalio_client::Client,
+    task_queue: &str,
+    purchase_id: Uuid,
+    body: RefundBody,
+    actor: &str,
+    key: &str,
+) -> Result<store::Refund, ApiError> {
     let amount = body.amount_minor.ok_or_else(|| {
         ApiError::invalid(
             "amount_minor",
@@ -570,9 +596,8 @@ pub async fn create_refund(
             "`reason` is required (at most 1,000 characters)",
         ));
     }
-    let refund = state
-        .store
-        .request_refund(purchase_id, amount, &reason, &caller.actor(), &key)
+    let refund = store
+        .request_refund(purchase_id, amount, &reason, actor, key)
         .await
         .map_err(|e| match e {
             store::StoreError::Conflict(m) => {
@@ -581,15 +606,14 @@ pub async fn create_refund(
             other => other.into(),
         })?;
     let options = WorkflowStartOptions::new(
-        state.task_queue.clone(),
+        task_queue.to_string(),
         workflows::refund::workflow_id(&refund.id.to_string()),
     )
     .search_attributes(SearchAttributes::new([
         workflows::ORG_ID.value_set(refund.org_id.to_string())
     ]))
     .build();
-    let started = state
-        .temporal
+    let started = temporal
         .start_workflow(
             workflows::refund::RefundWorkflow::run,
             refund.id.to_string(),
@@ -610,7 +634,7 @@ pub async fn create_refund(
             )
         })?;
     }
-    Ok((StatusCode::ACCEPTED, AxumJson(refund_json(&refund))))
+    Ok(refund)
 }
 
 pub async fn list_refunds(

@@ -39,6 +39,12 @@ enum Command {
     /// Manual credit adjustments (operator).
     #[command(subcommand)]
     Credits(CreditsCommand),
+    /// Refunds of purchases (operator).
+    #[command(subcommand)]
+    Refunds(RefundsCommand),
+    /// The price book (operator).
+    #[command(subcommand)]
+    Prices(PricesCommand),
     /// Temporal Schedules.
     #[command(subcommand)]
     Schedules(SchedulesCommand),
@@ -84,6 +90,51 @@ enum CreditsCommand {
         /// Who is doing it, for the ledger's actor column.
         #[arg(long, default_value = "cli")]
         operator: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RefundsCommand {
+    /// Refund part or all of a purchase's payment (in minor units of its currency) and reverse
+    /// its credits in proportion, as `POST /v1/purchases/{id}/refunds` does; the same --key
+    /// twice refunds once.
+    Create {
+        #[arg(long)]
+        purchase: uuid::Uuid,
+        #[arg(long)]
+        amount_minor: i64,
+        #[arg(long)]
+        reason: String,
+        /// Idempotency key (default: a new one, so each run is a new refund).
+        #[arg(long)]
+        key: Option<String>,
+        /// Who is doing it, for the ledger's actor column.
+        #[arg(long, default_value = "cli")]
+        operator: String,
+        /// Wait for the refund to finish (at most 5 minutes), printing each state it reaches.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// One refund and its state.
+    Show {
+        #[arg(long)]
+        id: uuid::Uuid,
+    },
+}
+
+#[derive(Subcommand)]
+enum PricesCommand {
+    /// Publish a new price book version from a JSON file shaped like `POST /v1/prices`'s body.
+    Publish {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value = "cli")]
+        operator: String,
+    },
+    /// The version in force now, or at --at (RFC 3339).
+    Show {
+        #[arg(long)]
+        at: Option<chrono::DateTime<chrono::Utc>>,
     },
 }
 
@@ -207,6 +258,73 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("adjusted {org} by {amount}: balance {}", t.balance_after);
             println!("{}", serde_json::to_string(&t)?);
         }
+        Command::Refunds(RefundsCommand::Create {
+            purchase,
+            amount_minor,
+            reason,
+            key,
+            operator,
+            wait,
+        }) => {
+            let store = app::connect_store(&settings).await?;
+            let temporal = app::connect_temporal(&settings.temporal).await?;
+            let key = key.unwrap_or_else(|| format!("cli-{}", uuid::Uuid::now_v7()));
+            let body = api::purchases::RefundBody {
+                amount_minor: Some(amount_minor),
+                reason: Some(reason),
+            };
+            let refund = api::purchases::start_refund(
+                &store,
+                &temporal,
+                &settings.temporal.task_queue,
+                purchase,
+                body,
+                &format!("operator:{operator}"),
+                &key,
+            )
+            .await
+            .map_err(problem)?;
+            eprintln!("refund {} requested: {}", refund.id, refund.state);
+            let refund = if wait {
+                wait_for_refund(&store, refund).await?
+            } else {
+                refund
+            };
+            println!("{}", api::purchases::refund_json(&refund));
+        }
+        Command::Refunds(RefundsCommand::Show { id }) => {
+            let store = app::connect_store(&settings).await?;
+            println!("{}", api::purchases::refund_json(&store.refund(id).await?));
+        }
+        Command::Prices(PricesCommand::Publish { file, operator }) => {
+            let store = app::connect_store(&settings).await?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let body: api::prices::PublishBody = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a price book", file.display()))?;
+            let lead = chrono::Duration::milliseconds(settings.pricing.publish_lead_ms as i64);
+            let new = api::prices::new_version(body, chrono::Utc::now(), lead).map_err(problem)?;
+            let version = store
+                .publish_prices(&new, &format!("operator:{operator}"))
+                .await?;
+            eprintln!(
+                "price version {version} published, effective from {}",
+                new.effective_from
+            );
+            println!(
+                "{}",
+                serde_json::json!({ "version": version, "effective_from": new.effective_from })
+            );
+        }
+        Command::Prices(PricesCommand::Show { at }) => {
+            let store = app::connect_store(&settings).await?;
+            let catalog = store.price_catalog().await?;
+            let at = at.unwrap_or_else(chrono::Utc::now);
+            let book = catalog
+                .at(at)
+                .with_context(|| format!("no price version is effective at {at}"))?;
+            println!("{}", api::prices::book_json(book));
+        }
         Command::Schedules(SchedulesCommand::Sync) => {
             let temporal = app::connect_temporal(&settings.temporal).await?;
             workers::summaries::sync_schedule(
@@ -223,11 +341,18 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(|_| anyhow::anyhow!("--month takes YYYY-MM"))?;
             let temporal = app::connect_temporal(&settings.temporal).await?;
             eprintln!("generating the summaries of {month} (workflow monthly-summaries-{month}) …");
-            let done = workers::summaries::run_month(
+            let mut shown = None;
+            let done = workers::summaries::run_month_reporting(
                 &temporal,
                 &settings.temporal.task_queue,
                 &settings.summaries,
                 &month.to_string(),
+                |orgs| {
+                    if shown != Some(orgs) {
+                        eprintln!("… {orgs} orgs summarised");
+                        shown = Some(orgs);
+                    }
+                },
             )
             .await?;
             println!("{done}");
@@ -247,6 +372,36 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// An API error as the CLI reports it: its stable code, then the detail.
+fn problem(e: api::ApiError) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", e.code, e.detail)
+}
+
+/// Polls a refund until it is `reversed` or `failed` (at most 5 minutes), printing each new
+/// state on stderr.
+async fn wait_for_refund(
+    store: &store::Store,
+    mut refund: store::Refund,
+) -> anyhow::Result<store::Refund> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !matches!(refund.state.as_str(), "reversed" | "failed") {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "refund {} still {} after 5 minutes; `creditflow refunds show --id {}` follows it",
+            refund.id,
+            refund.state,
+            refund.id
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let now = store.refund(refund.id).await?;
+        if now.state != refund.state {
+            eprintln!("refund {}: {}", now.id, now.state);
+        }
+        refund = now;
+    }
+    Ok(refund)
 }
 
 async fn shutdown_signal() {

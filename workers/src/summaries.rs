@@ -1,5 +1,7 @@
 //! The monthly-summary Schedule (created or updated idempotently) and on-demand runs.
 
+use std::time::Duration;
+
 use anyhow::Context;
 use billing::summary::Month;
 use chrono::Utc;
@@ -84,6 +86,18 @@ pub async fn run_month(
     cfg: &Summaries,
     month: &str,
 ) -> anyhow::Result<String> {
+    run_month_reporting(temporal, task_queue, cfg, month, |_| {}).await
+}
+
+/// [`run_month`], calling `on_progress` with the number of orgs summarised so far about once a
+/// second while it runs.
+pub async fn run_month_reporting(
+    temporal: &Client,
+    task_queue: &str,
+    cfg: &Summaries,
+    month: &str,
+    mut on_progress: impl FnMut(u64),
+) -> anyhow::Result<String> {
     let parsed: Month = month
         .parse()
         .map_err(|_| anyhow::anyhow!("the month must be YYYY-MM, not {month:?}"))?;
@@ -96,7 +110,7 @@ pub async fn run_month(
         now.format("%Y-%m-%dT%H:%M:%SZ")
     );
     let id = format!("{}{}", cfg.workflow_id_prefix, workflow_id(month));
-    let options = WorkflowStartOptions::new(task_queue.to_string(), id)
+    let options = WorkflowStartOptions::new(task_queue.to_string(), id.clone())
         .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
         .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicate)
         .build();
@@ -108,7 +122,20 @@ pub async fn run_month(
         )
         .await
         .context("starting the summaries workflow")?;
-    Ok(handle
-        .get_result(WorkflowGetResultOptions::default())
-        .await?)
+    // The latest run (the workflow continues as new every `pages_per_run` pages).
+    let latest = temporal.get_workflow_handle::<MonthlySummaryWorkflow>(id);
+    let result = handle.get_result(WorkflowGetResultOptions::default());
+    tokio::pin!(result);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            done = &mut result => return Ok(done?),
+            _ = tick.tick() => {
+                let asked = latest.query(MonthlySummaryWorkflow::orgs_done, (), Default::default());
+                if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), asked).await {
+                    on_progress(n);
+                }
+            }
+        }
+    }
 }

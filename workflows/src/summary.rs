@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use temporalio_common::ActivityError;
 use temporalio_macros::{activity_definitions, workflow, workflow_methods};
-use temporalio_sdk::{ActivityOptions, ContinueAsNewOptions, WorkflowContext, WorkflowResult};
+use temporalio_sdk::{
+    ActivityOptions, ContinueAsNewOptions, WorkflowContext, WorkflowContextView, WorkflowResult,
+};
 
 pub const SCHEDULE_ID: &str = "monthly-summaries";
 
@@ -85,7 +87,10 @@ pub fn previous_month_of(unix_secs: i64) -> String {
 
 #[workflow]
 #[derive(Default)]
-pub struct MonthlySummaryWorkflow;
+pub struct MonthlySummaryWorkflow {
+    /// Orgs summarised so far, over every run of this month's generation.
+    orgs_done: u64,
+}
 
 #[workflow_methods]
 impl MonthlySummaryWorkflow {
@@ -117,6 +122,8 @@ impl MonthlySummaryWorkflow {
                 .execute_activity(SummaryActivities::generate_page, page, step.clone())
                 .await?;
             input.orgs_done += u64::from(done.orgs);
+            let orgs_done = input.orgs_done;
+            ctx.state_mut(|s| s.orgs_done = orgs_done);
             input.revisions_written += u64::from(done.revisions_written);
             input.later_revisions_written += u64::from(done.later_revisions_written);
             if done.orgs < page_size || done.last_org.is_none() {
@@ -138,6 +145,12 @@ impl MonthlySummaryWorkflow {
         // Bounded history: carry on in a fresh run from the last org done.
         ctx.continue_as_new(input, ContinueAsNewOptions::default())?;
         Ok("continued as new".into())
+    }
+
+    /// How many orgs are summarised so far (for progress reports).
+    #[query(name = "orgs_done")]
+    pub fn orgs_done(&self, _ctx: &WorkflowContextView) -> u64 {
+        self.orgs_done
     }
 }
 
