@@ -48,6 +48,6 @@ ENV CREDITFLOW_CONFIG_DIR=/app/config \
     CREDITFLOW_ENV=prod
 
 USER creditflow
-EXPOSE 8080 12111
+EXPOSE 8080 9464 12111
 ENTRYPOINT ["creditflow"]
 CMD ["serve"]
