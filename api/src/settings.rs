@@ -200,15 +200,18 @@ pub struct PaymentMethodBody {
     user: String,
 }
 
-/// `POST /v1/orgs/{org}/payment-method`: records the payment method and who consented to
-/// off-session charges, when; resumes a paused auto-topup.
+/// `POST /v1/orgs/{org}/payment-method` (operator): records a payment method and who consented
+/// to off-session charges, when; resumes a paused auto-topup. Customers save a card through
+/// the setup-mode checkout (`…/payment-method/setup`), where the processor itself vouches for
+/// the payment method; this route is for support staff recording one the customer saved with
+/// the processor by other means, so an org key may not point charges at an arbitrary id.
 pub async fn save_payment_method(
     State(state): State<AppState>,
     caller: Caller,
     Path(org_id): Path<Uuid>,
     Json(body): Json<PaymentMethodBody>,
 ) -> Result<AxumJson<Value>, ApiError> {
-    caller.authorize_org(org_id)?;
+    caller.require_operator()?;
     let ok = |s: &str| !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic());
     if !ok(&body.payment_method_id) || !body.payment_method_id.starts_with("pm_") {
         return Err(ApiError::invalid(

@@ -39,7 +39,7 @@ async fn org_with(
     let org = app.create_org("topups").await;
     assert_eq!(app.adjust(org.id, "100", "seed", "seed").await.status, 201);
     let saved = app
-        .call(Method::POST, &format!("/v1/orgs/{}/payment-method", org.id), Some(&org.key),
+        .call(Method::POST, &format!("/v1/orgs/{}/payment-method", org.id), Some(OPERATOR_KEY),
               Some(&json!({"payment_method_id": pm, "customer_id": "cus_test_1", "user": "ana@acme.test"})), &[])
         .await;
     assert_eq!(saved.status, 200, "{}", saved.text);
@@ -199,7 +199,7 @@ async fn a_hard_decline_stops_at_once_pauses_and_a_new_card_resumes() {
         .call(
             Method::POST,
             &format!("/v1/orgs/{}/payment-method", org.id),
-            Some(&org.key),
+            Some(OPERATOR_KEY),
             Some(&json!({"payment_method_id": "pm_card_visa", "user": "ana@acme.test"})),
             &[],
         )
@@ -515,4 +515,30 @@ async fn a_card_saved_through_a_setup_checkout_is_recorded_with_its_consent() {
         )
         .await;
     assert_eq!(put.status, 200, "{}", put.text);
+}
+
+#[tokio::test]
+async fn an_org_key_cannot_point_charges_at_a_payment_method_of_its_choosing() {
+    let app = TestApp::spawn().await.unwrap();
+    let org = app.create_org("own-card").await;
+
+    let refused = app
+        .call(
+            Method::POST,
+            &format!("/v1/orgs/{}/payment-method", org.id),
+            Some(&org.key),
+            Some(&json!({"payment_method_id": "pm_card_visa", "user": "ana@acme.test"})),
+            &[],
+        )
+        .await;
+
+    refused.assert_problem(403, "operator_only");
+    let settings = app
+        .get(&format!("/v1/orgs/{}/billing-settings", org.id), &org.key)
+        .await;
+    assert!(
+        settings.body["auto_topup"]["payment_method"].is_null(),
+        "{}",
+        settings.text
+    );
 }
