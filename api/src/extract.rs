@@ -70,14 +70,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     }
 }
 
-/// A JSON number as decimal text: integers exactly, others as their shortest round-trip text
-/// (12.5 stays "12.5"), so a value with more digits than a field's scale is refused by that
-/// field's check rather than rounded.
+/// A JSON number as decimal text: integers exactly, others as [`billing::credits::json_float_text`]
+/// gives them, so a value with more digits than a field's scale (or than a float holds exactly)
+/// is refused by that field's check rather than rounded.
 pub fn decimal_text(n: &serde_json::Number) -> String {
     match (n.as_i64(), n.as_u64(), n.as_f64()) {
         (Some(i), _, _) => i.to_string(),
         (_, Some(u), _) => u.to_string(),
-        (_, _, Some(f)) => f.to_string(),
+        (_, _, Some(f)) => billing::credits::json_float_text(f),
         _ => n.to_string(),
     }
 }

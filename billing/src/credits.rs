@@ -218,9 +218,7 @@ impl<'de> Deserialize<'de> for Credits {
                 Credits::new(Decimal::from(v)).map_err(E::custom)
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Credits, E> {
-                // The shortest text that reads back as the same number: `12.5` stays 12.5,
-                // and a value with more digits than the scale is refused, never rounded.
-                v.to_string()
+                json_float_text(v)
                     .parse()
                     .map_err(|e: BillingError| E::custom(e))
             }
@@ -229,9 +227,46 @@ impl<'de> Deserialize<'de> for Credits {
     }
 }
 
+/// The decimal text of a non-integer JSON number, for a money field to check.
+///
+/// A JSON parser hands such numbers over as binary floating point. Up to 15 significant digits
+/// that is exact: the shortest text that reads back as the same float is the text that was
+/// sent (`12.5` stays "12.5"), and the field's own scale check then refuses too many decimals.
+/// Past 15 digits the float may no longer be the number that was sent, so the float's exact
+/// binary value is returned instead: its many decimals are refused by the scale check, never
+/// silently rounded to a neighbouring amount. Amounts that need more digits go as strings.
+pub fn json_float_text(v: f64) -> String {
+    let shortest = v.to_string();
+    let significant = shortest
+        .trim_start_matches('-')
+        .trim_start_matches(['0', '.'])
+        .chars()
+        .filter(char::is_ascii_digit)
+        .count();
+    if significant <= 15 {
+        return shortest;
+    }
+    Decimal::from_f64_retain(v)
+        .map(|d| d.to_string())
+        .unwrap_or(shortest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_floats_keep_their_text_up_to_15_digits_and_are_refused_past_it() {
+        assert_eq!(json_float_text(12.5), "12.5");
+        assert_eq!(json_float_text(0.000001), "0.000001");
+        assert_eq!(json_float_text(123456789.123456), "123456789.123456");
+        // 17 significant digits: the float is not the number sent, so it cannot pass the scale.
+        let exact = json_float_text(12345678901.123456);
+        assert!(exact.parse::<Credits>().is_err(), "{exact}");
+        let c: Credits = serde_json::from_str("12.5").unwrap();
+        assert_eq!(c.to_string(), "12.500000");
+        assert!(serde_json::from_str::<Credits>("12345678901.123456").is_err());
+    }
 
     #[test]
     fn parses_plain_decimals_at_fixed_scale() {

@@ -60,6 +60,13 @@ async fn bad_amounts_and_fields_are_refused_and_nothing_is_written() {
             "too_many_decimals",
         ),
         (
+            // 17 significant digits: as a JSON number it is a float that may not be what was
+            // sent, so it is refused rather than rounded to a neighbouring amount.
+            json!({"amount_credits": 12345678901.123456, "reason": "r"}),
+            422,
+            "too_many_decimals",
+        ),
+        (
             json!({"amount_credits": "1000000000001", "reason": "r"}),
             422,
             "amount_out_of_range",
