@@ -42,6 +42,11 @@ pub struct AppState {
     pub ingestor: Ingestor,
     /// How far ahead a new price version must start (longer than the price refresh interval).
     pub price_publish_lead: chrono::Duration,
+    /// How far after the server's clock a usage event may be stamped: the publish lead less the
+    /// price refresh interval. A version this process does not know yet was published at most
+    /// one refresh interval ago, so it starts at least this far after now; an accepted event
+    /// can therefore never fall under a version published after it was rated.
+    pub usage_future_skew: chrono::Duration,
     pub keys: auth::KeyCache,
     /// The task queue workflows are started on.
     pub task_queue: String,
@@ -55,6 +60,8 @@ pub struct AppState {
 pub struct ApiOptions {
     pub probe_timeout: Duration,
     pub price_refresh_every: Duration,
+    /// How far ahead a new price version must start. It also bounds how far in the future a
+    /// usage event may be stamped (less `price_refresh_every`; see [`AppState::usage_future_skew`]).
     pub price_publish_lead: Duration,
     pub ingest: IngestConfig,
     /// How long an authenticated API key is trusted without asking the database again.
@@ -69,7 +76,7 @@ impl Default for ApiOptions {
         ApiOptions {
             probe_timeout: Duration::from_secs(2),
             price_refresh_every: Duration::from_secs(1),
-            price_publish_lead: Duration::from_secs(5),
+            price_publish_lead: Duration::from_secs(300),
             ingest: IngestConfig::default(),
             key_cache_ttl: Duration::from_secs(2),
             task_queue: "creditflow".into(),
@@ -98,7 +105,13 @@ impl AppState {
             probe_timeout: options.probe_timeout,
             prices,
             price_publish_lead: chrono::Duration::from_std(options.price_publish_lead)
-                .unwrap_or(chrono::Duration::seconds(5)),
+                .unwrap_or(chrono::Duration::seconds(300)),
+            usage_future_skew: chrono::Duration::from_std(
+                options
+                    .price_publish_lead
+                    .saturating_sub(options.price_refresh_every),
+            )
+            .unwrap_or(chrono::Duration::zero()),
             keys: auth::KeyCache::new(options.key_cache_ttl),
             task_queue: options.task_queue,
             stripe_webhook_secret: options.stripe_webhook_secret,

@@ -18,7 +18,7 @@ use billing::{
     pricing::{PriceCatalog, Resource},
     usage::{self, AiTokens, InfraUsage, Rejection, Usage, UsageEvent, limits},
 };
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
 use store::{EventOutcome, RatedEvent, Recorded, UsageJob};
@@ -71,6 +71,10 @@ pub async fn ingest(
     // At most `PARSE_THREADS` batches are parsed at once, so ingestion cannot crowd the two
     // cores with runnable threads.
     let catalog = state.prices.current();
+    // The clock is read with the catalog, not after waiting for a permit: the future bound
+    // below holds for versions this catalog may not know yet only if `now` is no later.
+    let now = Utc::now();
+    let max_ahead = state.usage_future_skew;
     let permit = PARSE_PERMITS
         .acquire()
         .await
@@ -79,9 +83,11 @@ pub async fn ingest(
         mut results,
         slots,
         valid,
-    } = tokio::task::spawn_blocking(move || prepare(&content_type, &body, &catalog, Utc::now()))
-        .await
-        .map_err(|_| ApiError::internal())??;
+    } = tokio::task::spawn_blocking(move || {
+        prepare(&content_type, &body, &catalog, now, max_ahead)
+    })
+    .await
+    .map_err(|_| ApiError::internal())??;
     drop(permit);
 
     let balance = if valid.is_empty() {
@@ -153,6 +159,7 @@ fn prepare(
     body: &[u8],
     catalog: &PriceCatalog,
     now: DateTime<Utc>,
+    max_ahead: Duration,
 ) -> Result<Prepared, ApiError> {
     let events = parse_batch(content_type, body)?;
     let mut p = Prepared {
@@ -161,7 +168,7 @@ fn prepare(
         valid: Vec::new(),
     };
     for raw in &events {
-        match rate(raw, now, catalog) {
+        match rate(raw, now, max_ahead, catalog) {
             Ok(rated) => {
                 p.slots.push(p.results.len());
                 p.results.push(Value::Null);
@@ -375,8 +382,12 @@ const INFRA_FIELDS: &[&str] = &[
     "unit",
 ];
 
-/// Validates one event from its JSON.
-fn parse_event(v: &Value, now: DateTime<Utc>) -> Result<UsageEvent, Rejection> {
+/// Validates one event from its JSON; it may be stamped at most `max_ahead` after `now`.
+fn parse_event(
+    v: &Value,
+    now: DateTime<Utc>,
+    max_ahead: Duration,
+) -> Result<UsageEvent, Rejection> {
     let Value::Object(o) = v else {
         return Err(Rejection::new("invalid_event", "an event is a JSON object"));
     };
@@ -421,7 +432,7 @@ fn parse_event(v: &Value, now: DateTime<Utc>) -> Result<UsageEvent, Rejection> {
         }
         None => return Err(Rejection::new("missing_field", "occurred_at is required")),
     };
-    usage::check_occurred_at(occurred_at, now)?;
+    usage::check_occurred_at(occurred_at, now, max_ahead)?;
     let user = string(o, "user", false)?;
     let labels: BTreeMap<String, String> = match field(o, "labels") {
         None => BTreeMap::new(),
@@ -474,8 +485,13 @@ fn parse_event(v: &Value, now: DateTime<Utc>) -> Result<UsageEvent, Rejection> {
 }
 
 /// Validates and rates one event with the version effective when it occurred.
-fn rate(v: &Value, now: DateTime<Utc>, catalog: &PriceCatalog) -> Result<RatedEvent, Rejection> {
-    let event = parse_event(v, now)?;
+fn rate(
+    v: &Value,
+    now: DateTime<Utc>,
+    max_ahead: Duration,
+    catalog: &PriceCatalog,
+) -> Result<RatedEvent, Rejection> {
+    let event = parse_event(v, now, max_ahead)?;
     let (cost, price_version): (Credits, i64) = catalog
         .rate(event.occurred_at, &event.usage)
         .map_err(|e| Rejection::new(e.code(), e.message()))?;

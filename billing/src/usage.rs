@@ -17,8 +17,6 @@ pub mod limits {
     pub const QUANTITY_SCALE: u32 = 6;
     /// The largest infrastructure quantity in one event.
     pub const QUANTITY_MAX: u64 = 1_000_000_000_000;
-    /// How far ahead of the server's clock `occurred_at` may be (clock skew).
-    pub const FUTURE_SKEW_SECONDS: i64 = 300;
     pub const LABELS_MAX: usize = 32;
     pub const LABEL_KEY_MAX_CHARS: usize = 64;
     pub const LABEL_VALUE_MAX_CHARS: usize = 256;
@@ -133,13 +131,23 @@ pub fn check_event_id(id: &str) -> Result<(), Rejection> {
     }
 }
 
-pub fn check_occurred_at(at: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), Rejection> {
-    if at > now + Duration::seconds(limits::FUTURE_SKEW_SECONDS) {
+/// Refuses an event stamped more than `max_ahead` after the server's clock.
+///
+/// `max_ahead` is not a constant: a price version only has to be published its publish lead
+/// ahead, so an event accepted further in the future than that could be rated with a version
+/// that a later publication supersedes at its `occurred_at`. The API derives `max_ahead` from
+/// the publish lead (less the price refresh interval), so that cannot happen.
+pub fn check_occurred_at(
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    max_ahead: Duration,
+) -> Result<(), Rejection> {
+    if at > now + max_ahead {
         return Err(Rejection::new(
             "occurred_in_future",
             format!(
-                "occurred_at is more than {} s ahead of the server's clock",
-                limits::FUTURE_SKEW_SECONDS
+                "occurred_at is more than {} ms ahead of the server's clock",
+                max_ahead.num_milliseconds()
             ),
         ));
     }
@@ -269,11 +277,19 @@ mod tests {
     }
 
     #[test]
-    fn the_future_is_bounded_by_the_skew() {
+    fn the_future_is_bounded_by_the_allowed_skew() {
         let now: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
-        assert!(check_occurred_at(now + Duration::seconds(300), now).is_ok());
+        let max_ahead = Duration::seconds(299);
+        assert!(check_occurred_at(now + max_ahead, now, max_ahead).is_ok());
+        assert!(check_occurred_at(now - Duration::days(400), now, max_ahead).is_ok());
         assert_eq!(
-            check_occurred_at(now + Duration::seconds(301), now)
+            check_occurred_at(now + Duration::milliseconds(299_001), now, max_ahead)
+                .unwrap_err()
+                .code,
+            "occurred_in_future"
+        );
+        assert_eq!(
+            check_occurred_at(now + Duration::milliseconds(1), now, Duration::zero())
                 .unwrap_err()
                 .code,
             "occurred_in_future"

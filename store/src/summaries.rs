@@ -327,6 +327,30 @@ impl Store {
         )
     }
 
+    /// One page of org ids in id order, after `after` (all from the start without it), at most
+    /// `limit` of them; with the cursor of the next page (this page's last id) when more follow.
+    pub async fn org_ids_page(
+        &self,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<(Vec<Uuid>, Option<Uuid>), StoreError> {
+        // One more than asked tells whether another page follows without a second query.
+        let mut ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM orgs WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit.saturating_add(1))
+        .fetch_all(&self.pool)
+        .await?;
+        let next = if ids.len() as i64 > limit {
+            ids.truncate(limit.max(0) as usize);
+            ids.last().copied()
+        } else {
+            None
+        };
+        Ok((ids, next))
+    }
+
     /// Stored revisions of one org's month, oldest first.
     pub async fn summary_revisions(
         &self,

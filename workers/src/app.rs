@@ -64,6 +64,8 @@ pub async fn app_state(
         checkout_expiry: Duration::from_secs(settings.checkout.expiry_secs),
         ..ApiOptions::default()
     };
+    // Every process must know a version before it applies, and the difference is how far in
+    // the future usage may be stamped (see `AppState::usage_future_skew`).
     anyhow::ensure!(
         options.price_publish_lead > options.price_refresh_every,
         "pricing.publish_lead_ms must be longer than pricing.refresh_ms"

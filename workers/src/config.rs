@@ -74,6 +74,8 @@ pub struct Mail {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Pricing {
     pub refresh_ms: u64,
+    /// How far ahead a new price version must start; usage events may be stamped at most
+    /// `publish_lead_ms - refresh_ms` ahead of the server's clock.
     pub publish_lead_ms: u64,
 }
 

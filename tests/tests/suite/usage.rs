@@ -324,11 +324,19 @@ async fn a_price_version_applies_from_its_effective_time_and_never_reprices() {
     assert_eq!(published.status, 201, "{}", published.text);
     let version = published.body["version"].as_i64().unwrap();
 
-    // An event after the new version's start (allowed: within the future skew) uses it; one
-    // before it still uses version 1; the event recorded before publication is unchanged.
+    // An event after the new version's start uses it; one before it still uses version 1; the
+    // event recorded before publication is unchanged. Events may be stamped only less than the
+    // publish lead ahead, so the one after the start is sent once that time has passed.
     let at = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
+    let after_at = effective + chrono::Duration::milliseconds(500);
+    tests::eventually(
+        "the new version's start to pass",
+        std::time::Duration::from_secs(30),
+        move || async move { (Utc::now() > after_at).then_some(()) },
+    )
+    .await;
     let mut after = ai("after", 1_000_000, 0, 0);
-    after["occurred_at"] = json!(at(effective + chrono::Duration::seconds(1)));
+    after["occurred_at"] = json!(at(after_at));
     let mut just_before = ai("just-before", 1_000_000, 0, 0);
     just_before["occurred_at"] = json!(at(effective - chrono::Duration::milliseconds(1)));
     let a = send(&app, &org, json!([after, just_before])).await;
@@ -356,6 +364,65 @@ async fn a_price_version_applies_from_its_effective_time_and_never_reprices() {
         .get(&format!("/v1/prices?at={at_param}"), &org.key)
         .await;
     assert_eq!(shown.body["version"], version);
+}
+
+#[tokio::test]
+async fn an_event_cannot_be_stamped_later_than_a_price_version_could_be_published() {
+    // The test API makes versions start at least 1 s ahead and reloads prices every 200 ms, so
+    // usage may be stamped at most 800 ms ahead: never at or after a version not yet published.
+    let app = TestApp::spawn().await.unwrap();
+    let org = app.create_org("future").await;
+    let at = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
+    let sent_at = Utc::now();
+    let near_at = sent_at + chrono::Duration::milliseconds(300);
+    let mut near = ai("near", 1_000_000, 0, 0);
+    near["occurred_at"] = json!(at(near_at));
+    // Beyond the 1 s lead, with room for a slow request on a loaded machine.
+    let mut beyond_lead = ai("beyond-lead", 1_000_000, 0, 0);
+    beyond_lead["occurred_at"] = json!(at(sent_at + chrono::Duration::seconds(3)));
+    // Once allowed (300 s of clock skew), and priced wrongly by a version published 10 s ahead.
+    let mut far = ai("far", 1_000_000, 0, 0);
+    far["occurred_at"] = json!(at(sent_at + chrono::Duration::seconds(200)));
+    let book = app.get("/v1/prices", &org.key).await.body;
+
+    let a = send(&app, &org, json!([near, beyond_lead, far])).await;
+    // The earliest version that can be published now.
+    let published = app
+        .call(
+            Method::POST,
+            "/v1/prices",
+            Some(OPERATOR_KEY),
+            Some(&json!({
+                "note": "as soon as allowed",
+                "ai_models": book["ai_models"],
+                "infra": book["infra"].as_array().unwrap().iter()
+                    .map(|i| json!({"resource": i["resource"], "price_credits": i["price_credits"]}))
+                    .collect::<Vec<_>>(),
+            })),
+            &[],
+        )
+        .await;
+
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["results"][0]["status"], "accepted", "{}", a.text);
+    assert_eq!(a.body["results"][0]["price_version"], 1);
+    for i in [1usize, 2] {
+        let r = &a.body["results"][i];
+        assert_eq!(r["status"], "rejected", "{r}");
+        assert_eq!(r["code"], "occurred_in_future", "{r}");
+        assert!(r["message"].as_str().unwrap().contains("800 ms"), "{r}");
+    }
+    assert_eq!(count(&app, "SELECT count(*) FROM usage_events").await, 1);
+    assert_eq!(published.status, 201, "{}", published.text);
+    let effective: chrono::DateTime<Utc> = published.body["effective_from"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        effective > near_at,
+        "the accepted event ({near_at}) falls before any version published after it ({effective})"
+    );
 }
 
 #[tokio::test]
