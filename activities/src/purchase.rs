@@ -5,7 +5,7 @@ use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use uuid::Uuid;
-use workflows::purchase::{CheckoutSession, ExpireOutcome, GrantResult, MarkPaid};
+use workflows::purchase::{CheckoutSession, ExpireOutcome, GrantResult, MarkFailed, MarkPaid};
 
 use crate::{
     mail::Mailer,
@@ -128,6 +128,18 @@ impl PurchaseActivitiesImpl {
             .mark_purchase_paid(purchase_id(&m.purchase_id)?, &m.payment_intent_id)
             .await
             .map_err(store_error)
+    }
+
+    #[activity(definition = workflows::purchase::markers::MarkFailed)]
+    pub async fn mark_failed(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        m: MarkFailed,
+    ) -> Result<(), ActivityError> {
+        let id = purchase_id(&m.purchase_id)?;
+        // The purchases table keeps no reason; the log does, for whoever looks into it.
+        tracing::warn!(purchase = %id, reason = %m.reason, "purchase failed");
+        self.store.fail_purchase(id).await.map_err(store_error)
     }
 
     #[activity(definition = workflows::purchase::markers::GrantCredits)]

@@ -1,6 +1,9 @@
 use std::sync::Arc;
 
-use billing::{Credits, Currency, Money, topup::DeclineClass};
+use billing::{
+    Credits, Currency, Money,
+    topup::{AttemptOutcome, DeclineClass},
+};
 use store::{Store, TopupStart};
 use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::activities;
@@ -95,7 +98,7 @@ impl TopupActivitiesImpl {
                     .record_topup_attempt(
                         topup_id,
                         attempt,
-                        "succeeded",
+                        AttemptOutcome::Succeeded.as_str(),
                         None,
                         None,
                         Some(&payment_intent_id),
@@ -110,16 +113,11 @@ impl TopupActivitiesImpl {
                 class,
                 payment_intent_id,
             }) => {
-                let outcome = if class == DeclineClass::Soft {
-                    "soft_decline"
-                } else {
-                    "hard_decline"
-                };
                 self.store
                     .record_topup_attempt(
                         topup_id,
                         attempt,
-                        outcome,
+                        AttemptOutcome::declined(class).as_str(),
                         code.as_deref(),
                         decline_code.as_deref(),
                         payment_intent_id.as_deref(),
@@ -138,7 +136,7 @@ impl TopupActivitiesImpl {
                     .record_topup_attempt(
                         topup_id,
                         attempt,
-                        "hard_decline",
+                        AttemptOutcome::HardDecline.as_str(),
                         Some("invalid_request"),
                         None,
                         None,
@@ -147,6 +145,9 @@ impl TopupActivitiesImpl {
                     .map_err(retryable)?;
                 ChargeOutcome::HardDecline { code: m }
             }
+            // No answer from the processor: the charge may have gone through. Temporal retries
+            // this same attempt, with the same idempotency key, until the processor answers,
+            // so an unanswered charge is never taken for a failed one (nor made twice).
             Err(e @ PaymentError::Unavailable(_)) => return Err(retryable(e)),
         })
     }

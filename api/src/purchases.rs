@@ -280,14 +280,19 @@ pub async fn create_purchase(
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "workflow_unavailable", "the purchase could not be started; try again")
         })?;
     }
-    // The session is created by the workflow's first activity: wait for its URL, bounded.
+    // The session is created by the workflow's first activity: wait for its URL, bounded. A
+    // purchase that ended without one (`failed`: the processor refused the session) is final,
+    // so it is answered at once, with that state.
     let start = Instant::now();
     let mut current = purchase;
-    while current.checkout_url.is_none() && start.elapsed() < CHECKOUT_URL_WAIT {
+    while current.checkout_url.is_none()
+        && current.state == "awaiting_payment"
+        && start.elapsed() < CHECKOUT_URL_WAIT
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
         current = state.store.purchase(current.id).await?;
     }
-    let status = if current.checkout_url.is_some() {
+    let status = if current.checkout_url.is_some() || current.state != "awaiting_payment" {
         StatusCode::CREATED
     } else {
         StatusCode::ACCEPTED

@@ -1,4 +1,5 @@
-//! Auto-topup rules: which card declines are worth retrying, and the monthly cap.
+//! Auto-topup rules: which card declines are worth retrying, the typed outcome of each charge
+//! attempt, and the monthly cap.
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +38,32 @@ pub fn decline_class(code: Option<&str>, decline_code: Option<&str>) -> DeclineC
     }
 }
 
+/// The typed outcome of one charge attempt, as recorded (`topup_attempts.outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Succeeded,
+    SoftDecline,
+    HardDecline,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::SoftDecline => "soft_decline",
+            AttemptOutcome::HardDecline => "hard_decline",
+        }
+    }
+
+    pub fn declined(class: DeclineClass) -> AttemptOutcome {
+        match class {
+            DeclineClass::Soft => AttemptOutcome::SoftDecline,
+            DeclineClass::Hard => AttemptOutcome::HardDecline,
+        }
+    }
+}
+
 /// Whether charging `amount_minor` keeps the month's auto-topup charges within `cap_minor`.
 pub fn within_cap(charged_this_month_minor: i64, amount_minor: i64, cap_minor: i64) -> bool {
     charged_this_month_minor
@@ -69,6 +96,31 @@ mod tests {
         assert_eq!(
             decline_class(Some("authentication_required"), None),
             DeclineClass::Hard
+        );
+    }
+
+    #[test]
+    fn attempt_outcomes_are_recorded_under_stable_names() {
+        let names: Vec<&str> = [
+            AttemptOutcome::Succeeded,
+            AttemptOutcome::SoftDecline,
+            AttemptOutcome::HardDecline,
+        ]
+        .into_iter()
+        .map(AttemptOutcome::as_str)
+        .collect();
+        assert_eq!(names, ["succeeded", "soft_decline", "hard_decline"]);
+        assert_eq!(
+            AttemptOutcome::declined(DeclineClass::Soft),
+            AttemptOutcome::SoftDecline
+        );
+        assert_eq!(
+            AttemptOutcome::declined(DeclineClass::Hard),
+            AttemptOutcome::HardDecline
+        );
+        assert_eq!(
+            serde_json::to_value(AttemptOutcome::SoftDecline).unwrap(),
+            "soft_decline"
         );
     }
 

@@ -2,10 +2,11 @@
 
 use billing::{Account, Credits, Posting, SystemAccount, TransferKind, packages::Package};
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{NewTransfer, OutboxRow, Store, StoreError};
+use crate::{NewTransfer, OutboxRow, Store, StoreError, THRESHOLD_CROSSED};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BillingSettings {
@@ -142,7 +143,15 @@ impl Store {
     }
 
     /// Records the payment method saved for off-session charges, with who consented and when;
-    /// a new payment method resumes a paused auto-topup.
+    /// a new payment method resumes a paused auto-topup. When auto-topup is on and the balance
+    /// is below its threshold, an auto-topup outbox row is written in the same transaction: no
+    /// debit will cross the threshold while the balance stays below it, so without the row
+    /// nothing would top up.
+    ///
+    /// That row names no ledger crossing, so its `crossing_seq` is negative: one below the
+    /// org's lowest so far, never the seq of a crossing whose topup already ran (which would
+    /// be skipped as handled). Saving again before it is dispatched writes the same seq, which
+    /// makes one topup.
     pub async fn save_payment_method(
         &self,
         org_id: Uuid,
@@ -150,6 +159,15 @@ impl Store {
         payment_method: &str,
         consented_by: &str,
     ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The org's account row, locked as bookings and `begin_topup` lock it: the balance read
+        // here holds until the commit, and two saves for one org take turns.
+        let balance = sqlx::query_scalar::<_, Decimal>(
+            "SELECT credits_posted - debits_posted FROM accounts WHERE org_id = $1 FOR UPDATE",
+        )
+        .bind(org_id)
+        .fetch_optional(&mut *tx)
+        .await?;
         sqlx::query!(
             "INSERT INTO org_billing_settings (org_id, stripe_customer_id, payment_method_id,
                  payment_method_consent_at, payment_method_consent_by)
@@ -162,8 +180,44 @@ impl Store {
             payment_method,
             consented_by
         )
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        // The auto-topup threshold, only while auto-topup is on.
+        let threshold = sqlx::query_as::<_, (i64, Decimal)>(
+            "SELECT t.id, t.threshold FROM org_thresholds t
+               JOIN org_billing_settings s ON s.org_id = t.org_id
+              WHERE t.org_id = $1 AND t.purpose = 'auto_topup' AND s.topup_enabled
+              ORDER BY t.threshold DESC LIMIT 1",
+        )
+        .bind(org_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let (Some(balance), Some((threshold_id, threshold))) = (balance, threshold)
+            && balance < threshold
+        {
+            let crossing_seq = sqlx::query_scalar::<_, i64>(
+                "SELECT COALESCE(min(crossing_seq), 0) - 1 FROM topups
+                  WHERE org_id = $1 AND crossing_seq < 0",
+            )
+            .bind(org_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let payload = serde_json::json!({
+                "threshold_id": threshold_id,
+                "purpose": "auto_topup",
+                "threshold": Credits::from_stored(threshold),
+                "balance": Credits::from_stored(balance),
+                "crossing_seq": crossing_seq,
+                "cause": "payment_method_saved",
+            });
+            sqlx::query("INSERT INTO outbox (org_id, topic, payload) VALUES ($1, $2, $3)")
+                .bind(org_id)
+                .bind(THRESHOLD_CROSSED)
+                .bind(payload)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -186,6 +240,20 @@ impl Store {
         )
         .fetch_one(&mut *tx)
         .await?;
+        // Read under that lock: a topup starts only while the balance is below the threshold,
+        // so a crossing dispatched after the balance recovered (or two rows announcing one dip)
+        // charges nothing more.
+        let below_threshold = sqlx::query_scalar::<_, bool>(
+            "SELECT a.credits_posted - a.debits_posted < t.threshold
+               FROM accounts a
+               JOIN org_thresholds t ON t.org_id = a.org_id AND t.purpose = 'auto_topup'
+              WHERE a.org_id = $1
+              ORDER BY t.threshold DESC LIMIT 1",
+        )
+        .bind(org_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or(false);
         let existing = sqlx::query!(
             "SELECT id, state, detail FROM topups WHERE org_id = $1 AND crossing_seq = $2",
             org_id,
@@ -204,6 +272,9 @@ impl Store {
             Some("no saved payment method")
         } else if package.is_none() {
             Some("no package chosen")
+        } else if existing.is_none() && !below_threshold {
+            // A retried decision for a running topup (`existing`) charges as it first decided.
+            Some("the balance is not below the auto-topup threshold")
         } else {
             None
         };

@@ -1,11 +1,12 @@
 //! Purchase checkout (`purchase-{purchase_id}`): create the Checkout Session, wait for the
 //! payment signal (from the webhook) or the session's expiry, grant the credits and bonus
-//! exactly once, then send the receipt.
+//! exactly once, then send the receipt. A step that cannot succeed (its activity failed for
+//! good, e.g. the processor refused to create the session) ends the purchase as `failed`.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use temporalio_common::ActivityError;
+use temporalio_common::{ActivityError, error::ActivityExecutionError};
 use temporalio_macros::{activity_definitions, workflow, workflow_methods};
 use temporalio_sdk::{
     ActivityOptions, SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
@@ -53,6 +54,14 @@ pub struct MarkPaid {
     pub payment_intent_id: String,
 }
 
+/// Ends a purchase that cannot go on as `failed`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MarkFailed {
+    pub purchase_id: String,
+    /// Which step failed and why (for the log; the purchase keeps only its state).
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GrantResult {
     pub balance_credits: String,
@@ -91,6 +100,13 @@ impl PurchaseActivities {
     pub fn send_receipt(_purchase_id: String) -> Result<(), ActivityError> {
         unimplemented!()
     }
+
+    /// Moves an unfinished purchase (awaiting payment, or paid but not credited) to `failed`;
+    /// idempotent.
+    #[activity(name = "purchase.mark_failed")]
+    pub fn mark_failed(_input: MarkFailed) -> Result<(), ActivityError> {
+        unimplemented!()
+    }
 }
 
 /// See [`PurchaseActivities`]; re-exported for the `activities` crate.
@@ -109,6 +125,28 @@ fn step() -> ActivityOptions {
     ActivityOptions::start_to_close_timeout(Duration::from_secs(30))
 }
 
+/// Ends the purchase after `what` failed. An activity that *failed* has no retries left (its
+/// error was non-retryable, or its retry policy gave up), so the purchase cannot go on: it is
+/// marked `failed` and the workflow completes with that. A cancellation is passed on as is.
+async fn end_failed(
+    ctx: &WorkflowContext<PurchaseWorkflow>,
+    purchase_id: &str,
+    what: &str,
+    error: ActivityExecutionError,
+) -> WorkflowResult<String> {
+    if !matches!(error, ActivityExecutionError::Failed(_)) {
+        return Err(error.into());
+    }
+    let mark = MarkFailed {
+        purchase_id: purchase_id.to_string(),
+        reason: format!("{what}: {error}"),
+    };
+    ctx.execute_activity(PurchaseActivities::mark_failed, mark, step())
+        .await?;
+    ctx.state_mut(|s| s.state = "failed".into());
+    Ok("failed".into())
+}
+
 #[workflow_methods]
 impl PurchaseWorkflow {
     #[run(name = "purchase_checkout")]
@@ -118,12 +156,16 @@ impl PurchaseWorkflow {
     ) -> WorkflowResult<String> {
         ctx.state_mut(|s| s.state = "awaiting_payment".into());
         let id = input.purchase_id.clone();
-        ctx.execute_activity(
-            PurchaseActivities::create_checkout_session,
-            id.clone(),
-            step(),
-        )
-        .await?;
+        if let Err(e) = ctx
+            .execute_activity(
+                PurchaseActivities::create_checkout_session,
+                id.clone(),
+                step(),
+            )
+            .await
+        {
+            return end_failed(ctx, &id, "creating the checkout session", e).await;
+        }
 
         // A payment signal that arrived before this point is already in the state.
         let paid = temporalio_sdk::workflows::select! {
@@ -140,13 +182,16 @@ impl PurchaseWorkflow {
                     id.clone(),
                     step(),
                 )
-                .await?
+                .await
             {
-                ExpireOutcome::Expired => {
+                Ok(ExpireOutcome::Expired) => {
                     ctx.state_mut(|s| s.state = "expired".into());
                     return Ok("expired".into());
                 }
-                ExpireOutcome::AlreadyPaid { payment_intent_id } => payment_intent_id,
+                Ok(ExpireOutcome::AlreadyPaid { payment_intent_id }) => payment_intent_id,
+                Err(e) => {
+                    return end_failed(ctx, &id, "expiring the checkout session", e).await;
+                }
             }
         };
 
@@ -154,11 +199,20 @@ impl PurchaseWorkflow {
             purchase_id: id.clone(),
             payment_intent_id,
         };
-        ctx.execute_activity(PurchaseActivities::mark_paid, mark, step())
-            .await?;
+        if let Err(e) = ctx
+            .execute_activity(PurchaseActivities::mark_paid, mark, step())
+            .await
+        {
+            return end_failed(ctx, &id, "recording the payment", e).await;
+        }
         ctx.state_mut(|s| s.state = "paid".into());
-        ctx.execute_activity(PurchaseActivities::grant_credits, id.clone(), step())
-            .await?;
+        if let Err(e) = ctx
+            .execute_activity(PurchaseActivities::grant_credits, id.clone(), step())
+            .await
+        {
+            // Paid but not credited: `failed` tells an operator to refund or grant by hand.
+            return end_failed(ctx, &id, "granting the credits", e).await;
+        }
         ctx.state_mut(|s| s.state = "credited".into());
         ctx.execute_activity(PurchaseActivities::send_receipt, id, step())
             .await?;

@@ -405,6 +405,11 @@ async fn an_unpaid_session_expires_without_credits() {
         .await
         .unwrap();
     assert_eq!(session["status"], "expired");
+    app.keep_history(
+        "purchase_checkout_expired",
+        &workflows::purchase::workflow_id(&id),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -637,4 +642,62 @@ async fn the_same_purchase_request_twice_makes_one_checkout() {
         .await
         .unwrap();
     assert_eq!(purchases, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_the_processor_refuses_ends_failed_at_once_without_credits() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = app.create_org("refused").await;
+    // The processor refuses a payment below the currency's minimum charge (50 cents in USD).
+    let tiny = json!({"name": "Tiny", "price_minor": 10, "currency": "usd", "base_credits": "10"});
+    let created = app
+        .call(
+            Method::POST,
+            "/v1/packages",
+            Some(OPERATOR_KEY),
+            Some(&tiny),
+            &[],
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let package = created.body["id"].as_str().unwrap().to_string();
+    let transfers_before = transfer_count(&app).await;
+
+    let started = std::time::Instant::now();
+    let bought = buy(&app, &org, &package).await;
+
+    assert_eq!(bought.status, 201, "{}", bought.text);
+    assert_eq!(bought.body["state"], "failed", "{}", bought.text);
+    assert!(bought.body["checkout_url"].is_null(), "{}", bought.text);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the answer took {:?}",
+        started.elapsed()
+    );
+    let id = bought.body["id"].as_str().unwrap().to_string();
+    let handle = app
+        .temporal
+        .get_workflow_handle::<workflows::purchase::PurchaseWorkflow>(format!("purchase-{id}"));
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        handle.get_result(Default::default()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(result, "failed");
+    let state: String = handle
+        .query(
+            workflows::purchase::PurchaseWorkflow::current_state,
+            (),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(state, "failed");
+    assert_eq!(state_of(&app, &org, &id).await["state"], "failed");
+    assert_eq!(app.balance(&org).await, "0.000000");
+    assert_eq!(transfer_count(&app).await, transfers_before);
+    assert!(app.smtp.received().is_empty());
 }

@@ -132,6 +132,16 @@ async fn fifty_clients_driving_below_the_threshold_charge_grant_and_alert_once()
         .await;
     assert_eq!(alerts.body["data"].as_array().unwrap().len(), 1);
     app.assert_invariants().await;
+    let (threshold_id, crossing_seq): (i64, i64) = sqlx::query_as(
+        "SELECT (payload->>'threshold_id')::bigint, (payload->>'crossing_seq')::bigint
+           FROM outbox WHERE payload->>'purpose' = 'alert'",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    let alert =
+        workflows::topup::alert_workflow_id(&org.id.to_string(), threshold_id, crossing_seq);
+    app.keep_history("low_balance_alert", &alert).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,6 +170,11 @@ async fn two_soft_declines_then_success_grant_once_after_three_attempts() {
     assert_eq!(topup["attempts"][0]["decline_code"], "insufficient_funds");
     assert_eq!(succeeded_charges(&app).await, 1);
     assert_eq!(app.balance(&org).await, "1040.000000");
+    app.keep_history(
+        "auto_topup",
+        &workflows::topup::topup_workflow_id(&org.id.to_string()),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +209,21 @@ async fn a_hard_decline_stops_at_once_pauses_and_a_new_card_resumes() {
             .contains("expired_card")
     );
 
-    // A new card resumes it: the next dip is topped up.
+    // The failed topup's workflow has ended (a card saved while it still runs would join it).
+    let ended = tokio::time::timeout(
+        Duration::from_secs(30),
+        app.temporal
+            .get_workflow_handle::<workflows::topup::AutoTopupWorkflow>(
+                workflows::topup::topup_workflow_id(&org.id.to_string()),
+            )
+            .get_result(Default::default()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(ended, "failed");
+
+    // A new card resumes it: the balance is still below the threshold, so it is topped up now.
     let saved = app
         .call(
             Method::POST,
@@ -209,17 +238,45 @@ async fn a_hard_decline_stops_at_once_pauses_and_a_new_card_resumes() {
         saved.body["auto_topup"]["payment_method"]["consented_by"],
         "ana@acme.test"
     );
-    app.adjust(org.id, "30", "back above", "up").await;
-    spend(&app, &org, "dip-2", 30).await;
-    eventually("a successful topup", Duration::from_secs(30), || async {
+    let resumed = eventually("a successful topup", Duration::from_secs(30), || async {
         topups(&app, &org)
             .await
             .into_iter()
             .find(|t| t["state"] == "succeeded")
     })
     .await;
+    eventually("the outbox dispatched", Duration::from_secs(10), || async {
+        (app.store.outbox_backlog().await.unwrap().rows == 0).then_some(())
+    })
+    .await;
+
+    assert_eq!(
+        resumed["attempts"].as_array().unwrap().len(),
+        1,
+        "{resumed}"
+    );
+    assert_eq!(resumed["attempts"][0]["outcome"], "succeeded");
+    assert_eq!(topups(&app, &org).await.len(), 2);
     assert_eq!(mails_with(&app, "Auto-topup failed"), 1);
     assert_eq!(succeeded_charges(&app).await, 1);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM transfers WHERE kind = 'topup'").await,
+        1
+    );
+    assert_eq!(app.balance(&org).await, "1040.000000");
+    // Saving a card again once the balance is back above the threshold starts nothing.
+    let again = app
+        .call(
+            Method::POST,
+            &format!("/v1/orgs/{}/payment-method", org.id),
+            Some(OPERATOR_KEY),
+            Some(&json!({"payment_method_id": "pm_card_visa", "user": "ana@acme.test"})),
+            &[],
+        )
+        .await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(app.store.outbox_backlog().await.unwrap().rows, 0);
+    app.assert_invariants().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -500,6 +557,11 @@ async fn a_card_saved_through_a_setup_checkout_is_recorded_with_its_consent() {
     .await;
 
     let pm = &saved["auto_topup"]["payment_method"];
+    app.keep_history(
+        "payment_method_setup",
+        &workflows::payment_method::workflow_id(setup.body["setup_id"].as_str().unwrap()),
+    )
+    .await;
     assert_eq!(pm["id"], "pm_card_visa");
     assert_eq!(pm["consented_by"], "ana@acme.test");
     assert!(pm["customer"].as_str().unwrap().starts_with("cus_"));

@@ -125,6 +125,15 @@ fn card_outcome(pm: &str) -> Option<(&'static str, &'static str)> {
     }
 }
 
+/// Stripe's minimum charge per currency, in minor units (USD and EUR 50, GBP 30, JPY 50).
+fn minimum_charge(currency: &str) -> Option<i64> {
+    match currency {
+        "usd" | "eur" | "jpy" => Some(50),
+        "gbp" => Some(30),
+        _ => None,
+    }
+}
+
 type Params = HashMap<String, String>;
 
 /// A PaymentIntent to record.
@@ -325,6 +334,22 @@ impl Emulator {
             .get("line_items[0][price_data][currency]")
             .or(p.get("currency"))
             .cloned();
+        // Like Stripe, a payment below the currency's minimum charge is refused.
+        if mode == "payment"
+            && let Some(minimum) = currency.as_deref().and_then(minimum_charge)
+            && amount < minimum
+        {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("amount_too_small"),
+                &format!(
+                    "The Checkout Session's total amount due must add up to at least {minimum} (in the smallest unit of {})",
+                    currency.as_deref().unwrap_or_default()
+                ),
+                json!({"param": "line_items"}),
+            );
+        }
         let id = self.next_id(data, "cs");
         let public = self.config.lock().expect("config").public_url.clone();
         let s = json!({
