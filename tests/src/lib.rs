@@ -516,6 +516,32 @@ impl TestApp {
             .count()
     }
 
+    /// With `CREDITFLOW_RECORD_HISTORIES` set, saves the finished workflow's history as
+    /// `tests/histories/{name}.json` for the replay test (run once after an intended workflow
+    /// change, then commit the files); otherwise does nothing.
+    pub async fn keep_history(&self, name: &str, workflow_id: &str) {
+        if std::env::var_os("CREDITFLOW_RECORD_HISTORIES").is_none() {
+            return;
+        }
+        let handle = self
+            .temporal
+            .get_workflow_handle::<temporalio_client::UntypedWorkflow>(workflow_id.to_string());
+        // The whole history: wait (bounded) until the workflow has closed.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(60),
+            handle.get_result(Default::default()),
+        )
+        .await
+        .expect("the workflow closed");
+        let json = handle
+            .fetch_history(temporalio_client::WorkflowFetchHistoryOptions::default())
+            .to_json()
+            .await
+            .expect("the workflow's history");
+        std::fs::write(histories_dir().join(format!("{name}.json")), json)
+            .expect("writing the history");
+    }
+
     /// Asserts the ledger invariants over this test's whole database.
     pub async fn assert_invariants(&self) {
         let violations = self.store.check_invariants().await.unwrap();
@@ -554,6 +580,11 @@ async fn answer(res: reqwest::Response) -> Answer {
         body,
         text,
     }
+}
+
+/// Where recorded workflow histories are kept (see [`TestApp::keep_history`]).
+pub fn histories_dir() -> PathBuf {
+    workspace_root().join("tests/histories")
 }
 
 /// The seeded Growth package (5,000 credits + 250 bonus).

@@ -106,6 +106,9 @@ async fn a_refund_that_would_overdraw_is_refused_and_a_partial_one_reverses_in_p
         .await;
     assert_eq!(b.body["totals"]["refunded_credits"], "24.000000");
     app.assert_invariants().await;
+    let refund_id = partial.body["id"].as_str().unwrap();
+    app.keep_history("refund", &workflows::refund::workflow_id(refund_id))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

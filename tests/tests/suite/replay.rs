@@ -1,37 +1,37 @@
-//! Recorded histories of the shipped workflows, replayed against the current code: a change
-//! that breaks determinism fails here, before it can break a running workflow.
+//! Recorded histories of the shipped workflows (`tests/histories/*.json`), replayed against
+//! the current code: a change that breaks determinism fails here, before it can break a running
+//! workflow.
 //!
-//! `CREDITFLOW_RECORD_HISTORIES=1` re-records them (run once after an intended change, then
-//! commit `tests/histories/`).
+//! The histories come from the end-to-end tests themselves: run them once with
+//! `CREDITFLOW_RECORD_HISTORIES=1` after an intended workflow change (each test that finishes a
+//! workflow calls `TestApp::keep_history`), then commit `tests/histories/`.
 
 use std::time::Duration;
 
-use reqwest::Method;
-use serde_json::json;
-use temporalio_client::{WorkflowFetchHistoryOptions, WorkflowHistory};
+use temporalio_client::WorkflowHistory;
 use temporalio_sdk::workflow_replayer::{WorkflowReplayer, WorkflowReplayerOptions};
-use tests::{TestApp, eventually, worker::TestWorker};
+use tests::{GROWTH, TestApp, eventually, worker::TestWorker};
 use workflows::purchase::PurchaseWorkflow;
 
-fn history_path() -> std::path::PathBuf {
-    tests::workspace_root().join("tests/histories/purchase_checkout.json")
-}
-
-/// Runs a whole purchase (pay, grant, receipt) and saves its history.
-async fn record() {
+/// The paid path of a purchase (pay, grant, receipt). The other workflows' histories are kept by
+/// the tests that run them to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_purchase_keeps_its_history() {
     let app = TestApp::spawn().await.unwrap();
     let _worker = TestWorker::start(&app).unwrap();
     let org = app.create_org("replay").await;
-    let bought = app
-        .call(Method::POST, "/v1/purchases", Some(&org.key),
-              Some(&json!({"package_id": "01970000-0000-7000-8000-000000000002", "user": "ana@acme.test"})), &[])
-        .await;
+    let bought = app.buy(&org, GROWTH).await;
     let id = bought.body["id"].as_str().unwrap().to_string();
-    let url = bought.body["checkout_url"].as_str().unwrap();
-    app.pay_checkout(url, "pm_card_visa").await;
+
+    app.pay_checkout(
+        bought.body["checkout_url"].as_str().unwrap(),
+        "pm_card_visa",
+    )
+    .await;
+    let workflow_id = workflows::purchase::workflow_id(&id);
     let handle = app
         .temporal
-        .get_workflow_handle::<PurchaseWorkflow>(format!("purchase-{id}"));
+        .get_workflow_handle::<PurchaseWorkflow>(workflow_id.clone());
     tokio::time::timeout(
         Duration::from_secs(30),
         handle.get_result(Default::default()),
@@ -43,28 +43,61 @@ async fn record() {
         (!app.smtp.received().is_empty()).then_some(())
     })
     .await;
-    let json = handle
-        .fetch_history(WorkflowFetchHistoryOptions::default())
-        .to_json()
-        .await
-        .unwrap();
-    std::fs::write(history_path(), json).unwrap();
+
+    app.keep_history("purchase_checkout", &workflow_id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_recorded_purchase_history_replays_against_the_current_code() {
-    if std::env::var_os("CREDITFLOW_RECORD_HISTORIES").is_some() {
-        record().await;
+async fn every_recorded_history_replays_against_the_current_code() {
+    let mut files: Vec<_> = std::fs::read_dir(tests::histories_dir())
+        .expect("tests/histories")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for shipped in [
+        "purchase_checkout",
+        "purchase_checkout_expired",
+        "auto_topup",
+        "low_balance_alert",
+        "payment_method_setup",
+        "refund",
+        "monthly_summaries",
+    ] {
+        assert!(
+            names.iter().any(|n| n == shipped),
+            "no recorded history for {shipped}: run the suite with CREDITFLOW_RECORD_HISTORIES=1"
+        );
     }
-    let bytes = std::fs::read(history_path())
-        .expect("a recorded history: run with CREDITFLOW_RECORD_HISTORIES=1");
-    let history = WorkflowHistory::from_json(&bytes).unwrap();
-    let mut options = WorkflowReplayerOptions::new().build();
-    options.register_workflow::<PurchaseWorkflow>().unwrap();
-    let replayer = WorkflowReplayer::new(options).unwrap();
 
-    replayer
-        .replay_workflow(history)
-        .await
-        .expect("the purchase workflow is still deterministic");
+    for file in &files {
+        let history = WorkflowHistory::from_json(&std::fs::read(file).unwrap()).unwrap();
+        let mut options = WorkflowReplayerOptions::new().build();
+        options.register_workflow::<PurchaseWorkflow>().unwrap();
+        options
+            .register_workflow::<workflows::topup::AutoTopupWorkflow>()
+            .unwrap();
+        options
+            .register_workflow::<workflows::topup::LowBalanceAlertWorkflow>()
+            .unwrap();
+        options
+            .register_workflow::<workflows::payment_method::PaymentMethodSetupWorkflow>()
+            .unwrap();
+        options
+            .register_workflow::<workflows::refund::RefundWorkflow>()
+            .unwrap();
+        options
+            .register_workflow::<workflows::summary::MonthlySummaryWorkflow>()
+            .unwrap();
+        let replayer = WorkflowReplayer::new(options).unwrap();
+
+        replayer
+            .replay_workflow(history)
+            .await
+            .unwrap_or_else(|e| panic!("{} no longer replays: {e}", file.display()));
+    }
 }

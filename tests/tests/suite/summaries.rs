@@ -211,6 +211,13 @@ async fn pages_and_continue_as_new_cover_every_org_once() {
         assert_eq!(s["revision"], 1);
         assert_eq!(d(&s["used_credits"]), Decimal::from(i as i64 + 1));
     }
+    // The last run of the generation (after two continue-as-new).
+    let id = format!(
+        "{}-{}",
+        app.task_queue,
+        workflows::summary::workflow_id("2024-07")
+    );
+    app.keep_history("monthly_summaries", &id).await;
 }
 
 #[tokio::test]
@@ -309,6 +316,83 @@ async fn summaries_are_filtered_by_org_year_and_month_and_exported_as_csv() {
     app.get(&format!("/v1/orgs/{}/summaries/2025-13", a.id), &a.key)
         .await
         .assert_problem(400, "invalid_month");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_page_through_every_orgs_summary_of_a_month() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let mut orgs = Vec::new();
+    for i in 0..5u64 {
+        let org = app.create_org(&format!("paged-{i}")).await;
+        send(
+            &app,
+            &org,
+            vec![event(
+                &format!("e{i}"),
+                "2024-05-10T10:00:00Z",
+                4000 * (i + 1),
+            )],
+        )
+        .await;
+        orgs.push(org);
+    }
+    let generated = run_month(&app, "2024-05", 500, 40).await;
+
+    let mut pages: Vec<Value> = Vec::new();
+    let mut cursor: Option<String> = None;
+    // Bounded: five orgs at two a page end on the third page; a cursor that never ends fails.
+    for _ in 0..10 {
+        let path = match &cursor {
+            None => "/v1/summaries?year=2024&month=5&limit=2".to_string(),
+            Some(c) => format!("/v1/summaries?year=2024&month=5&limit=2&cursor={c}"),
+        };
+        let page = app.get(&path, OPERATOR_KEY).await;
+        assert_eq!(page.status, 200, "{}", page.text);
+        cursor = page.body["next_cursor"].as_str().map(str::to_string);
+        pages.push(page.body);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let csv = app
+        .get("/v1/summaries?year=2024&month=5&format=csv", OPERATOR_KEY)
+        .await;
+
+    assert!(generated.contains("5 summaries written"), "{generated}");
+    let sizes: Vec<usize> = pages
+        .iter()
+        .map(|p| p["data"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(sizes, [2, 2, 1]);
+    assert!(pages.last().unwrap()["next_cursor"].is_null());
+    let summaries: Vec<&Value> = pages
+        .iter()
+        .flat_map(|p| p["data"].as_array().unwrap())
+        .collect();
+    let listed: Vec<&str> = summaries
+        .iter()
+        .map(|s| s["org_id"].as_str().unwrap())
+        .collect();
+    let mut expected: Vec<String> = orgs.iter().map(|o| o.id.to_string()).collect();
+    expected.sort();
+    assert_eq!(listed, expected, "every org once, in id order");
+    assert!(
+        summaries
+            .iter()
+            .all(|s| s["provisional"] == false && s["revision"] == 1),
+        "the generated summaries: {summaries:?}"
+    );
+    assert_eq!(csv.text.lines().count(), 1 + 5, "{}", csv.text);
+    app.get("/v1/summaries?year=2024&month=5&limit=0", OPERATOR_KEY)
+        .await
+        .assert_problem(400, "invalid_limit");
+    app.get("/v1/summaries?year=2024&month=5&limit=1001", OPERATOR_KEY)
+        .await
+        .assert_problem(400, "invalid_limit");
+    app.get("/v1/summaries?year=2024&month=5&cursor=nope", OPERATOR_KEY)
+        .await
+        .assert_problem(400, "invalid_cursor");
 }
 
 #[tokio::test]
