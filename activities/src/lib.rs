@@ -72,6 +72,22 @@ pub fn worker_options(task_queue: &str, deps: Deps) -> Result<WorkerOptions, any
         .build())
 }
 
+/// The Message-ID (without brackets) of the e-mail sent once per `key`: the key with every
+/// character a Message-ID may not hold replaced, at the creditflow domain.
+pub(crate) fn message_id(key: &str) -> String {
+    let local: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{local}@creditflow")
+}
+
 /// An error Temporal should retry (the database or a service was unavailable).
 pub(crate) fn retryable(e: impl std::fmt::Display) -> ActivityError {
     ActivityError::from(anyhow::anyhow!("{e}"))
@@ -88,7 +104,9 @@ pub(crate) fn payment_error(e: payments::PaymentError) -> ActivityError {
 }
 
 /// Sends an e-mail once per `key` (receipts, alerts, failures): a send record is kept, so a
-/// retried activity does not deliver a second copy.
+/// retried activity does not deliver a second copy. The one window left, a crash after the
+/// SMTP server took the message and before the record says so, resends the same Message-ID
+/// (derived from `key`), which mail systems treat as one message.
 pub(crate) async fn mail_once(
     store: &Store,
     mailer: &mail::Mailer,
@@ -107,6 +125,9 @@ pub(crate) async fn mail_once(
     {
         return Ok(());
     }
-    mailer.send(to, subject, body).await.map_err(retryable)?;
+    mailer
+        .send(&message_id(key), to, subject, body)
+        .await
+        .map_err(retryable)?;
     store.email_sent(key).await.map_err(retryable)
 }

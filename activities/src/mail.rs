@@ -34,8 +34,17 @@ impl Mailer {
         })
     }
 
-    pub async fn send(&self, to: &[String], subject: &str, body: &str) -> Result<(), MailError> {
-        let sent = self.deliver(to, subject, body).await;
+    /// Sends one message. `message_id` (without angle brackets) names it: the same id for
+    /// every try of one send, so a copy delivered again after a crash between the SMTP answer
+    /// and our send record is recognisable as the same message by mail systems.
+    pub async fn send(
+        &self,
+        message_id: &str,
+        to: &[String],
+        subject: &str,
+        body: &str,
+    ) -> Result<(), MailError> {
+        let sent = self.deliver(message_id, to, subject, body).await;
         let outcome = match &sent {
             Ok(()) => "sent",
             Err(MailError::Invalid(_)) => "invalid",
@@ -47,8 +56,17 @@ impl Mailer {
         sent
     }
 
-    async fn deliver(&self, to: &[String], subject: &str, body: &str) -> Result<(), MailError> {
-        let mut builder = Message::builder().from(self.from.clone()).subject(subject);
+    async fn deliver(
+        &self,
+        message_id: &str,
+        to: &[String],
+        subject: &str,
+        body: &str,
+    ) -> Result<(), MailError> {
+        let mut builder = Message::builder()
+            .from(self.from.clone())
+            .subject(subject)
+            .message_id(Some(format!("<{message_id}>")));
         for t in to {
             builder = builder.to(t
                 .parse()

@@ -273,6 +273,14 @@ async fn buying_and_paying_grants_base_and_bonus_once_with_one_receipt() {
         "{}",
         mails[0].data
     );
+    // Named after the send record's key, so a resend after a crash is the same message.
+    assert!(
+        mails[0]
+            .data
+            .contains(&format!("Message-ID: <receipt-{id}@creditflow>")),
+        "{}",
+        mails[0].data
+    );
     let state: String = app
         .temporal
         .get_workflow_handle::<workflows::purchase::PurchaseWorkflow>(format!("purchase-{id}"))
