@@ -542,6 +542,24 @@ impl TestApp {
             .expect("writing the history");
     }
 
+    /// Waits (at most 30 s) until a session of this test's database is blocked on a lock that
+    /// the session `holder` (a [`backend_pid`]) holds.
+    pub async fn wait_blocked_by(&self, holder: i32, what: &str) {
+        eventually(what, Duration::from_secs(30), || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'
+                    AND $1 = ANY(pg_blocking_pids(pid))",
+            )
+            .bind(holder)
+            .fetch_one(self.store.pool())
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        })
+        .await;
+    }
+
     /// Asserts the ledger invariants over this test's whole database.
     pub async fn assert_invariants(&self) {
         let violations = self.store.check_invariants().await.unwrap();
@@ -564,7 +582,8 @@ async fn axum_serve(listener: tokio::net::TcpListener, router: axum::Router) {
     let _ = axum::serve(listener, router).await;
 }
 
-async fn answer(res: reqwest::Response) -> Answer {
+/// An HTTP response read into an [`Answer`].
+pub async fn answer(res: reqwest::Response) -> Answer {
     let status = res.status();
     let content_type = res
         .headers()
@@ -580,6 +599,14 @@ async fn answer(res: reqwest::Response) -> Answer {
         body,
         text,
     }
+}
+
+/// This connection's server process id, to find who waits on the locks it holds.
+pub async fn backend_pid(tx: &mut sqlx::Transaction<'static, sqlx::Postgres>) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut **tx)
+        .await
+        .unwrap()
 }
 
 /// Where recorded workflow histories are kept (see [`TestApp::keep_history`]).

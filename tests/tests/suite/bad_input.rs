@@ -332,24 +332,6 @@ fn usage_batch_of_size(id: &str, size: usize) -> Vec<u8> {
     body
 }
 
-async fn answer_of(res: reqwest::Response) -> Answer {
-    let status = res.status();
-    let content_type = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let text = res.text().await.unwrap_or_default();
-    let body = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone()));
-    Answer {
-        status,
-        content_type,
-        body,
-        text,
-    }
-}
-
 #[tokio::test]
 async fn an_oversized_usage_body_is_refused_with_413_and_nothing_is_written() {
     let app = TestApp::spawn().await.unwrap();
@@ -365,7 +347,7 @@ async fn an_oversized_usage_body_is_refused_with_413_and_nothing_is_written() {
         .send()
         .await
         .expect("request failed");
-    let too_big = answer_of(res).await;
+    let too_big = tests::answer(res).await;
 
     too_big.assert_problem(413, "body_too_large");
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_events")

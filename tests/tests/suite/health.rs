@@ -5,7 +5,6 @@ use std::{
 
 use futures::{FutureExt, future::BoxFuture};
 use reqwest::Method;
-use serde_json::Value;
 use temporalio_client::{
     Client, ClientOptions, Connection, ConnectionOptions, Url,
     callback_based::{CallbackBasedGrpcService, GrpcRequest, GrpcSuccessResponse},
@@ -148,26 +147,10 @@ async fn readyz_with(app: &TestApp, temporal: Client) -> (Answer, Duration) {
         .send()
         .await
         .expect("request failed");
-    let status = res.status();
-    let content_type = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let text = res.text().await.unwrap_or_default();
+    let answer = tests::answer(res).await;
     let elapsed = started.elapsed();
     let _ = stop.send(());
-    let body = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone()));
-    (
-        Answer {
-            status,
-            content_type,
-            body,
-            text,
-        },
-        elapsed,
-    )
+    (answer, elapsed)
 }
 
 #[tokio::test]

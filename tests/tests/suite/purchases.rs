@@ -3,38 +3,9 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tests::{
-    AppOptions, OPERATOR_KEY, STRIPE_KEY, TestApp, TestOrg, WEBHOOK_SECRET, eventually,
+    AppOptions, GROWTH, OPERATOR_KEY, STRIPE_KEY, TestApp, WEBHOOK_SECRET, eventually,
     worker::{ProcessWorker, TestWorker},
 };
-
-const GROWTH: &str = "01970000-0000-7000-8000-000000000002";
-
-async fn buy(app: &TestApp, org: &TestOrg, package: &str) -> tests::Answer {
-    app.call(
-        Method::POST,
-        "/v1/purchases",
-        Some(&org.key),
-        Some(&json!({"package_id": package, "user": "ana@acme.test"})),
-        &[],
-    )
-    .await
-}
-
-async fn state_of(app: &TestApp, org: &TestOrg, id: &str) -> Value {
-    app.get(&format!("/v1/purchases/{id}"), &org.key).await.body
-}
-
-async fn wait_state(app: &TestApp, org: &TestOrg, id: &str, want: &str) -> Value {
-    eventually(
-        &format!("purchase {want}"),
-        Duration::from_secs(60),
-        || async {
-            let p = state_of(app, org, id).await;
-            (p["state"] == want).then_some(p)
-        },
-    )
-    .await
-}
 
 /// Pays a session the way the hosted page's form does.
 async fn pay(app: &TestApp, session_url: &str) {
@@ -42,31 +13,6 @@ async fn pay(app: &TestApp, session_url: &str) {
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("Pay"));
     app.pay_checkout(session_url, "pm_card_visa").await;
-}
-
-/// This connection's server process id, to find who waits on the locks it holds.
-async fn backend_pid(tx: &mut sqlx::Transaction<'static, sqlx::Postgres>) -> i32 {
-    sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut **tx)
-        .await
-        .unwrap()
-}
-
-/// Waits until a session of this test's database is blocked on a lock `holder` holds.
-async fn wait_blocked_by(app: &TestApp, holder: i32, what: &str) {
-    eventually(what, Duration::from_secs(30), || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE datname = current_database() AND wait_event_type = 'Lock'
-                AND $1 = ANY(pg_blocking_pids(pid))",
-        )
-        .bind(holder)
-        .fetch_one(app.store.pool())
-        .await
-        .unwrap();
-        (waiting > 0).then_some(())
-    })
-    .await;
 }
 
 async fn transfer_count(app: &TestApp) -> i64 {
@@ -206,10 +152,10 @@ async fn operators_create_change_and_deactivate_packages() {
             .iter()
             .all(|p| p["id"] != id.as_str())
     );
-    buy(&app, &org, &id)
+    app.buy(&org, &id)
         .await
         .assert_problem(422, "package_inactive");
-    buy(&app, &org, &uuid::Uuid::now_v7().to_string())
+    app.buy(&org, &uuid::Uuid::now_v7().to_string())
         .await
         .assert_problem(422, "unknown_package");
 }
@@ -221,7 +167,7 @@ async fn buying_and_paying_grants_base_and_bonus_once_with_one_receipt() {
     let org = app.create_org("buyer").await;
 
     let started = std::time::Instant::now();
-    let bought = buy(&app, &org, GROWTH).await;
+    let bought = app.buy(&org, GROWTH).await;
     assert_eq!(bought.status, 201, "{}", bought.text);
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -232,7 +178,7 @@ async fn buying_and_paying_grants_base_and_bonus_once_with_one_receipt() {
     let url = bought.body["checkout_url"].as_str().unwrap().to_string();
     assert!(url.starts_with(&app.stripe_url), "{url}");
     pay(&app, &url).await;
-    let done = wait_state(&app, &org, &id, "credited").await;
+    let done = app.wait_purchase(&org, &id, "credited").await;
 
     assert_eq!(app.balance(&org).await, "5250.000000");
     let history = app
@@ -305,19 +251,20 @@ async fn the_completion_webhook_delivered_again_and_early_still_grants_once() {
     // workflow reaches its wait with the payment already there.
     park_checkout_session_writes(&app).await;
     let mut hold = app.store.pool().begin().await.unwrap();
-    let holder = backend_pid(&mut hold).await;
+    let holder = tests::backend_pid(&mut hold).await;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(PARK_KEY)
         .execute(&mut *hold)
         .await
         .unwrap();
 
-    let bought = buy(&app, &org, GROWTH).await;
+    let bought = app.buy(&org, GROWTH).await;
     // The session exists on the emulator but is not recorded yet, so the answer has no URL.
     assert_eq!(bought.status, 202, "{}", bought.text);
     assert!(bought.body["checkout_url"].is_null(), "{}", bought.text);
     let id = bought.body["id"].as_str().unwrap().to_string();
-    wait_blocked_by(&app, holder, "the session's recording to wait").await;
+    app.wait_blocked_by(holder, "the session's recording to wait")
+        .await;
     let session = emulator_session(&app, &id).await;
     pay(&app, session["url"].as_str().unwrap()).await;
     // The webhook commits its event row only after the workflow accepted the signal.
@@ -346,11 +293,11 @@ async fn the_completion_webhook_delivered_again_and_early_still_grants_once() {
         app.http.post(&redeliver).send().await.unwrap().status(),
         204
     );
-    let parked = state_of(&app, &org, &id).await;
+    let parked = app.purchase(&org, &id).await;
     assert_eq!(parked["state"], "awaiting_payment");
     assert!(parked["checkout_session_id"].is_null(), "{parked}");
     hold.rollback().await.unwrap();
-    let done = wait_state(&app, &org, &id, "credited").await;
+    let done = app.wait_purchase(&org, &id, "credited").await;
     assert_eq!(
         app.http.post(&redeliver).send().await.unwrap().status(),
         204
@@ -392,10 +339,10 @@ async fn an_unpaid_session_expires_without_credits() {
     .unwrap();
     let _worker = TestWorker::start(&app).unwrap();
     let org = app.create_org("late").await;
-    let bought = buy(&app, &org, GROWTH).await;
+    let bought = app.buy(&org, GROWTH).await;
     let id = bought.body["id"].as_str().unwrap().to_string();
 
-    let expired = wait_state(&app, &org, &id, "expired").await;
+    let expired = app.wait_purchase(&org, &id, "expired").await;
 
     assert_eq!(app.balance(&org).await, "0.000000");
     let session: Value = app
@@ -545,7 +492,7 @@ async fn a_worker_killed_before_the_grant_and_restarted_grants_once() {
     let app = TestApp::spawn().await.unwrap();
     let mut worker = ProcessWorker::start(&app).unwrap();
     let org = app.create_org("crash").await;
-    let bought = buy(&app, &org, GROWTH).await;
+    let bought = app.buy(&org, GROWTH).await;
     assert_eq!(bought.status, 201, "{}", bought.text);
     let id = bought.body["id"].as_str().unwrap().to_string();
 
@@ -563,11 +510,11 @@ async fn a_worker_killed_before_the_grant_and_restarted_grants_once() {
         (n == 1).then_some(())
     })
     .await;
-    assert_eq!(state_of(&app, &org, &id).await["state"], "awaiting_payment");
+    assert_eq!(app.purchase(&org, &id).await["state"], "awaiting_payment");
     assert_eq!(app.balance(&org).await, "0.000000");
     let _restarted = ProcessWorker::start(&app).unwrap();
 
-    wait_state(&app, &org, &id, "credited").await;
+    app.wait_purchase(&org, &id, "credited").await;
     assert_eq!(app.balance(&org).await, "5250.000000");
     app.assert_invariants().await;
 }
@@ -581,31 +528,32 @@ async fn a_worker_killed_mid_grant_after_payment_grants_once_after_restart() {
     // the purchase paid only updates the purchase. Holding that row parks the grant inside its
     // transaction, after the payment, every time.
     let mut hold = app.store.pool().begin().await.unwrap();
-    let holder = backend_pid(&mut hold).await;
+    let holder = tests::backend_pid(&mut hold).await;
     sqlx::query("SELECT id FROM accounts WHERE org_id = $1 FOR UPDATE")
         .bind(org.id)
         .fetch_one(&mut *hold)
         .await
         .unwrap();
 
-    let bought = buy(&app, &org, GROWTH).await;
+    let bought = app.buy(&org, GROWTH).await;
     assert_eq!(bought.status, 201, "{}", bought.text);
     let id = bought.body["id"].as_str().unwrap().to_string();
     pay(&app, bought.body["checkout_url"].as_str().unwrap()).await;
-    wait_state(&app, &org, &id, "paid").await;
-    wait_blocked_by(&app, holder, "the grant to wait for the account row").await;
+    app.wait_purchase(&org, &id, "paid").await;
+    app.wait_blocked_by(holder, "the grant to wait for the account row")
+        .await;
     // SIGKILL mid-grant: its transaction can never commit, whatever happens to the lock.
     worker.kill();
     hold.rollback().await.unwrap();
     assert_eq!(transfer_count(&app).await, 0);
-    assert_eq!(state_of(&app, &org, &id).await["state"], "paid");
+    assert_eq!(app.purchase(&org, &id).await["state"], "paid");
     let _restarted = ProcessWorker::start(&app).unwrap();
 
     // The killed attempt is retried once its 30 s start-to-close timeout has passed.
     eventually(
         "credited after the restart",
         Duration::from_secs(90),
-        || async { (state_of(&app, &org, &id).await["state"] == "credited").then_some(()) },
+        || async { (app.purchase(&org, &id).await["state"] == "credited").then_some(()) },
     )
     .await;
     assert_eq!(app.balance(&org).await, "5250.000000");
@@ -673,7 +621,7 @@ async fn a_checkout_the_processor_refuses_ends_failed_at_once_without_credits() 
     let transfers_before = transfer_count(&app).await;
 
     let started = std::time::Instant::now();
-    let bought = buy(&app, &org, &package).await;
+    let bought = app.buy(&org, &package).await;
 
     assert_eq!(bought.status, 201, "{}", bought.text);
     assert_eq!(bought.body["state"], "failed", "{}", bought.text);
@@ -704,7 +652,7 @@ async fn a_checkout_the_processor_refuses_ends_failed_at_once_without_credits() 
         .await
         .unwrap();
     assert_eq!(state, "failed");
-    assert_eq!(state_of(&app, &org, &id).await["state"], "failed");
+    assert_eq!(app.purchase(&org, &id).await["state"], "failed");
     assert_eq!(app.balance(&org).await, "0.000000");
     assert_eq!(transfer_count(&app).await, transfers_before);
     assert!(app.smtp.received().is_empty());

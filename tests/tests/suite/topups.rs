@@ -365,31 +365,6 @@ async fn dip_recover_dip_alerts_twice_and_dipping_twice_alerts_once() {
     assert_eq!(app.store.outbox_backlog().await.unwrap().rows, 0);
 }
 
-/// This connection's server process id, to find who waits on the locks it holds.
-async fn backend_pid(tx: &mut sqlx::Transaction<'static, sqlx::Postgres>) -> i32 {
-    sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut **tx)
-        .await
-        .unwrap()
-}
-
-/// Waits until a session of this test's database is blocked on a lock `holder` holds.
-async fn wait_blocked_by(app: &TestApp, holder: i32, what: &str) {
-    eventually(what, Duration::from_secs(30), || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE datname = current_database() AND wait_event_type = 'Lock'
-                AND $1 = ANY(pg_blocking_pids(pid))",
-        )
-        .bind(holder)
-        .fetch_one(app.store.pool())
-        .await
-        .unwrap();
-        (waiting > 0).then_some(())
-    })
-    .await;
-}
-
 async fn count(app: &TestApp, sql: &str) -> i64 {
     sqlx::query_scalar(sql)
         .fetch_one(app.store.pool())
@@ -422,7 +397,7 @@ async fn a_worker_killed_after_the_charge_and_restarted_charges_and_grants_once(
     // nothing). Holding that row parks the grant inside its transaction, after the charge,
     // every time.
     let mut hold = app.store.pool().begin().await.unwrap();
-    let holder = backend_pid(&mut hold).await;
+    let holder = tests::backend_pid(&mut hold).await;
     sqlx::query("SELECT id FROM accounts WHERE code = 'sales' FOR UPDATE")
         .fetch_one(&mut *hold)
         .await
@@ -438,7 +413,8 @@ async fn a_worker_killed_after_the_charge_and_restarted_charges_and_grants_once(
         (n == 1).then_some(())
     })
     .await;
-    wait_blocked_by(&app, holder, "the grant to wait for the sales account").await;
+    app.wait_blocked_by(holder, "the grant to wait for the sales account")
+        .await;
     // SIGKILL mid-grant: its transaction can never commit, whatever happens to the lock.
     worker.kill();
     hold.rollback().await.unwrap();
