@@ -507,6 +507,22 @@ impl TestApp {
         v["data"].as_array().cloned().unwrap_or_default()
     }
 
+    /// A Stripe list the emulator serves (`/v1/checkout/sessions`, `/v1/payment_intents`),
+    /// newest first, at most 100 objects.
+    pub async fn emulator_list(&self, path: &str) -> Vec<Value> {
+        let list: Value = self
+            .http
+            .get(format!("{}{path}?limit=100", self.stripe_url))
+            .bearer_auth(STRIPE_KEY)
+            .send()
+            .await
+            .expect("emulator list")
+            .json()
+            .await
+            .expect("emulator list JSON");
+        list["data"].as_array().cloned().unwrap_or_default()
+    }
+
     /// How many events of this type the emulator emitted.
     pub async fn emulator_event_count(&self, kind: &str) -> usize {
         self.emulator_events()

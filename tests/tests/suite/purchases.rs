@@ -52,24 +52,13 @@ async fn park_checkout_session_writes(app: &TestApp) {
 
 /// The purchase's Checkout Session as the emulator has it (found by its client reference).
 async fn emulator_session(app: &TestApp, purchase_id: &str) -> Value {
-    let list: Value = app
-        .http
-        .get(format!("{}/v1/checkout/sessions?limit=100", app.stripe_url))
-        .bearer_auth(STRIPE_KEY)
-        .send()
+    let sessions: Vec<Value> = app
+        .emulator_list("/v1/checkout/sessions")
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let sessions: Vec<Value> = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
+        .into_iter()
         .filter(|s| s["client_reference_id"] == purchase_id)
-        .cloned()
         .collect();
-    assert_eq!(sessions.len(), 1, "{list}");
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
     sessions[0].clone()
 }
 

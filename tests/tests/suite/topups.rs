@@ -4,7 +4,7 @@ use futures::future::join_all;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tests::{
-    OPERATOR_KEY, STRIPE_KEY, TestApp, TestOrg, eventually,
+    OPERATOR_KEY, TestApp, TestOrg, eventually,
     worker::{ProcessWorker, TestWorker},
 };
 
@@ -374,17 +374,7 @@ async fn count(app: &TestApp, sql: &str) -> i64 {
 
 /// The PaymentIntents the emulator holds (every charge attempt makes one).
 async fn emulator_payment_intents(app: &TestApp) -> Vec<Value> {
-    let list: Value = app
-        .http
-        .get(format!("{}/v1/payment_intents?limit=100", app.stripe_url))
-        .bearer_auth(STRIPE_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    list["data"].as_array().cloned().unwrap_or_default()
+    app.emulator_list("/v1/payment_intents").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
