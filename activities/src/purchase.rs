@@ -139,7 +139,10 @@ impl PurchaseActivitiesImpl {
         let id = purchase_id(&m.purchase_id)?;
         // The purchases table keeps no reason; the log does, for whoever looks into it.
         tracing::warn!(purchase = %id, reason = %m.reason, "purchase failed");
-        self.store.fail_purchase(id).await.map_err(store_error)
+        self.store
+            .end_purchase(id, "failed")
+            .await
+            .map_err(store_error)
     }
 
     #[activity(definition = workflows::purchase::markers::GrantCredits)]

@@ -23,6 +23,15 @@ impl SummaryActivitiesImpl {
             ActivityError::application(ApplicationFailure::non_retryable(format!("bad {what}")))
         };
         let month: Month = p.month.parse().map_err(|_| bad("month"))?;
+        // However the workflow was started (the Schedule, the CLI, the Temporal UI), a stored
+        // summary is final, so a month that is not over is never stored.
+        if !month.is_closed_at(chrono::Utc::now()) {
+            return Err(ActivityError::application(
+                ApplicationFailure::non_retryable(format!(
+                    "{month} is not over yet: only past months are summarised"
+                )),
+            ));
+        }
         let after = p
             .after_org
             .as_deref()

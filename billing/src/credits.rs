@@ -232,9 +232,12 @@ impl<'de> Deserialize<'de> for Credits {
 /// A JSON parser hands such numbers over as binary floating point. Up to 15 significant digits
 /// that is exact: the shortest text that reads back as the same float is the text that was
 /// sent (`12.5` stays "12.5"), and the field's own scale check then refuses too many decimals.
-/// Past 15 digits the float may no longer be the number that was sent, so the float's exact
-/// binary value is returned instead: its many decimals are refused by the scale check, never
-/// silently rounded to a neighbouring amount. Amounts that need more digits go as strings.
+/// When that text has more than 15 digits the float may not be the number that was sent, so
+/// its exact binary value is returned instead: its many decimals are refused by the scale
+/// check, never rounded to a neighbouring amount. One case stays out of reach: a number sent
+/// with more than 15 digits whose float prints shorter (`0.10000000000000001` reads as `0.1`),
+/// off by less than 10^-15 of itself, far below the credit scale. Amounts that need every digit
+/// kept exactly go as strings, as the API documents.
 pub fn json_float_text(v: f64) -> String {
     let shortest = v.to_string();
     let significant = shortest

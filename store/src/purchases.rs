@@ -268,20 +268,6 @@ impl Store {
         Ok(())
     }
 
-    /// Ends a purchase that cannot go on as `failed`: one awaiting payment, or paid but not
-    /// credited (an operator then refunds or grants by hand). Idempotent; a purchase that is
-    /// credited or expired is left alone.
-    pub async fn fail_purchase(&self, id: Uuid) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE purchases SET state = 'failed', updated_at = now()
-              WHERE id = $1 AND state IN ('awaiting_payment', 'paid')",
-        )
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// Grants a paid purchase's credits: one transfer for the base credits and one for the
     /// bonus, attributed to the buyer, in one transaction with the purchase's move to
     /// `credited`. Idempotent on the purchase: a second call books nothing.

@@ -318,15 +318,6 @@ impl Store {
             .collect())
     }
 
-    /// Every org's id for a month listing (operators), bounded.
-    pub async fn org_ids(&self, limit: i64) -> Result<Vec<Uuid>, StoreError> {
-        Ok(
-            sqlx::query_scalar!("SELECT id FROM orgs ORDER BY id LIMIT $1", limit)
-                .fetch_all(&self.pool)
-                .await?,
-        )
-    }
-
     /// One page of org ids in id order, after `after` (all from the start without it), at most
     /// `limit` of them; with the cursor of the next page (this page's last id) when more follow.
     pub async fn org_ids_page(

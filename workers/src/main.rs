@@ -246,6 +246,8 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("--amount: {e}"))?;
             anyhow::ensure!(!reason.trim().is_empty(), "--reason is required");
             let key = key.unwrap_or_else(|| format!("cli-{}", uuid::Uuid::now_v7()));
+            // Printed first: a retry after an error must reuse it to adjust only once.
+            eprintln!("idempotency key: {key}");
             let t = store
                 .post_adjustment(
                     org,
@@ -269,6 +271,8 @@ async fn main() -> anyhow::Result<()> {
             let store = app::connect_store(&settings).await?;
             let temporal = app::connect_temporal(&settings.temporal).await?;
             let key = key.unwrap_or_else(|| format!("cli-{}", uuid::Uuid::now_v7()));
+            // Printed first: a retry after an error must reuse it (--key) to refund only once.
+            eprintln!("idempotency key: {key}");
             let body = api::purchases::RefundBody {
                 amount_minor: Some(amount_minor),
                 reason: Some(reason),

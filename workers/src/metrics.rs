@@ -30,13 +30,11 @@ static OUTBOX_OLDEST_AGE_SECONDS: LazyLock<IntGauge> = LazyLock::new(|| {
 /// How long a scrape waits for the database and for the SDK's exporter.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Where the Temporal SDK's own exporter listens (loopback, an ephemeral port): it keeps its
-/// registry to itself, so a scrape reads it there and appends it.
-pub type SdkMetricsAddr = Option<SocketAddr>;
-
 #[derive(Clone)]
 struct Scrape {
     store: Store,
+    /// Where the Temporal SDK's own exporters listen (loopback, ephemeral ports): the SDK keeps
+    /// its registry to itself, so a scrape reads it there and appends it.
     sdk: std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>>,
     http: reqwest::Client,
 }

@@ -906,3 +906,53 @@ fn random_months_of_movements_reconcile_with_the_ledger() {
         )
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_started_for_an_open_month_stores_nothing_however_it_was_started() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    app.create_org("open-month").await;
+    let this_month = Month::of(Utc::now()).to_string();
+    let options = temporalio_client::WorkflowStartOptions::new(
+        app.task_queue.clone(),
+        format!(
+            "{}-{}",
+            app.task_queue,
+            workflows::summary::workflow_id(&this_month)
+        ),
+    )
+    .build();
+
+    // Straight to Temporal, as an operator starting it from the UI would, not through the CLI.
+    let handle = app
+        .temporal
+        .start_workflow(
+            workflows::summary::MonthlySummaryWorkflow::run,
+            workflows::summary::SummaryInput {
+                month: this_month.clone(),
+                page_size: 500,
+                pages_per_run: 40,
+                ..Default::default()
+            },
+            options,
+        )
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(
+        Duration::from_secs(60),
+        handle.get_result(Default::default()),
+    )
+    .await
+    .expect("the workflow ended");
+
+    let failure = ended.expect_err("an open month is refused");
+    assert!(
+        format!("{failure:?}").contains("not over yet"),
+        "{failure:?}"
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM monthly_summaries")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+}
