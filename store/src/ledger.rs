@@ -169,6 +169,16 @@ impl LockedOrgs {
     pub fn balance(&self, org_id: Uuid) -> Option<Credits> {
         self.orgs.get(&org_id).map(|o| o.balance)
     }
+
+    /// The org's highest threshold for `purpose` (`auto_topup`, `alert`): its id and level.
+    pub fn threshold(&self, org_id: Uuid, purpose: &str) -> Option<(i64, Credits)> {
+        self.thresholds
+            .get(&org_id)?
+            .iter()
+            .filter(|t| t.purpose == purpose)
+            .max_by_key(|t| t.threshold)
+            .map(|t| (t.id, t.threshold))
+    }
 }
 
 /// The topic of the outbox rows written when a balance falls below a threshold.

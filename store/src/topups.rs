@@ -2,7 +2,6 @@
 
 use billing::{Account, Credits, Posting, SystemAccount, TransferKind, packages::Package};
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -114,6 +113,7 @@ impl Store {
         org_id: Uuid,
         s: &BillingSettings,
     ) -> Result<(), StoreError> {
+        let before = self.billing_settings(org_id).await?;
         let mut tx = self.pool.begin().await?;
         sqlx::query!(
             "INSERT INTO org_billing_settings (org_id, topup_enabled, topup_threshold,
@@ -138,20 +138,26 @@ impl Store {
             .collect();
         crate::usage::replace_thresholds(&mut tx, org_id, "auto_topup", &topup).await?;
         crate::usage::replace_thresholds(&mut tx, org_id, "alert", &s.alert_thresholds).await?;
+        // Re-decided only when the auto-topup terms change, not on every save of the alerts.
+        let topup_terms = |b: &BillingSettings| {
+            (
+                b.topup_enabled,
+                b.topup_threshold,
+                b.topup_package_id,
+                b.topup_monthly_cap_minor,
+            )
+        };
+        if topup_terms(&before) != topup_terms(s) {
+            self.enqueue_topup_if_below(&mut tx, org_id, "settings_changed")
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
 
     /// Records the payment method saved for off-session charges, with who consented and when;
-    /// a new payment method resumes a paused auto-topup. When auto-topup is on and the balance
-    /// is below its threshold, an auto-topup outbox row is written in the same transaction: no
-    /// debit will cross the threshold while the balance stays below it, so without the row
-    /// nothing would top up.
-    ///
-    /// That row names no ledger crossing, so its `crossing_seq` is negative: one below the
-    /// org's lowest so far, never the seq of a crossing whose topup already ran (which would
-    /// be skipped as handled). Saving again before it is dispatched writes the same seq, which
-    /// makes one topup.
+    /// a new payment method resumes a paused auto-topup, and tops up at once if the balance
+    /// is already below the threshold (see [`Store::enqueue_topup_if_below`]).
     pub async fn save_payment_method(
         &self,
         org_id: Uuid,
@@ -160,14 +166,6 @@ impl Store {
         consented_by: &str,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        // The org's account row, locked as bookings and `begin_topup` lock it: the balance read
-        // here holds until the commit, and two saves for one org take turns.
-        let balance = sqlx::query_scalar::<_, Decimal>(
-            "SELECT credits_posted - debits_posted FROM accounts WHERE org_id = $1 FOR UPDATE",
-        )
-        .bind(org_id)
-        .fetch_optional(&mut *tx)
-        .await?;
         sqlx::query!(
             "INSERT INTO org_billing_settings (org_id, stripe_customer_id, payment_method_id,
                  payment_method_consent_at, payment_method_consent_by)
@@ -182,42 +180,72 @@ impl Store {
         )
         .execute(&mut *tx)
         .await?;
-        // The auto-topup threshold, only while auto-topup is on.
-        let threshold = sqlx::query_as::<_, (i64, Decimal)>(
-            "SELECT t.id, t.threshold FROM org_thresholds t
-               JOIN org_billing_settings s ON s.org_id = t.org_id
-              WHERE t.org_id = $1 AND t.purpose = 'auto_topup' AND s.topup_enabled
-              ORDER BY t.threshold DESC LIMIT 1",
-        )
-        .bind(org_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let (Some(balance), Some((threshold_id, threshold))) = (balance, threshold)
-            && balance < threshold
-        {
-            let crossing_seq = sqlx::query_scalar::<_, i64>(
-                "SELECT COALESCE(min(crossing_seq), 0) - 1 FROM topups
-                  WHERE org_id = $1 AND crossing_seq < 0",
-            )
-            .bind(org_id)
-            .fetch_one(&mut *tx)
+        self.enqueue_topup_if_below(&mut tx, org_id, "payment_method_saved")
             .await?;
-            let payload = serde_json::json!({
-                "threshold_id": threshold_id,
-                "purpose": "auto_topup",
-                "threshold": Credits::from_stored(threshold),
-                "balance": Credits::from_stored(balance),
-                "crossing_seq": crossing_seq,
-                "cause": "payment_method_saved",
-            });
-            sqlx::query("INSERT INTO outbox (org_id, topic, payload) VALUES ($1, $2, $3)")
-                .bind(org_id)
-                .bind(THRESHOLD_CROSSED)
-                .bind(payload)
-                .execute(&mut *tx)
-                .await?;
-        }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// When auto-topup is ready (on, not paused, a payment method and a package) and the
+    /// org's balance is already below its threshold, writes an auto-topup outbox row in `tx`:
+    /// no debit will cross the threshold while the balance stays below it, so without the row
+    /// nothing would ever top up (a card saved after a decline paused it, auto-topup turned on
+    /// or its threshold raised above the balance). The org's account row is locked, as
+    /// bookings and [`Store::begin_topup`] lock it, so the balance read holds until the commit.
+    ///
+    /// The row names no ledger crossing, so its `crossing_seq` is negative: one below the
+    /// org's lowest so far, never the seq of a crossing whose topup already ran (which would be
+    /// skipped as handled). Rows written again before one is dispatched carry the same seq and
+    /// make one topup; `begin_topup` also starts none once the balance is back above.
+    pub(crate) async fn enqueue_topup_if_below(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        org_id: Uuid,
+        cause: &str,
+    ) -> Result<(), StoreError> {
+        let locked = self.lock_orgs(tx, &[org_id]).await?;
+        let (Some(balance), Some((threshold_id, threshold))) = (
+            locked.balance(org_id),
+            locked.threshold(org_id, "auto_topup"),
+        ) else {
+            return Ok(());
+        };
+        let ready = sqlx::query_scalar!(
+            r#"SELECT (topup_enabled AND topup_paused_reason IS NULL
+                       AND payment_method_id IS NOT NULL AND topup_package_id IS NOT NULL)
+                      AS "ready!"
+                 FROM org_billing_settings WHERE org_id = $1"#,
+            org_id
+        )
+        .fetch_optional(&mut **tx)
+        .await?
+        .unwrap_or(false);
+        if !ready || balance >= threshold {
+            return Ok(());
+        }
+        let crossing_seq = sqlx::query_scalar!(
+            r#"SELECT COALESCE(min(crossing_seq), 0) - 1 AS "seq!" FROM topups
+                WHERE org_id = $1 AND crossing_seq < 0"#,
+            org_id
+        )
+        .fetch_one(&mut **tx)
+        .await?;
+        let payload = serde_json::json!({
+            "threshold_id": threshold_id,
+            "purpose": "auto_topup",
+            "threshold": threshold,
+            "balance": balance,
+            "crossing_seq": crossing_seq,
+            "cause": cause,
+        });
+        sqlx::query!(
+            "INSERT INTO outbox (org_id, topic, payload) VALUES ($1, $2, $3)",
+            org_id,
+            THRESHOLD_CROSSED,
+            payload
+        )
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
 
@@ -233,27 +261,18 @@ impl Store {
             None => None,
         };
         let mut tx = self.pool.begin().await?;
-        // Serialize topup decisions per org (the cap check must see the other topups).
-        sqlx::query!(
-            "SELECT id FROM accounts WHERE org_id = $1 FOR UPDATE",
-            org_id
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        // Read under that lock: a topup starts only while the balance is below the threshold,
-        // so a crossing dispatched after the balance recovered (or two rows announcing one dip)
-        // charges nothing more.
-        let below_threshold = sqlx::query_scalar::<_, bool>(
-            "SELECT a.credits_posted - a.debits_posted < t.threshold
-               FROM accounts a
-               JOIN org_thresholds t ON t.org_id = a.org_id AND t.purpose = 'auto_topup'
-              WHERE a.org_id = $1
-              ORDER BY t.threshold DESC LIMIT 1",
-        )
-        .bind(org_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .unwrap_or(false);
+        // Serialize topup decisions per org (the cap check must see the other topups), and
+        // read the balance under that lock: a topup starts only while the balance is below the
+        // threshold, so a crossing dispatched after the balance recovered (or two rows
+        // announcing one dip) charges nothing more.
+        let locked = self.lock_orgs(&mut tx, &[org_id]).await?;
+        let below_threshold = match (
+            locked.balance(org_id),
+            locked.threshold(org_id, "auto_topup"),
+        ) {
+            (Some(balance), Some((_, threshold))) => balance < threshold,
+            _ => false,
+        };
         let existing = sqlx::query!(
             "SELECT id, state, detail FROM topups WHERE org_id = $1 AND crossing_seq = $2",
             org_id,

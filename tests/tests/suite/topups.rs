@@ -570,3 +570,45 @@ async fn an_org_key_cannot_point_charges_at_a_payment_method_of_its_choosing() {
         settings.text
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_auto_topup_on_below_the_threshold_tops_up_once() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = org_with(&app, "pm_card_visa", None, None).await;
+    spend(&app, &org, "before", 60).await;
+    let enable = json!({
+        "auto_topup": {"enabled": true, "threshold_credits": "50", "package_id": STARTER,
+                       "monthly_cap_minor": 100_000},
+        "alerts": {"thresholds_credits": [], "recipients": ["ops@acme.test"]},
+    });
+    let put = |body: Value| {
+        let (app, org) = (&app, &org);
+        async move {
+            app.call(
+                Method::PUT,
+                &format!("/v1/orgs/{}/billing-settings", org.id),
+                Some(&org.key),
+                Some(&body),
+                &[],
+            )
+            .await
+        }
+    };
+
+    // No debit will cross 50 while the balance stays at 40: turning it on is the trigger.
+    assert_eq!(put(enable.clone()).await.status, 200);
+    let topup = finished_topup(&app, &org).await;
+    assert_eq!(put(enable).await.status, 200);
+
+    assert_eq!(topup["state"], "succeeded", "{topup}");
+    assert_eq!(app.balance(&org).await, "1040.000000");
+    assert_eq!(app.store.outbox_backlog().await.unwrap().rows, 0);
+    assert_eq!(
+        topups(&app, &org).await.len(),
+        1,
+        "unchanged terms start nothing"
+    );
+    assert_eq!(succeeded_charges(&app).await, 1);
+    app.assert_invariants().await;
+}
