@@ -11,6 +11,7 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::{Store, StoreError};
@@ -53,6 +54,16 @@ impl Store {
         org_ids: &[Uuid],
         month: Month,
     ) -> Result<Vec<Summary>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Store::compute_in(&mut conn, org_ids, month).await
+    }
+
+    /// [`Store::compute_summaries`] on one connection (a transaction's snapshot, when it is one).
+    async fn compute_in(
+        conn: &mut PgConnection,
+        org_ids: &[Uuid],
+        month: Month,
+    ) -> Result<Vec<Summary>, StoreError> {
         let (start, end) = (month.start(), month.end());
         let mut movements: HashMap<Uuid, Movements> =
             org_ids.iter().map(|o| (*o, Movements::default())).collect();
@@ -70,7 +81,7 @@ impl Store {
             start,
             end
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await?
         {
             let m = movements.entry(r.org_id).or_default();
@@ -96,7 +107,7 @@ impl Store {
             start,
             end
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await?
         {
             let m = movements.entry(r.org_id).or_default();
@@ -117,7 +128,7 @@ impl Store {
             start,
             end
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await?
         {
             let line = if r.kind == "ai_tokens" {
@@ -141,7 +152,7 @@ impl Store {
             start,
             end
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await?
         {
             users.entry(r.org_id).or_default().push(
@@ -182,14 +193,20 @@ impl Store {
         after: Option<Uuid>,
         limit: i64,
     ) -> Result<PageOutcome, StoreError> {
+        // One snapshot for every figure the page reads: a late event landing meanwhile is in
+        // all of them or in none, so a month and the later ones it revises always chain.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *tx)
+            .await?;
         let orgs: Vec<Uuid> = sqlx::query_scalar!(
             "SELECT id FROM orgs WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2",
             after,
             limit
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        let mut fresh = self.changed_summaries(&orgs, month).await?;
+        let mut fresh = Store::changed_in(&mut tx, &orgs, month).await?;
         let revisions_written = fresh.len();
         let changed: Vec<Uuid> = fresh.iter().map(|(_, s)| s.org_id).collect();
         let mut later_revisions_written = 0;
@@ -203,7 +220,7 @@ impl Store {
             )
             .bind(&changed[..])
             .bind(month.first_day())
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
             let mut by_month: BTreeMap<NaiveDate, Vec<Uuid>> = BTreeMap::new();
             for (org, first_day) in later {
@@ -212,12 +229,11 @@ impl Store {
             for (first_day, stored_orgs) in by_month {
                 let later_month = Month::new(first_day.year(), first_day.month())
                     .ok_or_else(|| StoreError::Decode(format!("summary month {first_day}")))?;
-                let revised = self.changed_summaries(&stored_orgs, later_month).await?;
+                let revised = Store::changed_in(&mut tx, &stored_orgs, later_month).await?;
                 later_revisions_written += revised.len();
                 fresh.extend(revised);
             }
         }
-        let mut tx = self.pool.begin().await?;
         for (revision, s) in &fresh {
             let m = &s.movements;
             sqlx::query!(
@@ -254,13 +270,13 @@ impl Store {
 
     /// The month's summaries of these orgs whose figures differ from their latest stored
     /// revision (or that have none), each with the revision it is to be stored as.
-    async fn changed_summaries(
-        &self,
+    async fn changed_in(
+        conn: &mut PgConnection,
         org_ids: &[Uuid],
         month: Month,
     ) -> Result<Vec<(i32, Summary)>, StoreError> {
-        let computed = self.compute_summaries(org_ids, month).await?;
-        let latest = self.latest_summaries(org_ids, month).await?;
+        let computed = Store::compute_in(conn, org_ids, month).await?;
+        let latest = Store::latest_in(conn, org_ids, month).await?;
         let mut fresh = Vec::new();
         for s in computed {
             match latest.get(&s.org_id) {
@@ -281,6 +297,15 @@ impl Store {
         org_ids: &[Uuid],
         month: Month,
     ) -> Result<HashMap<Uuid, Summary>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Store::latest_in(&mut conn, org_ids, month).await
+    }
+
+    async fn latest_in(
+        conn: &mut PgConnection,
+        org_ids: &[Uuid],
+        month: Month,
+    ) -> Result<HashMap<Uuid, Summary>, StoreError> {
         let rows = sqlx::query!(
             r#"SELECT DISTINCT ON (org_id) org_id, revision, opening, purchased, bonus, topup, refunded,
                       adjusted, reversed, used, closing, lines, users, computed_at
@@ -289,7 +314,7 @@ impl Store {
             org_ids,
             month.first_day()
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await?;
         Ok(rows
             .into_iter()
