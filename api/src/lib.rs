@@ -42,10 +42,10 @@ pub struct AppState {
     pub ingestor: Ingestor,
     /// How far ahead a new price version must start (longer than the price refresh interval).
     pub price_publish_lead: chrono::Duration,
-    /// How far after the server's clock a usage event may be stamped: the publish lead less the
-    /// price refresh interval. A version this process does not know yet was published at most
-    /// one refresh interval ago, so it starts at least this far after now; an accepted event
-    /// can therefore never fall under a version published after it was rated.
+    /// How far after the price cache's last check a usage event may be stamped: the publish
+    /// lead less the price refresh interval. A version the cache does not know was published
+    /// after that check, so it starts at least this far after it; an accepted event can
+    /// therefore never fall under a version published after it was rated.
     pub usage_future_skew: chrono::Duration,
     pub keys: auth::KeyCache,
     /// The task queue workflows are started on.

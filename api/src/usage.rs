@@ -70,11 +70,14 @@ pub async fn ingest(
     // large batches does not delay light requests such as balance reads.
     // At most `PARSE_THREADS` batches are parsed at once, so ingestion cannot crowd the two
     // cores with runnable threads.
-    let catalog = state.prices.current();
-    // The clock is read with the catalog, not after waiting for a permit: the future bound
-    // below holds for versions this catalog may not know yet only if `now` is no later.
+    let (catalog, checked_at) = state.prices.current_checked();
+    // The clock is read with the catalog, not after waiting for a permit. A version this
+    // catalog does not know was published after `checked_at`, so it starts at or after
+    // `checked_at + lead`; events stamped before `checked_at + lead - refresh` (the margin
+    // covers a publication in flight during the check) are out of its reach, however late the
+    // last refresh was. Never below now: usage that already happened is always recorded.
     let now = Utc::now();
-    let max_ahead = state.usage_future_skew;
+    let max_ahead = (checked_at + state.usage_future_skew - now).max(chrono::Duration::zero());
     let permit = PARSE_PERMITS
         .acquire()
         .await

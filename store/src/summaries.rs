@@ -213,18 +213,18 @@ impl Store {
         if !changed.is_empty() {
             // Bounded: at most one row per org and calendar month stored after this one, and
             // only closed months are generated, so no more months than there are up to today.
-            let later: Vec<(Uuid, NaiveDate)> = sqlx::query_as(
+            let later = sqlx::query!(
                 "SELECT DISTINCT org_id, month FROM monthly_summaries
                   WHERE org_id = ANY($1) AND month > $2
                   ORDER BY month, org_id",
+                &changed[..],
+                month.first_day()
             )
-            .bind(&changed[..])
-            .bind(month.first_day())
             .fetch_all(&mut *tx)
             .await?;
             let mut by_month: BTreeMap<NaiveDate, Vec<Uuid>> = BTreeMap::new();
-            for (org, first_day) in later {
-                by_month.entry(first_day).or_default().push(org);
+            for r in later {
+                by_month.entry(r.month).or_default().push(r.org_id);
             }
             for (first_day, stored_orgs) in by_month {
                 let later_month = Month::new(first_day.year(), first_day.month())
@@ -351,11 +351,11 @@ impl Store {
         limit: i64,
     ) -> Result<(Vec<Uuid>, Option<Uuid>), StoreError> {
         // One more than asked tells whether another page follows without a second query.
-        let mut ids: Vec<Uuid> = sqlx::query_scalar(
+        let mut ids: Vec<Uuid> = sqlx::query_scalar!(
             "SELECT id FROM orgs WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2",
+            after,
+            limit.saturating_add(1)
         )
-        .bind(after)
-        .bind(limit.saturating_add(1))
         .fetch_all(&self.pool)
         .await?;
         let next = if ids.len() as i64 > limit {
