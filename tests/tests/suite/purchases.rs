@@ -50,6 +50,21 @@ async fn park_checkout_session_writes(app: &TestApp) {
     .unwrap();
 }
 
+/// Waits until the completion webhook's event is recorded (once: the webhook commits it only
+/// after the workflow accepted the signal).
+async fn completion_recorded(app: &TestApp) {
+    eventually("the webhook", Duration::from_secs(10), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM stripe_events WHERE type = 'checkout.session.completed'",
+        )
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
+}
+
 /// The purchase's Checkout Session as the emulator has it (found by its client reference).
 async fn emulator_session(app: &TestApp, purchase_id: &str) -> Value {
     let sessions: Vec<Value> = app
@@ -257,16 +272,7 @@ async fn the_completion_webhook_delivered_again_and_early_still_grants_once() {
     let session = emulator_session(&app, &id).await;
     pay(&app, session["url"].as_str().unwrap()).await;
     // The webhook commits its event row only after the workflow accepted the signal.
-    eventually("the webhook", Duration::from_secs(10), || async {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM stripe_events WHERE type = 'checkout.session.completed'",
-        )
-        .fetch_one(app.store.pool())
-        .await
-        .unwrap();
-        (n == 1).then_some(())
-    })
-    .await;
+    completion_recorded(&app).await;
     let completed = app
         .emulator_events()
         .await
@@ -489,16 +495,7 @@ async fn a_worker_killed_before_the_grant_and_restarted_grants_once() {
     // alive, so nothing can grant until one comes back.
     worker.kill();
     pay(&app, bought.body["checkout_url"].as_str().unwrap()).await;
-    eventually("the webhook", Duration::from_secs(10), || async {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM stripe_events WHERE type = 'checkout.session.completed'",
-        )
-        .fetch_one(app.store.pool())
-        .await
-        .unwrap();
-        (n == 1).then_some(())
-    })
-    .await;
+    completion_recorded(&app).await;
     assert_eq!(app.purchase(&org, &id).await["state"], "awaiting_payment");
     assert_eq!(app.balance(&org).await, "0.000000");
     let _restarted = ProcessWorker::start(&app).unwrap();

@@ -46,14 +46,24 @@ fn d(v: &Value) -> Decimal {
     v.as_str().unwrap().parse().unwrap()
 }
 
-async fn run_month(app: &TestApp, month: &str, page_size: u32, pages_per_run: u32) -> String {
-    let cfg = workers::config::Summaries {
+/// Summary settings for a test: its own workflow ids (they are global to the namespace), no
+/// Schedule sync at worker start.
+fn summaries_cfg(
+    task_queue: &str,
+    page_size: u32,
+    pages_per_run: u32,
+) -> workers::config::Summaries {
+    workers::config::Summaries {
         sync_schedule_on_start: false,
-        workflow_id_prefix: format!("{}-", app.task_queue),
+        workflow_id_prefix: format!("{task_queue}-"),
         grace_hours: 6,
         page_size,
         pages_per_run,
-    };
+    }
+}
+
+async fn run_month(app: &TestApp, month: &str, page_size: u32, pages_per_run: u32) -> String {
+    let cfg = summaries_cfg(&app.task_queue, page_size, pages_per_run);
     tokio::time::timeout(
         Duration::from_secs(60),
         workers::summaries::run_month(&app.temporal, &app.task_queue, &cfg, month),
@@ -160,13 +170,7 @@ async fn generating_a_month_twice_stores_one_summary_and_a_late_event_a_new_revi
 #[tokio::test]
 async fn summaries_run_refuses_the_current_and_a_future_month() {
     let app = TestApp::spawn().await.unwrap();
-    let cfg = workers::config::Summaries {
-        sync_schedule_on_start: false,
-        workflow_id_prefix: format!("{}-", app.task_queue),
-        grace_hours: 6,
-        page_size: 500,
-        pages_per_run: 40,
-    };
+    let cfg = summaries_cfg(&app.task_queue, 500, 40);
     let current = Month::of(Utc::now());
 
     for month in [current, current.next()] {
@@ -398,13 +402,7 @@ async fn operators_page_through_every_orgs_summary_of_a_month() {
 #[tokio::test]
 async fn the_schedule_is_created_once_and_kept_in_sync() {
     let app = TestApp::spawn().await.unwrap();
-    let cfg = workers::config::Summaries {
-        sync_schedule_on_start: false,
-        workflow_id_prefix: format!("{}-", app.task_queue),
-        grace_hours: 6,
-        page_size: 500,
-        pages_per_run: 40,
-    };
+    let cfg = summaries_cfg(&app.task_queue, 500, 40);
 
     workers::summaries::sync_schedule(&app.temporal, &app.task_queue, &cfg)
         .await
@@ -449,13 +447,7 @@ async fn a_worker_killed_mid_run_finishes_with_no_duplicate_and_no_gap() {
     let run = {
         let (temporal, queue) = (app.temporal.clone(), app.task_queue.clone());
         tokio::spawn(async move {
-            let cfg = workers::config::Summaries {
-                sync_schedule_on_start: false,
-                workflow_id_prefix: format!("{queue}-"),
-                grace_hours: 6,
-                page_size: 1,
-                pages_per_run: 4,
-            };
+            let cfg = summaries_cfg(&queue, 1, 4);
             workers::summaries::run_month(&temporal, &queue, &cfg, "2024-09").await
         })
     };

@@ -30,6 +30,18 @@ async fn spend(app: &TestApp, org: &TestOrg, id: &str, credits: u64) {
 }
 
 /// An org with 100 credits, a saved payment method, and the given auto-topup and alerts.
+/// `PUT /v1/orgs/{org}/billing-settings` with the org's own key.
+async fn put_settings(app: &TestApp, org: &TestOrg, body: &Value) -> tests::Answer {
+    app.call(
+        Method::PUT,
+        &format!("/v1/orgs/{}/billing-settings", org.id),
+        Some(&org.key),
+        Some(body),
+        &[],
+    )
+    .await
+}
+
 async fn org_with(
     app: &TestApp,
     pm: &str,
@@ -50,15 +62,7 @@ async fn org_with(
         },
         "alerts": {"thresholds_credits": alert.map(|a| vec![a]).unwrap_or_default(), "recipients": ["ops@acme.test"]},
     });
-    let put = app
-        .call(
-            Method::PUT,
-            &format!("/v1/orgs/{}/billing-settings", org.id),
-            Some(&org.key),
-            Some(&body),
-            &[],
-        )
-        .await;
+    let put = put_settings(app, &org, &body).await;
     assert_eq!(put.status, 200, "{}", put.text);
     org
 }
@@ -447,16 +451,7 @@ async fn settings_are_validated() {
     let org = app.create_org("settings").await;
     let put = |body: Value| {
         let (app, org) = (&app, &org);
-        async move {
-            app.call(
-                Method::PUT,
-                &format!("/v1/orgs/{}/billing-settings", org.id),
-                Some(&org.key),
-                Some(&body),
-                &[],
-            )
-            .await
-        }
+        async move { put_settings(app, org, &body).await }
     };
 
     put(json!({"auto_topup": {"enabled": true, "threshold_credits": "50", "package_id": STARTER, "monthly_cap_minor": 1000}}))
@@ -533,15 +528,7 @@ async fn a_card_saved_through_a_setup_checkout_is_recorded_with_its_consent() {
     assert!(pm["customer"].as_str().unwrap().starts_with("cus_"));
     assert!(pm["consented_at"].is_string());
     let enable = json!({"auto_topup": {"enabled": true, "threshold_credits": "50", "package_id": STARTER, "monthly_cap_minor": 5000}});
-    let put = app
-        .call(
-            Method::PUT,
-            &format!("/v1/orgs/{}/billing-settings", org.id),
-            Some(&org.key),
-            Some(&enable),
-            &[],
-        )
-        .await;
+    let put = put_settings(&app, &org, &enable).await;
     assert_eq!(put.status, 200, "{}", put.text);
 }
 
@@ -584,16 +571,7 @@ async fn turning_auto_topup_on_below_the_threshold_tops_up_once() {
     });
     let put = |body: Value| {
         let (app, org) = (&app, &org);
-        async move {
-            app.call(
-                Method::PUT,
-                &format!("/v1/orgs/{}/billing-settings", org.id),
-                Some(&org.key),
-                Some(&body),
-                &[],
-            )
-            .await
-        }
+        async move { put_settings(app, org, &body).await }
     };
 
     // No debit will cross 50 while the balance stays at 40: turning it on is the trigger.

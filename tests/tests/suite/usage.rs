@@ -294,6 +294,34 @@ async fn summed_event_costs_equal_the_org_debits_to_the_last_micro_credit() {
     app.assert_invariants().await;
 }
 
+/// Publishes `book` (as `GET /v1/prices` shows one) as a new version, as an operator; without
+/// `effective_from` it starts as soon as allowed.
+async fn publish(
+    app: &TestApp,
+    book: &Value,
+    effective_from: Option<chrono::DateTime<Utc>>,
+    note: &str,
+) -> tests::Answer {
+    let mut body = json!({
+        "note": note,
+        "ai_models": book["ai_models"],
+        "infra": book["infra"].as_array().unwrap().iter()
+            .map(|i| json!({"resource": i["resource"], "price_credits": i["price_credits"]}))
+            .collect::<Vec<_>>(),
+    });
+    if let Some(at) = effective_from {
+        body["effective_from"] = json!(at);
+    }
+    app.call(
+        Method::POST,
+        "/v1/prices",
+        Some(OPERATOR_KEY),
+        Some(&body),
+        &[],
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_price_version_applies_from_its_effective_time_and_never_reprices() {
     let app = TestApp::spawn().await.unwrap();
@@ -306,21 +334,7 @@ async fn a_price_version_applies_from_its_effective_time_and_never_reprices() {
             m["input_per_mtok_credits"] = json!("300");
         }
     }
-    let published = app
-        .call(
-            Method::POST,
-            "/v1/prices",
-            Some(OPERATOR_KEY),
-            Some(&json!({
-                "effective_from": effective, "note": "gpt-4o input up",
-                "ai_models": book["ai_models"],
-                "infra": book["infra"].as_array().unwrap().iter()
-                    .map(|i| json!({"resource": i["resource"], "price_credits": i["price_credits"]}))
-                    .collect::<Vec<_>>(),
-            })),
-            &[],
-        )
-        .await;
+    let published = publish(&app, &book, Some(effective), "gpt-4o input up").await;
     assert_eq!(published.status, 201, "{}", published.text);
     let version = published.body["version"].as_i64().unwrap();
 
@@ -388,21 +402,7 @@ async fn an_event_cannot_be_stamped_later_than_a_price_version_could_be_publishe
 
     let a = send(&app, &org, json!([near, beyond_lead, far])).await;
     // The earliest version that can be published now.
-    let published = app
-        .call(
-            Method::POST,
-            "/v1/prices",
-            Some(OPERATOR_KEY),
-            Some(&json!({
-                "note": "as soon as allowed",
-                "ai_models": book["ai_models"],
-                "infra": book["infra"].as_array().unwrap().iter()
-                    .map(|i| json!({"resource": i["resource"], "price_credits": i["price_credits"]}))
-                    .collect::<Vec<_>>(),
-            })),
-            &[],
-        )
-        .await;
+    let published = publish(&app, &book, None, "as soon as allowed").await;
 
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(a.body["results"][0]["status"], "accepted", "{}", a.text);
