@@ -7,9 +7,15 @@ LOCAL="$ROOT/.local"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 PG_PORT="${CREDITFLOW_PG_PORT:-54329}"
 PSQL="$PG_BIN/psql"
-PG_DATA="$LOCAL/pg/data"
-PG_RUN="$LOCAL/pg/run"
-PG_LOG="$LOCAL/pg/postgres.log"
+# The cluster's folder: .local/pg, unless scripts/up had to put it elsewhere (as root in a place
+# the `postgres` user cannot reach, see pg_choose_dir in scripts/up); then .local/pg-location
+# names it, so every script finds the same cluster.
+PG_LOCATION_FILE="$LOCAL/pg-location"
+PG_DIR="$LOCAL/pg"
+if [ -s "$PG_LOCATION_FILE" ]; then PG_DIR="$(cat "$PG_LOCATION_FILE")"; fi
+PG_DATA="$PG_DIR/data"
+PG_RUN="$PG_DIR/run"
+PG_LOG="$PG_DIR/postgres.log"
 TEMPORAL_PORT="${CREDITFLOW_TEMPORAL_PORT:-7233}"
 TEMPORAL_UI_PORT="${CREDITFLOW_TEMPORAL_UI_PORT:-8233}"
 TEMPORAL_DIR="$LOCAL/temporal"
@@ -25,6 +31,9 @@ DB_NAME="creditflow"
 DB_USER="creditflow"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# Stops with one line naming what is wrong and what to do.
+die() { printf '[%s] error: %s\n' "$(date +%H:%M:%S)" "$*" >&2; exit 1; }
 
 # Runs a command as the unprivileged cluster owner: initdb and postgres refuse to run as root.
 as_pg() {

@@ -19,7 +19,7 @@ use std::{
 use anyhow::Context;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use sqlx::{Connection, PgConnection, PgPool, postgres::PgPoolOptions};
+use sqlx::{Connection, PgConnection, postgres::PgPoolOptions};
 use store::Store;
 use uuid::Uuid;
 
@@ -77,71 +77,122 @@ fn database_url(admin_url: &str, name: &str) -> String {
     format!("{base}/{name}")
 }
 
-/// The migrated template database, named after the migrations so a schema change gets a new
-/// one. Built once, under an advisory lock, by whichever test process gets there first.
-async fn template_database(admin: &mut PgConnection) -> anyhow::Result<String> {
+/// The name of the migrated template database: named after the migrations, so a schema change
+/// gets a new one.
+fn template_name() -> String {
     let digest: u64 = store::MIGRATOR
         .iter()
         .flat_map(|m| m.checksum.iter().copied())
         .fold(0xcbf29ce484222325, |h, b| {
             (h ^ b as u64).wrapping_mul(0x100000001b3)
         });
-    let name = format!("cft_template_{digest:016x}");
-    sqlx::query("SELECT pg_advisory_lock(4242)")
-        .execute(&mut *admin)
-        .await?;
-    let result = async {
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                .bind(&name)
-                .fetch_one(&mut *admin)
-                .await?;
-        if !exists {
-            let building = format!("{name}_building");
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {building}"))
-                .execute(&mut *admin)
-                .await?;
-            sqlx::query(&format!("CREATE DATABASE {building}"))
-                .execute(&mut *admin)
-                .await?;
-            let url = database_url(&admin_database_url()?, &building);
-            let pool = PgPool::connect(&url).await?;
-            Store::migrate(&pool).await?;
-            pool.close().await;
-            // A closed client connection ends its server backend a moment later, and RENAME
-            // (like CREATE DATABASE ... TEMPLATE) refuses a database someone is still in.
-            wait_until_unused(&mut *admin, &building).await?;
-            sqlx::query(&format!("ALTER DATABASE {building} RENAME TO {name}"))
-                .execute(&mut *admin)
-                .await?;
-        }
-        anyhow::Ok(())
-    }
-    .await;
-    sqlx::query("SELECT pg_advisory_unlock(4242)")
-        .execute(&mut *admin)
-        .await?;
-    result?;
-    Ok(name)
+    format!("cft_template_{digest:016x}")
 }
 
-/// Waits (at most 30 s) until no session is connected to database `name`.
-async fn wait_until_unused(admin: &mut PgConnection, name: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// The advisory lock every test process and thread takes to build a template (Postgres releases
+/// it when the holder's session ends, so a killed builder never leaves it held).
+const TEMPLATE_LOCK: i64 = 4242;
+
+/// How long the harness waits for a step of the template build that should take milliseconds
+/// (a bound for a broken server, not a timing the build relies on).
+const TEMPLATE_STEP_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The migrated template for this build's migrations, made at most once per test run: the first
+/// caller in any process builds it (see [`ensure_template`]); every later call in this process
+/// answers from memory.
+async fn template_database() -> anyhow::Result<String> {
+    static TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    TEMPLATE
+        .get_or_try_init(|| async {
+            let mut admin = PgConnection::connect(&admin_database_url()?).await?;
+            let name = template_name();
+            let built = ensure_template(&mut admin, &name).await;
+            admin.close().await?;
+            built.map(|()| name)
+        })
+        .await
+        .cloned()
+}
+
+/// Makes sure template database `name` exists, building it if not, under [`TEMPLATE_LOCK`].
+///
+/// The build never touches a database anyone else may use: it migrates a scratch database whose
+/// name only this call knows, over one connection that it closes, ends whatever session is still
+/// in it (its own closing backend, an autovacuum worker) after refusing new ones, and only then
+/// renames it. The template refuses connections for good, so `CREATE DATABASE … TEMPLATE` never
+/// finds anyone in it. Public for the harness's own race test.
+pub async fn ensure_template(admin: &mut PgConnection, name: &str) -> anyhow::Result<()> {
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(TEMPLATE_LOCK)
+        .execute(&mut *admin)
+        .await?;
+    let built = build_template_locked(admin, name).await;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(TEMPLATE_LOCK)
+        .execute(&mut *admin)
+        .await?;
+    built
+}
+
+async fn build_template_locked(admin: &mut PgConnection, name: &str) -> anyhow::Result<()> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut *admin)
+            .await?;
+    if exists {
+        return Ok(());
+    }
+    // `cft_` so that scripts/test drops it if this process dies half way.
+    let scratch = format!(
+        "cft_build_{}_{}",
+        std::process::id(),
+        Uuid::now_v7().simple()
+    );
+    sqlx::query(&format!("CREATE DATABASE {scratch}"))
+        .execute(&mut *admin)
+        .await?;
+    let mut conn = PgConnection::connect(&database_url(&admin_database_url()?, &scratch)).await?;
+    let migrated = store::MIGRATOR.run(&mut conn).await;
+    conn.close().await?;
+    migrated?;
+    sqlx::query(&format!(
+        "ALTER DATABASE {scratch} WITH ALLOW_CONNECTIONS false"
+    ))
+    .execute(&mut *admin)
+    .await?;
+    end_sessions(admin, &scratch).await?;
+    sqlx::query(&format!("ALTER DATABASE {scratch} RENAME TO {name}"))
+        .execute(&mut *admin)
+        .await?;
+    Ok(())
+}
+
+/// Ends every session in database `name` (which refuses new ones) and waits until they are gone.
+async fn end_sessions(admin: &mut PgConnection, name: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + TEMPLATE_STEP_DEADLINE;
     loop {
-        let sessions: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
-                .bind(name)
-                .fetch_one(&mut *admin)
-                .await?;
+        let sessions: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(name)
+        .fetch_one(&mut *admin)
+        .await?;
         if sessions == 0 {
             return Ok(());
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "database {name} still has {sessions} sessions after 30 s"
+            "database {name} still has {sessions} sessions {TEMPLATE_STEP_DEADLINE:?} after they were terminated"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(name)
+        .execute(&mut *admin)
+        .await?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -150,8 +201,8 @@ async fn wait_until_unused(admin: &mut PgConnection, name: &str) -> anyhow::Resu
 pub async fn fresh_database() -> anyhow::Result<String> {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let admin_url = admin_database_url()?;
+    let template = template_database().await?;
     let mut admin = PgConnection::connect(&admin_url).await?;
-    let template = template_database(&mut admin).await?;
     let name = format!(
         "cft_{}_{}_{}",
         std::process::id(),
@@ -161,6 +212,7 @@ pub async fn fresh_database() -> anyhow::Result<String> {
     sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
         .execute(&mut admin)
         .await?;
+    admin.close().await?;
     Ok(database_url(&admin_url, &name))
 }
 
