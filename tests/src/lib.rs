@@ -505,6 +505,35 @@ impl TestApp {
         .await
     }
 
+    /// Buys `package` and waits (at most 60 s) until its checkout exists or the purchase has
+    /// ended: `POST /v1/purchases` answers 201 with the checkout URL when the workflow made the
+    /// session within the API's short wait, or 202 without it (a busy machine), and then the
+    /// purchase shows the URL a moment later. Tests take what the answer means, never how fast
+    /// it came. Returns the purchase as `GET /v1/purchases/{id}` shows it.
+    pub async fn buy_ready(&self, org: &TestOrg, package: &str) -> Value {
+        let bought = self.buy(org, package).await;
+        self.ready_purchase(org, &bought).await
+    }
+
+    /// The purchase a `POST /v1/purchases` answer (201 or 202) names, once its checkout exists
+    /// or it has ended (see [`TestApp::buy_ready`]).
+    pub async fn ready_purchase(&self, org: &TestOrg, bought: &Answer) -> Value {
+        assert!(
+            bought.status == StatusCode::CREATED || bought.status == StatusCode::ACCEPTED,
+            "{}",
+            bought.text
+        );
+        let id = bought.body["id"]
+            .as_str()
+            .expect("a purchase id")
+            .to_string();
+        eventually("the checkout", Duration::from_secs(60), || async {
+            let p = self.purchase(org, &id).await;
+            (p["checkout_url"].is_string() || p["state"] != "awaiting_payment").then_some(p)
+        })
+        .await
+    }
+
     /// A purchase as `GET /v1/purchases/{id}` shows it.
     pub async fn purchase(&self, org: &TestOrg, id: &str) -> Value {
         self.get(&format!("/v1/purchases/{id}"), &org.key)

@@ -128,14 +128,10 @@ async fn operators_refund_from_the_cli_once_per_key_and_wait_for_it() {
     let app = TestApp::spawn().await.unwrap();
     let _worker = TestWorker::start(&app).unwrap();
     let org = app.create_org("cli-refund").await;
-    let bought = app.buy(&org, GROWTH).await;
-    assert_eq!(bought.status, 201, "{}", bought.text);
-    let purchase = bought.body["id"].as_str().unwrap().to_string();
-    app.pay_checkout(
-        bought.body["checkout_url"].as_str().unwrap(),
-        "pm_card_visa",
-    )
-    .await;
+    let bought = app.buy_ready(&org, GROWTH).await;
+    let purchase = bought["id"].as_str().unwrap().to_string();
+    app.pay_checkout(bought["checkout_url"].as_str().unwrap(), "pm_card_visa")
+        .await;
     app.wait_purchase(&org, &purchase, "credited").await;
     let cli = Cli::of(&app);
     let refund = |amount: &'static str, key: &'static str| {

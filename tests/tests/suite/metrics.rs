@@ -74,14 +74,10 @@ async fn worker_metrics_count_workflows_stripe_calls_and_emails() {
     let org = app.create_org("metered-buyer").await;
     let api_before = scrape(&app, &app.metrics_url).await;
 
-    let bought = app.buy(&org, GROWTH).await;
-    assert_eq!(bought.status, 201, "{}", bought.text);
-    let id = bought.body["id"].as_str().unwrap();
-    app.pay_checkout(
-        bought.body["checkout_url"].as_str().unwrap(),
-        "pm_card_visa",
-    )
-    .await;
+    let bought = app.buy_ready(&org, GROWTH).await;
+    let id = bought["id"].as_str().unwrap();
+    app.pay_checkout(bought["checkout_url"].as_str().unwrap(), "pm_card_visa")
+        .await;
     app.wait_purchase(&org, id, "credited").await;
 
     let api_after = scrape(&app, &app.metrics_url).await;

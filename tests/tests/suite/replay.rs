@@ -20,14 +20,11 @@ async fn a_paid_purchase_keeps_its_history() {
     let app = TestApp::spawn().await.unwrap();
     let _worker = TestWorker::start(&app).unwrap();
     let org = app.create_org("replay").await;
-    let bought = app.buy(&org, GROWTH).await;
-    let id = bought.body["id"].as_str().unwrap().to_string();
+    let bought = app.buy_ready(&org, GROWTH).await;
+    let id = bought["id"].as_str().unwrap().to_string();
 
-    app.pay_checkout(
-        bought.body["checkout_url"].as_str().unwrap(),
-        "pm_card_visa",
-    )
-    .await;
+    app.pay_checkout(bought["checkout_url"].as_str().unwrap(), "pm_card_visa")
+        .await;
     let workflow_id = workflows::purchase::workflow_id(&id);
     let handle = app
         .temporal
@@ -62,6 +59,7 @@ async fn every_recorded_history_replays_against_the_current_code() {
     for shipped in [
         "purchase_checkout",
         "purchase_checkout_expired",
+        "purchase_checkout_bank_debit",
         "auto_topup",
         "low_balance_alert",
         "payment_method_setup",
