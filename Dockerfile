@@ -42,8 +42,11 @@ COPY --from=builder /out/creditflow /out/stripe-emulator /usr/local/bin/
 COPY config/ /app/config/
 
 WORKDIR /app
-# No config/prod.toml exists, so by default only base.toml applies and every secret and address
-# comes from CREDITFLOW__… variables. docker-compose.yml picks `dev` for the local stack.
+# No config/prod.toml exists and base.toml holds no secret: in `prod` every secret and address
+# comes from CREDITFLOW__… variables, and `serve`/`worker` refuse to start, naming each one,
+# until CREDITFLOW__STRIPE__SECRET_KEY, CREDITFLOW__STRIPE__WEBHOOK_SECRET and
+# CREDITFLOW__AUTH__OPERATOR_KEYS are set (to values the repository does not publish) and
+# CREDITFLOW__STRIPE__API_BASE is https. docker-compose.yml picks `dev` for the local stack.
 ENV CREDITFLOW_CONFIG_DIR=/app/config \
     CREDITFLOW_ENV=prod
 

@@ -176,6 +176,57 @@ impl Settings {
     }
 }
 
+/// The environments whose settings may come from the repository's own files (config/dev.toml,
+/// config/test.toml), public secrets included.
+pub const LOCAL_ENVS: [&str; 2] = ["dev", "test"];
+
+/// Secrets the repository publishes (config/dev.toml, config/test.toml, docker-compose.yml):
+/// anyone can sign a webhook or call as an operator with them, so no other environment may run
+/// with one.
+const PUBLIC_SECRETS: [&str; 6] = [
+    "sk_test_local",
+    "whsec_local",
+    "cf_op_dev_operator_key",
+    "sk_test_harness",
+    "whsec_test_secret",
+    "cf_op_test_operator_key",
+];
+
+impl Settings {
+    /// What a process that moves money (`serve`, `worker`, `dev`) must have been given
+    /// explicitly outside dev and test: the Stripe secret key and webhook secret, at least one
+    /// operator key, none of them a value the repository publishes, and an https Stripe API.
+    /// The error names every setting that is missing, with its environment variable.
+    pub fn check_for_env(&self, env: &str) -> anyhow::Result<()> {
+        if LOCAL_ENVS.contains(&env) {
+            return Ok(());
+        }
+        let unusable = |s: &str| s.trim().is_empty() || PUBLIC_SECRETS.contains(&s.trim());
+        let mut missing = Vec::new();
+        if unusable(self.stripe.secret_key.expose()) {
+            missing.push("stripe.secret_key (CREDITFLOW__STRIPE__SECRET_KEY)");
+        }
+        if unusable(self.stripe.webhook_secret.expose()) {
+            missing.push("stripe.webhook_secret (CREDITFLOW__STRIPE__WEBHOOK_SECRET)");
+        }
+        if self.auth.operator_keys.is_empty()
+            || self.auth.operator_keys.iter().any(|k| unusable(k.expose()))
+        {
+            missing.push("auth.operator_keys (CREDITFLOW__AUTH__OPERATOR_KEYS, comma-separated)");
+        }
+        if !self.stripe.api_base.starts_with("https://") {
+            missing.push("stripe.api_base as an https URL (CREDITFLOW__STRIPE__API_BASE)");
+        }
+        anyhow::ensure!(
+            missing.is_empty(),
+            "refusing to start in environment `{env}` without explicit settings (none may be \
+             empty or a value the repository publishes): {}",
+            missing.join(", ")
+        );
+        Ok(())
+    }
+}
+
 fn yes() -> bool {
     true
 }

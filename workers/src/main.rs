@@ -167,6 +167,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(&cli.config_dir, &cli.env).context("loading settings")?;
     telemetry::init(&settings.log);
+    if matches!(cli.command, Command::Serve | Command::Worker | Command::Dev) {
+        settings.check_for_env(&cli.env)?;
+    }
     match cli.command {
         Command::Migrate => {
             let pool = sqlx::PgPool::connect(settings.database.url.expose()).await?;

@@ -121,3 +121,73 @@ fn settings_debug_output_shows_no_secret() {
     // Values that are not secret still show.
     assert!(debug.contains("smtp.from-env-file.localhost"), "{debug}");
 }
+
+/// The secrets a production start must be given, each named with its environment variable
+/// (base.toml's Stripe API is already https).
+const PROD_SETTINGS: [&str; 3] = [
+    "CREDITFLOW__STRIPE__SECRET_KEY",
+    "CREDITFLOW__STRIPE__WEBHOOK_SECRET",
+    "CREDITFLOW__AUTH__OPERATOR_KEYS",
+];
+
+#[test]
+fn a_prod_start_without_secrets_exits_naming_each_missing_setting() {
+    let root = tests::workspace_root();
+    for command in ["serve", "worker"] {
+        let mut cli = std::process::Command::new(root.join("target/debug/creditflow"));
+        cli.arg(command)
+            .current_dir(&root)
+            .env("CREDITFLOW_ENV", "prod")
+            .env("CREDITFLOW__METRICS__BIND", "");
+        for name in PROD_SETTINGS
+            .iter()
+            .chain(&["CREDITFLOW__STRIPE__API_BASE"])
+        {
+            cli.env_remove(name);
+        }
+        let out = cli.output().expect("run creditflow (scripts/up builds it)");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command} started: {stderr}");
+        for name in PROD_SETTINGS {
+            assert!(
+                stderr.contains(name),
+                "{command} did not name {name}: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn public_secrets_are_refused_outside_dev_and_test_and_explicit_ones_accepted() {
+    let config = tests::workspace_root().join("config");
+    // The base alone holds no secret, so it cannot start anywhere but dev and test.
+    let base = Settings::load(&config, "prod").unwrap();
+    assert!(base.stripe.secret_key.expose().is_empty());
+    assert!(base.stripe.webhook_secret.expose().is_empty());
+    assert!(base.auth.operator_keys.is_empty());
+    assert!(base.check_for_env("prod").is_err());
+    // The repository's dev settings are public: fine in dev, refused in staging.
+    let dev = Settings::load(&config, "dev").unwrap();
+    assert!(dev.check_for_env("dev").is_ok());
+    let refused = dev.check_for_env("staging").unwrap_err().to_string();
+    for name in PROD_SETTINGS
+        .iter()
+        .chain(&["CREDITFLOW__STRIPE__API_BASE"])
+    {
+        assert!(refused.contains(name), "{refused}");
+    }
+    // Explicit, non-public values over https start.
+    let dir = ConfigDir::new(
+        "production",
+        r#"
+[auth]
+operator_keys = ["cf_op_a_real_operator_secret"]
+[stripe]
+api_base = "https://api.stripe.com"
+secret_key = "sk_live_a_real_key"
+webhook_secret = "whsec_a_real_secret"
+"#,
+    );
+    let explicit = Settings::load(&dir.0, "production").unwrap();
+    explicit.check_for_env("production").unwrap();
+}
