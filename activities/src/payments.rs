@@ -161,6 +161,60 @@ impl Payments {
     }
 }
 
+/// A Checkout Session as the processor has it, with its PaymentIntent's status: what the
+/// purchase workflow decides on (a webhook only says when to ask).
+#[derive(Debug, Clone, Default)]
+pub struct SessionPayment {
+    /// `open`, `complete` or `expired`.
+    pub status: String,
+    /// `paid`, `unpaid` or `no_payment_required`.
+    pub payment_status: String,
+    pub amount_total: Option<i64>,
+    pub currency: Option<String>,
+    pub client_reference_id: Option<String>,
+    pub payment_intent_id: Option<String>,
+    /// `succeeded`, `processing`, `requires_payment_method` (failed) …
+    pub payment_intent_status: Option<String>,
+}
+
+impl Payments {
+    /// Retrieves a Checkout Session and, when it has one, its PaymentIntent.
+    pub async fn session_payment(&self, id: &str) -> Result<SessionPayment, PaymentError> {
+        let session = stripe_call(
+            "checkout_session.retrieve",
+            RetrieveCheckoutSession::new(id).send(&self.client).await,
+        )?;
+        let payment_intent_id = session
+            .payment_intent
+            .as_ref()
+            .map(|pi| pi.id().to_string());
+        let payment_intent_status = match &payment_intent_id {
+            Some(pi) => {
+                let intent = stripe_call(
+                    "payment_intent.retrieve",
+                    stripe_core::payment_intent::RetrievePaymentIntent::new(pi.as_str())
+                        .send(&self.client)
+                        .await,
+                )?;
+                Some(intent.status.as_str().to_string())
+            }
+            None => None,
+        };
+        Ok(SessionPayment {
+            status: session
+                .status
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+            payment_status: session.payment_status.as_str().to_string(),
+            amount_total: session.amount_total,
+            currency: session.currency.map(|c| c.to_string()),
+            client_reference_id: session.client_reference_id,
+            payment_intent_id,
+            payment_intent_status,
+        })
+    }
+}
+
 /// What an off-session charge did.
 pub enum Charge {
     Succeeded {

@@ -5,13 +5,50 @@ use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use uuid::Uuid;
-use workflows::purchase::{CheckoutSession, ExpireOutcome, GrantResult, MarkFailed, MarkPaid};
+use workflows::purchase::{
+    CheckoutSession, ExpireOutcome, GrantResult, MarkFailed, MarkPaid, PaymentCheck,
+};
 
 use crate::{
     mail::Mailer,
     payment_error,
-    payments::{CheckoutRequest, Expired, Payments},
+    payments::{CheckoutRequest, Expired, Payments, SessionPayment},
 };
+
+/// Judges what the processor says of a purchase's checkout session: paid only when the money
+/// was received, for this purchase (its reference), its amount and its currency.
+pub fn judge_payment(purchase_id: Uuid, price: billing::Money, s: &SessionPayment) -> PaymentCheck {
+    let not_paid = |reason: &str| PaymentCheck::NotPaid {
+        reason: reason.to_string(),
+    };
+    if s.client_reference_id.as_deref() != Some(purchase_id.to_string().as_str()) {
+        return not_paid("the checkout session belongs to another purchase");
+    }
+    if s.amount_total != Some(price.amount_minor)
+        || s.currency.as_deref() != Some(price.currency.code())
+    {
+        return not_paid("the checkout session's amount or currency differs from the purchase");
+    }
+    if s.status != "complete" {
+        return not_paid("the checkout session is not complete");
+    }
+    let Some(pi) = s.payment_intent_id.clone().filter(|pi| !pi.is_empty()) else {
+        return not_paid("the checkout session has no payment");
+    };
+    match (
+        s.payment_status.as_str(),
+        s.payment_intent_status.as_deref(),
+    ) {
+        ("paid", _) | (_, Some("succeeded")) => PaymentCheck::Paid {
+            payment_intent_id: pi,
+        },
+        ("unpaid", Some("requires_payment_method" | "canceled")) => PaymentCheck::Failed {
+            reason: "the payment failed at the processor".into(),
+        },
+        ("unpaid", _) => PaymentCheck::Pending,
+        _ => not_paid("the checkout session was not paid"),
+    }
+}
 
 /// Where the processor's hosted page sends the buyer back to.
 #[derive(Clone, Debug)]
@@ -118,6 +155,78 @@ impl PurchaseActivitiesImpl {
         })
     }
 
+    #[activity(definition = workflows::purchase::markers::CheckPayment)]
+    pub async fn check_payment(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        id: String,
+    ) -> Result<PaymentCheck, ActivityError> {
+        let p = self
+            .store
+            .purchase(purchase_id(&id)?)
+            .await
+            .map_err(store_error)?;
+        // The purchase's own session, whatever session a hint named.
+        let Some(sid) = &p.checkout_session_id else {
+            return Ok(PaymentCheck::NotPaid {
+                reason: "the purchase has no checkout session".into(),
+            });
+        };
+        let session = self
+            .payments
+            .session_payment(sid)
+            .await
+            .map_err(payment_error)?;
+        let check = judge_payment(p.id, p.package.price, &session);
+        match &check {
+            PaymentCheck::Pending => self
+                .store
+                .mark_purchase_awaiting_funds(
+                    p.id,
+                    session.payment_intent_id.as_deref().unwrap_or(""),
+                )
+                .await
+                .map_err(store_error)?,
+            PaymentCheck::NotPaid { reason } => {
+                tracing::warn!(purchase = %p.id, session = %sid, %reason, "a payment hint that is not a payment")
+            }
+            _ => {}
+        }
+        Ok(check)
+    }
+
+    #[activity(definition = workflows::purchase::markers::SendFailureNotice)]
+    pub async fn send_failure_notice(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        m: MarkFailed,
+    ) -> Result<(), ActivityError> {
+        let p = self
+            .store
+            .purchase(purchase_id(&m.purchase_id)?)
+            .await
+            .map_err(store_error)?;
+        let Some(to) = p.receipt_email.clone() else {
+            return Ok(());
+        };
+        let body = format!(
+            "Your payment for {} credits did not go through, so nothing was charged and no credits were added.\n\nReason: {}\nPurchase: {}\n",
+            p.package.name, m.reason, p.id
+        );
+        crate::mail_once(
+            &self.store,
+            &self.mailer,
+            &format!("purchase-failed:{}", p.id),
+            &[to],
+            &format!(
+                "Your creditflow payment for {} credits failed",
+                p.package.name
+            ),
+            &body,
+        )
+        .await
+    }
+
     #[activity(definition = workflows::purchase::markers::MarkPaid)]
     pub async fn mark_paid(
         self: Arc<Self>,
@@ -206,5 +315,81 @@ impl PurchaseActivitiesImpl {
             &body,
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paid_session(purchase: Uuid) -> SessionPayment {
+        SessionPayment {
+            status: "complete".into(),
+            payment_status: "paid".into(),
+            amount_total: Some(5000),
+            currency: Some("usd".into()),
+            client_reference_id: Some(purchase.to_string()),
+            payment_intent_id: Some("pi_1".into()),
+            payment_intent_status: Some("succeeded".into()),
+        }
+    }
+
+    fn price() -> billing::Money {
+        billing::Money::new(5000, billing::Currency::Usd)
+    }
+
+    #[test]
+    fn only_money_received_for_this_purchase_is_paid() {
+        let id = Uuid::now_v7();
+        let paid = paid_session(id);
+        assert_eq!(
+            judge_payment(id, price(), &paid),
+            PaymentCheck::Paid {
+                payment_intent_id: "pi_1".into()
+            }
+        );
+        let unpaid = |pi: &str| SessionPayment {
+            payment_status: "unpaid".into(),
+            payment_intent_status: Some(pi.into()),
+            ..paid_session(id)
+        };
+        assert_eq!(
+            judge_payment(id, price(), &unpaid("processing")),
+            PaymentCheck::Pending
+        );
+        assert!(matches!(
+            judge_payment(id, price(), &unpaid("requires_payment_method")),
+            PaymentCheck::Failed { .. }
+        ));
+        for wrong in [
+            SessionPayment {
+                amount_total: Some(4999),
+                ..paid_session(id)
+            },
+            SessionPayment {
+                currency: Some("eur".into()),
+                ..paid_session(id)
+            },
+            SessionPayment {
+                client_reference_id: Some(Uuid::now_v7().to_string()),
+                ..paid_session(id)
+            },
+            SessionPayment {
+                status: "open".into(),
+                ..paid_session(id)
+            },
+            SessionPayment {
+                payment_intent_id: None,
+                ..paid_session(id)
+            },
+        ] {
+            assert!(
+                matches!(
+                    judge_payment(id, price(), &wrong),
+                    PaymentCheck::NotPaid { .. }
+                ),
+                "{wrong:?}"
+            );
+        }
     }
 }

@@ -45,7 +45,16 @@ impl RefundActivitiesImpl {
                 stripe_refund_id: done,
             });
         }
-        let pi = r.payment_intent_id.clone().unwrap_or_default();
+        // Without a processor payment there is nothing to refund: the refund ends `failed` (its
+        // credits given back) instead of asking the processor for an empty id for ever.
+        let Some(pi) = r.payment_intent_id.clone().filter(|pi| !pi.is_empty()) else {
+            let reason = "the purchase has no processor payment to refund".to_string();
+            self.store
+                .refund_failed(r.id, &reason)
+                .await
+                .map_err(retryable)?;
+            return Ok(ProcessorRefund::Refused { reason });
+        };
         match self
             .payments
             .refund(&format!("refund-{refund_id}"), &pi, r.amount_minor)

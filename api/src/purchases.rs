@@ -257,6 +257,7 @@ pub async fn create_purchase(
         purchase_id: purchase.id.to_string(),
         org_id: principal.org_id.to_string(),
         expires_after_secs: state.checkout_expiry.as_secs().max(1),
+        funds_recheck_secs: None,
     };
     let options =
         WorkflowStartOptions::new(state.task_queue.clone(), workflow_id(&input.purchase_id))
@@ -384,7 +385,14 @@ pub async fn stripe_webhook(
     let reference = object["client_reference_id"].as_str().unwrap_or_default();
     let session_id = object["id"].as_str().unwrap_or_default().to_string();
     let signalled = match (kind, object["mode"].as_str()) {
-        ("checkout.session.completed", Some("payment")) => {
+        // Completed (paid or not yet), paid later, failed later: each is a hint to the
+        // purchase's workflow, which asks the processor what really happened before it grants.
+        (
+            "checkout.session.completed"
+            | "checkout.session.async_payment_succeeded"
+            | "checkout.session.async_payment_failed",
+            Some("payment"),
+        ) => {
             let signal = PaymentCompleted {
                 checkout_session_id: session_id,
                 payment_intent_id: object["payment_intent"]

@@ -438,7 +438,7 @@ impl Store {
         }
     }
 
-    async fn transfers_by_key(
+    pub(crate) async fn transfers_by_key(
         &self,
         tx: &mut Transaction<'_, Postgres>,
         keys: &[String],

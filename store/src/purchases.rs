@@ -237,7 +237,8 @@ impl Store {
         Ok(())
     }
 
-    /// Moves a purchase to `paid` (from awaiting_payment; later states are left alone).
+    /// Moves a purchase to `paid` (from awaiting_payment or awaiting_funds; later states are
+    /// left alone).
     pub async fn mark_purchase_paid(
         &self,
         id: Uuid,
@@ -246,7 +247,7 @@ impl Store {
         sqlx::query!(
             "UPDATE purchases SET state = 'paid', payment_intent_id = $2, paid_at = now(),
                                   updated_at = now()
-              WHERE id = $1 AND state = 'awaiting_payment'",
+              WHERE id = $1 AND state IN ('awaiting_payment', 'awaiting_funds')",
             id,
             payment_intent_id
         )
@@ -259,9 +260,28 @@ impl Store {
     pub async fn end_purchase(&self, id: Uuid, state: &str) -> Result<(), StoreError> {
         sqlx::query!(
             "UPDATE purchases SET state = $2, updated_at = now()
-              WHERE id = $1 AND state = 'awaiting_payment'",
+              WHERE id = $1 AND state IN ('awaiting_payment', 'awaiting_funds')",
             id,
             state
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A checkout completed with a payment that settles later: `awaiting_funds` until the
+    /// processor reports the money received or the payment failed.
+    pub async fn mark_purchase_awaiting_funds(
+        &self,
+        id: Uuid,
+        payment_intent_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query!(
+            "UPDATE purchases SET state = 'awaiting_funds', payment_intent_id = $2,
+                                  updated_at = now()
+              WHERE id = $1 AND state = 'awaiting_payment'",
+            id,
+            payment_intent_id
         )
         .execute(&self.pool)
         .await?;
@@ -312,6 +332,11 @@ impl Store {
             });
         }
         let mut tx = self.pool.begin().await?;
+        // The purchase first, then the org: the order request_refund locks them in, so a grant
+        // retried while a refund of the same purchase is accepted cannot deadlock with it.
+        sqlx::query!("SELECT id FROM purchases WHERE id = $1 FOR UPDATE", id)
+            .fetch_one(&mut *tx)
+            .await?;
         let mut locked = self.lock_orgs(&mut tx, &[org]).await?;
         let outcomes = self
             .book_locked(&mut tx, &mut locked, &transfers, true)

@@ -68,11 +68,81 @@ impl RefundRow {
     }
 }
 
+/// The credits a refund takes back, as ledger transfers: the purchased share as `refund` (to
+/// the refunds account), the bonus share as `reversal` (back to promotions). `restore` books the
+/// exact opposite (same kinds, the org credited), for a refund the processor refused. Keys are
+/// the refund's own, so each direction is booked at most once.
+fn refund_transfers(r: &Refund, restore: bool) -> Vec<NewTransfer> {
+    let org = r.org_id;
+    let refs = serde_json::json!({"refund_id": r.id, "purchase_id": r.purchase_id});
+    let mut transfers = Vec::new();
+    for (amount, kind, system, part) in [
+        (
+            r.credits,
+            TransferKind::Refund,
+            SystemAccount::Refunds,
+            "base",
+        ),
+        (
+            r.bonus_credits,
+            TransferKind::Reversal,
+            SystemAccount::Promotions,
+            "bonus",
+        ),
+    ] {
+        if !amount.is_positive() {
+            continue;
+        }
+        let (debit, credit, key) = if restore {
+            (
+                Account::System(system),
+                Account::Org(org),
+                format!("refund:{}:restore:{part}", r.id),
+            )
+        } else {
+            (
+                Account::Org(org),
+                Account::System(system),
+                format!("refund:{}:{part}", r.id),
+            )
+        };
+        transfers.push(NewTransfer {
+            id: Uuid::now_v7(),
+            posting: Posting {
+                debit,
+                credit,
+                amount,
+                kind,
+                org,
+            },
+            idempotency_key: key,
+            actor: r.requested_by.clone(),
+            reason: if restore {
+                format!("refund refused by the processor: {}", r.reason)
+            } else {
+                r.reason.clone()
+            },
+            refs: refs.clone(),
+        });
+    }
+    transfers
+}
+
 impl Store {
-    /// Records a refund of `amount_minor` of a credited purchase, refusing it before any money
-    /// moves when the total refunded would exceed what was paid, or when reversing the credits
-    /// (in proportion, base and bonus) would take the org's balance below zero. The same
-    /// idempotency key returns the first refund.
+    /// Accepts a refund of `amount_minor` of a credited purchase and takes its credits back in
+    /// the same transaction, before any money moves: the refund's share of the purchased
+    /// credits and of the bonus leave the org's balance now (a refund the processor refuses
+    /// gives them back, see [`Store::refund_failed`]). Refused up front, with nothing written,
+    /// when the refunds that have not failed (pending ones included) and this one would exceed
+    /// what was paid, or when taking the credits would take the balance below zero.
+    ///
+    /// Shares are cumulative: the credits of everything refunded so far including this one are
+    /// rounded once, less what earlier refunds took, so parts never add up to more than the
+    /// grant and the part that completes the payment takes exactly the remainder.
+    ///
+    /// Idempotent on `idempotency_key` (per purchase), looked up under the purchase's lock so
+    /// concurrent requests with one key serialize: the same key and body answer the first
+    /// refund; the same key with another amount or reason is [`StoreError::IdempotencyConflict`].
     pub async fn request_refund(
         &self,
         purchase_id: Uuid,
@@ -81,10 +151,8 @@ impl Store {
         requested_by: &str,
         idempotency_key: &str,
     ) -> Result<Refund, StoreError> {
-        if let Some(existing) = self.refund_by_key(purchase_id, idempotency_key).await? {
-            return Ok(existing);
-        }
         let mut tx = self.pool.begin().await?;
+        // The purchase first, then the org: the order grant_purchase locks them in too.
         let p = sqlx::query!(
             "SELECT org_id, state, package FROM purchases WHERE id = $1 FOR UPDATE",
             purchase_id
@@ -92,6 +160,21 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(StoreError::NotFound("purchase"))?;
+        if let Some(first) = sqlx::query!(
+            "SELECT id, amount_minor, reason FROM refunds
+              WHERE purchase_id = $1 AND idempotency_key = $2",
+            purchase_id,
+            idempotency_key
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        {
+            tx.rollback().await?;
+            if first.amount_minor != amount_minor || first.reason != reason {
+                return Err(StoreError::IdempotencyConflict);
+            }
+            return self.refund(first.id).await;
+        }
         if p.state != "credited" {
             return Err(StoreError::Conflict(format!(
                 "only a credited purchase can be refunded (this one is {})",
@@ -100,24 +183,31 @@ impl Store {
         }
         let package: billing::packages::Package =
             serde_json::from_value(p.package).map_err(|e| StoreError::Decode(e.to_string()))?;
-        let refunded: i64 = sqlx::query_scalar!(
-            r#"SELECT COALESCE(sum(amount_minor), 0)::bigint AS "n!" FROM refunds
-                WHERE purchase_id = $1 AND state <> 'failed'"#,
+        let so_far = sqlx::query!(
+            r#"SELECT COALESCE(sum(amount_minor), 0)::bigint AS "amount_minor!",
+                      COALESCE(sum(credits), 0) AS "credits!",
+                      COALESCE(sum(bonus_credits), 0) AS "bonus_credits!"
+                 FROM refunds WHERE purchase_id = $1 AND state <> 'failed'"#,
             purchase_id
         )
         .fetch_one(&mut *tx)
         .await?;
         let paid = package.price.amount_minor;
+        let refunded = so_far.amount_minor;
         if amount_minor <= 0 || refunded + amount_minor > paid {
             return Err(StoreError::Conflict(format!(
                 "a refund of {amount_minor} would exceed what is left of the payment ({} of {paid})",
                 paid - refunded
             )));
         }
-        let share = Decimal::from(amount_minor) / Decimal::from(paid);
-        let credits = Credits::round_computed(package.base_credits.as_decimal() * share);
-        let bonus = Credits::round_computed(package.bonus_credits.as_decimal() * share);
-        let locked = self.lock_orgs(&mut tx, &[p.org_id]).await?;
+        let share_after = Decimal::from(refunded + amount_minor) / Decimal::from(paid);
+        let part = |granted: Credits, taken: Decimal| -> Result<Credits, StoreError> {
+            let cumulative = Credits::round_computed(granted.as_decimal() * share_after);
+            Ok(cumulative.checked_sub(Credits::from_stored(taken))?)
+        };
+        let credits = part(package.base_credits, so_far.credits)?;
+        let bonus = part(package.bonus_credits, so_far.bonus_credits)?;
+        let mut locked = self.lock_orgs(&mut tx, &[p.org_id]).await?;
         let balance = locked.balance(p.org_id).ok_or(StoreError::OrgNotFound)?;
         let would_be = balance.checked_sub(credits)?.checked_sub(bonus)?;
         if would_be.is_negative() {
@@ -144,28 +234,18 @@ impl Store {
         )
         .fetch_one(&mut *tx)
         .await?;
+        let refund = row.into_refund(true);
+        self.book_locked(
+            &mut tx,
+            &mut locked,
+            &refund_transfers(&refund, false),
+            false,
+        )
+        .await?;
         tx.commit().await?;
-        self.refund(row.id)
+        self.refund(refund.id)
             .await
             .map(|r| Refund { created: true, ..r })
-    }
-
-    async fn refund_by_key(
-        &self,
-        purchase_id: Uuid,
-        key: &str,
-    ) -> Result<Option<Refund>, StoreError> {
-        let id = sqlx::query_scalar!(
-            "SELECT id FROM refunds WHERE purchase_id = $1 AND idempotency_key = $2",
-            purchase_id,
-            key
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        match id {
-            Some(id) => Ok(Some(self.refund(id).await?)),
-            None => Ok(None),
-        }
     }
 
     pub async fn refund(&self, id: Uuid) -> Result<Refund, StoreError> {
@@ -216,60 +296,54 @@ impl Store {
         Ok(())
     }
 
+    /// The processor refused the refund: it ends `failed` and the credits it took when it was
+    /// accepted come back to the org, in one transaction (idempotent).
     pub async fn refund_failed(&self, id: Uuid, detail: &str) -> Result<(), StoreError> {
+        let r = self.refund(id).await?;
+        let mut tx = self.pool.begin().await?;
+        let pending = sqlx::query_scalar!(
+            "SELECT state = 'pending' AS \"pending!\" FROM refunds WHERE id = $1 FOR UPDATE",
+            id
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if !pending {
+            return Ok(());
+        }
+        // Refunds accepted before credits were taken at request time have nothing to give back.
+        let reserve = refund_transfers(&r, false);
+        let keys: Vec<String> = reserve.iter().map(|t| t.idempotency_key.clone()).collect();
+        let reserved = self.transfers_by_key(&mut tx, &keys).await?;
+        let restore: Vec<NewTransfer> = refund_transfers(&r, true)
+            .into_iter()
+            .zip(&keys)
+            .filter(|(_, key)| reserved.contains_key(*key))
+            .map(|(t, _)| t)
+            .collect();
+        let mut locked = self.lock_orgs(&mut tx, &[r.org_id]).await?;
+        self.book_locked(&mut tx, &mut locked, &restore, true)
+            .await?;
         sqlx::query!(
             "UPDATE refunds SET state = 'failed', detail = $2, finished_at = now()
               WHERE id = $1 AND state = 'pending'",
             id,
             detail
         )
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    /// Reverses a refunded refund's credits in the ledger: the purchased share as `refund`, the
-    /// bonus share as `reversal`, idempotent on the refund, in one transaction with its state.
+    /// Ends a refunded refund as `reversed`. Its credits left the balance when it was accepted;
+    /// a refund accepted before that rule (round 1) has its transfers booked here, idempotent on
+    /// the refund's keys either way.
     pub async fn reverse_refund(&self, id: Uuid) -> Result<Credits, StoreError> {
         let r = self.refund(id).await?;
         let org = r.org_id;
-        let refs = serde_json::json!({"refund_id": id, "purchase_id": r.purchase_id,
-                                      "stripe_refund_id": r.stripe_refund_id});
-        let mut transfers = Vec::new();
-        for (amount, kind, system, part) in [
-            (
-                r.credits,
-                TransferKind::Refund,
-                SystemAccount::Refunds,
-                "base",
-            ),
-            (
-                r.bonus_credits,
-                TransferKind::Reversal,
-                SystemAccount::Promotions,
-                "bonus",
-            ),
-        ] {
-            if amount.is_positive() {
-                transfers.push(NewTransfer {
-                    id: Uuid::now_v7(),
-                    posting: Posting {
-                        debit: Account::Org(org),
-                        credit: Account::System(system),
-                        amount,
-                        kind,
-                        org,
-                    },
-                    idempotency_key: format!("refund:{id}:{part}"),
-                    actor: r.requested_by.clone(),
-                    reason: r.reason.clone(),
-                    refs: refs.clone(),
-                });
-            }
-        }
         let mut tx = self.pool.begin().await?;
         let mut locked = self.lock_orgs(&mut tx, &[org]).await?;
-        self.book_locked(&mut tx, &mut locked, &transfers, true)
+        self.book_locked(&mut tx, &mut locked, &refund_transfers(&r, false), true)
             .await?;
         sqlx::query!(
             "UPDATE refunds SET state = 'reversed', finished_at = COALESCE(finished_at, now()) WHERE id = $1",

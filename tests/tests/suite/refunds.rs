@@ -23,13 +23,10 @@ async fn bought_100(app: &TestApp) -> (TestOrg, String) {
             &[],
         )
         .await;
-    assert_eq!(bought.status, 201, "{}", bought.text);
-    let id = bought.body["id"].as_str().unwrap().to_string();
-    app.pay_checkout(
-        bought.body["checkout_url"].as_str().unwrap(),
-        "pm_card_visa",
-    )
-    .await;
+    let bought = app.ready_purchase(&org, &bought).await;
+    let id = bought["id"].as_str().unwrap().to_string();
+    app.pay_checkout(bought["checkout_url"].as_str().unwrap(), "pm_card_visa")
+        .await;
     eventually("credited", Duration::from_secs(60), || async {
         (app.get(&format!("/v1/purchases/{id}"), &org.key).await.body["state"] == "credited")
             .then_some(())
@@ -196,4 +193,270 @@ async fn refunds_are_for_operators_and_need_a_credited_purchase() {
     refund(&app, &p.id.to_string(), 0, "k0")
         .await
         .assert_problem(422, "amount_not_positive");
+}
+
+/// A credited purchase of `package` booked through the store (no checkout, no worker), with
+/// `payment_intent` as its processor payment.
+async fn credited(
+    app: &TestApp,
+    org: &TestOrg,
+    package: &billing::packages::Package,
+    payment_intent: &str,
+) -> uuid::Uuid {
+    let (p, _) = app
+        .store
+        .create_purchase(org.id, package, "ana", None, chrono::Utc::now(), None)
+        .await
+        .unwrap();
+    app.store
+        .mark_purchase_paid(p.id, payment_intent)
+        .await
+        .unwrap();
+    app.store.grant_purchase(p.id).await.unwrap();
+    p.id
+}
+
+/// A package whose price and credits do not divide evenly: 3,000.5 credits + 333.333333 bonus
+/// for $9.97.
+async fn uneven_package(app: &TestApp) -> billing::packages::Package {
+    let a = app
+        .call(
+            Method::POST,
+            "/v1/packages",
+            Some(OPERATOR_KEY),
+            Some(
+                &json!({"name": "Uneven", "price_minor": 997, "currency": "usd",
+                           "base_credits": "3000.5", "bonus_credits": "333.333333"}),
+            ),
+            &[],
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    app.store
+        .package(a.body["id"].as_str().unwrap().parse().unwrap())
+        .await
+        .unwrap()
+}
+
+fn credits(text: &str) -> rust_decimal::Decimal {
+    text.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_while_a_refund_waits_at_the_processor_cannot_keep_refunded_credits() {
+    let app = TestApp::spawn().await.unwrap();
+    let (org, purchase) = {
+        let _worker = TestWorker::start(&app).unwrap();
+        bought_100(&app).await
+    };
+    // No worker now: the refund waits before the processor is asked.
+
+    let accepted = refund(&app, &purchase, 1000, "all").await;
+    assert_eq!(accepted.status, 202, "{}", accepted.text);
+    assert_eq!(app.balance(&org).await, "0.000000", "taken when accepted");
+    use_credits(&app, &org, 30).await;
+    // A second refund finds nothing left to refund.
+    refund(&app, &purchase, 1, "more")
+        .await
+        .assert_problem(422, "refund_not_allowed");
+    let _worker = TestWorker::start(&app).unwrap();
+    eventually("reversed", Duration::from_secs(60), || async {
+        (refunds_of(&app, &org, &purchase).await[0]["state"] == "reversed").then_some(())
+    })
+    .await;
+
+    // The money went back and so did every credit: the usage is an overdraft, not a gift.
+    assert_eq!(processor_refunds(&app).await, 1);
+    assert_eq!(app.balance(&org).await, "-30.000000");
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_refunds_together_cannot_take_more_than_the_balance_holds() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let (org, purchase) = bought_100(&app).await;
+    use_credits(&app, &org, 30).await;
+
+    // Each half takes 50 credits; 70 are left, so only one of them fits.
+    let (a, b) = tokio::join!(
+        refund(&app, &purchase, 500, "r-a"),
+        refund(&app, &purchase, 500, "r-b")
+    );
+    let mut statuses = [a.status.as_u16(), b.status.as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [202, 422], "{} / {}", a.text, b.text);
+    eventually("reversed", Duration::from_secs(60), || async {
+        let all = refunds_of(&app, &org, &purchase).await;
+        (all.len() == 1 && all[0]["state"] == "reversed").then_some(())
+    })
+    .await;
+    assert_eq!(processor_refunds(&app).await, 1);
+    assert_eq!(app.balance(&org).await, "20.000000");
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_concurrent_same_key_refunds_make_one_and_another_body_is_a_conflict() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let (org, purchase) = bought_100(&app).await;
+
+    let answers =
+        futures::future::join_all((0..8).map(|_| refund(&app, &purchase, 400, "same-key"))).await;
+    for a in &answers {
+        assert_eq!(a.status, 202, "{}", a.text);
+        assert_eq!(a.body["id"], answers[0].body["id"]);
+        assert_eq!(
+            a.body["credits_reversed"],
+            answers[0].body["credits_reversed"]
+        );
+    }
+    app.call(
+        Method::POST,
+        &format!("/v1/purchases/{purchase}/refunds"),
+        Some(OPERATOR_KEY),
+        Some(&json!({"amount_minor": 500, "reason": "customer asked"})),
+        &[("idempotency-key", "same-key")],
+    )
+    .await
+    .assert_problem(409, "idempotency_conflict");
+    app.call(
+        Method::POST,
+        &format!("/v1/purchases/{purchase}/refunds"),
+        Some(OPERATOR_KEY),
+        Some(&json!({"amount_minor": 400, "reason": "another reason"})),
+        &[("idempotency-key", "same-key")],
+    )
+    .await
+    .assert_problem(409, "idempotency_conflict");
+    eventually("reversed", Duration::from_secs(60), || async {
+        (refunds_of(&app, &org, &purchase).await[0]["state"] == "reversed").then_some(())
+    })
+    .await;
+    assert_eq!(refunds_of(&app, &org, &purchase).await.len(), 1);
+    assert_eq!(processor_refunds(&app).await, 1);
+    assert_eq!(app.balance(&org).await, "60.000000");
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_with_no_processor_payment_fails_and_gives_the_credits_back_exactly() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = app.create_org("no-payment").await;
+    let package = uneven_package(&app).await;
+    // Round 1 credited such purchases (an unpaid checkout with no PaymentIntent).
+    let purchase = credited(&app, &org, &package, "").await.to_string();
+    let before = app.balance(&org).await;
+
+    let accepted = refund(&app, &purchase, 333, "part").await;
+    assert_eq!(accepted.status, 202, "{}", accepted.text);
+    let taken = credits(accepted.body["credits_reversed"].as_str().unwrap())
+        + credits(accepted.body["bonus_credits_reversed"].as_str().unwrap());
+    assert_eq!(credits(&app.balance(&org).await), credits(&before) - taken);
+    let failed = eventually("failed", Duration::from_secs(60), || async {
+        let r = refunds_of(&app, &org, &purchase).await.remove(0);
+        (r["state"] == "failed").then_some(r)
+    })
+    .await;
+
+    assert!(
+        failed["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no processor payment"),
+        "{failed}"
+    );
+    assert_eq!(app.balance(&org).await, before, "restored exactly");
+    assert_eq!(processor_refunds(&app).await, 0);
+    // A failed refund holds nothing back: the whole payment can still be refunded.
+    let b = app
+        .get(&format!("/v1/orgs/{}/balance", org.id), &org.key)
+        .await;
+    assert_eq!(b.body["totals"]["refunded_credits"], "0.000000");
+    app.assert_invariants().await;
+}
+
+/// A small deterministic generator (xorshift), so a failing case can be replayed by its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Random parts of an uneven payment, refunded 1, 2, 4 or 8 at a time: what they take back
+/// never exceeds the grant, equals it exactly once the whole payment is refunded, and the
+/// balance always equals the grant less what was taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refund_parts_never_exceed_the_grant_and_add_up_to_it_when_all_is_refunded() {
+    let app = TestApp::spawn().await.unwrap();
+    let package = uneven_package(&app).await;
+    let granted = package.base_credits.as_decimal() + package.bonus_credits.as_decimal();
+    let paid = package.price.amount_minor as u64;
+    for seed in 1..=12u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let org = app.create_org(&format!("parts-{seed}")).await;
+        let purchase = credited(&app, &org, &package, &format!("pi_parts_{seed}")).await;
+        // Parts that add up to the whole payment, sent in waves of 1, 2, 4 or 8 at once.
+        let mut left = paid;
+        let mut parts = Vec::new();
+        while left > 0 {
+            let part = if left == 1 {
+                1
+            } else {
+                1 + rng.below(left.min(400))
+            };
+            parts.push(part as i64);
+            left -= part;
+        }
+        let wave = [1, 2, 4, 8][rng.below(4) as usize];
+        let mut n = 0;
+        for chunk in parts.chunks(wave) {
+            let requests = chunk.iter().map(|amount| {
+                n += 1;
+                let key = format!("s{seed}-{n}");
+                let store = app.store.clone();
+                async move {
+                    store
+                        .request_refund(purchase, *amount, "parts", "operator:test", &key)
+                        .await
+                        .expect("every part fits")
+                }
+            });
+            futures::future::join_all(requests).await;
+            let refunds = app.store.refunds_of(purchase).await.unwrap();
+            let taken: rust_decimal::Decimal = refunds
+                .iter()
+                .map(|r| r.credits.as_decimal() + r.bonus_credits.as_decimal())
+                .sum();
+            assert!(taken <= granted, "seed {seed}: {taken} > {granted}");
+            assert_eq!(
+                credits(&app.balance(&org).await),
+                granted - taken,
+                "seed {seed}"
+            );
+        }
+        let refunds = app.store.refunds_of(purchase).await.unwrap();
+        let base: rust_decimal::Decimal = refunds.iter().map(|r| r.credits.as_decimal()).sum();
+        let bonus: rust_decimal::Decimal =
+            refunds.iter().map(|r| r.bonus_credits.as_decimal()).sum();
+        assert_eq!(
+            base,
+            package.base_credits.as_decimal(),
+            "seed {seed} {parts:?}"
+        );
+        assert_eq!(
+            bonus,
+            package.bonus_credits.as_decimal(),
+            "seed {seed} {parts:?}"
+        );
+        assert_eq!(app.balance(&org).await, "0.000000", "seed {seed}");
+    }
+    app.assert_invariants().await;
 }

@@ -195,6 +195,7 @@ impl Emulator {
             .route("/checkout/{id}/pay", post(pay))
             .route("/_emulator/events", get(list_events))
             .route("/_emulator/events/{id}/deliver", post(redeliver))
+            .route("/_emulator/checkout/{id}/settle", post(settle))
             .with_state(self.clone())
     }
 
@@ -531,6 +532,10 @@ impl Emulator {
             let amount = s["amount_total"].as_i64().unwrap_or(0);
             let currency = s["currency"].as_str().unwrap_or("usd").to_string();
             let customer = s["customer"].as_str().map(String::from);
+            // A bank debit completes the checkout unpaid: the money arrives (or not) later, when
+            // the test settles it (POST /_emulator/checkout/{id}/settle), as Stripe's
+            // delayed-notification payment methods do.
+            let settles_later = settles_later(pm).is_some();
             let pi = self.payment_intent(
                 &mut data,
                 NewIntent {
@@ -539,12 +544,21 @@ impl Emulator {
                     customer: customer.as_ref(),
                     pm,
                     metadata: s["metadata"].clone(),
-                    status: "succeeded",
+                    status: if settles_later {
+                        "processing"
+                    } else {
+                        "succeeded"
+                    },
                 },
             );
             s["payment_intent"] = pi["id"].clone();
-            s["payment_status"] = json!("paid");
-            self.emit(&mut data, "payment_intent.succeeded", pi);
+            if settles_later {
+                s["payment_status"] = json!("unpaid");
+                self.emit(&mut data, "payment_intent.processing", pi);
+            } else {
+                s["payment_status"] = json!("paid");
+                self.emit(&mut data, "payment_intent.succeeded", pi);
+            }
         } else {
             let seti = self.next_id(&mut data, "seti");
             data.objects.insert(
@@ -561,6 +575,90 @@ impl Emulator {
         data.objects.insert(id.to_string(), s.clone());
         self.emit(&mut data, "checkout.session.completed", s.clone());
         Ok(s)
+    }
+}
+
+/// Test bank-debit payment methods: checkout completes unpaid and the payment settles later,
+/// succeeding (`true`) or failing.
+fn settles_later(pm: &str) -> Option<bool> {
+    match pm {
+        "pm_usBankAccount_success" | "pm_sepaDebit_success" => Some(true),
+        "pm_usBankAccount_fail" | "pm_sepaDebit_fail" => Some(false),
+        _ => None,
+    }
+}
+
+impl Emulator {
+    /// Settles a completed, unpaid session's bank debit as its payment method says: the
+    /// PaymentIntent succeeds (session `paid`, `checkout.session.async_payment_succeeded`) or
+    /// fails (`requires_payment_method`, `checkout.session.async_payment_failed`).
+    fn settle(&self, id: &str) -> Result<Value, (u16, Value)> {
+        let mut data = self.data.lock().expect("data");
+        let session = data.objects.get(id).cloned();
+        let Some(mut s) =
+            session.filter(|s| s["status"] == "complete" && s["payment_status"] == "unpaid")
+        else {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                "No completed, unpaid Checkout Session to settle.",
+                json!({}),
+            ));
+        };
+        let pi_id = s["payment_intent"].as_str().unwrap_or_default().to_string();
+        let Some(mut pi) = data.objects.get(&pi_id).cloned() else {
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("resource_missing"),
+                "No such payment_intent",
+                json!({}),
+            ));
+        };
+        let succeeds =
+            settles_later(pi["payment_method"].as_str().unwrap_or_default()).unwrap_or(true);
+        let charge_id = pi["latest_charge"].as_str().unwrap_or_default().to_string();
+        if succeeds {
+            pi["status"] = json!("succeeded");
+            pi["amount_received"] = pi["amount"].clone();
+            s["payment_status"] = json!("paid");
+            if let Some(charge) = data.objects.get_mut(&charge_id) {
+                charge["status"] = json!("succeeded");
+                charge["paid"] = json!(true);
+                charge["captured"] = json!(true);
+                charge["amount_captured"] = charge["amount"].clone();
+            }
+        } else {
+            pi["status"] = json!("requires_payment_method");
+            pi["last_payment_error"] = json!({"type": "invalid_request_error", "code": "payment_method_provider_decline", "message": "The bank account was declined."});
+        }
+        data.objects.insert(pi_id, pi.clone());
+        data.objects.insert(id.to_string(), s.clone());
+        if succeeds {
+            self.emit(&mut data, "payment_intent.succeeded", pi);
+            self.emit(
+                &mut data,
+                "checkout.session.async_payment_succeeded",
+                s.clone(),
+            );
+        } else {
+            self.emit(&mut data, "payment_intent.payment_failed", pi);
+            self.emit(
+                &mut data,
+                "checkout.session.async_payment_failed",
+                s.clone(),
+            );
+        }
+        Ok(s)
+    }
+}
+
+/// `POST /_emulator/checkout/{id}/settle` (tests): see [`Emulator::settle`].
+async fn settle(State(em): State<Emulator>, Path(id): Path<String>) -> Response {
+    match em.settle(&id) {
+        Ok(s) => reply((200, s)),
+        Err(e) => reply(e),
     }
 }
 
@@ -749,6 +847,8 @@ async fn hosted_page(State(em): State<Emulator>, Path(id): Path<String>) -> Resp
     <option value="pm_card_visa">4242 4242 4242 4242 (succeeds)</option>
     <option value="pm_card_chargeDeclinedInsufficientFunds">…9995 (insufficient funds later)</option>
     <option value="pm_card_chargeDeclinedExpiredCard">…0069 (expired card later)</option>
+    <option value="pm_usBankAccount_success">US bank account (settles later)</option>
+    <option value="pm_usBankAccount_fail">US bank account (fails later)</option>
   </select></label>
   <button type="submit" id="pay">Pay</button></form>"#
         )
