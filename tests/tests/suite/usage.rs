@@ -161,16 +161,12 @@ async fn same_id_in_one_batch_counts_once_and_a_changed_payload_is_refused() {
     let app = TestApp::spawn().await.unwrap();
     let org = app.create_org("dup-batch").await;
 
-    let a = send(
-        &app,
-        &org,
-        json!([
-            ai("x", 4000, 0, 0),
-            ai("x", 4000, 0, 0),
-            ai("x", 8000, 0, 0)
-        ]),
-    )
-    .await;
+    // One value sent twice: built twice, its `occurred_at` (read from the clock, in ms) could
+    // differ across a millisecond and make it another payload (a flake the hunt found).
+    let event = ai("x", 4000, 0, 0);
+    let mut changed = event.clone();
+    changed["input_tokens"] = json!(8000);
+    let a = send(&app, &org, json!([event.clone(), event.clone(), changed])).await;
     let later = send(&app, &org, json!([ai("x", 4000, 1, 0)])).await;
 
     let r = &a.body["results"];
