@@ -156,7 +156,7 @@ async fn operators_refund_from_the_cli_once_per_key_and_wait_for_it() {
 
     // 30 % of the $50.00 payment: 1,500 of the 5,000 credits and 75 of the 250 bonus.
     let (ok, first, progress) = refund("1500", "cli-r1").await;
-    let (again_ok, again, _) = refund("1500", "cli-r1").await;
+    let (again_ok, again, again_progress) = refund("1500", "cli-r1").await;
     let (too_much, _, refused) = refund("999999", "cli-r2").await;
 
     assert!(ok, "{progress}");
@@ -166,7 +166,7 @@ async fn operators_refund_from_the_cli_once_per_key_and_wait_for_it() {
     assert_eq!(first["credits_reversed"], "1500.000000");
     assert_eq!(first["bonus_credits_reversed"], "75.000000");
     assert_eq!(first["requested_by"], "operator:cli");
-    assert!(again_ok);
+    assert!(again_ok, "{again_progress}");
     assert_eq!(
         json(&again)["id"],
         first["id"],
