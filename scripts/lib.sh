@@ -38,7 +38,8 @@ die() { printf '[%s] error: %s\n' "$(date +%H:%M:%S)" "$*" >&2; exit 1; }
 # Runs a command as the unprivileged cluster owner: initdb and postgres refuse to run as root.
 as_pg() {
   if [ "$(id -u)" = 0 ]; then
-    runuser -u postgres -- "$@"
+    # From /: the postgres user may not be able to enter the current folder (under /root).
+    (cd / && runuser -u postgres -- "$@")
   else
     "$@"
   fi

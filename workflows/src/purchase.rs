@@ -241,24 +241,7 @@ impl PurchaseWorkflow {
             }
         };
 
-        let mark = MarkPaid {
-            purchase_id: id.clone(),
-            payment_intent_id,
-        };
-        // From here the buyer may have paid: these steps are never given up as `failed` (the
-        // money would be recorded nowhere). Their activities retry until they succeed; a bug
-        // that makes one fail for good fails the workflow, visible to operators in the Temporal
-        // UI and in temporal_workflow_failed, with the purchase left truthfully `awaiting_payment`
-        // or `paid`, to be fixed and the workflow reset.
-        ctx.execute_activity(PurchaseActivities::mark_paid, mark, step())
-            .await?;
-        ctx.state_mut(|s| s.state = "paid".into());
-        ctx.execute_activity(PurchaseActivities::grant_credits, id.clone(), step())
-            .await?;
-        ctx.state_mut(|s| s.state = "credited".into());
-        ctx.execute_activity(PurchaseActivities::send_receipt, id, step())
-            .await?;
-        Ok("credited".into())
+        credit_paid(ctx, id, payment_intent_id).await
     }
 
     /// The webhook's signal: something happened to the checkout session (completed, paid
@@ -357,11 +340,25 @@ async fn checked_payment(
             PaymentCheck::NotPaid { .. } => {}
         }
     };
+    credit_paid(ctx, id, payment_intent_id).await
+}
+
+/// A paid purchase: marked paid, credited once, receipt sent (both paths end here).
+///
+/// From here the buyer has paid: these steps are never given up as `failed` (the money would be
+/// recorded nowhere). Their activities retry until they succeed; a bug that makes one fail for
+/// good fails the workflow, visible to operators in the Temporal UI and in
+/// temporal_workflow_failed, with the purchase left truthfully `awaiting_payment` or `paid`, to
+/// be fixed and the workflow reset.
+async fn credit_paid(
+    ctx: &mut WorkflowContext<PurchaseWorkflow>,
+    id: String,
+    payment_intent_id: String,
+) -> WorkflowResult<String> {
     let mark = MarkPaid {
         purchase_id: id.clone(),
         payment_intent_id,
     };
-    // From here the money was received: as on the old path, never given up as `failed`.
     ctx.execute_activity(PurchaseActivities::mark_paid, mark, step())
         .await?;
     ctx.state_mut(|s| s.state = "paid".into());
