@@ -432,17 +432,33 @@ pub async fn stripe_webhook(
         _ => Ok(()),
     };
     if let Err(e) = signalled {
-        let text = e.to_string();
-        // A finished or unknown workflow has nothing left to do with this event.
-        if !(text.contains("already completed") || text.contains("not found")) {
-            tracing::error!(error = %text, reference, "signal failed; the processor will retry");
+        // Whether the event still matters is decided by the error's kind and our own records,
+        // never by its text: a workflow that is gone (finished, timed out) has nothing left to
+        // do with it, unless it is a purchase that has not ended (then something is wrong on
+        // our side, and the processor retries).
+        let gone = matches!(
+            e,
+            temporalio_client::errors::WorkflowInteractionError::NotFound(_)
+        );
+        let unfinished_purchase = match reference.parse::<Uuid>() {
+            Ok(id) if kind.starts_with("checkout.session.") && object["mode"] == "payment" => {
+                match state.store.purchase(id).await {
+                    Ok(p) => !matches!(p.state.as_str(), "credited" | "expired" | "failed"),
+                    Err(store::StoreError::NotFound(_)) => false,
+                    Err(other) => return Err(other.into()),
+                }
+            }
+            _ => false,
+        };
+        if !gone || unfinished_purchase {
+            tracing::error!(error = %e, reference, "signal failed; the processor will retry");
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "retry_later",
                 "could not reach the workflow",
             ));
         }
-        tracing::warn!(error = %text, reference, "event for a workflow that is not waiting");
+        tracing::warn!(error = %e, reference, "event for a workflow that is not waiting");
     }
     tx.commit().await.map_err(store::StoreError::from)?;
     Ok(AxumJson(json!({ "received": true })))

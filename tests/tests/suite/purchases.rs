@@ -802,3 +802,50 @@ async fn a_payment_whose_amount_differs_from_the_purchase_grants_nothing() {
     assert_eq!(app.balance(&org).await, "0.000000");
     assert_eq!(transfer_count(&app).await, 0);
 }
+
+#[tokio::test]
+async fn a_completion_for_an_unfinished_purchase_without_its_workflow_is_retried_not_swallowed() {
+    let app = TestApp::spawn().await.unwrap();
+    let org = app.create_org("no-workflow").await;
+    let package = app.store.package(GROWTH.parse().unwrap()).await.unwrap();
+    // A purchase whose workflow does not exist (no worker, nothing started).
+    let (p, _) = app
+        .store
+        .create_purchase(org.id, &package, "ana", None, chrono::Utc::now(), None)
+        .await
+        .unwrap();
+    let send = |event_id: &str, purchase: String| {
+        let body = json!({"id": event_id, "type": "checkout.session.completed",
+            "data": {"object": {"id": "cs_x", "mode": "payment", "client_reference_id": purchase,
+                                "payment_status": "paid"}}})
+        .to_string();
+        let sig = stripe_emulator::sign(WEBHOOK_SECRET, chrono::Utc::now().timestamp(), &body);
+        let app = &app;
+        async move {
+            app.http
+                .post(format!("{}/v1/webhooks/stripe", app.base_url))
+                .header("stripe-signature", sig)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+
+    // Unfinished: the processor must retry, and the event is not recorded as handled.
+    assert_eq!(send("evt_unfinished", p.id.to_string()).await, 503);
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_events")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(recorded, 0);
+    // An ended purchase (or none at all) has nothing left to do with it: acknowledged.
+    app.store.end_purchase(p.id, "expired").await.unwrap();
+    assert_eq!(send("evt_ended", p.id.to_string()).await, 200);
+    assert_eq!(
+        send("evt_unknown", uuid::Uuid::now_v7().to_string()).await,
+        200
+    );
+}
