@@ -15,6 +15,19 @@ use crate::{
     payments::{CheckoutRequest, Expired, Payments, SessionPayment},
 };
 
+/// When the processor should expire a checkout session created `now`: the purchase's own
+/// expiry, moved into the window the processor accepts (30 minutes to 24 hours after creation,
+/// with a minute's margin each side), computed at creation so a delayed or retried create is not
+/// refused. The purchase's workflow still expires the session itself at the purchase's expiry.
+pub fn session_expires_at(
+    purchase_expires_at: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> i64 {
+    let earliest = (now + chrono::Duration::minutes(31)).timestamp();
+    let latest = (now + chrono::Duration::hours(24) - chrono::Duration::minutes(1)).timestamp();
+    purchase_expires_at.timestamp().clamp(earliest, latest)
+}
+
 /// Judges what the processor says of a purchase's checkout session: paid only when the money
 /// was received, for this purchase (its reference), its amount and its currency.
 pub fn judge_payment(purchase_id: Uuid, price: billing::Money, s: &SessionPayment) -> PaymentCheck {
@@ -102,7 +115,7 @@ impl PurchaseActivitiesImpl {
                 client_reference_id: &id,
                 product_name: &format!("{} credits", p.package.name),
                 price: p.package.price,
-                expires_at_unix: p.expires_at.timestamp(),
+                expires_at_unix: session_expires_at(p.expires_at, chrono::Utc::now()),
                 success_url: &self.urls.success_url,
                 cancel_url: &self.urls.cancel_url,
                 metadata: vec![
@@ -336,6 +349,20 @@ mod tests {
 
     fn price() -> billing::Money {
         billing::Money::new(5000, billing::Currency::Usd)
+    }
+
+    #[test]
+    fn a_session_expiry_is_within_what_the_processor_accepts() {
+        let now = chrono::Utc::now();
+        let at = |minutes: i64| now + chrono::Duration::minutes(minutes);
+        // A purchase of 10 minutes, or one whose create was delayed past its own expiry.
+        assert_eq!(session_expires_at(at(10), now), at(31).timestamp());
+        assert_eq!(session_expires_at(at(-5), now), at(31).timestamp());
+        assert_eq!(session_expires_at(at(120), now), at(120).timestamp());
+        assert_eq!(
+            session_expires_at(at(48 * 60), now),
+            at(24 * 60 - 1).timestamp()
+        );
     }
 
     #[test]

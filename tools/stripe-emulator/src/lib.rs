@@ -320,6 +320,18 @@ impl Emulator {
                 json!({"param": "mode"}),
             );
         }
+        // Stripe accepts an expiry 30 minutes to 24 hours after the session's creation.
+        if let Some(at) = int(p, "expires_at")
+            && !(now() + 30 * 60..=now() + 24 * 3600).contains(&at)
+        {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                "The `expires_at` timestamp must be between 30 minutes and 24 hours after the Checkout Session's creation.",
+                json!({"param": "expires_at"}),
+            );
+        }
         let amount = int(p, "line_items[0][price_data][unit_amount]").unwrap_or(0)
             * int(p, "line_items[0][quantity]").unwrap_or(1);
         if mode == "payment" && amount <= 0 {

@@ -201,3 +201,36 @@ async fn a_webhook_answered_non_2xx_is_retried_with_the_same_signed_event() {
         assert_ne!(*signature, stripe_emulator::sign("whsec_other", t, body));
     }
 }
+
+#[tokio::test]
+async fn a_session_expiry_outside_30_minutes_to_24_hours_is_refused_like_stripe() {
+    let base = start(None).await;
+    let http = reqwest::Client::new();
+    let create = |expires_at: i64| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            http.post(format!("{base}/v1/checkout/sessions"))
+                .bearer_auth(KEY)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!(
+                    "mode=payment&line_items[0][price_data][unit_amount]=5000\
+                     &line_items[0][price_data][currency]=usd&line_items[0][quantity]=1\
+                     &success_url=http://x/s&expires_at={expires_at}"
+                ))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+
+    assert_eq!(create(now + 29 * 60).await, 400);
+    assert_eq!(create(now + 25 * 3600).await, 400);
+    assert_eq!(create(now + 31 * 60).await, 200);
+    assert_eq!(create(now + 23 * 3600).await, 200);
+}
