@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use temporalio_common::{ActivityError, error::ActivityExecutionError};
+use temporalio_common::{
+    ActivityError,
+    error::{ActivityExecutionError, ApplicationFailure},
+};
 use temporalio_macros::{activity_definitions, workflow, workflow_methods};
 use temporalio_sdk::{
     ActivityOptions, SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
@@ -299,7 +302,8 @@ async fn checked_payment(
             _ = ctx.timer(Duration::from_secs(wait)) => false,
         };
         seen = ctx.state(|s| s.hints);
-        if !hinted && !pending {
+        let expired = !hinted && !pending;
+        if expired {
             // Expired unpaid, unless the payment raced the expiry: then ask as for a hint.
             match ctx
                 .execute_activity(
@@ -336,6 +340,15 @@ async fn checked_payment(
                 ctx.execute_activity(PurchaseActivities::send_failure_notice, failed, step())
                     .await?;
                 return Ok("failed".into());
+            }
+            PaymentCheck::NotPaid { reason } if expired => {
+                // The session was completed (it could not be expired) with a payment that does
+                // not match the purchase: money may have moved, so it is not given up as failed
+                // but left to an operator, the workflow failed and visible in the Temporal UI.
+                return Err(ApplicationFailure::non_retryable(format!(
+                    "the checkout session of purchase {id} was completed but {reason}: an operator must look into it"
+                ))
+                .into());
             }
             PaymentCheck::NotPaid { .. } => {}
         }
