@@ -163,7 +163,7 @@ impl Payments {
 
 /// A Checkout Session as the processor has it, with its PaymentIntent's status: what the
 /// purchase workflow decides on (a webhook only says when to ask).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SessionPayment {
     /// `open`, `complete` or `expired`.
     pub status: String,

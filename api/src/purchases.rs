@@ -440,8 +440,11 @@ pub async fn stripe_webhook(
             e,
             temporalio_client::errors::WorkflowInteractionError::NotFound(_)
         );
+        // Only a gone workflow needs the purchase looked up.
         let unfinished_purchase = match reference.parse::<Uuid>() {
-            Ok(id) if kind.starts_with("checkout.session.") && object["mode"] == "payment" => {
+            Ok(id)
+                if gone && kind.starts_with("checkout.session.") && object["mode"] == "payment" =>
+            {
                 match state.store.purchase(id).await {
                     Ok(p) => !matches!(p.state.as_str(), "credited" | "expired" | "failed"),
                     Err(store::StoreError::NotFound(_)) => false,
