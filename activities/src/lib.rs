@@ -103,31 +103,109 @@ pub(crate) fn payment_error(e: payments::PaymentError) -> ActivityError {
     }
 }
 
-/// Sends an e-mail once per `key` (receipts, alerts, failures): a send record is kept, so a
-/// retried activity does not deliver a second copy. The one window left, a crash after the
-/// SMTP server took the message and before the record says so, resends the same Message-ID
-/// (derived from `key`), which mail systems treat as one message.
+/// Tries of one e-mail before it is recorded `failed` (SMTP unreachable throughout): a notice
+/// never holds up the workflow that sends it for longer than these tries take.
+pub(crate) const MAIL_TRIES: u32 = 8;
+
+/// What became of an e-mail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mailed {
+    /// Accepted by the SMTP server (now or by an earlier try), or no one to tell.
+    Sent,
+    /// Never sent, for good: an address the mailer refuses, a permanent SMTP refusal, or SMTP
+    /// unreachable for every try.
+    Failed(String),
+    /// A try handed it over and stopped before the answer: it may have been delivered.
+    Unknown(String),
+}
+
+impl Mailed {
+    pub fn state(&self) -> &'static str {
+        match self {
+            Mailed::Sent => "sent",
+            Mailed::Failed(_) => "failed",
+            Mailed::Unknown(_) => "unknown",
+        }
+    }
+
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Mailed::Sent => None,
+            Mailed::Failed(d) | Mailed::Unknown(d) => Some(d),
+        }
+    }
+}
+
+/// Sends an e-mail at most once per `key` (receipts, alerts, notices).
+///
+/// The send is claimed in the database (`sending`) before the message is handed to SMTP and
+/// recorded `sent` after the server's answer. A retry that finds it still `sending` knows an
+/// earlier try stopped in between, when the server may have taken it: it records `unknown`
+/// and does not send again. What cannot succeed (an address the mailer refuses, a 5xx
+/// answer) is recorded `failed` at once; SMTP unreachable is retried by Temporal and recorded
+/// `failed` on try `MAIL_TRIES`, so a notice never blocks the money step it reports on.
 pub(crate) async fn mail_once(
     store: &Store,
     mailer: &mail::Mailer,
+    attempt: u32,
     key: &str,
     to: &[String],
     subject: &str,
     body: &str,
-) -> Result<(), ActivityError> {
+) -> Result<Mailed, ActivityError> {
     if to.is_empty() {
-        return Ok(());
+        return Ok(Mailed::Sent);
     }
-    if !store
-        .email_pending(key, &to.join(","), subject)
+    match store
+        .claim_email(key, &to.join(","), subject)
         .await
         .map_err(retryable)?
     {
-        return Ok(());
+        store::EmailClaim::Done { state, detail } => {
+            let detail = detail.unwrap_or_default();
+            return Ok(match state.as_str() {
+                "failed" => Mailed::Failed(detail),
+                "unknown" => Mailed::Unknown(detail),
+                _ => Mailed::Sent,
+            });
+        }
+        store::EmailClaim::Send => {}
     }
-    mailer
-        .send(&message_id(key), to, subject, body)
-        .await
-        .map_err(retryable)?;
-    store.email_sent(key).await.map_err(retryable)
+    match mailer.send(&message_id(key), to, subject, body).await {
+        Ok(()) => {
+            store.email_sent(key).await.map_err(retryable)?;
+            Ok(Mailed::Sent)
+        }
+        Err(e @ (mail::MailError::Invalid(_) | mail::MailError::Refused(_))) => {
+            let detail = e.to_string();
+            store
+                .email_ended(key, "failed", &detail)
+                .await
+                .map_err(retryable)?;
+            Ok(Mailed::Failed(detail))
+        }
+        Err(e @ mail::MailError::Timeout(_)) => {
+            let detail = e.to_string();
+            store
+                .email_ended(key, "unknown", &detail)
+                .await
+                .map_err(retryable)?;
+            Ok(Mailed::Unknown(detail))
+        }
+        Err(e @ mail::MailError::Smtp(_)) if attempt >= MAIL_TRIES => {
+            let detail = format!("{e} (gave up after {attempt} tries)");
+            store
+                .email_ended(key, "failed", &detail)
+                .await
+                .map_err(retryable)?;
+            Ok(Mailed::Failed(detail))
+        }
+        Err(e) => {
+            store
+                .email_not_sent(key, &e.to_string())
+                .await
+                .map_err(retryable)?;
+            Err(retryable(e))
+        }
+    }
 }

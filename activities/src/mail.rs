@@ -6,10 +6,18 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum MailError {
+    /// An address or message the library refuses: sending again will not help.
     #[error("bad address or message: {0}")]
     Invalid(String),
+    /// The SMTP server refused for good (a 5xx answer, such as an unknown mailbox).
+    #[error("SMTP refused the message: {0}")]
+    Refused(String),
+    /// The server was not reached, or answered "try later" (4xx): the message was not taken.
     #[error("SMTP delivery failed: {0}")]
     Smtp(String),
+    /// No answer in time: the server may have taken the message.
+    #[error("SMTP did not answer in time: {0}")]
+    Timeout(String),
 }
 
 #[derive(Clone)]
@@ -48,7 +56,9 @@ impl Mailer {
         let outcome = match &sent {
             Ok(()) => "sent",
             Err(MailError::Invalid(_)) => "invalid",
+            Err(MailError::Refused(_)) => "refused",
             Err(MailError::Smtp(_)) => "failed",
+            Err(MailError::Timeout(_)) => "timeout",
         };
         crate::metrics::SMTP_SENDS
             .with_label_values(&[outcome])
@@ -68,17 +78,21 @@ impl Mailer {
             .subject(subject)
             .message_id(Some(format!("<{message_id}>")));
         for t in to {
-            builder = builder.to(t
-                .parse()
-                .map_err(|e| MailError::Invalid(format!("{t}: {e}")))?);
+            let address = billing::email::parse_address(t).map_err(MailError::Invalid)?;
+            builder = builder.to(Mailbox::new(None, address));
         }
         let message = builder
             .body(body.to_string())
             .map_err(|e| MailError::Invalid(e.to_string()))?;
-        self.transport
-            .send(message)
-            .await
-            .map_err(|e| MailError::Smtp(e.to_string()))?;
+        self.transport.send(message).await.map_err(|e| {
+            if e.is_permanent() {
+                MailError::Refused(e.to_string())
+            } else if e.is_timeout() {
+                MailError::Timeout(e.to_string())
+            } else {
+                MailError::Smtp(e.to_string())
+            }
+        })?;
         Ok(())
     }
 }

@@ -220,6 +220,14 @@ pub enum Charge {
     Succeeded {
         payment_intent_id: String,
     },
+    /// Accepted, settling later (bank debits): not money received yet.
+    Processing {
+        payment_intent_id: String,
+    },
+    /// The customer must act (3-D Secure and the like).
+    RequiresAction {
+        payment_intent_id: String,
+    },
     Declined {
         code: Option<String>,
         decline_code: Option<String>,
@@ -259,9 +267,7 @@ impl Payments {
             .send(&self.client)
             .await;
         match stripe_call("payment_intent.create", charged) {
-            Ok(pi) => Ok(Charge::Succeeded {
-                payment_intent_id: pi.id.to_string(),
-            }),
+            Ok(pi) => Ok(charge_of(pi.id.as_str(), pi.status.as_str())),
             Err(StripeError::Stripe(api, 402)) => {
                 let code = api.code.as_ref().map(|c| c.as_str().to_string());
                 let decline_code = api.decline_code.clone();
@@ -274,6 +280,50 @@ impl Payments {
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// A PaymentIntent's status as a charge outcome: only `succeeded` is money received.
+fn charge_of(id: &str, status: &str) -> Charge {
+    let payment_intent_id = id.to_string();
+    match status {
+        "succeeded" => Charge::Succeeded { payment_intent_id },
+        "processing" => Charge::Processing { payment_intent_id },
+        "requires_action" | "requires_confirmation" => Charge::RequiresAction { payment_intent_id },
+        // `requires_payment_method` after a confirm: the attempt failed; `canceled`: it ended.
+        other => Charge::Declined {
+            code: Some(format!("payment_intent_{other}")),
+            decline_code: None,
+            class: billing::topup::DeclineClass::Hard,
+            payment_intent_id: Some(payment_intent_id),
+        },
+    }
+}
+
+impl Payments {
+    /// What became of a PaymentIntent (a processing topup charge): its status as a charge,
+    /// with the last payment error's codes when it failed.
+    pub async fn payment_intent_charge(&self, id: &str) -> Result<Charge, PaymentError> {
+        let pi = stripe_call(
+            "payment_intent.retrieve",
+            stripe_core::payment_intent::RetrievePaymentIntent::new(id)
+                .send(&self.client)
+                .await,
+        )?;
+        let mut charge = charge_of(pi.id.as_str(), pi.status.as_str());
+        if let (
+            Charge::Declined {
+                code, decline_code, ..
+            },
+            Some(err),
+        ) = (&mut charge, pi.last_payment_error.as_ref())
+        {
+            if let Some(c) = &err.code {
+                *code = Some(c.as_str().to_string());
+            }
+            *decline_code = err.decline_code.clone();
+        }
+        Ok(charge)
     }
 }
 

@@ -211,7 +211,7 @@ impl PurchaseActivitiesImpl {
     #[activity(definition = workflows::purchase::markers::SendFailureNotice)]
     pub async fn send_failure_notice(
         self: Arc<Self>,
-        _ctx: ActivityContext,
+        ctx: ActivityContext,
         m: MarkFailed,
     ) -> Result<(), ActivityError> {
         let p = self
@@ -229,6 +229,7 @@ impl PurchaseActivitiesImpl {
         crate::mail_once(
             &self.store,
             &self.mailer,
+            ctx.info().attempt,
             &format!("purchase-failed:{}", p.id),
             &[to],
             &format!(
@@ -238,6 +239,7 @@ impl PurchaseActivitiesImpl {
             &body,
         )
         .await
+        .map(|_| ())
     }
 
     #[activity(definition = workflows::purchase::markers::MarkPaid)]
@@ -287,7 +289,7 @@ impl PurchaseActivitiesImpl {
     #[activity(definition = workflows::purchase::markers::SendReceipt)]
     pub async fn send_receipt(
         self: Arc<Self>,
-        _ctx: ActivityContext,
+        ctx: ActivityContext,
         id: String,
     ) -> Result<(), ActivityError> {
         let p = self
@@ -322,12 +324,14 @@ impl PurchaseActivitiesImpl {
         crate::mail_once(
             &self.store,
             &self.mailer,
+            ctx.info().attempt,
             &format!("receipt:{id}"),
             &[to],
             &subject,
             &body,
         )
         .await
+        .map(|_| ())
     }
 }
 

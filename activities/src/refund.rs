@@ -95,7 +95,7 @@ impl RefundActivitiesImpl {
     #[activity(definition = workflows::refund::markers::Notify)]
     pub async fn notify(
         self: Arc<Self>,
-        _ctx: ActivityContext,
+        ctx: ActivityContext,
         refund_id: String,
     ) -> Result<(), ActivityError> {
         let r = self
@@ -124,11 +124,13 @@ impl RefundActivitiesImpl {
         crate::mail_once(
             &self.store,
             &self.mailer,
+            ctx.info().attempt,
             &format!("refund:{refund_id}"),
             &[to],
             "Your creditflow refund",
             &body,
         )
         .await
+        .map(|_| ())
     }
 }

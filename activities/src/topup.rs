@@ -10,7 +10,8 @@ use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use uuid::Uuid;
 use workflows::topup::{
-    AlertInput, BeginTopup, ChargeInput, ChargeOutcome, FailTopup, GrantTopup, TopupPlan,
+    AlertInput, BeginTopup, ChargeInput, ChargeOutcome, CheckCharge, FailTopup, GrantTopup,
+    TopupPlan,
 };
 
 use crate::{
@@ -46,7 +47,7 @@ impl TopupActivitiesImpl {
         Ok(
             match self
                 .store
-                .begin_topup(uuid(&b.org_id)?, b.crossing_seq)
+                .begin_topup(uuid(&b.org_id)?, b.crossing_seq, b.daily_max)
                 .await
                 .map_err(retryable)?
             {
@@ -107,6 +108,34 @@ impl TopupActivitiesImpl {
                     .map_err(retryable)?;
                 ChargeOutcome::Succeeded { payment_intent_id }
             }
+            Ok(Charge::Processing { payment_intent_id }) => {
+                self.store
+                    .record_topup_attempt(
+                        topup_id,
+                        attempt,
+                        AttemptOutcome::Processing.as_str(),
+                        None,
+                        None,
+                        Some(&payment_intent_id),
+                    )
+                    .await
+                    .map_err(retryable)?;
+                ChargeOutcome::Processing { payment_intent_id }
+            }
+            Ok(Charge::RequiresAction { payment_intent_id }) => {
+                self.store
+                    .record_topup_attempt(
+                        topup_id,
+                        attempt,
+                        AttemptOutcome::RequiresAction.as_str(),
+                        Some("requires_action"),
+                        None,
+                        Some(&payment_intent_id),
+                    )
+                    .await
+                    .map_err(retryable)?;
+                ChargeOutcome::RequiresAction { payment_intent_id }
+            }
             Ok(Charge::Declined {
                 code,
                 decline_code,
@@ -152,6 +181,63 @@ impl TopupActivitiesImpl {
         })
     }
 
+    #[activity(definition = workflows::topup::markers::CheckCharge)]
+    pub async fn check_charge(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        c: CheckCharge,
+    ) -> Result<ChargeOutcome, ActivityError> {
+        let topup_id = uuid(&c.topup_id)?;
+        let charge = self
+            .payments
+            .payment_intent_charge(&c.payment_intent_id)
+            .await
+            .map_err(crate::payment_error)?;
+        let (outcome, code, decline_code, result) = match charge {
+            Charge::Processing { payment_intent_id } => {
+                return Ok(ChargeOutcome::Processing { payment_intent_id });
+            }
+            Charge::Succeeded { payment_intent_id } => (
+                AttemptOutcome::Succeeded,
+                None,
+                None,
+                ChargeOutcome::Succeeded { payment_intent_id },
+            ),
+            Charge::RequiresAction { payment_intent_id } => (
+                AttemptOutcome::RequiresAction,
+                Some("requires_action".to_string()),
+                None,
+                ChargeOutcome::RequiresAction { payment_intent_id },
+            ),
+            Charge::Declined {
+                code, decline_code, ..
+            } => {
+                // A debit that failed after processing is not retried: the account refused.
+                let shown = decline_code
+                    .clone()
+                    .or(code.clone())
+                    .unwrap_or_else(|| "payment_failed".into());
+                (
+                    AttemptOutcome::HardDecline,
+                    code,
+                    decline_code,
+                    ChargeOutcome::HardDecline { code: shown },
+                )
+            }
+        };
+        self.store
+            .settle_topup_attempt(
+                topup_id,
+                c.attempt as i32,
+                outcome.as_str(),
+                code.as_deref(),
+                decline_code.as_deref(),
+            )
+            .await
+            .map_err(retryable)?;
+        Ok(result)
+    }
+
     #[activity(definition = workflows::topup::markers::Grant)]
     pub async fn grant(
         self: Arc<Self>,
@@ -168,7 +254,7 @@ impl TopupActivitiesImpl {
     #[activity(definition = workflows::topup::markers::Fail)]
     pub async fn fail(
         self: Arc<Self>,
-        _ctx: ActivityContext,
+        ctx: ActivityContext,
         f: FailTopup,
     ) -> Result<(), ActivityError> {
         let recipients = self
@@ -185,18 +271,20 @@ impl TopupActivitiesImpl {
         crate::mail_once(
             &self.store,
             &self.mailer,
+            ctx.info().attempt,
             &format!("topup-failed:{}", f.topup_id),
             &recipients,
             "Auto-topup failed",
             &body,
         )
         .await
+        .map(|_| ())
     }
 
     #[activity(definition = workflows::topup::markers::NotifyCapped)]
     pub async fn notify_capped(
         self: Arc<Self>,
-        _ctx: ActivityContext,
+        ctx: ActivityContext,
         topup_id: String,
     ) -> Result<(), ActivityError> {
         let row = org_of(&self.store, &topup_id).await?;
@@ -209,18 +297,20 @@ impl TopupActivitiesImpl {
         crate::mail_once(
             &self.store,
             &self.mailer,
+            ctx.info().attempt,
             &format!("topup-capped:{topup_id}"),
             &settings.recipients,
             "Auto-topup cap reached",
             &body,
         )
         .await
+        .map(|_| ())
     }
 
     #[activity(definition = workflows::topup::markers::SendAlert)]
     pub async fn send_alert(
         self: Arc<Self>,
-        _ctx: ActivityContext,
+        ctx: ActivityContext,
         a: AlertInput,
     ) -> Result<(), ActivityError> {
         let org = uuid(&a.org_id)?;
@@ -242,15 +332,21 @@ impl TopupActivitiesImpl {
              To buy more, POST /v1/purchases with one of GET /v1/packages, or turn on auto-topup.\n"
         );
         let key = format!("alert:{}:{}:{}", a.org_id, a.threshold_id, a.crossing_seq);
-        crate::mail_once(
+        // Whatever became of the e-mail (an address the mailer refuses, SMTP gone for every
+        // try), the alert is recorded with it and the workflow ends: never retried forever.
+        let mailed = crate::mail_once(
             &self.store,
             &self.mailer,
+            ctx.info().attempt,
             &key,
             &settings.recipients,
             "Low credit balance",
             &body,
         )
         .await?;
+        if let crate::Mailed::Failed(why) | crate::Mailed::Unknown(why) = &mailed {
+            tracing::warn!(org = %org, reason = %why, "low-balance alert e-mail not sent");
+        }
         self.store
             .record_alert(
                 org,
@@ -259,6 +355,8 @@ impl TopupActivitiesImpl {
                 threshold,
                 balance,
                 &settings.recipients,
+                mailed.state(),
+                mailed.detail(),
             )
             .await
             .map_err(retryable)

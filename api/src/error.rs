@@ -17,6 +17,8 @@ pub struct ApiError {
     pub detail: String,
     /// The request field the error is about, when there is one.
     pub field: Option<&'static str>,
+    /// Seconds after which a retry may succeed (`Retry-After`), for 503s and 429s.
+    pub retry_after_secs: Option<u32>,
 }
 
 impl ApiError {
@@ -26,6 +28,19 @@ impl ApiError {
             code,
             detail: detail.into(),
             field: None,
+            retry_after_secs: None,
+        }
+    }
+
+    /// A dependency (Temporal) did not answer in time: 503 with `Retry-After`.
+    pub fn unavailable(
+        code: &'static str,
+        detail: impl Into<String>,
+        retry_after_secs: u32,
+    ) -> Self {
+        ApiError {
+            retry_after_secs: Some(retry_after_secs),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
         }
     }
 
@@ -83,6 +98,10 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(secs) = self.retry_after_secs {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
         res
     }
 }

@@ -11,6 +11,7 @@ pub mod prices;
 pub mod pricing;
 pub mod purchases;
 mod settings;
+pub mod starts;
 mod summaries;
 mod usage;
 

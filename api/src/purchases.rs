@@ -17,14 +17,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
 use store::Purchase;
-use temporalio_client::{WorkflowSignalOptions, WorkflowStartOptions};
+use temporalio_client::WorkflowStartOptions;
 use temporalio_common::search_attributes::SearchAttributes;
 use uuid::Uuid;
-use workflows::{
-    payment_method::{
-        PaymentMethodSetupWorkflow, SetupCompleted, SetupInput, workflow_id as setup_workflow_id,
-    },
-    purchase::{PaymentCompleted, PurchaseInput, PurchaseWorkflow, workflow_id},
+use workflows::payment_method::{
+    PaymentMethodSetupWorkflow, SetupInput, workflow_id as setup_workflow_id,
 };
 
 use crate::{
@@ -211,9 +208,7 @@ pub async fn create_purchase(
         .email
         .or_else(|| user.contains('@').then(|| user.clone()));
     if let Some(e) = &email
-        && (e.len() > 254
-            || !e.contains('@')
-            || e.chars().any(|c| c.is_whitespace() || c.is_control()))
+        && !billing::email::is_valid(e)
     {
         return Err(ApiError::invalid(
             "email",
@@ -251,35 +246,33 @@ pub async fn create_purchase(
             email.as_deref(),
             expires_at,
             idempotency_key.as_deref(),
+            Some(state.checkout_expiry.as_secs()),
         )
         .await?;
-    let input = PurchaseInput {
-        purchase_id: purchase.id.to_string(),
-        org_id: principal.org_id.to_string(),
-        expires_after_secs: state.checkout_expiry.as_secs().max(1),
-        funds_recheck_secs: None,
-    };
-    let options =
-        WorkflowStartOptions::new(state.task_queue.clone(), workflow_id(&input.purchase_id))
-            .search_attributes(SearchAttributes::new([
-                workflows::ORG_ID.value_set(input.org_id.clone())
-            ]))
-            .build();
-    // A replayed request starts nothing new: the workflow id is the purchase's, and an existing
-    // workflow (the first request's) is left to run.
-    let started = state
-        .temporal
-        .start_workflow(PurchaseWorkflow::run, input, options)
-        .await;
-    crate::metrics::record_workflow_start("purchase_checkout", &started);
-    if !matches!(
-        started,
-        Err(temporalio_client::errors::WorkflowStartError::AlreadyStarted { .. })
-    ) {
-        started.map_err(|e| {
-            tracing::error!(error = %e, purchase = %purchase.id, "could not start the purchase workflow");
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "workflow_unavailable", "the purchase could not be started; try again")
-        })?;
+    // The workflow is started here for a fast answer; the outbox row written with the purchase
+    // starts it otherwise. A request that cannot reach Temporal within a second is answered
+    // 503 at once. With an Idempotency-Key its retry finds this purchase (the dispatcher starts
+    // its workflow when Temporal is back); without one nobody could find it again, so it ends
+    // `failed` now instead of opening a checkout no one will see.
+    if let Err(e) = crate::starts::start_purchase(
+        &state.temporal,
+        &state.task_queue,
+        purchase.id,
+        principal.org_id,
+        state.checkout_expiry.as_secs(),
+        crate::starts::REQUEST_LIMIT,
+    )
+    .await
+    {
+        tracing::error!(error = %e, purchase = %purchase.id, "could not start the purchase workflow");
+        if idempotency_key.is_none() {
+            state.store.end_purchase(purchase.id, "failed").await?;
+        }
+        return Err(ApiError::unavailable(
+            "workflow_unavailable",
+            "the purchase could not be started now; try again (with the same Idempotency-Key to get this purchase)",
+            2,
+        ));
     }
     // The session is created by the workflow's first activity: wait for its URL, bounded. A
     // purchase that ended without one (`failed`: the processor refused the session) is final,
@@ -346,8 +339,9 @@ pub fn verify_signature(
     }
 }
 
-/// `POST /v1/webhooks/stripe`: verifies the signature on the raw body, handles each event id
-/// once, and signals the purchase's workflow. Unknown event types are acknowledged and ignored.
+/// `POST /v1/webhooks/stripe`: verifies the signature on the raw body and stores the event in
+/// the inbox (each id once), answered 200 without waiting for Temporal. What an event means is
+/// decided by the dispatcher (`workers::inbox`); unknown types are stored and ignored.
 pub async fn stripe_webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -372,98 +366,13 @@ pub async fn stripe_webhook(
             "an event has an id and a type",
         ));
     };
-    let mut tx = state
-        .store
-        .pool()
-        .begin()
-        .await
-        .map_err(store::StoreError::from)?;
-    if !state.store.record_stripe_event(&mut tx, id, kind).await? {
+    // Stored, then answered: the worker's dispatcher hands it to the workflow it concerns, so
+    // a Temporal outage delays what it causes and never loses it. A second delivery (or a
+    // replay of a captured event) finds its id stored and changes nothing.
+    let fresh = state.store.receive_stripe_event(id, kind, &event).await?;
+    if !fresh {
         return Ok(AxumJson(json!({ "received": true, "duplicate": true })));
     }
-    let object = &event["data"]["object"];
-    let reference = object["client_reference_id"].as_str().unwrap_or_default();
-    let session_id = object["id"].as_str().unwrap_or_default().to_string();
-    let signalled = match (kind, object["mode"].as_str()) {
-        // Completed (paid or not yet), paid later, failed later: each is a hint to the
-        // purchase's workflow, which asks the processor what really happened before it grants.
-        (
-            "checkout.session.completed"
-            | "checkout.session.async_payment_succeeded"
-            | "checkout.session.async_payment_failed",
-            Some("payment"),
-        ) => {
-            let signal = PaymentCompleted {
-                checkout_session_id: session_id,
-                payment_intent_id: object["payment_intent"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                event_id: id.to_string(),
-            };
-            state
-                .temporal
-                .get_workflow_handle::<PurchaseWorkflow>(workflow_id(reference))
-                .signal(
-                    PurchaseWorkflow::payment_completed,
-                    signal,
-                    WorkflowSignalOptions::default(),
-                )
-                .await
-        }
-        ("checkout.session.completed", Some("setup")) => {
-            let signal = SetupCompleted {
-                checkout_session_id: session_id,
-                setup_intent_id: object["setup_intent"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            };
-            state
-                .temporal
-                .get_workflow_handle::<PaymentMethodSetupWorkflow>(setup_workflow_id(reference))
-                .signal(
-                    PaymentMethodSetupWorkflow::setup_completed,
-                    signal,
-                    WorkflowSignalOptions::default(),
-                )
-                .await
-        }
-        _ => Ok(()),
-    };
-    if let Err(e) = signalled {
-        // Whether the event still matters is decided by the error's kind and our own records,
-        // never by its text: a workflow that is gone (finished, timed out) has nothing left to
-        // do with it, unless it is a purchase that has not ended (then something is wrong on
-        // our side, and the processor retries).
-        let gone = matches!(
-            e,
-            temporalio_client::errors::WorkflowInteractionError::NotFound(_)
-        );
-        // Only a gone workflow needs the purchase looked up.
-        let unfinished_purchase = match reference.parse::<Uuid>() {
-            Ok(id)
-                if gone && kind.starts_with("checkout.session.") && object["mode"] == "payment" =>
-            {
-                match state.store.purchase(id).await {
-                    Ok(p) => !matches!(p.state.as_str(), "credited" | "expired" | "failed"),
-                    Err(store::StoreError::NotFound(_)) => false,
-                    Err(other) => return Err(other.into()),
-                }
-            }
-            _ => false,
-        };
-        if !gone || unfinished_purchase {
-            tracing::error!(error = %e, reference, "signal failed; the processor will retry");
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "retry_later",
-                "could not reach the workflow",
-            ));
-        }
-        tracing::warn!(error = %e, reference, "event for a workflow that is not waiting");
-    }
-    tx.commit().await.map_err(store::StoreError::from)?;
     Ok(AxumJson(json!({ "received": true })))
 }
 
@@ -499,31 +408,37 @@ pub async fn start_payment_method_setup(
             workflows::ORG_ID.value_set(org_id.to_string())
         ]))
         .build();
-    let handle = state
-        .temporal
-        .start_workflow(PaymentMethodSetupWorkflow::run, input, options)
-        .await;
-    crate::metrics::record_workflow_start("payment_method_setup", &handle);
-    let handle = handle.map_err(|e| {
+    let handle = crate::starts::bounded(crate::starts::REQUEST_LIMIT, async {
+        let handle = state
+            .temporal
+            .start_workflow(PaymentMethodSetupWorkflow::run, input, options)
+            .await;
+        crate::metrics::record_workflow_start("payment_method_setup", &handle);
+        handle
+    })
+    .await
+    .map_err(|e| {
         tracing::error!(error = %e, "could not start the payment method setup");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::unavailable(
             "workflow_unavailable",
-            "try again",
+            "the card setup could not be started now; try again",
+            2,
         )
     })?;
     let start = Instant::now();
     let mut url = None;
     while url.is_none() && start.elapsed() < CHECKOUT_URL_WAIT {
-        url = handle
-            .query(
+        url = crate::starts::bounded(
+            crate::starts::REQUEST_LIMIT,
+            handle.query(
                 PaymentMethodSetupWorkflow::checkout_url,
                 (),
                 Default::default(),
-            )
-            .await
-            .ok()
-            .flatten();
+            ),
+        )
+        .await
+        .ok()
+        .flatten();
         if url.is_none() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -637,34 +552,19 @@ pub async fn start_refund(
             }
             other => other.into(),
         })?;
-    let options = WorkflowStartOptions::new(
-        task_queue.to_string(),
-        workflows::refund::workflow_id(&refund.id.to_string()),
+    // The refund is accepted and its credits reserved; its workflow is started here, or by
+    // the dispatcher from the outbox row written with it when Temporal cannot be reached in
+    // time. Either way the answer is the accepted refund.
+    if let Err(e) = crate::starts::start_refund(
+        temporal,
+        task_queue,
+        refund.id,
+        refund.org_id,
+        crate::starts::REQUEST_LIMIT,
     )
-    .search_attributes(SearchAttributes::new([
-        workflows::ORG_ID.value_set(refund.org_id.to_string())
-    ]))
-    .build();
-    let started = temporal
-        .start_workflow(
-            workflows::refund::RefundWorkflow::run,
-            refund.id.to_string(),
-            options,
-        )
-        .await;
-    crate::metrics::record_workflow_start("refund", &started);
-    if !matches!(
-        started,
-        Err(temporalio_client::errors::WorkflowStartError::AlreadyStarted { .. })
-    ) {
-        started.map_err(|e| {
-            tracing::error!(error = %e, refund = %refund.id, "could not start the refund workflow");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "workflow_unavailable",
-                "try again with the same Idempotency-Key",
-            )
-        })?;
+    .await
+    {
+        tracing::warn!(error = %e, refund = %refund.id, "refund workflow not started yet; the dispatcher will");
     }
     Ok(refund)
 }

@@ -89,16 +89,7 @@ fn non_negative(v: &Value, field: &'static str) -> Result<Credits, ApiError> {
 }
 
 fn valid_email(e: &str) -> bool {
-    let parts: Vec<&str> = e.split('@').collect();
-    e.len() <= 254
-        && parts.len() == 2
-        && !parts[0].is_empty()
-        && parts[1].contains('.')
-        && !parts[1].starts_with('.')
-        && !parts[1].ends_with('.')
-        && !e
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '<' || c == '>')
+    billing::email::is_valid(e)
 }
 
 /// `PUT /v1/orgs/{org}/billing-settings`: the whole of auto-topup and alerts, validated.

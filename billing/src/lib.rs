@@ -4,6 +4,7 @@
 //! described here first and stored by the `store` crate.
 
 pub mod credits;
+pub mod email;
 pub mod error;
 pub mod ledger;
 pub mod money;

@@ -45,6 +45,10 @@ pub enum AttemptOutcome {
     Succeeded,
     SoftDecline,
     HardDecline,
+    /// Accepted, settling later (bank debits): nothing is granted until it succeeds.
+    Processing,
+    /// The customer must authenticate: a hard stop for an off-session charge.
+    RequiresAction,
 }
 
 impl AttemptOutcome {
@@ -53,6 +57,8 @@ impl AttemptOutcome {
             AttemptOutcome::Succeeded => "succeeded",
             AttemptOutcome::SoftDecline => "soft_decline",
             AttemptOutcome::HardDecline => "hard_decline",
+            AttemptOutcome::Processing => "processing",
+            AttemptOutcome::RequiresAction => "requires_action",
         }
     }
 

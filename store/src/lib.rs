@@ -5,6 +5,7 @@
 
 mod error;
 pub mod idempotency;
+pub mod inbox;
 pub mod ingest;
 pub mod ledger;
 pub mod orgs;
@@ -25,6 +26,7 @@ use sqlx::{
 
 pub use error::StoreError;
 pub use idempotency::{Claim, request_hash};
+pub use inbox::{EmailClaim, InboxEvent, PURCHASE_START, REFUND_START};
 pub use ingest::{IngestConfig, Ingestor};
 pub use ledger::{
     Balance, BookOutcome, LockedOrgs, NewTransfer, THRESHOLD_CROSSED, Transfer, TransferPage,

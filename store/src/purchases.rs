@@ -151,8 +151,9 @@ impl Store {
         .into_package()
     }
 
-    /// Records a purchase. With an idempotency key, the same request again returns the first
+    /// Records a purchase and, with `workflow_expiry_secs`, the start of its workflow. With an idempotency key, the same request again returns the first
     /// purchase (and `false`), and the same key with another request is a conflict.
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_purchase(
         &self,
         org_id: Uuid,
@@ -161,6 +162,7 @@ impl Store {
         receipt_email: Option<&str>,
         expires_at: DateTime<Utc>,
         idempotency_key: Option<&str>,
+        workflow_expiry_secs: Option<u64>,
     ) -> Result<(Purchase, bool), StoreError> {
         let snapshot =
             serde_json::to_value(package).map_err(|e| StoreError::Decode(e.to_string()))?;
@@ -198,6 +200,19 @@ impl Store {
         .into_purchase()?;
         if let Some(key) = idempotency_key {
             idempotency::finish(&mut tx, &scope, key, &purchase.id).await?;
+        }
+        // The workflow start, in the same transaction: if the request handler cannot start it
+        // (Temporal unreachable, a crash), the dispatcher does, or ends the purchase `failed`
+        // once its checkout would have expired. No purchase is left without a workflow.
+        // (`None`: the caller runs no checkout workflow, as store-level fixtures do.)
+        if let Some(secs) = workflow_expiry_secs {
+            self.enqueue(
+                &mut tx,
+                org_id,
+                crate::PURCHASE_START,
+                &serde_json::json!({ "purchase_id": purchase.id, "expires_after_secs": secs }),
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok((purchase, true))
@@ -356,55 +371,5 @@ impl Store {
             transfers: outcomes.iter().map(|o| o.transfer().clone()).collect(),
             balance,
         })
-    }
-
-    /// Records a payment-processor event id; false when it was recorded before.
-    pub async fn record_stripe_event(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        id: &str,
-        kind: &str,
-    ) -> Result<bool, StoreError> {
-        Ok(sqlx::query!(
-            "INSERT INTO stripe_events (id, type) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            id,
-            kind
-        )
-        .execute(&mut **tx)
-        .await?
-        .rows_affected()
-            == 1)
-    }
-
-    /// Whether the e-mail with this key was already delivered; records the intent to send it.
-    pub async fn email_pending(
-        &self,
-        key: &str,
-        recipients: &str,
-        subject: &str,
-    ) -> Result<bool, StoreError> {
-        sqlx::query!(
-            "INSERT INTO email_sends (key, recipients, subject) VALUES ($1, $2, $3)
-             ON CONFLICT DO NOTHING",
-            key,
-            recipients,
-            subject
-        )
-        .execute(&self.pool)
-        .await?;
-        let sent = sqlx::query_scalar!("SELECT sent_at FROM email_sends WHERE key = $1", key)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(sent.is_none())
-    }
-
-    pub async fn email_sent(&self, key: &str) -> Result<(), StoreError> {
-        sqlx::query!(
-            "UPDATE email_sends SET sent_at = COALESCE(sent_at, now()) WHERE key = $1",
-            key
-        )
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 }

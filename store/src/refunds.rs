@@ -242,6 +242,16 @@ impl Store {
             false,
         )
         .await?;
+        // The refund's workflow is started from the outbox too: a request handler that cannot
+        // reach Temporal leaves it to the dispatcher, and the reserved credits are never
+        // stranded without a workflow to refund or restore them.
+        self.enqueue(
+            &mut tx,
+            p.org_id,
+            crate::REFUND_START,
+            &serde_json::json!({ "refund_id": refund.id }),
+        )
+        .await?;
         tx.commit().await?;
         self.refund(refund.id)
             .await

@@ -61,7 +61,11 @@ pub struct AlertRecord {
     pub balance: Credits,
     pub crossing_seq: i64,
     pub recipients: Vec<String>,
+    /// When it was recorded (the e-mail's send, for `sent`).
     pub sent_at: DateTime<Utc>,
+    /// `sent`, `failed` or `unknown`.
+    pub state: String,
+    pub detail: Option<String>,
 }
 
 impl Store {
@@ -254,6 +258,7 @@ impl Store {
         &self,
         org_id: Uuid,
         crossing_seq: i64,
+        daily_max: Option<u32>,
     ) -> Result<TopupStart, StoreError> {
         let s = self.billing_settings(org_id).await?;
         let package = match s.topup_package_id {
@@ -281,6 +286,19 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let topup_id = existing.as_ref().map(|e| e.id).unwrap_or_else(Uuid::now_v7);
+        // Topups that charged (or tried to) in the last 24 hours: a topup that leaves the
+        // balance below the threshold starts another, so a runaway spend is bounded by this
+        // as well as by the monthly cap.
+        let charged_today = sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!" FROM topups
+                WHERE org_id = $1 AND id <> $2 AND state IN ('succeeded', 'running', 'failed')
+                  AND created_at > now() - interval '24 hours'"#,
+            org_id,
+            topup_id
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let over_daily = daily_max.is_some_and(|max| charged_today >= i64::from(max));
         let skip = if existing.as_ref().is_some_and(|e| e.state != "running") {
             Some("this crossing was already handled")
         } else if !s.topup_enabled {
@@ -294,6 +312,8 @@ impl Store {
         } else if existing.is_none() && !below_threshold {
             // A retried decision for a running topup (`existing`) charges as it first decided.
             Some("the balance is not below the auto-topup threshold")
+        } else if existing.is_none() && over_daily {
+            Some("the daily auto-topup limit is reached")
         } else {
             None
         };
@@ -386,6 +406,29 @@ impl Store {
         Ok(())
     }
 
+    /// A processing attempt settled: its outcome (and codes) as the processor reports them.
+    pub async fn settle_topup_attempt(
+        &self,
+        topup_id: Uuid,
+        attempt: i32,
+        outcome: &str,
+        code: Option<&str>,
+        decline_code: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query!(
+            "UPDATE topup_attempts SET outcome = $3, code = $4, decline_code = $5
+              WHERE topup_id = $1 AND attempt = $2 AND outcome = 'processing'",
+            topup_id,
+            attempt,
+            outcome,
+            code,
+            decline_code
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Grants a paid topup's credits (package base as `topup`, bonus as `bonus`), idempotent on
     /// the topup, and marks it succeeded in the same transaction. Returns the balance after.
     pub async fn grant_topup(
@@ -443,6 +486,11 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let balance = locked.balance(org).ok_or(StoreError::OrgNotFound)?;
+        // Still below the threshold (spend went on while the charge ran, or the package is
+        // smaller than the dip): another topup, dispatched once this one's workflow has ended,
+        // and bounded by the monthly cap and the daily limit.
+        self.enqueue_topup_if_below(&mut tx, org, "a topup left the balance below the threshold")
+            .await?;
         tx.commit().await?;
         Ok(balance)
     }
@@ -506,7 +554,9 @@ impl Store {
         Ok(Credits::from_stored(used))
     }
 
-    /// Records an alert as sent (once per crossing); the recipients come from the settings.
+    /// Records an alert (once per crossing) with what became of its e-mail: `sent`, `failed`
+    /// (with why) or `unknown`; the recipients come from the settings.
+    #[allow(clippy::too_many_arguments)]
     pub async fn record_alert(
         &self,
         org_id: Uuid,
@@ -515,16 +565,21 @@ impl Store {
         threshold: Credits,
         balance: Credits,
         recipients: &[String],
+        state: &str,
+        detail: Option<&str>,
     ) -> Result<(), StoreError> {
         sqlx::query!(
-            "INSERT INTO alerts (org_id, threshold_id, crossing_seq, threshold, balance, recipients)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            "INSERT INTO alerts (org_id, threshold_id, crossing_seq, threshold, balance, recipients,
+                                 state, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
             org_id,
             threshold_id,
             crossing_seq,
             threshold.as_decimal(),
             balance.as_decimal(),
-            recipients
+            recipients,
+            state,
+            detail
         )
         .execute(&self.pool)
         .await?;
@@ -533,7 +588,7 @@ impl Store {
 
     pub async fn alerts(&self, org_id: Uuid) -> Result<Vec<AlertRecord>, StoreError> {
         Ok(sqlx::query!(
-            "SELECT threshold, balance, crossing_seq, recipients, sent_at FROM alerts
+            "SELECT threshold, balance, crossing_seq, recipients, sent_at, state, detail FROM alerts
               WHERE org_id = $1 ORDER BY sent_at DESC LIMIT 100",
             org_id
         )
@@ -546,6 +601,8 @@ impl Store {
             crossing_seq: r.crossing_seq,
             recipients: r.recipients,
             sent_at: r.sent_at,
+            state: r.state,
+            detail: r.detail,
         })
         .collect())
     }
@@ -558,8 +615,9 @@ impl Store {
     ) -> Result<Vec<OutboxRow>, StoreError> {
         Ok(sqlx::query_as!(
             OutboxRow,
-            "SELECT id, org_id, topic, payload, created_at FROM outbox
-              WHERE dispatched_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            "SELECT id, org_id, topic, payload, created_at, attempts FROM outbox
+              WHERE dispatched_at IS NULL AND available_at <= now()
+              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
             limit
         )
         .fetch_all(&mut **tx)
@@ -575,6 +633,14 @@ impl Store {
             .execute(&mut **tx)
             .await?;
         Ok(())
+    }
+
+    /// `running`, `succeeded`, `failed`, `capped` or `skipped`.
+    pub async fn topup_state(&self, topup_id: Uuid) -> Result<String, StoreError> {
+        sqlx::query_scalar!("SELECT state FROM topups WHERE id = $1", topup_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound("topup"))
     }
 
     pub async fn topup_org(&self, topup_id: Uuid) -> Result<Uuid, StoreError> {

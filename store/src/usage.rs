@@ -195,7 +195,7 @@ impl Store {
     pub async fn pending_outbox(&self, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
         Ok(sqlx::query_as!(
             OutboxRow,
-            "SELECT id, org_id, topic, payload, created_at FROM outbox
+            "SELECT id, org_id, topic, payload, created_at, attempts FROM outbox
               WHERE dispatched_at IS NULL ORDER BY id LIMIT $1",
             limit
         )
@@ -211,6 +211,8 @@ pub struct OutboxRow {
     pub topic: String,
     pub payload: serde_json::Value,
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Earlier tries that could not dispatch it.
+    pub attempts: i32,
 }
 
 struct Candidate<'a> {

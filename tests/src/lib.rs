@@ -4,6 +4,7 @@
 //! The services come from the local stack (`scripts/up` writes `.env.local`); each test gets
 //! its own database and, when it runs workflows, its own task queue, so tests run in parallel.
 
+pub mod proxy;
 pub mod smtp;
 pub mod worker;
 
@@ -225,8 +226,12 @@ pub async fn connect_store(url: &str, max_connections: u32) -> anyhow::Result<St
 }
 
 pub async fn connect_temporal() -> anyhow::Result<temporalio_client::Client> {
+    connect_temporal_at(&temporal_url()?).await
+}
+
+pub async fn connect_temporal_at(url: &str) -> anyhow::Result<temporalio_client::Client> {
     workers::app::connect_temporal(&workers::config::Temporal {
-        url: temporal_url()?,
+        url: url.to_string(),
         namespace: "default".into(),
         task_queue: String::new(),
     })
@@ -246,6 +251,9 @@ pub struct TestApp {
     pub task_queue: String,
     /// `/metrics` of this test process (the API's figures), as `creditflow serve` has it.
     pub metrics_url: String,
+    /// Where this app's API and workers reach Temporal: the server, or a proxy the test cuts.
+    pub temporal_url: String,
+    pub temporal_proxy: Option<proxy::TcpProxy>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -253,12 +261,15 @@ pub struct TestApp {
 #[derive(Debug, Clone)]
 pub struct AppOptions {
     pub checkout_expiry: Duration,
+    /// Reach Temporal through a [`proxy::TcpProxy`] the test can cut (`TestApp::temporal_proxy`).
+    pub temporal_proxy: bool,
 }
 
 impl Default for AppOptions {
     fn default() -> Self {
         AppOptions {
             checkout_expiry: Duration::from_secs(600),
+            temporal_proxy: false,
         }
     }
 }
@@ -315,7 +326,24 @@ impl TestApp {
         tokio::spawn(axum_serve(stripe_listener, emulator.router()));
         let smtp = smtp::SmtpServer::start().await?;
         let store = connect_store(&database_url, 16).await?;
-        let temporal = connect_temporal().await?;
+        let temporal_proxy = match app_options.temporal_proxy {
+            true => {
+                let server = temporal_url()?;
+                let upstream = server
+                    .split_once("://")
+                    .map(|(_, rest)| rest)
+                    .unwrap_or(&server)
+                    .trim_end_matches('/')
+                    .to_string();
+                Some(proxy::TcpProxy::start(upstream).await?)
+            }
+            false => None,
+        };
+        let temporal_url = match &temporal_proxy {
+            Some(p) => p.url(),
+            None => temporal_url()?,
+        };
+        let temporal = connect_temporal_at(&temporal_url).await?;
         let options = api::ApiOptions {
             // Tests publish prices a moment ahead, refreshed faster than that.
             price_refresh_every: Duration::from_millis(200),
@@ -359,6 +387,8 @@ impl TestApp {
             smtp,
             task_queue,
             metrics_url,
+            temporal_url,
+            temporal_proxy,
             shutdown: Some(tx),
         })
     }
@@ -372,7 +402,7 @@ impl TestApp {
             ),
             (
                 "CREDITFLOW__TEMPORAL__URL".into(),
-                temporal_url().unwrap_or_default(),
+                self.temporal_url.clone(),
             ),
             (
                 "CREDITFLOW__TEMPORAL__TASK_QUEUE".into(),

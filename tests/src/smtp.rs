@@ -1,5 +1,7 @@
 //! A real (minimal) SMTP server on loopback that keeps what it receives, for tests. It speaks
-//! enough of RFC 5321 for lettre: EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT.
+//! enough of RFC 5321 for lettre: EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT. A recipient
+//! whose local part starts with `reject` is refused for good (550), as an unknown mailbox is;
+//! while held, a message is kept but the server does not answer its end of data.
 
 use std::sync::{
     Arc, Mutex,
@@ -40,6 +42,7 @@ pub struct SmtpServer {
     /// While false the server answers every session "421 service not available" (down).
     accepting: Arc<AtomicBool>,
     refused: Arc<AtomicU32>,
+    holding: Arc<AtomicBool>,
 }
 
 impl SmtpServer {
@@ -49,7 +52,13 @@ impl SmtpServer {
         let inbox: Arc<Mutex<Vec<Mail>>> = Arc::default();
         let accepting = Arc::new(AtomicBool::new(true));
         let refused = Arc::new(AtomicU32::new(0));
-        let (boxed, open, count) = (inbox.clone(), accepting.clone(), refused.clone());
+        let holding = Arc::new(AtomicBool::new(false));
+        let (boxed, open, count, held) = (
+            inbox.clone(),
+            accepting.clone(),
+            refused.clone(),
+            holding.clone(),
+        );
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
                 if !open.load(Ordering::SeqCst) {
@@ -57,9 +66,9 @@ impl SmtpServer {
                     let _ = socket.write_all(b"421 service not available\r\n").await;
                     continue;
                 }
-                let inbox = boxed.clone();
+                let (inbox, held) = (boxed.clone(), held.clone());
                 tokio::spawn(async move {
-                    let _ = session(socket, inbox).await;
+                    let _ = session(socket, inbox, held).await;
                 });
             }
         });
@@ -68,7 +77,14 @@ impl SmtpServer {
             inbox,
             accepting,
             refused,
+            holding,
         })
+    }
+
+    /// While on, a message's data is kept but its end is never answered (the sender waits):
+    /// the window between the server taking a message and the sender learning it.
+    pub fn set_holding(&self, on: bool) {
+        self.holding.store(on, Ordering::SeqCst);
     }
 
     /// Down (every session refused with 421) or up.
@@ -89,6 +105,7 @@ impl SmtpServer {
 async fn session(
     socket: tokio::net::TcpStream,
     inbox: Arc<Mutex<Vec<Mail>>>,
+    holding: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let (read, mut write) = socket.into_split();
     let mut lines = BufReader::new(read).lines();
@@ -107,9 +124,13 @@ async fn session(
             };
             b"250 ok\r\n"
         } else if upper.starts_with("RCPT TO:") {
-            mail.to
-                .push(line[8..].trim().trim_matches(['<', '>']).to_string());
-            b"250 ok\r\n"
+            let to = line[8..].trim().trim_matches(['<', '>']).to_string();
+            if to.to_ascii_lowercase().starts_with("reject") {
+                b"550 5.1.1 no such mailbox\r\n"
+            } else {
+                mail.to.push(to);
+                b"250 ok\r\n"
+            }
         } else if upper == "DATA" {
             write.write_all(b"354 end with .\r\n").await?;
             let mut data = String::new();
@@ -122,6 +143,9 @@ async fn session(
             }
             mail.data = data;
             inbox.lock().expect("inbox").push(std::mem::take(&mut mail));
+            while holding.load(Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
             b"250 queued\r\n"
         } else if upper.starts_with("RSET") {
             mail = Mail::default();

@@ -21,11 +21,12 @@ impl TestWorker {
     pub fn start(app: &TestApp) -> anyhow::Result<TestWorker> {
         let task_queue = app.task_queue.clone();
         let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<Box<dyn FnOnce() + Send>>>();
-        let (url, queue, stripe, smtp_port) = (
+        let (url, queue, stripe, smtp_port, temporal_url) = (
             app.database_url.clone(),
             task_queue.clone(),
             app.stripe_url.clone(),
             app.smtp.port,
+            app.temporal_url.clone(),
         );
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -35,7 +36,7 @@ impl TestWorker {
             rt.block_on(async move {
                 let setup = async {
                     let store = crate::connect_store(&url, 8).await?;
-                    let temporal = crate::connect_temporal().await?;
+                    let temporal = crate::connect_temporal_at(&temporal_url).await?;
                     let deps = activities::Deps {
                         store,
                         payments: activities::payments::Payments::new(&stripe, STRIPE_KEY)?,
@@ -102,6 +103,8 @@ pub fn test_topup_policy() -> workers::dispatch::TopupPolicy {
         attempts_max: 4,
         backoff_initial_secs: 1,
         backoff_max_secs: 2,
+        daily_max: 10,
+        settle_recheck_secs: 3600,
     }
 }
 

@@ -173,5 +173,7 @@ pub fn topup_policy(settings: &Settings) -> crate::dispatch::TopupPolicy {
         attempts_max: settings.topup.attempts_max,
         backoff_initial_secs: settings.topup.backoff_initial_secs,
         backoff_max_secs: settings.topup.backoff_max_secs,
+        daily_max: settings.topup.daily_max,
+        settle_recheck_secs: settings.topup.settle_recheck_secs,
     }
 }

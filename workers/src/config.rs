@@ -48,6 +48,10 @@ pub struct Topup {
     pub attempts_max: u32,
     pub backoff_initial_secs: u64,
     pub backoff_max_secs: u64,
+    /// Topups charged per org in 24 hours, at most.
+    pub daily_max: u32,
+    /// How often a still-processing charge is checked when no event arrives.
+    pub settle_recheck_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

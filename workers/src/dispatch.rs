@@ -1,20 +1,24 @@
-//! The outbox dispatcher: turns outbox rows (written in the same transaction as the balance
-//! change they announce) into workflow starts, then marks them dispatched.
+//! The outbox dispatcher: turns outbox rows (written in the same transaction as the change they
+//! announce: a threshold crossing, a purchase, a refund) into workflow starts, then marks them
+//! dispatched. The same loop hands webhook events from the inbox on (`crate::inbox`).
 //!
 //! At least once: a row is claimed (`FOR UPDATE SKIP LOCKED`), its workflow started, and the row
 //! marked in the same database transaction; a crash in between leaves it to be dispatched again,
-//! and the start is then not repeated: workflow ids come from business keys, alert workflows
-//! refuse a duplicate id, and the auto-topup workflow (one per org) joins the running one.
+//! and the start is then not repeated: workflow ids come from business keys and an existing
+//! workflow is left to run. A row that cannot be dispatched now (Temporal unreachable, an
+//! auto-topup while the org's previous one still runs) waits with a backoff; the rows behind it
+//! go on.
 
 use std::time::Duration;
 
 use serde_json::Value;
-use store::{OutboxRow, Store, THRESHOLD_CROSSED};
+use store::{OutboxRow, PURCHASE_START, REFUND_START, Store, THRESHOLD_CROSSED};
 use temporalio_client::{
     Client, WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowStartOptions,
     errors::WorkflowStartError,
 };
 use temporalio_common::search_attributes::SearchAttributes;
+use uuid::Uuid;
 use workflows::topup::{
     AlertInput, AutoTopupWorkflow, LowBalanceAlertWorkflow, TopupInput, alert_workflow_id,
     topup_workflow_id,
@@ -23,6 +27,23 @@ use workflows::topup::{
 /// Rows per dispatch round, and the pause when the outbox is empty.
 const BATCH_ROWS: i64 = 100;
 const IDLE_POLL: Duration = Duration::from_millis(200);
+/// How long one Temporal call of the dispatcher may take before the row waits for later.
+pub(crate) const CALL_LIMIT: Duration = Duration::from_secs(5);
+/// An auto-topup row waits this long while the org's previous topup still runs.
+const TOPUP_BUSY_RETRY: Duration = Duration::from_secs(2);
+
+/// The wait before the `attempts`-th retry of a row: 1 s doubling, at most a minute.
+pub(crate) fn backoff(attempts: i32) -> Duration {
+    Duration::from_secs(1u64 << attempts.clamp(0, 6).unsigned_abs()).min(Duration::from_secs(60))
+}
+
+/// What dispatching one row came to.
+pub(crate) enum Dispatched {
+    /// Done (or nothing to do): mark it.
+    Done,
+    /// Not now: try again after this long, with why.
+    Later(Duration, String),
+}
 
 /// Auto-topup retry settings passed to each workflow.
 #[derive(Debug, Clone)]
@@ -30,6 +51,8 @@ pub struct TopupPolicy {
     pub attempts_max: u32,
     pub backoff_initial_secs: u64,
     pub backoff_max_secs: u64,
+    pub daily_max: u32,
+    pub settle_recheck_secs: u64,
 }
 
 pub struct Dispatcher {
@@ -43,7 +66,12 @@ impl Dispatcher {
     /// Runs until the process stops.
     pub async fn run(&self) {
         loop {
-            match self.round().await {
+            let handled = async {
+                let outbox = self.round().await?;
+                let inbox = crate::inbox::round(self).await?;
+                anyhow::Ok(outbox + inbox)
+            };
+            match handled.await {
                 Ok(0) => tokio::time::sleep(IDLE_POLL).await,
                 Ok(_) => {}
                 Err(e) => {
@@ -59,18 +87,82 @@ impl Dispatcher {
         let mut tx = self.store.pool().begin().await?;
         let rows = self.store.claim_outbox(&mut tx, BATCH_ROWS).await?;
         for row in &rows {
-            self.dispatch(row).await?;
-            self.store.mark_dispatched(&mut tx, row.id).await?;
+            let dispatched = match row.topic.as_str() {
+                THRESHOLD_CROSSED => self.crossing(row).await,
+                PURCHASE_START => self.start_purchase(row).await,
+                REFUND_START => self.start_refund(row).await,
+                other => {
+                    tracing::warn!(topic = %other, id = row.id, "unknown outbox topic; skipped");
+                    Ok(Dispatched::Done)
+                }
+            };
+            match dispatched {
+                Ok(Dispatched::Done) => self.store.mark_dispatched(&mut tx, row.id).await?,
+                Ok(Dispatched::Later(after, why)) => {
+                    self.store
+                        .defer_outbox(&mut tx, row.id, after, &why)
+                        .await?
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, id = row.id, topic = %row.topic, "outbox row not dispatched; retrying later");
+                    let after = backoff(row.attempts);
+                    self.store
+                        .defer_outbox(&mut tx, row.id, after, &e.to_string())
+                        .await?
+                }
+            }
         }
         tx.commit().await?;
         Ok(rows.len())
     }
 
-    async fn dispatch(&self, row: &OutboxRow) -> anyhow::Result<()> {
-        if row.topic != THRESHOLD_CROSSED {
-            tracing::warn!(topic = %row.topic, id = row.id, "unknown outbox topic; skipped");
-            return Ok(());
+    /// A purchase's workflow, unless the purchase already ended; a purchase whose checkout
+    /// would have expired before its workflow could start ends `failed` instead.
+    async fn start_purchase(&self, row: &OutboxRow) -> anyhow::Result<Dispatched> {
+        let id: Uuid = serde_json::from_value(row.payload["purchase_id"].clone())?;
+        let expires_after = row.payload["expires_after_secs"].as_u64().unwrap_or(1800);
+        let p = self.store.purchase(id).await?;
+        if p.state != "awaiting_payment" || p.checkout_session_id.is_some() {
+            return Ok(Dispatched::Done);
         }
+        if chrono::Utc::now() >= p.expires_at {
+            tracing::warn!(purchase = %id, "the purchase's workflow never started before its expiry; failed");
+            self.store.end_purchase(id, "failed").await?;
+            return Ok(Dispatched::Done);
+        }
+        let left = (p.expires_at - chrono::Utc::now()).num_seconds().max(1) as u64;
+        match api::starts::start_purchase(
+            &self.temporal,
+            &self.task_queue,
+            id,
+            p.org_id,
+            left.min(expires_after),
+            CALL_LIMIT,
+        )
+        .await
+        {
+            Ok(()) => Ok(Dispatched::Done),
+            Err(e) => Ok(Dispatched::Later(backoff(row.attempts), e)),
+        }
+    }
+
+    async fn start_refund(&self, row: &OutboxRow) -> anyhow::Result<Dispatched> {
+        let id: Uuid = serde_json::from_value(row.payload["refund_id"].clone())?;
+        match api::starts::start_refund(
+            &self.temporal,
+            &self.task_queue,
+            id,
+            row.org_id,
+            CALL_LIMIT,
+        )
+        .await
+        {
+            Ok(()) => Ok(Dispatched::Done),
+            Err(e) => Ok(Dispatched::Later(backoff(row.attempts), e)),
+        }
+    }
+
+    async fn crossing(&self, row: &OutboxRow) -> anyhow::Result<Dispatched> {
         let org = row.org_id.to_string();
         let p = &row.payload;
         let seq = p["crossing_seq"].as_i64().unwrap_or_default();
@@ -83,19 +175,33 @@ impl Dispatcher {
                     attempts_max: self.topup.attempts_max,
                     backoff_initial_secs: self.topup.backoff_initial_secs,
                     backoff_max_secs: self.topup.backoff_max_secs,
+                    daily_max: Some(self.topup.daily_max),
+                    settle_recheck_secs: Some(self.topup.settle_recheck_secs),
                 };
-                // Single flight: a dip while a topup runs joins it instead of charging again.
+                // Single flight: one topup runs per org. A crossing that arrives while one runs
+                // waits for it to end and is then decided on the balance of that moment (a
+                // topup that already brought it back above the threshold charges nothing more).
                 let options =
                     WorkflowStartOptions::new(self.task_queue.clone(), topup_workflow_id(&org))
-                        .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
+                        .id_conflict_policy(WorkflowIdConflictPolicy::Fail)
                         .search_attributes(attrs())
                         .build();
-                let started = self
-                    .temporal
-                    .start_workflow(AutoTopupWorkflow::run, input, options)
-                    .await;
+                let started = tokio::time::timeout(
+                    CALL_LIMIT,
+                    self.temporal
+                        .start_workflow(AutoTopupWorkflow::run, input, options),
+                )
+                .await
+                .map_err(|_| anyhow::anyhow!("Temporal did not answer in time"))?;
                 api::metrics::record_workflow_start("auto_topup", &started);
-                started.map(|_| ())
+                return match started {
+                    Ok(_) => Ok(Dispatched::Done),
+                    Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(Dispatched::Later(
+                        TOPUP_BUSY_RETRY,
+                        "the org's previous topup is still running".into(),
+                    )),
+                    Err(e) => Err(e.into()),
+                };
             }
             Some("alert") => {
                 let threshold_id = p["threshold_id"].as_i64().unwrap_or_default();
@@ -113,10 +219,13 @@ impl Dispatcher {
                 .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
                 .search_attributes(attrs())
                 .build();
-                let started = self
-                    .temporal
-                    .start_workflow(LowBalanceAlertWorkflow::run, input, options)
-                    .await;
+                let started = tokio::time::timeout(
+                    CALL_LIMIT,
+                    self.temporal
+                        .start_workflow(LowBalanceAlertWorkflow::run, input, options),
+                )
+                .await
+                .map_err(|_| anyhow::anyhow!("Temporal did not answer in time"))?;
                 api::metrics::record_workflow_start("low_balance_alert", &started);
                 started.map(|_| ())
             }
@@ -126,7 +235,7 @@ impl Dispatcher {
             }
         };
         match started {
-            Ok(()) | Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(()),
+            Ok(()) | Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(Dispatched::Done),
             Err(e) => Err(e.into()),
         }
     }

@@ -5,6 +5,7 @@ pub mod app;
 pub mod bench;
 pub mod config;
 pub mod dispatch;
+pub mod inbox;
 pub mod metrics;
 pub mod summaries;
 pub mod telemetry;

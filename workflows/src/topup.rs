@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use temporalio_common::{ActivityError, RetryPolicy};
 use temporalio_macros::{activity_definitions, workflow, workflow_methods};
-use temporalio_sdk::{ActivityOptions, WorkflowContext, WorkflowResult};
+use temporalio_sdk::{ActivityOptions, SyncWorkflowContext, WorkflowContext, WorkflowResult};
 
 pub fn topup_workflow_id(org_id: &str) -> String {
     format!("auto-topup-{org_id}")
@@ -24,12 +24,45 @@ pub struct TopupInput {
     pub attempts_max: u32,
     pub backoff_initial_secs: u64,
     pub backoff_max_secs: u64,
+    /// Topups charged per org in 24 hours, at most (absent before round 2: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_max: Option<u32>,
+    /// How often a charge that is still `processing` is checked when no event says it settled
+    /// (absent before round 2: [`SETTLE_RECHECK_SECS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle_recheck_secs: Option<u64>,
 }
+
+/// A processing charge (a bank debit) settles in days; without an event the processor is asked
+/// again this often.
+pub const SETTLE_RECHECK_SECS: u64 = 6 * 3600;
+
+/// A processing charge that has not settled after this long is given up on (and failed): the
+/// processor's slowest debits settle within 14 days.
+pub const SETTLE_GIVE_UP_SECS: u64 = 21 * 24 * 3600;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BeginTopup {
     pub org_id: String,
     pub crossing_seq: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_max: Option<u32>,
+}
+
+/// Sent by the webhook inbox when the processor reports a topup's PaymentIntent settled
+/// (`payment_intent.succeeded` / `payment_intent.payment_failed`): a hint to ask it again.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChargeSettled {
+    pub payment_intent_id: String,
+    pub event_id: String,
+}
+
+/// A processing charge to look at again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckCharge {
+    pub topup_id: String,
+    pub attempt: u32,
+    pub payment_intent_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,9 +94,23 @@ pub struct ChargeInput {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ChargeOutcome {
-    Succeeded { payment_intent_id: String },
-    SoftDecline { code: String },
-    HardDecline { code: String },
+    Succeeded {
+        payment_intent_id: String,
+    },
+    SoftDecline {
+        code: String,
+    },
+    HardDecline {
+        code: String,
+    },
+    /// Accepted but not settled (bank debits): wait for the processor, grant nothing yet.
+    Processing {
+        payment_intent_id: String,
+    },
+    /// The customer must act (authentication): a hard stop for an off-session charge.
+    RequiresAction {
+        payment_intent_id: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,6 +150,12 @@ impl TopupActivities {
         unimplemented!()
     }
 
+    /// Asks the processor what became of a processing charge (and records a settled one).
+    #[activity(name = "topup.check_charge")]
+    pub fn check_charge(_input: CheckCharge) -> Result<ChargeOutcome, ActivityError> {
+        unimplemented!()
+    }
+
     #[activity(name = "topup.grant")]
     pub fn grant(_input: GrantTopup) -> Result<(), ActivityError> {
         unimplemented!()
@@ -138,7 +191,10 @@ fn step() -> ActivityOptions {
 
 #[workflow]
 #[derive(Default)]
-pub struct AutoTopupWorkflow;
+pub struct AutoTopupWorkflow {
+    /// Settlement hints received (each is a reason to ask the processor again).
+    hints: u32,
+}
 
 #[workflow_methods]
 impl AutoTopupWorkflow {
@@ -147,6 +203,7 @@ impl AutoTopupWorkflow {
         let begin = BeginTopup {
             org_id: input.org_id.clone(),
             crossing_seq: input.crossing_seq,
+            daily_max: input.daily_max,
         };
         let (topup_id, amount_minor, currency, customer, payment_method) = match ctx
             .execute_activity(TopupActivities::begin, begin, step())
@@ -178,10 +235,49 @@ impl AutoTopupWorkflow {
                 customer: customer.clone(),
                 payment_method: payment_method.clone(),
             };
-            match ctx
+            let mut outcome = ctx
                 .execute_activity(TopupActivities::charge, charge, step())
-                .await?
-            {
+                .await?;
+            // Only `succeeded` grants. A charge that settles later is waited for (an event
+            // hints, a recheck timer bounds the wait) and decided by the processor's answer.
+            let mut seen = 0u32;
+            let mut waited = 0u64;
+            while let ChargeOutcome::Processing { payment_intent_id } = &outcome {
+                if waited >= SETTLE_GIVE_UP_SECS {
+                    outcome = ChargeOutcome::HardDecline {
+                        code: "the payment did not settle in time".into(),
+                    };
+                    break;
+                }
+                let recheck = input
+                    .settle_recheck_secs
+                    .unwrap_or(SETTLE_RECHECK_SECS)
+                    .max(1);
+                temporalio_sdk::workflows::select! {
+                    r = ctx.wait_condition(move |s| s.hints > seen) => { r?; },
+                    _ = ctx.timer(Duration::from_secs(recheck)) => { waited += recheck; },
+                };
+                seen = ctx.state(|s| s.hints);
+                let check = CheckCharge {
+                    topup_id: topup_id.clone(),
+                    attempt,
+                    payment_intent_id: payment_intent_id.clone(),
+                };
+                outcome = ctx
+                    .execute_activity(TopupActivities::check_charge, check, step())
+                    .await?;
+            }
+            match outcome {
+                ChargeOutcome::Processing { .. } => {
+                    last = "the payment did not settle".to_string();
+                    break;
+                }
+                ChargeOutcome::RequiresAction { .. } => {
+                    last = "the payment method needs the customer's authentication \
+                            (requires_action); off-session charges cannot ask for it"
+                        .to_string();
+                    break;
+                }
                 ChargeOutcome::Succeeded { payment_intent_id } => {
                     let grant = GrantTopup {
                         topup_id,
@@ -211,6 +307,12 @@ impl AutoTopupWorkflow {
         ctx.execute_activity(TopupActivities::fail, fail, step())
             .await?;
         Ok("failed".into())
+    }
+
+    /// From the webhook inbox: the processor reports a topup charge settled (or failed).
+    #[signal(name = "charge_settled")]
+    pub fn charge_settled(&mut self, _ctx: &mut SyncWorkflowContext<Self>, _s: ChargeSettled) {
+        self.hints = self.hints.saturating_add(1);
     }
 }
 

@@ -12,6 +12,7 @@ mod history;
 mod keys;
 mod ledger_invariants;
 mod metrics;
+mod outage;
 mod purchases;
 mod refunds;
 mod replay;

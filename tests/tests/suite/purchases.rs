@@ -50,13 +50,15 @@ async fn park_checkout_session_writes(app: &TestApp) {
     .unwrap();
 }
 
-/// Waits until the completion webhook's event is recorded (once: the webhook commits it only
-/// after the workflow accepted the signal).
-async fn completion_recorded(app: &TestApp) {
+/// Waits until the completion webhook's event was stored in the inbox and, with `handed_on`,
+/// handed to the workflow (the dispatcher marks it only after the workflow took the signal).
+async fn completion_recorded(app: &TestApp, handed_on: bool) {
     eventually("the webhook", Duration::from_secs(10), || async {
         let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM stripe_events WHERE type = 'checkout.session.completed'",
+            "SELECT count(*) FROM stripe_events WHERE type = 'checkout.session.completed'
+                AND (dispatched_at IS NOT NULL OR NOT $1)",
         )
+        .bind(handed_on)
         .fetch_one(app.store.pool())
         .await
         .unwrap();
@@ -264,8 +266,8 @@ async fn the_completion_webhook_delivered_again_and_early_still_grants_once() {
         .await;
     let session = emulator_session(&app, &id).await;
     pay(&app, session["url"].as_str().unwrap()).await;
-    // The webhook commits its event row only after the workflow accepted the signal.
-    completion_recorded(&app).await;
+    // The dispatcher marks the event handed on only after the workflow accepted the signal.
+    completion_recorded(&app, true).await;
     let completed = app
         .emulator_events()
         .await
@@ -322,6 +324,7 @@ async fn the_completion_webhook_delivered_again_and_early_still_grants_once() {
 async fn an_unpaid_session_expires_without_credits() {
     let app = TestApp::spawn_with(AppOptions {
         checkout_expiry: Duration::from_secs(2),
+        ..AppOptions::default()
     })
     .await
     .unwrap();
@@ -425,7 +428,7 @@ async fn another_orgs_purchase_is_not_visible() {
     let package = app.store.package(GROWTH.parse().unwrap()).await.unwrap();
     let p = app
         .store
-        .create_purchase(a.id, &package, "ana", None, chrono::Utc::now(), None)
+        .create_purchase(a.id, &package, "ana", None, chrono::Utc::now(), None, None)
         .await
         .unwrap()
         .0;
@@ -460,7 +463,15 @@ async fn granting_a_purchase_twice_books_it_once() {
     let package = app.store.package(GROWTH.parse().unwrap()).await.unwrap();
     let p = app
         .store
-        .create_purchase(org.id, &package, "ana", None, chrono::Utc::now(), None)
+        .create_purchase(
+            org.id,
+            &package,
+            "ana",
+            None,
+            chrono::Utc::now(),
+            None,
+            None,
+        )
         .await
         .unwrap()
         .0;
@@ -487,7 +498,8 @@ async fn a_worker_killed_before_the_grant_and_restarted_grants_once() {
     // alive, so nothing can grant until one comes back.
     worker.kill();
     pay(&app, bought["checkout_url"].as_str().unwrap()).await;
-    completion_recorded(&app).await;
+    // Stored in the inbox; the dispatcher that hands it on runs in the (dead) worker.
+    completion_recorded(&app, false).await;
     assert_eq!(app.purchase(&org, &id).await["state"], "awaiting_payment");
     assert_eq!(app.balance(&org).await, "0.000000");
     let _restarted = ProcessWorker::start(&app).unwrap();
@@ -803,15 +815,24 @@ async fn a_payment_whose_amount_differs_from_the_purchase_grants_nothing() {
     assert_eq!(transfer_count(&app).await, 0);
 }
 
-#[tokio::test]
-async fn a_completion_for_an_unfinished_purchase_without_its_workflow_is_retried_not_swallowed() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_for_an_unfinished_purchase_without_its_workflow_waits_in_the_inbox() {
     let app = TestApp::spawn().await.unwrap();
     let org = app.create_org("no-workflow").await;
     let package = app.store.package(GROWTH.parse().unwrap()).await.unwrap();
-    // A purchase whose workflow does not exist (no worker, nothing started).
+    // A purchase whose workflow does not exist (nothing starts it), with the dispatcher running.
+    let _worker = TestWorker::start(&app).unwrap();
     let (p, _) = app
         .store
-        .create_purchase(org.id, &package, "ana", None, chrono::Utc::now(), None)
+        .create_purchase(
+            org.id,
+            &package,
+            "ana",
+            None,
+            chrono::Utc::now(),
+            None,
+            None,
+        )
         .await
         .unwrap();
     let send = |event_id: &str, purchase: String| {
@@ -834,18 +855,40 @@ async fn a_completion_for_an_unfinished_purchase_without_its_workflow_is_retried
         }
     };
 
-    // Unfinished: the processor must retry, and the event is not recorded as handled.
-    assert_eq!(send("evt_unfinished", p.id.to_string()).await, 503);
-    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_events")
-        .fetch_one(app.store.pool())
-        .await
-        .unwrap();
-    assert_eq!(recorded, 0);
-    // An ended purchase (or none at all) has nothing left to do with it: acknowledged.
+    // Stored and answered 200 at once; the dispatcher keeps it for later, since the purchase
+    // has not ended (it is our side that is behind, not the event that is stale).
+    assert_eq!(send("evt_unfinished", p.id.to_string()).await, 200);
+    let pending = |id: &'static str| {
+        let pool = app.store.pool().clone();
+        async move {
+            sqlx::query_as::<_, (i32, Option<String>, bool)>(
+                "SELECT attempts, last_error, dispatched_at IS NOT NULL FROM stripe_events WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let (attempts, error, done) =
+        eventually("a dispatch attempt", Duration::from_secs(20), || async {
+            let row = pending("evt_unfinished").await;
+            (row.0 >= 1).then_some(row)
+        })
+        .await;
+    assert!(attempts >= 1 && !done, "{attempts} {done}");
+    assert!(error.unwrap().contains("not running"));
+    // An ended purchase (or none at all) has nothing left to do with it: marked handled.
     app.store.end_purchase(p.id, "expired").await.unwrap();
     assert_eq!(send("evt_ended", p.id.to_string()).await, 200);
     assert_eq!(
         send("evt_unknown", uuid::Uuid::now_v7().to_string()).await,
         200
     );
+    for id in ["evt_ended", "evt_unknown"] {
+        eventually("the event handled", Duration::from_secs(20), || async {
+            pending(id).await.2.then_some(())
+        })
+        .await;
+    }
 }

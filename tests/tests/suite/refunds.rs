@@ -174,7 +174,15 @@ async fn refunds_are_for_operators_and_need_a_credited_purchase() {
         .unwrap();
     let (p, _) = app
         .store
-        .create_purchase(org.id, &package, "ana", None, chrono::Utc::now(), None)
+        .create_purchase(
+            org.id,
+            &package,
+            "ana",
+            None,
+            chrono::Utc::now(),
+            None,
+            None,
+        )
         .await
         .unwrap();
 
@@ -205,7 +213,7 @@ async fn credited(
 ) -> uuid::Uuid {
     let (p, _) = app
         .store
-        .create_purchase(org.id, package, "ana", None, chrono::Utc::now(), None)
+        .create_purchase(org.id, package, "ana", None, chrono::Utc::now(), None, None)
         .await
         .unwrap();
     app.store

@@ -61,6 +61,7 @@ async fn every_recorded_history_replays_against_the_current_code() {
         "purchase_checkout_expired",
         "purchase_checkout_bank_debit",
         "auto_topup",
+        "auto_topup_processing",
         "low_balance_alert",
         "payment_method_setup",
         "refund",

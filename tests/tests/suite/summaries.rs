@@ -656,6 +656,7 @@ async fn book_step(
                     None,
                     Utc::now() + chrono::TimeDelta::hours(1),
                     None,
+                    None,
                 )
                 .await
                 .unwrap();

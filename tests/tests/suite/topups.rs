@@ -615,3 +615,242 @@ async fn turning_auto_topup_on_below_the_threshold_tops_up_once() {
     assert_eq!(succeeded_charges(&app).await, 1);
     app.assert_invariants().await;
 }
+
+/// The org's charges at the emulator in the state `status`, oldest first.
+async fn intents_in(app: &TestApp, status: &str) -> Vec<Value> {
+    let mut v: Vec<Value> = emulator_payment_intents(app)
+        .await
+        .into_iter()
+        .filter(|p| p["status"] == status)
+        .collect();
+    v.reverse();
+    v
+}
+
+async fn settle_intent(app: &TestApp, id: &str) {
+    let r = app
+        .http
+        .post(format!(
+            "{}/_emulator/payment_intents/{id}/settle",
+            app.stripe_url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+async fn topup_transfers(app: &TestApp) -> i64 {
+    count(app, "SELECT count(*) FROM transfers WHERE kind = 'topup'").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processing_debit_grants_only_when_it_succeeds_and_crossings_meanwhile_are_not_lost() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = org_with(
+        &app,
+        "pm_usBankAccount_success",
+        Some(("50", 100_000)),
+        None,
+    )
+    .await;
+
+    // 100 → 40: the first topup's debit is accepted but only `processing`.
+    spend(&app, &org, "dip-1", 60).await;
+    let first = eventually("a processing debit", Duration::from_secs(30), || async {
+        intents_in(&app, "processing").await.into_iter().next()
+    })
+    .await;
+    // Two more crossings while it runs (credits put back, then spent again).
+    assert_eq!(
+        app.adjust(org.id, "100", "refill", "refill-1").await.status,
+        201
+    );
+    spend(&app, &org, "dip-2", 100).await;
+    assert_eq!(
+        app.adjust(org.id, "100", "refill", "refill-2").await.status,
+        201
+    );
+    spend(&app, &org, "dip-3", 1200).await;
+    // Nothing is granted for money that has not arrived, however long it waits.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(topup_transfers(&app).await, 0);
+    assert_eq!(app.balance(&org).await, "-1060.000000");
+    assert_eq!(topups(&app, &org).await.len(), 1);
+
+    // It settles: 1,000 credits, still below 50, so the crossings that waited start one more
+    // topup (one, not three), whose debit is processing in its turn.
+    settle_intent(&app, first["id"].as_str().unwrap()).await;
+    let second = eventually("the second debit", Duration::from_secs(30), || async {
+        intents_in(&app, "processing").await.into_iter().next()
+    })
+    .await;
+    assert_ne!(second["id"], first["id"]);
+    assert_eq!(topup_transfers(&app).await, 1);
+    assert_eq!(app.balance(&org).await, "-60.000000");
+    settle_intent(&app, second["id"].as_str().unwrap()).await;
+    eventually("the second grant", Duration::from_secs(30), || async {
+        (topup_transfers(&app).await == 2).then_some(())
+    })
+    .await;
+    assert_eq!(app.balance(&org).await, "940.000000");
+    // Every crossing was decided once the previous topup ended; the later ones found the
+    // balance back above the threshold.
+    eventually(
+        "every crossing decided",
+        Duration::from_secs(30),
+        || async {
+            let pending = count(
+                &app,
+                "SELECT count(*) FROM outbox WHERE dispatched_at IS NULL",
+            )
+            .await;
+            (pending == 0).then_some(())
+        },
+    )
+    .await;
+    let all = topups(&app, &org).await;
+    let charged = all.iter().filter(|t| t["state"] == "succeeded").count();
+    assert_eq!(charged, 2, "{all:?}");
+    assert!(
+        all.iter()
+            .all(|t| t["state"] == "succeeded" || t["state"] == "skipped"),
+        "{all:?}"
+    );
+    assert_eq!(intents_in(&app, "succeeded").await.len(), 2);
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debit_that_fails_after_processing_grants_nothing_and_pauses() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = org_with(&app, "pm_usBankAccount_fail", Some(("50", 100_000)), None).await;
+    spend(&app, &org, "dip", 60).await;
+    let pi = eventually("a processing debit", Duration::from_secs(30), || async {
+        intents_in(&app, "processing").await.into_iter().next()
+    })
+    .await;
+    settle_intent(&app, pi["id"].as_str().unwrap()).await;
+    let topup = finished_topup(&app, &org).await;
+    assert_eq!(topup["state"], "failed", "{topup}");
+    assert_eq!(topup["attempts"][0]["outcome"], "hard_decline", "{topup}");
+    assert_eq!(topup_transfers(&app).await, 0);
+    assert_eq!(app.balance(&org).await, "40.000000");
+    let settings = app
+        .get(&format!("/v1/orgs/{}/billing-settings", org.id), &org.key)
+        .await;
+    assert!(settings.body["auto_topup"]["paused_reason"].is_string());
+    app.keep_history(
+        "auto_topup_processing",
+        &workflows::topup::topup_workflow_id(&org.id.to_string()),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topup_that_leaves_the_balance_below_the_threshold_starts_another() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = org_with(&app, "pm_card_visa", Some(("50", 100_000)), None).await;
+    // 100 → -1,000: one topup of 1,000 leaves 0, below 50, so a second one follows.
+    spend(&app, &org, "deep", 1100).await;
+    eventually("two topups", Duration::from_secs(60), || async {
+        (topup_transfers(&app).await == 2).then_some(())
+    })
+    .await;
+    eventually(
+        "nothing more to decide",
+        Duration::from_secs(30),
+        || async {
+            let pending = count(
+                &app,
+                "SELECT count(*) FROM outbox WHERE dispatched_at IS NULL",
+            )
+            .await;
+            (pending == 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(app.balance(&org).await, "1000.000000");
+    assert_eq!(succeeded_charges(&app).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_limit_bounds_topups_that_keep_the_balance_below() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = org_with(&app, "pm_card_visa", Some(("50", 10_000_000)), None).await;
+    // Far below: -20,000 would take 21 topups; the test policy allows 10 a day.
+    for i in 0..20 {
+        spend(&app, &org, &format!("very-deep-{i}"), 1005).await;
+    }
+    eventually("the daily limit", Duration::from_secs(120), || async {
+        topups(&app, &org)
+            .await
+            .into_iter()
+            .any(|t| {
+                t["state"] == "skipped"
+                    && t["detail"].as_str().unwrap_or_default().contains("daily")
+            })
+            .then_some(())
+    })
+    .await;
+    assert_eq!(topup_transfers(&app).await, 10);
+    assert_eq!(app.balance(&org).await, "-10000.000000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_to_a_refused_address_is_recorded_failed_and_the_topup_still_charges() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = org_with(&app, "pm_card_visa", Some(("50", 100_000)), Some("50")).await;
+    // An address the API accepts and the mail server refuses for good (550).
+    let body = json!({
+        "auto_topup": {"enabled": true, "threshold_credits": "50", "package_id": STARTER, "monthly_cap_minor": 100_000},
+        "alerts": {"thresholds_credits": ["50"], "recipients": ["reject-me@acme.test"]},
+    });
+    assert_eq!(put_settings(&app, &org, &body).await.status, 200);
+    spend(&app, &org, "dip", 60).await;
+    let topup = finished_topup(&app, &org).await;
+    assert_eq!(topup["state"], "succeeded");
+    let alert = eventually("the alert recorded", Duration::from_secs(30), || async {
+        let a = app
+            .get(&format!("/v1/orgs/{}/alerts", org.id), &org.key)
+            .await;
+        a.body["data"].as_array().unwrap().first().cloned()
+    })
+    .await;
+    assert_eq!(alert["state"], "failed", "{alert}");
+    assert!(alert["detail"].as_str().unwrap().contains("550"), "{alert}");
+    // The alert's workflow ended instead of retrying for ever.
+    let ended: i64 = count(
+        &app,
+        "SELECT count(*) FROM email_sends WHERE state = 'failed'",
+    )
+    .await;
+    assert_eq!(ended, 1);
+    assert_eq!(app.balance(&org).await, "1040.000000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_the_mailer_refuses_is_refused_by_the_api_too() {
+    let app = TestApp::spawn().await.unwrap();
+    let org = app.create_org("addresses").await;
+    for bad in [
+        "a@b@c.test",
+        "ops@exa mple.test",
+        "Ops <ops@acme.test>",
+        "ops@acme..test",
+    ] {
+        let body = json!({
+            "auto_topup": {"enabled": false},
+            "alerts": {"thresholds_credits": ["50"], "recipients": [bad]},
+        });
+        put_settings(&app, &org, &body)
+            .await
+            .assert_problem(422, "invalid_email");
+        assert!(billing::email::parse_address(bad).is_err(), "{bad}");
+    }
+}

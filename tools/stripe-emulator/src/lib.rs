@@ -196,6 +196,10 @@ impl Emulator {
             .route("/_emulator/events", get(list_events))
             .route("/_emulator/events/{id}/deliver", post(redeliver))
             .route("/_emulator/checkout/{id}/settle", post(settle))
+            .route(
+                "/_emulator/payment_intents/{id}/settle",
+                post(settle_intent),
+            )
             .with_state(self.clone())
     }
 
@@ -433,6 +437,23 @@ impl Emulator {
         } else {
             card_outcome(&pm)
         };
+        // A bank debit confirmed off-session is `processing` until the test settles it
+        // (`POST /_emulator/payment_intents/{id}/settle`), as Stripe's ACH and SEPA debits are.
+        if outcome.is_none() && settles_later(&pm).is_some() {
+            let pi = self.payment_intent(
+                data,
+                NewIntent {
+                    amount,
+                    currency,
+                    customer: p.get("customer"),
+                    pm: &pm,
+                    metadata,
+                    status: "processing",
+                },
+            );
+            self.emit(data, "payment_intent.processing", pi.clone());
+            return (200, pi);
+        }
         match outcome {
             None => {
                 let pi = self.payment_intent(
@@ -601,6 +622,50 @@ fn settles_later(pm: &str) -> Option<bool> {
 }
 
 impl Emulator {
+    /// Settles a `processing` PaymentIntent (an off-session bank debit) as its payment method
+    /// says, with `payment_intent.succeeded` or `payment_intent.payment_failed`.
+    fn settle_intent(&self, id: &str) -> Result<Value, (u16, Value)> {
+        let mut data = self.data.lock().expect("data");
+        let Some(mut pi) = data
+            .objects
+            .get(id)
+            .cloned()
+            .filter(|pi| pi["status"] == "processing")
+        else {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                "No processing PaymentIntent to settle.",
+                json!({}),
+            ));
+        };
+        let succeeds =
+            settles_later(pi["payment_method"].as_str().unwrap_or_default()).unwrap_or(true);
+        let charge_id = pi["latest_charge"].as_str().unwrap_or_default().to_string();
+        if succeeds {
+            pi["status"] = json!("succeeded");
+            pi["amount_received"] = pi["amount"].clone();
+            if let Some(charge) = data.objects.get_mut(&charge_id) {
+                charge["status"] = json!("succeeded");
+                charge["paid"] = json!(true);
+                charge["captured"] = json!(true);
+                charge["amount_captured"] = charge["amount"].clone();
+            }
+        } else {
+            pi["status"] = json!("requires_payment_method");
+            pi["last_payment_error"] = json!({"type": "invalid_request_error", "code": "payment_method_provider_decline", "message": "The bank account was declined."});
+        }
+        data.objects.insert(id.to_string(), pi.clone());
+        let kind = if succeeds {
+            "payment_intent.succeeded"
+        } else {
+            "payment_intent.payment_failed"
+        };
+        self.emit(&mut data, kind, pi.clone());
+        Ok(pi)
+    }
+
     /// Settles a completed, unpaid session's bank debit as its payment method says: the
     /// PaymentIntent succeeds (session `paid`, `checkout.session.async_payment_succeeded`) or
     /// fails (`requires_payment_method`, `checkout.session.async_payment_failed`).
@@ -663,6 +728,14 @@ impl Emulator {
             );
         }
         Ok(s)
+    }
+}
+
+/// `POST /_emulator/payment_intents/{id}/settle` (tests): see [`Emulator::settle_intent`].
+async fn settle_intent(State(em): State<Emulator>, Path(id): Path<String>) -> Response {
+    match em.settle_intent(&id) {
+        Ok(pi) => reply((200, pi)),
+        Err(e) => reply(e),
     }
 }
 

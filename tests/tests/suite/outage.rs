@@ -1,0 +1,135 @@
+//! Temporal unreachable: this test's API and worker reach the shared server through a proxy the
+//! test cuts, so the outage is real for them and nobody else.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::json;
+use tests::{AppOptions, GROWTH, OPERATOR_KEY, TestApp, eventually, worker::TestWorker};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporal_outage_delays_grants_and_starts_but_loses_nothing() {
+    let app = TestApp::spawn_with(AppOptions {
+        temporal_proxy: true,
+        ..AppOptions::default()
+    })
+    .await
+    .unwrap();
+    let proxy = app.temporal_proxy.clone().unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = app.create_org("outage").await;
+    let bought = app.buy_ready(&org, GROWTH).await;
+    let paid_id = bought["id"].as_str().unwrap().to_string();
+    let checkout = bought["checkout_url"].as_str().unwrap().to_string();
+
+    proxy.set_up(false);
+    // The buyer pays while Temporal is down: the webhook is stored and answered 200, so the
+    // processor has nothing to redeliver.
+    app.pay_checkout(&checkout, "pm_card_visa").await;
+    eventually("the webhook stored", Duration::from_secs(20), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM stripe_events WHERE type = 'checkout.session.completed'",
+        )
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
+    // Purchases are refused fast, with Retry-After; none is left without a workflow.
+    let body = json!({"package_id": GROWTH, "user": "ana@acme.test"});
+    let started = Instant::now();
+    let keyed = app
+        .call(
+            Method::POST,
+            "/v1/purchases",
+            Some(&org.key),
+            Some(&body),
+            &[("idempotency-key", "during-outage")],
+        )
+        .await;
+    let keyed_took = started.elapsed();
+    keyed.assert_problem(503, "workflow_unavailable");
+    let started = Instant::now();
+    let unkeyed = app
+        .call(
+            Method::POST,
+            "/v1/purchases",
+            Some(&org.key),
+            Some(&body),
+            &[],
+        )
+        .await;
+    let unkeyed_took = started.elapsed();
+    unkeyed.assert_problem(503, "workflow_unavailable");
+    println!("503 answers took {keyed_took:?} and {unkeyed_took:?}");
+    for took in [keyed_took, unkeyed_took] {
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+    }
+    // The payment is not credited while Temporal is away.
+    assert_eq!(
+        app.purchase(&org, &paid_id).await["state"],
+        "awaiting_payment"
+    );
+
+    // A refund of an earlier, credited purchase is accepted and reserved during the outage.
+    proxy.set_up(true);
+    app.wait_purchase(&org, &paid_id, "credited").await;
+    assert_eq!(app.balance(&org).await, "5250.000000");
+    proxy.set_up(false);
+    let refund = app
+        .call(
+            Method::POST,
+            &format!("/v1/purchases/{paid_id}/refunds"),
+            Some(OPERATOR_KEY),
+            Some(&json!({"amount_minor": 1000, "reason": "outage"})),
+            &[("idempotency-key", "refund-during-outage")],
+        )
+        .await;
+    assert_eq!(refund.status, 202, "{}", refund.text);
+    assert_eq!(app.balance(&org).await, "4200.000000");
+    proxy.set_up(true);
+
+    // Back: the keyed purchase gets its checkout (started by the dispatcher), the unkeyed one
+    // ended failed, the refund is made once.
+    let retried = app
+        .call(
+            Method::POST,
+            "/v1/purchases",
+            Some(&org.key),
+            Some(&body),
+            &[("idempotency-key", "during-outage")],
+        )
+        .await;
+    let retried = app.ready_purchase(&org, &retried).await;
+    assert!(retried["checkout_url"].is_string(), "{retried}");
+    let refund_id = refund.body["id"].as_str().unwrap().to_string();
+    eventually("the refund made", Duration::from_secs(60), || async {
+        let list = app
+            .get(&format!("/v1/purchases/{paid_id}/refunds"), OPERATOR_KEY)
+            .await;
+        list.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == refund_id.as_str() && r["state"] == "refunded")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(app.emulator_event_count("charge.refunded").await, 1);
+    let stranded: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+        "SELECT id, state FROM purchases
+          WHERE state = 'awaiting_payment' AND checkout_session_id IS NULL",
+    )
+    .fetch_all(app.store.pool())
+    .await
+    .unwrap();
+    assert!(stranded.is_empty(), "{stranded:?}");
+    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM purchases WHERE state = 'failed'")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(failed, 1);
+    assert_eq!(app.balance(&org).await, "4200.000000");
+    app.assert_invariants().await;
+}

@@ -1,0 +1,172 @@
+//! The webhook inbox, dispatched: each stored payment-processor event is handed to the workflow
+//! it concerns, as a hint (the workflow asks the processor before money moves). An event whose
+//! workflow cannot be reached waits and is tried again, so nothing the processor reports is lost
+//! to a Temporal outage; one that concerns nothing still running is marked done.
+
+use store::InboxEvent;
+use temporalio_client::{WorkflowSignalOptions, errors::WorkflowInteractionError};
+use uuid::Uuid;
+use workflows::{
+    payment_method::{
+        PaymentMethodSetupWorkflow, SetupCompleted, workflow_id as setup_workflow_id,
+    },
+    purchase::{PaymentCompleted, PurchaseWorkflow, workflow_id as purchase_workflow_id},
+    topup::{AutoTopupWorkflow, ChargeSettled, topup_workflow_id},
+};
+
+use crate::dispatch::{CALL_LIMIT, Dispatched, Dispatcher, backoff};
+
+const BATCH_EVENTS: i64 = 50;
+
+/// Hands on up to one batch of due events; returns how many it looked at.
+pub async fn round(d: &Dispatcher) -> anyhow::Result<usize> {
+    let mut tx = d.store.pool().begin().await?;
+    let events = d.store.claim_stripe_events(&mut tx, BATCH_EVENTS).await?;
+    for event in &events {
+        match dispatch(d, event).await {
+            Ok(Dispatched::Done) => d.store.event_dispatched(&mut tx, &event.id).await?,
+            Ok(Dispatched::Later(after, why)) => {
+                tracing::warn!(event = %event.id, kind = %event.kind, reason = %why, "event not handed on yet; retrying later");
+                d.store
+                    .event_retry_later(&mut tx, &event.id, after, &why)
+                    .await?
+            }
+            Err(e) => {
+                tracing::warn!(event = %event.id, error = %e, "event not handed on; retrying later");
+                d.store
+                    .event_retry_later(&mut tx, &event.id, backoff(event.attempts), &e.to_string())
+                    .await?
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(events.len())
+}
+
+/// What a signal that could not be delivered means: a workflow that is gone has nothing left
+/// to do with the event unless `still_needed` says the business object has not ended (then it
+/// is our side that is behind, and the event waits).
+async fn settle(
+    signalled: Result<Result<(), WorkflowInteractionError>, tokio::time::error::Elapsed>,
+    attempts: i32,
+    still_needed: impl AsyncFnOnce() -> anyhow::Result<bool>,
+) -> anyhow::Result<Dispatched> {
+    match signalled {
+        Ok(Ok(())) => Ok(Dispatched::Done),
+        Ok(Err(WorkflowInteractionError::NotFound(_))) => {
+            if still_needed().await? {
+                Ok(Dispatched::Later(
+                    backoff(attempts),
+                    "its workflow is not running yet".into(),
+                ))
+            } else {
+                Ok(Dispatched::Done)
+            }
+        }
+        Ok(Err(e)) => Ok(Dispatched::Later(backoff(attempts), e.to_string())),
+        Err(_) => Ok(Dispatched::Later(
+            backoff(attempts),
+            "Temporal did not answer in time".into(),
+        )),
+    }
+}
+
+async fn dispatch(d: &Dispatcher, event: &InboxEvent) -> anyhow::Result<Dispatched> {
+    let object = &event.payload["data"]["object"];
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    match (event.kind.as_str(), object["mode"].as_str()) {
+        // Completed (paid or not yet), paid later, failed later: each is a hint to the
+        // purchase's workflow, which asks the processor what really happened before it grants.
+        (
+            "checkout.session.completed"
+            | "checkout.session.async_payment_succeeded"
+            | "checkout.session.async_payment_failed",
+            Some("payment"),
+        ) => {
+            let reference = text(&object["client_reference_id"]);
+            let signal = PaymentCompleted {
+                checkout_session_id: text(&object["id"]),
+                payment_intent_id: text(&object["payment_intent"]),
+                event_id: event.id.clone(),
+            };
+            let signalled = tokio::time::timeout(
+                CALL_LIMIT,
+                d.temporal
+                    .get_workflow_handle::<PurchaseWorkflow>(purchase_workflow_id(&reference))
+                    .signal(
+                        PurchaseWorkflow::payment_completed,
+                        signal,
+                        WorkflowSignalOptions::default(),
+                    ),
+            )
+            .await;
+            settle(signalled, event.attempts, async || {
+                // A purchase that has not ended still needs it (its workflow is about to be
+                // started by the outbox); one that ended, or is not ours, does not.
+                Ok(match reference.parse::<Uuid>() {
+                    Ok(id) => match d.store.purchase(id).await {
+                        Ok(p) => !matches!(p.state.as_str(), "credited" | "expired" | "failed"),
+                        Err(store::StoreError::NotFound(_)) => false,
+                        Err(e) => return Err(e.into()),
+                    },
+                    Err(_) => false,
+                })
+            })
+            .await
+        }
+        ("checkout.session.completed", Some("setup")) => {
+            let reference = text(&object["client_reference_id"]);
+            let signal = SetupCompleted {
+                checkout_session_id: text(&object["id"]),
+                setup_intent_id: text(&object["setup_intent"]),
+            };
+            let signalled = tokio::time::timeout(
+                CALL_LIMIT,
+                d.temporal
+                    .get_workflow_handle::<PaymentMethodSetupWorkflow>(setup_workflow_id(
+                        &reference,
+                    ))
+                    .signal(
+                        PaymentMethodSetupWorkflow::setup_completed,
+                        signal,
+                        WorkflowSignalOptions::default(),
+                    ),
+            )
+            .await;
+            // A setup is only its workflow: once that is gone (expired), so is the setup.
+            settle(signalled, event.attempts, async || Ok(false)).await
+        }
+        // A topup charge that was processing has settled (or failed): a hint to the org's
+        // auto-topup workflow, which asks the processor.
+        ("payment_intent.succeeded" | "payment_intent.payment_failed", _) => {
+            let Ok(topup_id) = text(&object["metadata"]["topup_id"]).parse::<Uuid>() else {
+                return Ok(Dispatched::Done);
+            };
+            let org = match d.store.topup_org(topup_id).await {
+                Ok(org) => org,
+                Err(store::StoreError::NotFound(_)) => return Ok(Dispatched::Done),
+                Err(e) => return Err(e.into()),
+            };
+            let signal = ChargeSettled {
+                payment_intent_id: text(&object["id"]),
+                event_id: event.id.clone(),
+            };
+            let signalled = tokio::time::timeout(
+                CALL_LIMIT,
+                d.temporal
+                    .get_workflow_handle::<AutoTopupWorkflow>(topup_workflow_id(&org.to_string()))
+                    .signal(
+                        AutoTopupWorkflow::charge_settled,
+                        signal,
+                        WorkflowSignalOptions::default(),
+                    ),
+            )
+            .await;
+            settle(signalled, event.attempts, async || {
+                Ok(d.store.topup_state(topup_id).await? == "running")
+            })
+            .await
+        }
+        _ => Ok(Dispatched::Done),
+    }
+}
