@@ -892,3 +892,51 @@ async fn a_completion_for_an_unfinished_purchase_without_its_workflow_waits_in_t
         .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_smtp_took_the_receipt_does_not_send_it_again() {
+    let app = TestApp::spawn().await.unwrap();
+    let mut worker = ProcessWorker::start(&app).unwrap();
+    let org = app.create_org("mail-crash").await;
+    let bought = app.buy_ready(&org, GROWTH).await;
+    let id = bought["id"].as_str().unwrap().to_string();
+
+    // The server takes the receipt and never answers: the worker is killed in that window.
+    app.smtp.set_holding(true);
+    pay(&app, bought["checkout_url"].as_str().unwrap()).await;
+    eventually("the receipt taken", Duration::from_secs(30), || async {
+        (!app.smtp.received().is_empty()).then_some(())
+    })
+    .await;
+    worker.kill();
+    app.smtp.set_holding(false);
+    let _restarted = ProcessWorker::start(&app).unwrap();
+
+    // The retried activity finds the send claimed and unanswered: `unknown`, not sent again.
+    let key = format!("receipt:{id}");
+    let (state, detail): (String, Option<String>) = eventually(
+        "the receipt recorded unknown",
+        Duration::from_secs(90),
+        || async {
+            let row: Option<(String, Option<String>)> =
+                sqlx::query_as("SELECT state, detail FROM email_sends WHERE key = $1")
+                    .bind(&key)
+                    .fetch_optional(app.store.pool())
+                    .await
+                    .unwrap();
+            row.filter(|(s, _)| s != "sending")
+        },
+    )
+    .await;
+    assert_eq!(state, "unknown");
+    assert!(detail.unwrap().contains("may or may not"));
+    app.wait_purchase(&org, &id, "credited").await;
+    let handle = app
+        .temporal
+        .get_workflow_handle::<temporalio_client::UntypedWorkflow>(format!("purchase-{id}"));
+    let _ = tokio::time::timeout(Duration::from_secs(60), handle.get_result(Default::default()))
+        .await
+        .expect("the workflow closed");
+    assert_eq!(app.smtp.received().len(), 1);
+    assert_eq!(app.balance(&org).await, "5250.000000");
+}
