@@ -74,7 +74,7 @@ pub fn worker_options(task_queue: &str, deps: Deps) -> Result<WorkerOptions, any
 
 /// The Message-ID (without brackets) of the e-mail sent once per `key`: the key with every
 /// character a Message-ID may not hold replaced, at the creditflow domain.
-pub(crate) fn message_id(key: &str) -> String {
+pub fn message_id(key: &str) -> String {
     let local: String = key
         .chars()
         .map(|c| {
@@ -105,7 +105,7 @@ pub(crate) fn payment_error(e: payments::PaymentError) -> ActivityError {
 
 /// Tries of one e-mail before it is recorded `failed` (SMTP unreachable throughout): a notice
 /// never holds up the workflow that sends it for longer than these tries take.
-pub(crate) const MAIL_TRIES: u32 = 8;
+pub const MAIL_TRIES: u32 = 8;
 
 /// What became of an e-mail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,7 +144,7 @@ impl Mailed {
 /// and does not send again. What cannot succeed (an address the mailer refuses, a 5xx
 /// answer) is recorded `failed` at once; SMTP unreachable is retried by Temporal and recorded
 /// `failed` on try `MAIL_TRIES`, so a notice never blocks the money step it reports on.
-pub(crate) async fn mail_once(
+pub async fn mail_once(
     store: &Store,
     mailer: &mail::Mailer,
     attempt: u32,

@@ -3,6 +3,7 @@
 //! Every query is compile-checked by sqlx against the migrations (the `.sqlx` folder at the top
 //! of the workspace caches them so builds need no database; `scripts/sqlx-prepare` renews it).
 
+pub mod disputes;
 mod error;
 pub mod idempotency;
 pub mod inbox;
@@ -24,6 +25,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
+pub use disputes::{DisputeReport, OpenedDispute};
 pub use error::StoreError;
 pub use idempotency::{Claim, request_hash};
 pub use inbox::{EmailClaim, InboxEvent, PURCHASE_START, REFUND_START};

@@ -155,6 +155,7 @@ pub async fn run_worker(
 ) -> anyhow::Result<()> {
     let dispatcher = crate::dispatch::Dispatcher {
         store: deps.store.clone(),
+        mailer: deps.mailer.clone(),
         temporal: temporal.clone(),
         task_queue: task_queue.to_string(),
         topup,

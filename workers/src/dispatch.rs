@@ -57,6 +57,8 @@ pub struct TopupPolicy {
 
 pub struct Dispatcher {
     pub store: Store,
+    /// For the notices the inbox sends itself (a disputed payment).
+    pub mailer: activities::mail::Mailer,
     pub temporal: Client,
     pub task_queue: String,
     pub topup: TopupPolicy,

@@ -167,6 +167,79 @@ async fn dispatch(d: &Dispatcher, event: &InboxEvent) -> anyhow::Result<Dispatch
             })
             .await
         }
+        // A chargeback: claw back what is unspent, pause auto-topup, tell the billing contacts.
+        ("charge.dispute.created", _) => {
+            let report = store::DisputeReport {
+                id: text(&object["id"]),
+                payment_intent_id: text(&object["payment_intent"]),
+                amount_minor: object["amount"].as_i64().unwrap_or_default(),
+                currency: text(&object["currency"]),
+                reason: text(&object["reason"]),
+                status: text(&object["status"]),
+            };
+            if report.id.is_empty() || report.payment_intent_id.is_empty() {
+                return Ok(Dispatched::Done);
+            }
+            d.store.open_dispute(&report).await?;
+            notify_dispute(d, event, &report).await
+        }
+        ("charge.dispute.closed", _) => {
+            let outcome = match object["status"].as_str() {
+                Some("won") => "won",
+                Some("lost") => "lost",
+                _ => return Ok(Dispatched::Done),
+            };
+            let id = text(&object["id"]);
+            if d.store.close_dispute(&id, outcome).await? {
+                Ok(Dispatched::Done)
+            } else if d
+                .store
+                .dispute_of_ours(&text(&object["payment_intent"]))
+                .await?
+            {
+                // Its opening event has not been handled yet.
+                Ok(Dispatched::Later(
+                    backoff(event.attempts),
+                    "the dispute is not recorded yet".into(),
+                ))
+            } else {
+                Ok(Dispatched::Done)
+            }
+        }
         _ => Ok(Dispatched::Done),
+    }
+}
+
+/// The billing contacts' notice of a dispute, sent at most once (keyed by the dispute), after
+/// the clawback is booked.
+async fn notify_dispute(
+    d: &Dispatcher,
+    event: &InboxEvent,
+    report: &store::DisputeReport,
+) -> anyhow::Result<Dispatched> {
+    let Some((org, clawed, recipients, name)) = d.store.dispute_notice(&report.id).await? else {
+        return Ok(Dispatched::Done);
+    };
+    let body = format!(
+        "A payment of {org_name} ({org}) was disputed with the card issuer (reason: {reason}).\n\n         Credits clawed back: {clawed} (what was still unspent of that payment's credits; the \
+         balance is never taken below zero).\nAuto-topup is paused until an operator resumes it.\n\n         Payment: {pi}\nDispute: {id}\n",
+        org_name = name,
+        reason = report.reason,
+        pi = report.payment_intent_id,
+        id = report.id,
+    );
+    match activities::mail_once(
+        &d.store,
+        &d.mailer,
+        u32::try_from(event.attempts).unwrap_or(0) + 1,
+        &format!("dispute:{}", report.id),
+        &recipients,
+        &format!("A payment of {name} is disputed"),
+        &body,
+    )
+    .await
+    {
+        Ok(_) => Ok(Dispatched::Done),
+        Err(e) => Ok(Dispatched::Later(backoff(event.attempts), format!("{e:?}"))),
     }
 }

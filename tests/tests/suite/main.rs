@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod config;
 mod deployment;
+mod disputes;
 mod harness;
 mod health;
 mod history;

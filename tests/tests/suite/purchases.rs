@@ -934,9 +934,12 @@ async fn a_worker_killed_after_smtp_took_the_receipt_does_not_send_it_again() {
     let handle = app
         .temporal
         .get_workflow_handle::<temporalio_client::UntypedWorkflow>(format!("purchase-{id}"));
-    let _ = tokio::time::timeout(Duration::from_secs(60), handle.get_result(Default::default()))
-        .await
-        .expect("the workflow closed");
+    let _ = tokio::time::timeout(
+        Duration::from_secs(60),
+        handle.get_result(Default::default()),
+    )
+    .await
+    .expect("the workflow closed");
     assert_eq!(app.smtp.received().len(), 1);
     assert_eq!(app.balance(&org).await, "5250.000000");
 }

@@ -200,6 +200,14 @@ impl Emulator {
                 "/_emulator/payment_intents/{id}/settle",
                 post(settle_intent),
             )
+            .route(
+                "/_emulator/payment_intents/{id}/dispute",
+                post(open_dispute),
+            )
+            .route(
+                "/_emulator/disputes/{id}/close/{outcome}",
+                post(close_dispute),
+            )
             .with_state(self.clone())
     }
 
@@ -728,6 +736,82 @@ impl Emulator {
             );
         }
         Ok(s)
+    }
+}
+
+impl Emulator {
+    /// The card holder disputes a succeeded payment's charge: a `dispute` object
+    /// (`needs_response`, reason `fraudulent`) and `charge.dispute.created`.
+    fn open_dispute(&self, pi_id: &str) -> Result<Value, (u16, Value)> {
+        let mut data = self.data.lock().expect("data");
+        let Some(pi) = data
+            .objects
+            .get(pi_id)
+            .cloned()
+            .filter(|pi| pi["status"] == "succeeded")
+        else {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                "Only a succeeded PaymentIntent's charge can be disputed.",
+                json!({}),
+            ));
+        };
+        let id = self.next_id(&mut data, "dp");
+        let charge = pi["latest_charge"].clone();
+        let dispute = json!({
+            "id": id, "object": "dispute", "amount": pi["amount"], "currency": pi["currency"],
+            "charge": charge, "payment_intent": pi_id, "created": now(), "livemode": false,
+            "is_charge_refundable": false, "metadata": {}, "reason": "fraudulent",
+            "status": "needs_response",
+        });
+        if let Some(c) = charge.as_str().and_then(|c| data.objects.get_mut(c)) {
+            c["disputed"] = json!(true);
+        }
+        data.objects.insert(id, dispute.clone());
+        self.emit(&mut data, "charge.dispute.created", dispute.clone());
+        Ok(dispute)
+    }
+
+    /// Closes a dispute `won` or `lost`, with `charge.dispute.closed`.
+    fn close_dispute(&self, id: &str, outcome: &str) -> Result<Value, (u16, Value)> {
+        let mut data = self.data.lock().expect("data");
+        let Some(mut dispute) = data
+            .objects
+            .get(id)
+            .cloned()
+            .filter(|d| d["object"] == "dispute" && (outcome == "won" || outcome == "lost"))
+        else {
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("resource_missing"),
+                &format!("No such dispute: '{id}' (or outcome not won/lost)"),
+                json!({}),
+            ));
+        };
+        dispute["status"] = json!(outcome);
+        data.objects.insert(id.to_string(), dispute.clone());
+        self.emit(&mut data, "charge.dispute.closed", dispute.clone());
+        Ok(dispute)
+    }
+}
+
+async fn open_dispute(State(em): State<Emulator>, Path(id): Path<String>) -> Response {
+    match em.open_dispute(&id) {
+        Ok(d) => reply((200, d)),
+        Err(e) => reply(e),
+    }
+}
+
+async fn close_dispute(
+    State(em): State<Emulator>,
+    Path((id, outcome)): Path<(String, String)>,
+) -> Response {
+    match em.close_dispute(&id, &outcome) {
+        Ok(d) => reply((200, d)),
+        Err(e) => reply(e),
     }
 }
 
