@@ -116,6 +116,15 @@ fn card_outcome(pm: &str) -> Option<(&'static str, &'static str)> {
             Some(("card_declined", "generic_decline"))
         }
         "pm_card_chargeDeclinedExpiredCard" => Some(("expired_card", "expired_card")),
+        "pm_card_chargeDeclinedIncorrectCvc" => Some(("incorrect_cvc", "incorrect_cvc")),
+        "pm_card_chargeDeclinedFraudulent" => Some(("card_declined", "fraudulent")),
+        "pm_card_chargeDeclinedLostCard" | "pm_card_visa_chargeDeclinedLostCard" => {
+            Some(("card_declined", "lost_card"))
+        }
+        "pm_card_chargeDeclinedStolenCard" => Some(("card_declined", "stolen_card")),
+        "pm_card_chargeDeclinedVelocityLimitExceeded" => {
+            Some(("card_declined", "card_velocity_exceeded"))
+        }
         "pm_card_chargeDeclinedDoNotHonor" => Some(("card_declined", "do_not_honor")),
         "pm_card_visa_chargeDeclinedStolenCard" => Some(("card_declined", "stolen_card")),
         "pm_card_authenticationRequired" => {
@@ -123,6 +132,27 @@ fn card_outcome(pm: &str) -> Option<(&'static str, &'static str)> {
         }
         _ => None,
     }
+}
+
+/// Test payment methods that succeed (besides the bank debits of [`settles_later`]).
+const SUCCEEDING_TEST_METHODS: &[&str] = &[
+    "pm_card_visa",
+    "pm_card_visa_debit",
+    "pm_card_mastercard",
+    "pm_card_amex",
+    "pm_card_us",
+    "pm_card_softDeclineTwice",
+];
+
+/// Whether Stripe would know this payment method: a test method, or one this emulator made.
+fn known_method(data: &Data, pm: &str) -> bool {
+    SUCCEEDING_TEST_METHODS.contains(&pm)
+        || card_outcome(pm).is_some()
+        || settles_later(pm).is_some()
+        || data
+            .objects
+            .get(pm)
+            .is_some_and(|o| o["object"] == "payment_method")
 }
 
 /// Stripe's minimum charge per currency, in minor units (USD and EUR 50, GBP 30, JPY 50).
@@ -436,7 +466,37 @@ impl Emulator {
             );
         };
         let pm = p.get("payment_method").cloned().unwrap_or_default();
+        if !pm.is_empty() && !known_method(data, &pm) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("resource_missing"),
+                &format!("No such PaymentMethod: '{pm}'"),
+                json!({"param": "payment_method"}),
+            );
+        }
         let metadata = map_of(p, "metadata");
+        // Without `confirm=true` a PaymentIntent is only created: nothing is charged until it
+        // is confirmed.
+        if p.get("confirm").map(String::as_str) != Some("true") {
+            let status = if pm.is_empty() {
+                "requires_payment_method"
+            } else {
+                "requires_confirmation"
+            };
+            let pi = self.payment_intent(
+                data,
+                NewIntent {
+                    amount,
+                    currency,
+                    customer: p.get("customer"),
+                    pm: &pm,
+                    metadata,
+                    status,
+                },
+            );
+            return (200, pi);
+        }
         let seen = data.charges.entry(pm.clone()).or_default();
         *seen += 1;
         // `pm_card_softDeclineTwice`: insufficient funds twice, then it succeeds.
@@ -932,8 +992,51 @@ fn list(
     found.sort_by(|a, b| {
         (b["created"].as_i64(), b["id"].as_str()).cmp(&(a["created"].as_i64(), a["id"].as_str()))
     });
-    let has_more = found.len() > limit;
-    let page: Vec<Value> = found.into_iter().take(limit).cloned().collect();
+    // Cursors, as Stripe's: `starting_after` pages towards older objects, `ending_before`
+    // towards newer ones; an unknown cursor object is refused.
+    let position = |key: &str| -> Result<Option<usize>, Response> {
+        match q.get(key) {
+            None => Ok(None),
+            Some(id) => found
+                .iter()
+                .position(|o| o["id"].as_str() == Some(id.as_str()))
+                .map(Some)
+                .ok_or_else(|| {
+                    reply(error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request_error",
+                        Some("resource_missing"),
+                        &format!("No such {object}: '{id}'"),
+                        json!({"param": key}),
+                    ))
+                }),
+        }
+    };
+    let (after, before) = match (position("starting_after"), position("ending_before")) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let (has_more, page): (bool, Vec<Value>) = match (after, before) {
+        (Some(i), _) => {
+            let rest = &found[i + 1..];
+            (
+                rest.len() > limit,
+                rest.iter().take(limit).map(|o| (*o).clone()).collect(),
+            )
+        }
+        (None, Some(i)) => {
+            let newer = &found[..i];
+            let start = newer.len().saturating_sub(limit);
+            (
+                start > 0,
+                newer[start..].iter().map(|o| (*o).clone()).collect(),
+            )
+        }
+        (None, None) => (
+            found.len() > limit,
+            found.iter().take(limit).map(|o| (*o).clone()).collect(),
+        ),
+    };
     reply((
         200,
         json!({ "object": "list", "url": url, "has_more": has_more, "data": page }),
@@ -976,7 +1079,14 @@ async fn list_payment_intents(
     )
 }
 
-async fn get_object(State(em): State<Emulator>, Path(id): Path<String>) -> Response {
+async fn get_object(
+    State(em): State<Emulator>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if !authorized(&headers) {
+        return unauthorized();
+    }
     match em.data.lock().expect("data").objects.get(&id) {
         Some(o) => reply((200, o.clone())),
         None => reply(error(
