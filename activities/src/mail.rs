@@ -81,7 +81,11 @@ impl Mailer {
             let address = billing::email::parse_address(t).map_err(MailError::Invalid)?;
             builder = builder.to(Mailbox::new(None, address));
         }
+        // MIME plain text in UTF-8 (org names and amounts may not be ASCII); lettre picks a
+        // transfer encoding that keeps the bytes intact.
         let message = builder
+            .header(lettre::message::header::MIME_VERSION_1_0)
+            .header(lettre::message::header::ContentType::TEXT_PLAIN)
             .body(body.to_string())
             .map_err(|e| MailError::Invalid(e.to_string()))?;
         self.transport.send(message).await.map_err(|e| {

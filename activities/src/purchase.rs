@@ -307,18 +307,17 @@ impl PurchaseActivitiesImpl {
             .await
             .map_err(store_error)?
             .balance;
-        let major = rust_decimal::Decimal::new(
-            p.package.price.amount_minor,
-            p.package.price.currency.minor_digits(),
-        );
+        use billing::money::display::{credits, money};
+        let org = self.store.get_org(p.org_id).await.map_err(store_error)?;
         let body = format!(
-            "Thank you for your purchase.\n\nPackage: {}\nCredits: {}\nBonus credits: {}\nPrice: {} {}\nNew balance: {} credits\nPurchase: {}\n",
+            "Thank you for your purchase.\n\nOrganization: {} ({})\nPackage: {}\nCredits: {}\nBonus: {}\nPrice: {}\nNew balance: {}\nPurchase: {}\n",
+            org.name,
+            org.id,
             p.package.name,
-            p.package.base_credits,
-            p.package.bonus_credits,
-            major,
-            p.package.price.currency.code().to_uppercase(),
-            balance,
+            credits(p.package.base_credits),
+            credits(p.package.bonus_credits),
+            money(p.package.price),
+            credits(balance),
             id
         );
         crate::mail_once(

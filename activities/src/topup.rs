@@ -318,6 +318,7 @@ impl TopupActivitiesImpl {
         let threshold: Credits = a.threshold.parse().map_err(|_| bad_input(&a.threshold))?;
         let balance: Credits = a.balance.parse().map_err(|_| bad_input(&a.balance))?;
         let burn = self.store.usage_last_24h(org).await.map_err(retryable)?;
+        let org_row = self.store.get_org(org).await.map_err(retryable)?;
         let until_zero = if burn.is_positive() && balance.is_positive() {
             let hours = balance.as_decimal() / burn.as_decimal() * rust_decimal::Decimal::from(24);
             format!("about {} hours at that rate", hours.round_dp(1))
@@ -326,11 +327,17 @@ impl TopupActivitiesImpl {
         } else {
             "the balance is already used up".to_string()
         };
+        use billing::money::display::credits as shown;
         let body = format!(
-            "Your creditflow balance is {balance} credits, below your alert threshold of {threshold}.\n\n\
-             Used in the last 24 hours: {burn} credits; time until zero: {until_zero}.\n\n\
-             To buy more, POST /v1/purchases with one of GET /v1/packages, or turn on auto-topup.\n"
+            "The creditflow balance of {name} ({org}) is {balance}, below your alert threshold of {threshold}.\n\n\
+             Used in the last 24 hours: {burn}; time until zero: {until_zero}.\n\n\
+             To buy more, POST /v1/purchases with one of GET /v1/packages, or turn on auto-topup.\n",
+            name = org_row.name,
+            balance = shown(balance),
+            threshold = shown(threshold),
+            burn = shown(burn),
         );
+        let subject = format!("Low credit balance: {}", org_row.name);
         let key = format!("alert:{}:{}:{}", a.org_id, a.threshold_id, a.crossing_seq);
         // Whatever became of the e-mail (an address the mailer refuses, SMTP gone for every
         // try), the alert is recorded with it and the workflow ends: never retried forever.
@@ -340,7 +347,7 @@ impl TopupActivitiesImpl {
             ctx.info().attempt,
             &key,
             &settings.recipients,
-            "Low credit balance",
+            &subject,
             &body,
         )
         .await?;

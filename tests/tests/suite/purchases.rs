@@ -209,12 +209,12 @@ async fn buying_and_paying_grants_base_and_bonus_once_with_one_receipt() {
     assert_eq!(mails.len(), 1);
     assert_eq!(mails[0].to, ["ana@acme.test"]);
     assert!(
-        mails[0].data.contains("Bonus credits: 250.000000"),
+        mails[0].text().contains("Bonus: 250 credits") && mails[0].text().contains("Price: $50.00"),
         "{}",
         mails[0].data
     );
     assert!(
-        mails[0].data.contains("New balance: 5250.000000"),
+        mails[0].text().contains("New balance: 5,250 credits"),
         "{}",
         mails[0].data
     );

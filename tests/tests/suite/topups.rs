@@ -95,7 +95,7 @@ fn mails_with(app: &TestApp, subject: &str) -> usize {
     app.smtp
         .received()
         .iter()
-        .filter(|m| m.subject() == subject)
+        .filter(|m| m.subject().starts_with(subject))
         .count()
 }
 
@@ -330,12 +330,24 @@ async fn an_alert_while_smtp_is_down_arrives_exactly_once_when_it_is_back() {
     assert_eq!(mail.to, ["ops@acme.test"]);
     assert!(
         mail.text()
-            .contains("below your alert threshold of 50.000000"),
+            .contains("below your alert threshold of 50 credits"),
         "{}",
         mail.data
     );
     assert!(
-        mail.text().contains("Used in the last 24 hours: 60.000000"),
+        mail.text()
+            .contains("Used in the last 24 hours: 60 credits"),
+        "{}",
+        mail.data
+    );
+    // For people: the org named (name and id), plain text declared UTF-8.
+    assert!(mail.subject().contains("topups"), "{}", mail.data);
+    assert!(mail.text().contains(&org.id.to_string()), "{}", mail.data);
+    assert!(mail.data.contains("MIME-Version: 1.0"), "{}", mail.data);
+    assert!(
+        mail.data
+            .to_ascii_lowercase()
+            .contains("content-type: text/plain; charset=utf-8"),
         "{}",
         mail.data
     );

@@ -994,27 +994,27 @@ fn list(
     });
     // Cursors, as Stripe's: `starting_after` pages towards older objects, `ending_before`
     // towards newer ones; an unknown cursor object is refused.
-    let position = |key: &str| -> Result<Option<usize>, Response> {
+    let position = |key: &'static str| -> Result<Option<usize>, (&'static str, String)> {
         match q.get(key) {
             None => Ok(None),
             Some(id) => found
                 .iter()
                 .position(|o| o["id"].as_str() == Some(id.as_str()))
                 .map(Some)
-                .ok_or_else(|| {
-                    reply(error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request_error",
-                        Some("resource_missing"),
-                        &format!("No such {object}: '{id}'"),
-                        json!({"param": key}),
-                    ))
-                }),
+                .ok_or_else(|| (key, id.clone())),
         }
     };
     let (after, before) = match (position("starting_after"), position("ending_before")) {
         (Ok(a), Ok(b)) => (a, b),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err((key, id)), _) | (_, Err((key, id))) => {
+            return reply(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("resource_missing"),
+                &format!("No such {object}: '{id}'"),
+                json!({"param": key}),
+            ));
+        }
     };
     let (has_more, page): (bool, Vec<Value>) = match (after, before) {
         (Some(i), _) => {
@@ -1119,6 +1119,11 @@ async fn hosted_page(State(em): State<Emulator>, Path(id): Path<String>) -> Resp
     } else {
         "Save a card for future payments".to_string()
     };
+    let button = if s["mode"] == "setup" {
+        "Save card"
+    } else {
+        "Pay"
+    };
     let body = if s["status"] == "open" {
         format!(
             r#"<form method="post" action="/checkout/{id}/pay">
@@ -1129,7 +1134,7 @@ async fn hosted_page(State(em): State<Emulator>, Path(id): Path<String>) -> Resp
     <option value="pm_usBankAccount_success">US bank account (settles later)</option>
     <option value="pm_usBankAccount_fail">US bank account (fails later)</option>
   </select></label>
-  <button type="submit" id="pay">Pay</button></form>"#
+  <button type="submit" id="pay">{button}</button></form>"#
         )
     } else {
         format!(
