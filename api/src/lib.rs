@@ -7,6 +7,7 @@ mod health;
 mod ledger;
 pub mod metrics;
 mod orgs;
+mod pages;
 pub mod prices;
 pub mod pricing;
 pub mod purchases;
@@ -127,6 +128,8 @@ pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 /// Every route, for the test that checks the OpenAPI document documents them all.
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
+    ("get", "/checkout/success"),
+    ("get", "/checkout/cancel"),
     ("get", "/readyz"),
     ("get", "/v1/openapi.json"),
     ("post", "/v1/orgs"),
@@ -161,6 +164,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
+        .route("/checkout/success", get(pages::success))
+        .route("/checkout/cancel", get(pages::cancel))
         .route("/readyz", get(health::readyz))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/orgs", post(orgs::create_org))

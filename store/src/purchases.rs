@@ -232,6 +232,19 @@ impl Store {
         .into_purchase()
     }
 
+    /// The purchase a Checkout Session was made for (the return pages find it by the session
+    /// id the processor puts in their URL).
+    pub async fn purchase_by_session(&self, session_id: &str) -> Result<Purchase, StoreError> {
+        let id = sqlx::query_scalar!(
+            "SELECT id FROM purchases WHERE checkout_session_id = $1",
+            session_id
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound("purchase"))?;
+        self.purchase(id).await
+    }
+
     /// Records the checkout session made for a purchase (idempotent: the same session again
     /// changes nothing).
     pub async fn set_checkout_session(

@@ -943,3 +943,58 @@ async fn a_worker_killed_after_smtp_took_the_receipt_does_not_send_it_again() {
     assert_eq!(app.smtp.received().len(), 1);
     assert_eq!(app.balance(&org).await, "5250.000000");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_return_pages_show_what_was_bought_and_where_it_stands() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = app.create_org("pages").await;
+    let bought = app.buy_ready(&org, GROWTH).await;
+    let id = bought["id"].as_str().unwrap().to_string();
+    let session = bought["checkout_session_id"].as_str().unwrap().to_string();
+    let get = |path: String| {
+        let app = &app;
+        async move {
+            let r = app
+                .http
+                .get(format!("{}{path}", app.base_url))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let kind = r.headers()["content-type"].to_str().unwrap().to_string();
+            (status, kind, r.text().await.unwrap())
+        }
+    };
+    // Left the checkout: nothing charged, and the way back to it while it is open.
+    let (status, kind, cancel) = get(format!("/checkout/cancel?session_id={session}")).await;
+    assert_eq!(status, 200);
+    assert!(kind.starts_with("text/html"), "{kind}");
+    assert!(
+        cancel.contains("Checkout cancelled") && cancel.contains("Return to the checkout"),
+        "{cancel}"
+    );
+    assert!(
+        cancel.contains("Growth") && cancel.contains("5,000 credits") && cancel.contains("$50.00"),
+        "{cancel}"
+    );
+
+    app.pay_checkout(bought["checkout_url"].as_str().unwrap(), "pm_card_visa")
+        .await;
+    app.wait_purchase(&org, &id, "credited").await;
+    let (status, _, done) = get(format!("/checkout/success?session_id={session}")).await;
+    assert_eq!(status, 200);
+    assert!(done.contains("your credits are added"), "{done}");
+    assert!(
+        done.contains(&id) && done.contains("<code>credited</code>"),
+        "{done}"
+    );
+    assert!(!done.contains("{\"status\""), "{done}");
+    assert_eq!(
+        get("/checkout/success?session_id=cs_nope".into()).await.0,
+        404
+    );
+    assert_eq!(get("/checkout/success".into()).await.0, 400);
+    let (_, _, escaped) = get("/checkout/success?session_id=%3Cscript%3E".into()).await;
+    assert!(!escaped.contains("<script>"), "{escaped}");
+}
