@@ -111,14 +111,16 @@ impl RefundActivitiesImpl {
         let Some(to) = p.receipt_email else {
             return Ok(());
         };
-        let major =
-            rust_decimal::Decimal::new(r.amount_minor, p.package.price.currency.minor_digits());
+        use billing::money::display::{credits, money};
         let body = format!(
-            "We refunded {major} {} of purchase {}.\nCredits taken back: {} (bonus {}).\nReason: {}\n",
-            r.currency.to_uppercase(),
+            "We refunded {} of purchase {}.\nCredits taken back: {} (bonus {}).\nReason: {}\n",
+            money(billing::Money::new(
+                r.amount_minor,
+                p.package.price.currency
+            )),
             r.purchase_id,
-            r.credits,
-            r.bonus_credits,
+            credits(r.credits),
+            credits(r.bonus_credits),
             r.reason
         );
         crate::mail_once(

@@ -114,21 +114,8 @@ impl Store {
         let unspent_share = granted.checked_sub(Credits::from_stored(taken))?;
         let mut locked = self.lock_orgs(&mut tx, &[org]).await?;
         let balance = locked.balance(org).ok_or(StoreError::OrgNotFound)?;
-        let available = if balance.is_positive() {
-            balance
-        } else {
-            Credits::ZERO
-        };
-        let amount = if unspent_share < available {
-            unspent_share
-        } else {
-            available
-        };
-        let amount = if amount.is_positive() {
-            amount
-        } else {
-            Credits::ZERO
-        };
+        // What is unspent of this payment, never more than the balance holds.
+        let amount = unspent_share.min(balance).max(Credits::ZERO);
         let inserted = sqlx::query!(
             "INSERT INTO disputes (id, org_id, purchase_id, topup_id, payment_intent_id,
                                    amount_minor, currency, reason, status, clawed_back)

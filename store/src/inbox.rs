@@ -111,18 +111,6 @@ impl Store {
         Ok(())
     }
 
-    /// Events not handed on yet, and the age of the oldest (seconds), for metrics and tests.
-    pub async fn inbox_backlog(&self) -> Result<(i64, i64), StoreError> {
-        let r = sqlx::query!(
-            r#"SELECT count(*) AS "rows!",
-                      COALESCE(EXTRACT(EPOCH FROM now() - min(received_at)), 0)::bigint AS "age!"
-                 FROM stripe_events WHERE dispatched_at IS NULL"#
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok((r.rows, r.age))
-    }
-
     /// Writes an outbox row in `tx` (the transaction of the change it announces).
     pub async fn enqueue(
         &self,
@@ -249,18 +237,5 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-
-    /// The e-mail record of `key`: its state and why.
-    pub async fn email_state(
-        &self,
-        key: &str,
-    ) -> Result<Option<(String, Option<String>)>, StoreError> {
-        Ok(
-            sqlx::query!("SELECT state, detail FROM email_sends WHERE key = $1", key)
-                .fetch_optional(&self.pool)
-                .await?
-                .map(|r| (r.state, r.detail)),
-        )
     }
 }

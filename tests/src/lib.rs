@@ -515,6 +515,24 @@ impl TestApp {
         .await
     }
 
+    /// Spends `credits` with one usage event `id` (gpt-4o input at 250 credits per million
+    /// tokens: 4,000 tokens a credit), which must be accepted.
+    pub async fn spend(&self, org: &TestOrg, id: &str, credits: u64) {
+        let e = serde_json::json!({"id": id, "type": "ai_tokens",
+            "occurred_at": chrono::Utc::now().to_rfc3339(),
+            "model": "gpt-4o", "input_tokens": credits * 4000});
+        let a = self
+            .call(
+                Method::POST,
+                "/v1/usage",
+                Some(&org.key),
+                Some(&serde_json::json!({"events": [e]})),
+                &[],
+            )
+            .await;
+        assert_eq!(a.body["accepted"], 1, "{}", a.text);
+    }
+
     pub async fn balance(&self, org: &TestOrg) -> String {
         let a = self
             .get(&format!("/v1/orgs/{}/balance", org.id), &org.key)

@@ -91,21 +91,6 @@ async fn dispute_row(
         .unwrap()
 }
 
-async fn spend(app: &TestApp, org: &TestOrg, credits: u64) {
-    let e = json!({"id": format!("spend-{credits}"), "type": "ai_tokens", "occurred_at": chrono::Utc::now().to_rfc3339(),
-                   "model": "gpt-4o", "input_tokens": credits * 4000});
-    let a = app
-        .call(
-            Method::POST,
-            "/v1/usage",
-            Some(&org.key),
-            Some(&json!({"events": [e]})),
-            &[],
-        )
-        .await;
-    assert_eq!(a.body["accepted"], 1, "{}", a.text);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispute_claws_back_what_is_unspent_never_below_zero_and_pauses_auto_topup() {
     let app = TestApp::spawn().await.unwrap();
@@ -123,7 +108,7 @@ async fn a_dispute_claws_back_what_is_unspent_never_below_zero_and_pauses_auto_t
         )
         .await;
     assert_eq!(refund.status, 202, "{}", refund.text);
-    spend(&app, &org, 30).await;
+    app.spend(&org, "spend-30", 30).await;
     assert_eq!(app.balance(&org).await, "50.000000");
 
     let id = dispute(&app, purchase["payment_intent_id"].as_str().unwrap()).await;

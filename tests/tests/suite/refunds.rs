@@ -60,18 +60,7 @@ async fn processor_refunds(app: &TestApp) -> usize {
 }
 
 async fn use_credits(app: &TestApp, org: &TestOrg, credits: u64) {
-    let e = json!({"id": "spend", "type": "ai_tokens", "occurred_at": chrono::Utc::now().to_rfc3339(),
-                   "model": "gpt-4o", "input_tokens": credits * 4000});
-    let a = app
-        .call(
-            Method::POST,
-            "/v1/usage",
-            Some(&org.key),
-            Some(&json!({"events": [e]})),
-            &[],
-        )
-        .await;
-    assert_eq!(a.body["accepted"], 1, "{}", a.text);
+    app.spend(org, "spend", credits).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

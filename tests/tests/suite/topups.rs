@@ -11,23 +11,8 @@ use workflows::payment_method::PaymentMethodSetupWorkflow;
 
 const STARTER: &str = "01970000-0000-7000-8000-000000000001";
 
-fn usage(id: &str, credits_x4000_tokens: u64) -> Value {
-    // gpt-4o input: 250 credits per million tokens, so 4,000 tokens cost 1 credit.
-    json!({"id": id, "type": "ai_tokens", "occurred_at": chrono::Utc::now().to_rfc3339(),
-           "model": "gpt-4o", "input_tokens": credits_x4000_tokens * 4000})
-}
-
 async fn spend(app: &TestApp, org: &TestOrg, id: &str, credits: u64) {
-    let a = app
-        .call(
-            Method::POST,
-            "/v1/usage",
-            Some(&org.key),
-            Some(&json!({"events": [usage(id, credits)]})),
-            &[],
-        )
-        .await;
-    assert_eq!(a.body["accepted"], 1, "{}", a.text);
+    app.spend(org, id, credits).await;
 }
 
 /// An org with 100 credits, a saved payment method, and the given auto-topup and alerts.

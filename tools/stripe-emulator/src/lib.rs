@@ -689,12 +689,41 @@ fn settles_later(pm: &str) -> Option<bool> {
     }
 }
 
+/// Settles a bank debit's PaymentIntent (held in `data`) as its payment method says: succeeded
+/// (its charge paid) or failed (`requires_payment_method`), with `payment_intent.succeeded` or
+/// `payment_intent.payment_failed`. Returns the PaymentIntent and whether it succeeded.
+fn settle_payment(em: &Emulator, data: &mut Data, mut pi: Value) -> (Value, bool) {
+    let id = pi["id"].as_str().unwrap_or_default().to_string();
+    let succeeds = settles_later(pi["payment_method"].as_str().unwrap_or_default()).unwrap_or(true);
+    let charge_id = pi["latest_charge"].as_str().unwrap_or_default().to_string();
+    if succeeds {
+        pi["status"] = json!("succeeded");
+        pi["amount_received"] = pi["amount"].clone();
+        if let Some(charge) = data.objects.get_mut(&charge_id) {
+            charge["status"] = json!("succeeded");
+            charge["paid"] = json!(true);
+            charge["captured"] = json!(true);
+            charge["amount_captured"] = charge["amount"].clone();
+        }
+    } else {
+        pi["status"] = json!("requires_payment_method");
+        pi["last_payment_error"] = json!({"type": "invalid_request_error", "code": "payment_method_provider_decline", "message": "The bank account was declined."});
+    }
+    data.objects.insert(id, pi.clone());
+    let kind = if succeeds {
+        "payment_intent.succeeded"
+    } else {
+        "payment_intent.payment_failed"
+    };
+    em.emit(data, kind, pi.clone());
+    (pi, succeeds)
+}
+
 impl Emulator {
-    /// Settles a `processing` PaymentIntent (an off-session bank debit) as its payment method
-    /// says, with `payment_intent.succeeded` or `payment_intent.payment_failed`.
+    /// Settles a `processing` PaymentIntent (an off-session bank debit): see [`settle_payment`].
     fn settle_intent(&self, id: &str) -> Result<Value, (u16, Value)> {
         let mut data = self.data.lock().expect("data");
-        let Some(mut pi) = data
+        let Some(pi) = data
             .objects
             .get(id)
             .cloned()
@@ -708,30 +737,7 @@ impl Emulator {
                 json!({}),
             ));
         };
-        let succeeds =
-            settles_later(pi["payment_method"].as_str().unwrap_or_default()).unwrap_or(true);
-        let charge_id = pi["latest_charge"].as_str().unwrap_or_default().to_string();
-        if succeeds {
-            pi["status"] = json!("succeeded");
-            pi["amount_received"] = pi["amount"].clone();
-            if let Some(charge) = data.objects.get_mut(&charge_id) {
-                charge["status"] = json!("succeeded");
-                charge["paid"] = json!(true);
-                charge["captured"] = json!(true);
-                charge["amount_captured"] = charge["amount"].clone();
-            }
-        } else {
-            pi["status"] = json!("requires_payment_method");
-            pi["last_payment_error"] = json!({"type": "invalid_request_error", "code": "payment_method_provider_decline", "message": "The bank account was declined."});
-        }
-        data.objects.insert(id.to_string(), pi.clone());
-        let kind = if succeeds {
-            "payment_intent.succeeded"
-        } else {
-            "payment_intent.payment_failed"
-        };
-        self.emit(&mut data, kind, pi.clone());
-        Ok(pi)
+        Ok(settle_payment(self, &mut data, pi).0)
     }
 
     /// Settles a completed, unpaid session's bank debit as its payment method says: the
@@ -752,7 +758,7 @@ impl Emulator {
             ));
         };
         let pi_id = s["payment_intent"].as_str().unwrap_or_default().to_string();
-        let Some(mut pi) = data.objects.get(&pi_id).cloned() else {
+        let Some(pi) = data.objects.get(&pi_id).cloned() else {
             return Err(error(
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
@@ -761,40 +767,15 @@ impl Emulator {
                 json!({}),
             ));
         };
-        let succeeds =
-            settles_later(pi["payment_method"].as_str().unwrap_or_default()).unwrap_or(true);
-        let charge_id = pi["latest_charge"].as_str().unwrap_or_default().to_string();
-        if succeeds {
-            pi["status"] = json!("succeeded");
-            pi["amount_received"] = pi["amount"].clone();
+        let (_, succeeds) = settle_payment(self, &mut data, pi);
+        let kind = if succeeds {
             s["payment_status"] = json!("paid");
-            if let Some(charge) = data.objects.get_mut(&charge_id) {
-                charge["status"] = json!("succeeded");
-                charge["paid"] = json!(true);
-                charge["captured"] = json!(true);
-                charge["amount_captured"] = charge["amount"].clone();
-            }
+            "checkout.session.async_payment_succeeded"
         } else {
-            pi["status"] = json!("requires_payment_method");
-            pi["last_payment_error"] = json!({"type": "invalid_request_error", "code": "payment_method_provider_decline", "message": "The bank account was declined."});
-        }
-        data.objects.insert(pi_id, pi.clone());
+            "checkout.session.async_payment_failed"
+        };
         data.objects.insert(id.to_string(), s.clone());
-        if succeeds {
-            self.emit(&mut data, "payment_intent.succeeded", pi);
-            self.emit(
-                &mut data,
-                "checkout.session.async_payment_succeeded",
-                s.clone(),
-            );
-        } else {
-            self.emit(&mut data, "payment_intent.payment_failed", pi);
-            self.emit(
-                &mut data,
-                "checkout.session.async_payment_failed",
-                s.clone(),
-            );
-        }
+        self.emit(&mut data, kind, s.clone());
         Ok(s)
     }
 }
