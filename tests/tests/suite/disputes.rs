@@ -204,5 +204,18 @@ async fn a_dispute_takes_at_most_the_purchases_credits_and_a_won_one_gives_them_
         (app.balance(&org).await == "600.000000").then_some(())
     })
     .await;
+    // Told twice (a second event of its own id): the credits come back once.
+    close(&app, &id, "won").await;
+    eventually("the second closing handled", Duration::from_secs(30), || async {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM stripe_events WHERE type = 'charge.dispute.closed' AND dispatched_at IS NOT NULL",
+        )
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+        (pending == 2).then_some(())
+    })
+    .await;
+    assert_eq!(app.balance(&org).await, "600.000000");
     app.assert_invariants().await;
 }
