@@ -6,11 +6,15 @@ use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use uuid::Uuid;
 use workflows::{
-    payment_method::{SaveSetup, SetupInput},
+    payment_method::{SaveSetup, SetupExpiry, SetupInput},
     purchase::CheckoutSession,
 };
 
-use crate::{payment_error, payments::Payments, purchase::CheckoutUrls};
+use crate::{
+    payment_error,
+    payments::{Expired, Payments},
+    purchase::CheckoutUrls,
+};
 
 pub struct SetupActivitiesImpl {
     pub store: Store,
@@ -67,6 +71,30 @@ impl SetupActivitiesImpl {
             id: s.id,
             url: s.url,
         })
+    }
+
+    #[activity(definition = workflows::payment_method::markers::ExpireSession)]
+    pub async fn expire_session(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        checkout_session_id: String,
+    ) -> Result<SetupExpiry, ActivityError> {
+        match self
+            .payments
+            .expire_checkout_session(&checkout_session_id)
+            .await
+            .map_err(payment_error)?
+        {
+            Expired::Expired => Ok(SetupExpiry::Expired),
+            Expired::AlreadySetUp { setup_intent_id } => {
+                Ok(SetupExpiry::AlreadySetUp { setup_intent_id })
+            }
+            Expired::AlreadyPaid { .. } => Err(ActivityError::application(
+                ApplicationFailure::non_retryable(format!(
+                    "{checkout_session_id} is a payment session, not a setup"
+                )),
+            )),
+        }
     }
 
     #[activity(definition = workflows::payment_method::markers::Save)]

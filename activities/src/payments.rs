@@ -51,7 +51,14 @@ pub struct Session {
 /// What expiring a session found.
 pub enum Expired {
     Expired,
-    AlreadyPaid { payment_intent_id: String },
+    /// A payment-mode session completed meanwhile, with this PaymentIntent.
+    AlreadyPaid {
+        payment_intent_id: String,
+    },
+    /// A setup-mode session completed meanwhile, with this SetupIntent.
+    AlreadySetUp {
+        setup_intent_id: String,
+    },
 }
 
 #[derive(Clone)]
@@ -136,7 +143,8 @@ impl Payments {
         })
     }
 
-    /// Expires an open session. A session that was completed meanwhile is reported as paid.
+    /// Expires an open session. A session that was completed meanwhile is reported as paid (or
+    /// set up, in setup mode).
     pub async fn expire_checkout_session(&self, id: &str) -> Result<Expired, PaymentError> {
         let expired = stripe_call(
             "checkout_session.expire",
@@ -149,11 +157,14 @@ impl Payments {
             "checkout_session.retrieve",
             RetrieveCheckoutSession::new(id).send(&self.client).await,
         )?;
-        match (session.status, session.payment_intent) {
-            (Some(CheckoutSessionStatus::Complete), Some(pi)) => Ok(Expired::AlreadyPaid {
+        match (session.status, session.payment_intent, session.setup_intent) {
+            (Some(CheckoutSessionStatus::Complete), Some(pi), _) => Ok(Expired::AlreadyPaid {
                 payment_intent_id: pi.id().to_string(),
             }),
-            (Some(CheckoutSessionStatus::Expired), _) => Ok(Expired::Expired),
+            (Some(CheckoutSessionStatus::Complete), None, Some(si)) => Ok(Expired::AlreadySetUp {
+                setup_intent_id: si.id().to_string(),
+            }),
+            (Some(CheckoutSessionStatus::Expired), _, _) => Ok(Expired::Expired),
             _ => Err(expired.err().map(PaymentError::from).unwrap_or_else(|| {
                 PaymentError::Unavailable("session neither expired nor paid".into())
             })),

@@ -165,6 +165,13 @@ impl PurchaseActivitiesImpl {
             Expired::AlreadyPaid { payment_intent_id } => {
                 ExpireOutcome::AlreadyPaid { payment_intent_id }
             }
+            Expired::AlreadySetUp { .. } => {
+                return Err(ActivityError::application(
+                    ApplicationFailure::non_retryable(format!(
+                        "the checkout session of purchase {id} is a setup session"
+                    )),
+                ));
+            }
         })
     }
 

@@ -8,6 +8,7 @@ pub mod health;
 pub mod payment_method;
 pub mod purchase;
 pub mod refund;
+pub mod steps;
 pub mod summary;
 pub mod topup;
 

@@ -2,14 +2,13 @@
 //! Checkout Session in setup mode; when the webhook reports it completed, the payment method is
 //! recorded with the user who consented and the time.
 
+use crate::steps;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use temporalio_common::ActivityError;
 use temporalio_macros::{activity_definitions, workflow, workflow_methods};
-use temporalio_sdk::{
-    ActivityOptions, SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
-};
+use temporalio_sdk::{SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult};
 
 use crate::purchase::CheckoutSession;
 
@@ -40,6 +39,19 @@ pub struct SaveSetup {
     pub setup_intent_id: String,
 }
 
+/// What expiring the setup session found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SetupExpiry {
+    /// The session is expired: a card can no longer be saved through it.
+    Expired,
+    /// The person saved the card just before: the SetupIntent to record.
+    AlreadySetUp { setup_intent_id: String },
+}
+
+/// Sessions are expired when the workflow's time is up (before, a card saved at the processor
+/// later would be signalled to a closed workflow and never recorded).
+pub const EXPIRE_PATCH: &str = "setup-expires-session";
+
 pub struct SetupActivities;
 
 #[activity_definitions]
@@ -47,6 +59,12 @@ impl SetupActivities {
     /// Finds or creates the org's customer and a setup-mode Checkout Session.
     #[activity(name = "payment_method.create_setup_session")]
     pub fn create_setup_session(_input: SetupInput) -> Result<CheckoutSession, ActivityError> {
+        unimplemented!()
+    }
+
+    /// Expires the setup session (by its id), or finds it completed.
+    #[activity(name = "payment_method.expire_session")]
+    pub fn expire_session(_checkout_session_id: String) -> Result<SetupExpiry, ActivityError> {
         unimplemented!()
     }
 
@@ -73,31 +91,42 @@ pub struct PaymentMethodSetupWorkflow {
 impl PaymentMethodSetupWorkflow {
     #[run(name = "payment_method_setup")]
     pub async fn run(ctx: &mut WorkflowContext<Self>, input: SetupInput) -> WorkflowResult<String> {
-        let step = ActivityOptions::start_to_close_timeout(Duration::from_secs(30));
         let session = ctx
             .execute_activity(
                 SetupActivities::create_setup_session,
                 input.clone(),
-                step.clone(),
+                steps::processor(),
             )
             .await?;
-        ctx.state_mut(|s| s.checkout_url = Some(session.url));
+        ctx.state_mut(|s| s.checkout_url = Some(session.url.clone()));
         let done = temporalio_sdk::workflows::select! {
             r = ctx.wait_condition(|s| s.completed.is_some()) => { r?; true },
             _ = ctx.timer(Duration::from_secs(input.expires_after_secs)) => false,
         };
-        if !done {
+        let setup_intent_id = if done {
+            ctx.state(|s| s.completed.as_ref().map(|c| c.setup_intent_id.clone()))
+                .unwrap_or_default()
+        } else if ctx.patched(EXPIRE_PATCH) {
+            match ctx
+                .execute_activity(
+                    SetupActivities::expire_session,
+                    session.id,
+                    steps::processor(),
+                )
+                .await?
+            {
+                SetupExpiry::Expired => return Ok("expired".into()),
+                SetupExpiry::AlreadySetUp { setup_intent_id } => setup_intent_id,
+            }
+        } else {
             return Ok("expired".into());
-        }
-        let setup_intent_id = ctx
-            .state(|s| s.completed.as_ref().map(|c| c.setup_intent_id.clone()))
-            .unwrap_or_default();
+        };
         let save = SaveSetup {
             org_id: input.org_id,
             user: input.user,
             setup_intent_id,
         };
-        ctx.execute_activity(SetupActivities::save, save, step)
+        ctx.execute_activity(SetupActivities::save, save, steps::processor())
             .await?;
         Ok("saved".into())
     }

@@ -3,6 +3,7 @@
 //! exactly once, then send the receipt. A step that cannot succeed (its activity failed for
 //! good, e.g. the processor refused to create the session) ends the purchase as `failed`.
 
+use crate::steps;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -11,9 +12,7 @@ use temporalio_common::{
     error::{ActivityExecutionError, ApplicationFailure},
 };
 use temporalio_macros::{activity_definitions, workflow, workflow_methods};
-use temporalio_sdk::{
-    ActivityOptions, SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
-};
+use temporalio_sdk::{SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult};
 
 /// The workflow id of a purchase: one workflow per purchase, so a start is idempotent.
 pub fn workflow_id(purchase_id: &str) -> String {
@@ -168,10 +167,6 @@ pub struct PurchaseWorkflow {
     hints: u32,
 }
 
-fn step() -> ActivityOptions {
-    ActivityOptions::start_to_close_timeout(Duration::from_secs(30))
-}
-
 /// Ends a purchase whose checkout could not be created (`what` failed): an activity that
 /// *failed* has no retries left (its error was non-retryable), so the purchase cannot go on and
 /// no money has moved: it is marked `failed` and the workflow completes with that. A
@@ -189,7 +184,7 @@ async fn end_failed(
         purchase_id: purchase_id.to_string(),
         reason: format!("{what}: {error}"),
     };
-    ctx.execute_activity(PurchaseActivities::mark_failed, mark, step())
+    ctx.execute_activity(PurchaseActivities::mark_failed, mark, steps::store())
         .await?;
     ctx.state_mut(|s| s.state = "failed".into());
     Ok("failed".into())
@@ -208,7 +203,7 @@ impl PurchaseWorkflow {
             .execute_activity(
                 PurchaseActivities::create_checkout_session,
                 id.clone(),
-                step(),
+                steps::processor(),
             )
             .await
         {
@@ -232,7 +227,7 @@ impl PurchaseWorkflow {
                 .execute_activity(
                     PurchaseActivities::expire_checkout_session,
                     id.clone(),
-                    step(),
+                    steps::processor(),
                 )
                 .await?
             {
@@ -309,7 +304,7 @@ async fn checked_payment(
                 .execute_activity(
                     PurchaseActivities::expire_checkout_session,
                     id.clone(),
-                    step(),
+                    steps::processor(),
                 )
                 .await?
             {
@@ -321,7 +316,11 @@ async fn checked_payment(
             }
         }
         match ctx
-            .execute_activity(PurchaseActivities::check_payment, id.clone(), step())
+            .execute_activity(
+                PurchaseActivities::check_payment,
+                id.clone(),
+                steps::processor(),
+            )
             .await?
         {
             PaymentCheck::Paid { payment_intent_id } => break payment_intent_id,
@@ -334,11 +333,19 @@ async fn checked_payment(
                     purchase_id: id.clone(),
                     reason,
                 };
-                ctx.execute_activity(PurchaseActivities::mark_failed, failed.clone(), step())
-                    .await?;
+                ctx.execute_activity(
+                    PurchaseActivities::mark_failed,
+                    failed.clone(),
+                    steps::store(),
+                )
+                .await?;
                 ctx.state_mut(|s| s.state = "failed".into());
-                ctx.execute_activity(PurchaseActivities::send_failure_notice, failed, step())
-                    .await?;
+                ctx.execute_activity(
+                    PurchaseActivities::send_failure_notice,
+                    failed,
+                    steps::notice(),
+                )
+                .await?;
                 return Ok("failed".into());
             }
             PaymentCheck::NotPaid { reason } if expired => {
@@ -372,13 +379,17 @@ async fn credit_paid(
         purchase_id: id.clone(),
         payment_intent_id,
     };
-    ctx.execute_activity(PurchaseActivities::mark_paid, mark, step())
+    ctx.execute_activity(PurchaseActivities::mark_paid, mark, steps::store())
         .await?;
     ctx.state_mut(|s| s.state = "paid".into());
-    ctx.execute_activity(PurchaseActivities::grant_credits, id.clone(), step())
-        .await?;
+    ctx.execute_activity(
+        PurchaseActivities::grant_credits,
+        id.clone(),
+        steps::store(),
+    )
+    .await?;
     ctx.state_mut(|s| s.state = "credited".into());
-    ctx.execute_activity(PurchaseActivities::send_receipt, id, step())
+    ctx.execute_activity(PurchaseActivities::send_receipt, id, steps::notice())
         .await?;
     Ok("credited".into())
 }

@@ -1,12 +1,12 @@
 //! Refund (`refund-{refund_id}`): the processor's refund, then the ledger reversal, then the
 //! e-mail; each step idempotent on the refund id. A refused refund leaves the ledger untouched.
 
-use std::time::Duration;
+use crate::steps;
 
 use serde::{Deserialize, Serialize};
 use temporalio_common::ActivityError;
 use temporalio_macros::{activity_definitions, workflow, workflow_methods};
-use temporalio_sdk::{ActivityOptions, WorkflowContext, WorkflowResult};
+use temporalio_sdk::{WorkflowContext, WorkflowResult};
 
 pub fn workflow_id(refund_id: &str) -> String {
     format!("refund-{refund_id}")
@@ -54,12 +54,11 @@ pub struct RefundWorkflow;
 impl RefundWorkflow {
     #[run(name = "refund")]
     pub async fn run(ctx: &mut WorkflowContext<Self>, refund_id: String) -> WorkflowResult<String> {
-        let step = ActivityOptions::start_to_close_timeout(Duration::from_secs(30));
         match ctx
             .execute_activity(
                 RefundActivities::refund_payment,
                 refund_id.clone(),
-                step.clone(),
+                steps::processor(),
             )
             .await?
         {
@@ -69,10 +68,10 @@ impl RefundWorkflow {
         ctx.execute_activity(
             RefundActivities::reverse_credits,
             refund_id.clone(),
-            step.clone(),
+            steps::store(),
         )
         .await?;
-        ctx.execute_activity(RefundActivities::notify, refund_id, step)
+        ctx.execute_activity(RefundActivities::notify, refund_id, steps::notice())
             .await?;
         Ok("reversed".into())
     }

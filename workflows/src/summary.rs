@@ -3,14 +3,12 @@
 //! `page_size`, one activity per page, and continues as new every `pages_per_run` pages so its
 //! history stays small whatever the number of orgs.
 
-use std::time::Duration;
+use crate::steps;
 
 use serde::{Deserialize, Serialize};
 use temporalio_common::ActivityError;
 use temporalio_macros::{activity_definitions, workflow, workflow_methods};
-use temporalio_sdk::{
-    ActivityOptions, ContinueAsNewOptions, WorkflowContext, WorkflowContextView, WorkflowResult,
-};
+use temporalio_sdk::{ContinueAsNewOptions, WorkflowContext, WorkflowContextView, WorkflowResult};
 
 pub const SCHEDULE_ID: &str = "monthly-summaries";
 
@@ -109,9 +107,6 @@ impl MonthlySummaryWorkflow {
             input.month = previous_month_of(started);
         }
         let page_size = input.page_size.max(1);
-        // A page of 500 orgs takes well under a second; a worker that dies mid-page is
-        // retried after this timeout, so it is kept short.
-        let step = ActivityOptions::start_to_close_timeout(Duration::from_secs(30));
         for _ in 0..input.pages_per_run.max(1) {
             let page = PageRequest {
                 month: input.month.clone(),
@@ -119,7 +114,7 @@ impl MonthlySummaryWorkflow {
                 page_size,
             };
             let done = ctx
-                .execute_activity(SummaryActivities::generate_page, page, step.clone())
+                .execute_activity(SummaryActivities::generate_page, page, steps::store())
                 .await?;
             input.orgs_done += u64::from(done.orgs);
             let orgs_done = input.orgs_done;

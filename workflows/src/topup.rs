@@ -1,12 +1,13 @@
 //! Auto-topup (`auto-topup-{org}`, single flight per org) and low-balance alerts
 //! (`alert-{org}-{threshold}-{crossing}`), started by the outbox dispatcher.
 
+use crate::steps;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use temporalio_common::{ActivityError, RetryPolicy};
+use temporalio_common::ActivityError;
 use temporalio_macros::{activity_definitions, workflow, workflow_methods};
-use temporalio_sdk::{ActivityOptions, SyncWorkflowContext, WorkflowContext, WorkflowResult};
+use temporalio_sdk::{SyncWorkflowContext, WorkflowContext, WorkflowResult};
 
 pub fn topup_workflow_id(org_id: &str) -> String {
     format!("auto-topup-{org_id}")
@@ -185,10 +186,6 @@ pub mod markers {
     pub use super::topup_activities::*;
 }
 
-fn step() -> ActivityOptions {
-    ActivityOptions::start_to_close_timeout(Duration::from_secs(30))
-}
-
 #[workflow]
 #[derive(Default)]
 pub struct AutoTopupWorkflow {
@@ -206,12 +203,12 @@ impl AutoTopupWorkflow {
             daily_max: input.daily_max,
         };
         let (topup_id, amount_minor, currency, customer, payment_method) = match ctx
-            .execute_activity(TopupActivities::begin, begin, step())
+            .execute_activity(TopupActivities::begin, begin, steps::store())
             .await?
         {
             TopupPlan::Skipped { .. } => return Ok("skipped".into()),
             TopupPlan::Capped { topup_id } => {
-                ctx.execute_activity(TopupActivities::notify_capped, topup_id, step())
+                ctx.execute_activity(TopupActivities::notify_capped, topup_id, steps::notice())
                     .await?;
                 return Ok("capped".into());
             }
@@ -236,7 +233,7 @@ impl AutoTopupWorkflow {
                 payment_method: payment_method.clone(),
             };
             let mut outcome = ctx
-                .execute_activity(TopupActivities::charge, charge, step())
+                .execute_activity(TopupActivities::charge, charge, steps::processor())
                 .await?;
             // Only `succeeded` grants. A charge that settles later is waited for (an event
             // hints, a recheck timer bounds the wait) and decided by the processor's answer.
@@ -264,7 +261,7 @@ impl AutoTopupWorkflow {
                     payment_intent_id: payment_intent_id.clone(),
                 };
                 outcome = ctx
-                    .execute_activity(TopupActivities::check_charge, check, step())
+                    .execute_activity(TopupActivities::check_charge, check, steps::processor())
                     .await?;
             }
             match outcome {
@@ -283,7 +280,7 @@ impl AutoTopupWorkflow {
                         topup_id,
                         payment_intent_id,
                     };
-                    ctx.execute_activity(TopupActivities::grant, grant, step())
+                    ctx.execute_activity(TopupActivities::grant, grant, steps::store())
                         .await?;
                     return Ok("succeeded".into());
                 }
@@ -304,7 +301,7 @@ impl AutoTopupWorkflow {
             topup_id,
             reason: last,
         };
-        ctx.execute_activity(TopupActivities::fail, fail, step())
+        ctx.execute_activity(TopupActivities::fail, fail, steps::store())
             .await?;
         Ok("failed".into())
     }
@@ -324,16 +321,7 @@ pub struct LowBalanceAlertWorkflow;
 impl LowBalanceAlertWorkflow {
     #[run(name = "low_balance_alert")]
     pub async fn run(ctx: &mut WorkflowContext<Self>, input: AlertInput) -> WorkflowResult<String> {
-        // SMTP failures are retried until delivered: no attempt limit, backoff capped at 30 s.
-        let mut options = step();
-        options.retry_policy = Some(
-            RetryPolicy::builder()
-                .initial_interval(Duration::from_secs(1))
-                .backoff_coefficient(2.0)
-                .maximum_interval(Duration::from_secs(30))
-                .build(),
-        );
-        ctx.execute_activity(TopupActivities::send_alert, input, options)
+        ctx.execute_activity(TopupActivities::send_alert, input, steps::notice())
             .await?;
         Ok("sent".into())
     }

@@ -4,7 +4,7 @@ use futures::future::join_all;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tests::{
-    OPERATOR_KEY, TestApp, TestOrg, eventually,
+    AppOptions, OPERATOR_KEY, TestApp, TestOrg, eventually,
     worker::{ProcessWorker, TestWorker},
 };
 use workflows::payment_method::PaymentMethodSetupWorkflow;
@@ -489,12 +489,8 @@ async fn settings_are_validated() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_card_saved_through_a_setup_checkout_is_recorded_with_its_consent() {
-    let app = TestApp::spawn().await.unwrap();
-    let _worker = TestWorker::start(&app).unwrap();
-    let org = app.create_org("setup").await;
-
+/// Starts a card setup for `org` and returns its id and the hosted page's URL.
+async fn start_setup(app: &TestApp, org: &TestOrg) -> (String, String) {
     let setup = app
         .call(
             Method::POST,
@@ -530,6 +526,15 @@ async fn a_card_saved_through_a_setup_checkout_is_recorded_with_its_consent() {
             .await
         }
     };
+    (setup_id, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_saved_through_a_setup_checkout_is_recorded_with_its_consent() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = app.create_org("setup").await;
+    let (setup_id, url) = start_setup(&app, &org).await;
     app.pay_checkout(&url, "pm_card_visa").await;
     let saved = eventually("the saved card", Duration::from_secs(30), || async {
         let s = app
@@ -542,7 +547,7 @@ async fn a_card_saved_through_a_setup_checkout_is_recorded_with_its_consent() {
     let pm = &saved["auto_topup"]["payment_method"];
     app.keep_history(
         "payment_method_setup",
-        &workflows::payment_method::workflow_id(setup.body["setup_id"].as_str().unwrap()),
+        &workflows::payment_method::workflow_id(&setup_id),
     )
     .await;
     assert_eq!(pm["id"], "pm_card_visa");
@@ -552,6 +557,62 @@ async fn a_card_saved_through_a_setup_checkout_is_recorded_with_its_consent() {
     let enable = json!({"auto_topup": {"enabled": true, "threshold_credits": "50", "package_id": STARTER, "monthly_cap_minor": 5000}});
     let put = put_settings(&app, &org, &enable).await;
     assert_eq!(put.status, 200, "{}", put.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setup_not_finished_in_time_is_expired_at_the_processor() {
+    let app = TestApp::spawn_with(AppOptions {
+        checkout_expiry: Duration::from_secs(2),
+        ..AppOptions::default()
+    })
+    .await
+    .unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = app.create_org("setup-late").await;
+    let (setup_id, url) = start_setup(&app, &org).await;
+    let workflow_id = workflows::payment_method::workflow_id(&setup_id);
+    let handle = app
+        .temporal
+        .get_workflow_handle::<PaymentMethodSetupWorkflow>(workflow_id.clone());
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        handle.get_result(Default::default()),
+    )
+    .await
+    .expect("the setup ends")
+    .expect("its result");
+    assert_eq!(result, "expired");
+
+    // The session is expired at the processor, so no card can be saved through it any more.
+    let session_id = url.rsplit('/').next().unwrap();
+    let session: Value = app
+        .http
+        .get(format!("{}/v1/checkout/sessions/{session_id}", app.stripe_url))
+        .bearer_auth(tests::STRIPE_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(session["status"], "expired", "{session}");
+    let refused = reqwest::Client::new()
+        .post(format!("{url}/pay"))
+        .form(&[("payment_method", "pm_card_visa")])
+        .send()
+        .await
+        .unwrap();
+    assert!(refused.status().is_client_error(), "{}", refused.status());
+    let s = app
+        .get(&format!("/v1/orgs/{}/billing-settings", org.id), &org.key)
+        .await;
+    assert!(
+        s.body["auto_topup"]["payment_method"].is_null(),
+        "{}",
+        s.text
+    );
+    app.keep_history("payment_method_setup_expired", &workflow_id)
+        .await;
 }
 
 #[tokio::test]
