@@ -317,6 +317,23 @@ impl TopupActivitiesImpl {
         let settings = self.store.billing_settings(org).await.map_err(retryable)?;
         let threshold: Credits = a.threshold.parse().map_err(|_| bad_input(&a.threshold))?;
         let balance: Credits = a.balance.parse().map_err(|_| bad_input(&a.balance))?;
+        let claim = self
+            .store
+            .claim_alert(&store::NewAlert {
+                org_id: org,
+                threshold_id: a.threshold_id,
+                crossing_seq: a.crossing_seq,
+                threshold,
+                balance,
+                recipients: &settings.recipients,
+                repeat_after_secs: a.repeat_after_secs,
+            })
+            .await
+            .map_err(retryable)?;
+        if let store::AlertClaim::Done(state) = claim {
+            tracing::info!(org = %org, state, "low-balance alert not mailed");
+            return Ok(());
+        }
         let burn = self.store.usage_last_24h(org).await.map_err(retryable)?;
         let org_row = self.store.get_org(org).await.map_err(retryable)?;
         let until_zero = if burn.is_positive() && balance.is_positive() {
@@ -359,9 +376,6 @@ impl TopupActivitiesImpl {
                 org,
                 a.threshold_id,
                 a.crossing_seq,
-                threshold,
-                balance,
-                &settings.recipients,
                 mailed.state(),
                 mailed.detail(),
             )

@@ -275,6 +275,7 @@ impl Store {
         let mut outcomes = Vec::with_capacity(transfers.len());
         let mut rows = NewRows::default();
         let mut outbox = OutboxRows::default();
+        let mut crossings: BTreeMap<(Uuid, String), (Credits, serde_json::Value)> = BTreeMap::new();
         let mut system_deltas: BTreeMap<i64, (Decimal, Decimal)> = BTreeMap::new();
         let mut kind_deltas: BTreeMap<(Uuid, TransferKind), (Decimal, Decimal)> = BTreeMap::new();
         for t in transfers {
@@ -316,19 +317,30 @@ impl Store {
                 p.credit
             };
             let id = t.id;
+            // One crossing per org and purpose for the whole call, at the lowest threshold
+            // crossed (ties: the later crossing): a transfer or a batch that falls through
+            // several alert thresholds sends one alert, not one per threshold.
             for th in locked.thresholds.get(&org_id).into_iter().flatten() {
                 if before >= th.threshold && after < th.threshold {
-                    outbox.push(
-                        org_id,
-                        serde_json::json!({
-                            "threshold_id": th.id,
-                            "purpose": th.purpose,
-                            "threshold": th.threshold,
-                            "balance": after,
-                            "crossing_seq": org.seq,
-                            "transfer_id": id,
-                        }),
-                    );
+                    let slot = crossings.entry((org_id, th.purpose.clone()));
+                    let crossing = serde_json::json!({
+                        "threshold_id": th.id,
+                        "purpose": th.purpose,
+                        "threshold": th.threshold,
+                        "balance": after,
+                        "crossing_seq": org.seq,
+                        "transfer_id": id,
+                    });
+                    match slot {
+                        std::collections::btree_map::Entry::Vacant(v) => {
+                            v.insert((th.threshold, crossing));
+                        }
+                        std::collections::btree_map::Entry::Occupied(mut o) => {
+                            if th.threshold <= o.get().0 {
+                                o.insert((th.threshold, crossing));
+                            }
+                        }
+                    }
                 }
             }
             rows.push(
@@ -352,6 +364,9 @@ impl Store {
         }
         if rows.ids.is_empty() {
             return Ok(outcomes);
+        }
+        for ((org_id, _), (_, crossing)) in crossings {
+            outbox.push(org_id, crossing);
         }
 
         let created_at = rows.insert(tx).await?;

@@ -39,7 +39,9 @@ pub use prices::NewPriceVersion;
 pub use purchases::{Grant, Purchase};
 pub use refunds::Refund;
 pub use summaries::{PageOutcome, Summary};
-pub use topups::{AlertRecord, BillingSettings, OutboxBacklog, TopupRecord, TopupStart};
+pub use topups::{
+    AlertClaim, AlertRecord, BillingSettings, NewAlert, OutboxBacklog, TopupRecord, TopupStart,
+};
 pub use usage::{EventOutcome, JobResult, OutboxRow, RatedEvent, Recorded, UsageJob};
 
 /// The migrations, embedded so the binary can apply them (`creditflow migrate`).

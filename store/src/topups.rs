@@ -55,6 +55,27 @@ pub struct TopupRecord {
     pub attempts: serde_json::Value,
 }
 
+/// One crossing's alert, as claimed before its e-mail.
+#[derive(Debug, Clone)]
+pub struct NewAlert<'a> {
+    pub org_id: Uuid,
+    pub threshold_id: i64,
+    pub crossing_seq: i64,
+    pub threshold: Credits,
+    pub balance: Credits,
+    pub recipients: &'a [String],
+    pub repeat_after_secs: u64,
+}
+
+/// What [`Store::claim_alert`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlertClaim {
+    /// Mail it (first try, or a retry of a claimed send).
+    Send,
+    /// Decided before, or suppressed now: this state, no mail.
+    Done(String),
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertRecord {
     pub threshold: Credits,
@@ -554,30 +575,98 @@ impl Store {
         Ok(Credits::from_stored(used))
     }
 
-    /// Records an alert (once per crossing) with what became of its e-mail: `sent`, `failed`
-    /// (with why) or `unknown`; the recipients come from the settings.
-    #[allow(clippy::too_many_arguments)]
+    /// Claims the alert of one crossing before its e-mail goes out, under a per-org lock so
+    /// two crossings decide one after the other. The same crossing again (a retry) gets its
+    /// first decision back. Within `repeat_after_secs` of an alert (not suppressed itself) at
+    /// a threshold at or below this one, it is recorded `suppressed` and not mailed: the people
+    /// were told of this level or a worse one a moment ago. Otherwise it is claimed `sending`.
+    pub async fn claim_alert(&self, a: &NewAlert<'_>) -> Result<AlertClaim, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query!(
+            "SELECT pg_advisory_xact_lock(hashtextextended('alerts:' || $1::text, 0))",
+            a.org_id.to_string()
+        )
+        .execute(&mut *tx)
+        .await?;
+        if let Some(state) = sqlx::query_scalar!(
+            "SELECT state FROM alerts WHERE org_id = $1 AND threshold_id = $2 AND crossing_seq = $3",
+            a.org_id,
+            a.threshold_id,
+            a.crossing_seq
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        {
+            return Ok(match state.as_str() {
+                "sending" => AlertClaim::Send,
+                _ => AlertClaim::Done(state),
+            });
+        }
+        let earlier = if a.repeat_after_secs > 0 {
+            sqlx::query!(
+                "SELECT threshold, sent_at FROM alerts
+                  WHERE org_id = $1 AND state <> 'suppressed' AND threshold <= $2
+                    AND sent_at > now() - make_interval(secs => $3)
+                  ORDER BY sent_at DESC LIMIT 1",
+                a.org_id,
+                a.threshold.as_decimal(),
+                a.repeat_after_secs as f64
+            )
+            .fetch_optional(&mut *tx)
+            .await?
+        } else {
+            None
+        };
+        let (state, detail) = match &earlier {
+            Some(e) => (
+                "suppressed",
+                Some(format!(
+                    "an alert at {} was sent at {}; alerts at the same or a higher level repeat at most every {} s",
+                    billing::money::display::credits(Credits::from_stored(e.threshold)),
+                    e.sent_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    a.repeat_after_secs
+                )),
+            ),
+            None => ("sending", None),
+        };
+        sqlx::query!(
+            "INSERT INTO alerts (org_id, threshold_id, crossing_seq, threshold, balance, recipients,
+                                 state, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            a.org_id,
+            a.threshold_id,
+            a.crossing_seq,
+            a.threshold.as_decimal(),
+            a.balance.as_decimal(),
+            a.recipients,
+            state,
+            detail
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(match earlier {
+            Some(_) => AlertClaim::Done("suppressed".into()),
+            None => AlertClaim::Send,
+        })
+    }
+
+    /// Records what became of a claimed alert's e-mail: `sent`, `failed` (with why) or
+    /// `unknown`.
     pub async fn record_alert(
         &self,
         org_id: Uuid,
         threshold_id: i64,
         crossing_seq: i64,
-        threshold: Credits,
-        balance: Credits,
-        recipients: &[String],
         state: &str,
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
         sqlx::query!(
-            "INSERT INTO alerts (org_id, threshold_id, crossing_seq, threshold, balance, recipients,
-                                 state, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+            "UPDATE alerts SET state = $4, detail = $5
+              WHERE org_id = $1 AND threshold_id = $2 AND crossing_seq = $3 AND state = 'sending'",
             org_id,
             threshold_id,
             crossing_seq,
-            threshold.as_decimal(),
-            balance.as_decimal(),
-            recipients,
             state,
             detail
         )

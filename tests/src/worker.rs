@@ -105,6 +105,7 @@ pub fn test_topup_policy() -> workers::dispatch::TopupPolicy {
         backoff_max_secs: 2,
         daily_max: 10,
         settle_recheck_secs: 3600,
+        alert_repeat_after_secs: 3600,
     }
 }
 

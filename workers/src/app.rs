@@ -176,5 +176,6 @@ pub fn topup_policy(settings: &Settings) -> crate::dispatch::TopupPolicy {
         backoff_max_secs: settings.topup.backoff_max_secs,
         daily_max: settings.topup.daily_max,
         settle_recheck_secs: settings.topup.settle_recheck_secs,
+        alert_repeat_after_secs: settings.alerts.repeat_after_secs,
     }
 }

@@ -17,6 +17,7 @@ pub struct Settings {
     pub checkout: Checkout,
     pub mail: Mail,
     pub topup: Topup,
+    pub alerts: Alerts,
     pub summaries: Summaries,
     pub metrics: Metrics,
 }
@@ -52,6 +53,13 @@ pub struct Topup {
     pub daily_max: u32,
     /// How often a still-processing charge is checked when no event arrives.
     pub settle_recheck_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Alerts {
+    /// Low-balance alerts per org: a crossing at or above a threshold already alerted within
+    /// this long is recorded `suppressed` and not mailed; a lower one is (0: no limit).
+    pub repeat_after_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

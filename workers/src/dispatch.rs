@@ -45,7 +45,7 @@ pub(crate) enum Dispatched {
     Later(Duration, String),
 }
 
-/// Auto-topup retry settings passed to each workflow.
+/// Auto-topup and alert settings passed to each workflow.
 #[derive(Debug, Clone)]
 pub struct TopupPolicy {
     pub attempts_max: u32,
@@ -53,6 +53,9 @@ pub struct TopupPolicy {
     pub backoff_max_secs: u64,
     pub daily_max: u32,
     pub settle_recheck_secs: u64,
+    /// An alert at a threshold at or above one already sent within this long is recorded
+    /// `suppressed`, not mailed (0: every crossing mails).
+    pub alert_repeat_after_secs: u64,
 }
 
 pub struct Dispatcher {
@@ -213,6 +216,7 @@ impl Dispatcher {
                     crossing_seq: seq,
                     threshold: text(&p["threshold"]),
                     balance: text(&p["balance"]),
+                    repeat_after_secs: self.topup.alert_repeat_after_secs,
                 };
                 let options = WorkflowStartOptions::new(
                     self.task_queue.clone(),

@@ -133,6 +133,9 @@ pub struct AlertInput {
     pub crossing_seq: i64,
     pub threshold: String,
     pub balance: String,
+    /// See the worker's `alerts.repeat_after_secs` (absent in older histories: no limit).
+    #[serde(default)]
+    pub repeat_after_secs: u64,
 }
 
 pub struct TopupActivities;

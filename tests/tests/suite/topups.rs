@@ -306,7 +306,8 @@ async fn an_alert_while_smtp_is_down_arrives_exactly_once_when_it_is_back() {
         let a = app
             .get(&format!("/v1/orgs/{}/alerts", org.id), &org.key)
             .await;
-        (a.body["data"].as_array().unwrap().len() == 1).then_some(())
+        let data = a.body["data"].as_array().unwrap().clone();
+        (data.len() == 1 && data[0]["state"] == "sent").then_some(())
     })
     .await;
 
@@ -339,7 +340,7 @@ async fn an_alert_while_smtp_is_down_arrives_exactly_once_when_it_is_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dip_recover_dip_alerts_twice_and_dipping_twice_alerts_once() {
+async fn dip_recover_dip_alerts_once_within_the_hour_and_records_the_repeat_suppressed() {
     let app = TestApp::spawn().await.unwrap();
     let _worker = TestWorker::start(&app).unwrap();
     let org = org_with(&app, "pm_card_visa", None, Some("50")).await;
@@ -351,20 +352,82 @@ async fn dip_recover_dip_alerts_twice_and_dipping_twice_alerts_once() {
     })
     .await;
     app.adjust(org.id, "40", "recover", "up").await; // 30 → 70: re-armed
-    spend(&app, &org, "dip-2", 30).await; // 70 → 40: alert
-    eventually("the second alert", Duration::from_secs(20), || async {
-        (mails_with(&app, "Low credit balance") == 2).then_some(())
+    spend(&app, &org, "dip-2", 30).await; // 70 → 40: crossed again, within the hour
+    let alerts = eventually(
+        "both crossings recorded",
+        Duration::from_secs(20),
+        || async {
+            let a = app
+                .get(&format!("/v1/orgs/{}/alerts", org.id), &org.key)
+                .await;
+            let data = a.body["data"].as_array().unwrap().clone();
+            (data.len() == 2 && data.iter().all(|a| a["state"] != "sending")).then_some(data)
+        },
+    )
+    .await;
+    let states: Vec<&str> = alerts
+        .iter()
+        .map(|a| a["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["suppressed", "sent"], "{alerts:?}");
+    assert!(
+        alerts[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("was sent at"),
+        "{alerts:?}"
+    );
+    assert_eq!(mails_with(&app, "Low credit balance"), 1);
+    assert_eq!(app.store.outbox_backlog().await.unwrap().rows, 0);
+}
+
+// Multi-threaded: the SMTP server runs on the test's runtime, and the worker's pooled SMTP
+// connection says QUIT to it when the worker is dropped at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn falling_through_several_thresholds_mails_once_and_falling_further_mails_again() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = org_with(&app, "pm_card_visa", None, None).await;
+    let alerts = json!({"alerts": {"thresholds_credits": ["80", "50", "20"], "recipients": ["ops@acme.test"]}});
+    assert_eq!(put_settings(&app, &org, &alerts).await.status, 200);
+
+    spend(&app, &org, "through-two", 70).await; // 100 → 30: crosses 80 and 50, one alert
+    eventually("the alert for 50", Duration::from_secs(20), || async {
+        (mails_with(&app, "Low credit balance") == 1).then_some(())
     })
     .await;
-
-    eventually("both alerts recorded", Duration::from_secs(20), || async {
+    spend(&app, &org, "further", 20).await; // 30 → 10: crosses 20, lower: mailed
+    let recorded = eventually("the alert for 20", Duration::from_secs(20), || async {
         let a = app
             .get(&format!("/v1/orgs/{}/alerts", org.id), &org.key)
             .await;
-        (a.body["data"].as_array().unwrap().len() == 2).then_some(())
+        let data = a.body["data"].as_array().unwrap().clone();
+        (data.len() == 2 && data.iter().all(|a| a["state"] == "sent")).then_some(data)
     })
     .await;
-    assert_eq!(app.store.outbox_backlog().await.unwrap().rows, 0);
+    let levels: Vec<&str> = recorded
+        .iter()
+        .map(|a| a["threshold"].as_str().unwrap())
+        .collect();
+    assert_eq!(levels, ["20.000000", "50.000000"], "{recorded:?}");
+    assert_eq!(mails_with(&app, "Low credit balance"), 2);
+    let bodies: Vec<String> = app
+        .smtp
+        .received()
+        .iter()
+        .filter(|m| m.subject().starts_with("Low credit balance"))
+        .map(|m| m.text())
+        .collect();
+    assert!(
+        bodies[0].contains("threshold of 50 credits"),
+        "{}",
+        bodies[0]
+    );
+    assert!(
+        bodies[1].contains("threshold of 20 credits"),
+        "{}",
+        bodies[1]
+    );
 }
 
 async fn count(app: &TestApp, sql: &str) -> i64 {
@@ -587,7 +650,10 @@ async fn a_setup_not_finished_in_time_is_expired_at_the_processor() {
     let session_id = url.rsplit('/').next().unwrap();
     let session: Value = app
         .http
-        .get(format!("{}/v1/checkout/sessions/{session_id}", app.stripe_url))
+        .get(format!(
+            "{}/v1/checkout/sessions/{session_id}",
+            app.stripe_url
+        ))
         .bearer_auth(tests::STRIPE_KEY)
         .send()
         .await
@@ -877,7 +943,8 @@ async fn an_alert_to_a_refused_address_is_recorded_failed_and_the_topup_still_ch
         let a = app
             .get(&format!("/v1/orgs/{}/alerts", org.id), &org.key)
             .await;
-        a.body["data"].as_array().unwrap().first().cloned()
+        let first = a.body["data"].as_array().unwrap().first().cloned();
+        first.filter(|a| a["state"] != "sending")
     })
     .await;
     assert_eq!(alert["state"], "failed", "{alert}");

@@ -674,7 +674,7 @@ async fn a_cloudevents_batch_maps_onto_the_same_events() {
 }
 
 #[tokio::test]
-async fn crossing_a_threshold_writes_one_outbox_row_per_crossing() {
+async fn a_booking_writes_one_outbox_row_per_purpose_at_the_lowest_threshold_crossed() {
     let app = TestApp::spawn().await.unwrap();
     let org = app.create_org("thresholds").await;
     app.adjust(org.id, "120", "seed", "seed").await;
@@ -691,7 +691,7 @@ async fn crossing_a_threshold_writes_one_outbox_row_per_crossing() {
         .await
         .unwrap();
 
-    // 120 → 45: crosses 100 and 50 in one event; 45 → 44: crosses nothing.
+    // 120 → 45: crosses 100 and 50 in one event, one row for 50; 45 → 44: crosses nothing.
     send(&app, &org, json!([ai("big", 300_000, 0, 0)])).await;
     send(&app, &org, json!([ai("small", 4000, 0, 0)])).await;
     let first = app.store.pending_outbox(100).await.unwrap();
@@ -715,24 +715,19 @@ async fn crossing_a_threshold_writes_one_outbox_row_per_crossing() {
             })
             .collect()
     };
-    assert_eq!(
-        thresholds(&first),
-        [
-            ("alert".into(), "100.000000".into()),
-            ("alert".into(), "50.000000".into())
-        ]
-    );
+    assert_eq!(thresholds(&first), [("alert".into(), "50.000000".into())]);
     assert_eq!(first[0].payload["balance"], "45.000000");
     assert_eq!(first[0].topic, store::THRESHOLD_CROSSED);
-    // 104 → 84 crosses 100; 84 → 9 crosses 50 and 30.
+    // 104 → 84 crosses 100; 84 → 9 crosses 50 and 30: one alert (for 50, the lowest) and
+    // one topup crossing for the batch.
     assert_eq!(
-        thresholds(&all[2..]),
+        thresholds(&all[1..]),
         [
-            ("alert".into(), "100.000000".into()),
             ("alert".into(), "50.000000".into()),
             ("auto_topup".into(), "30.000000".into()),
         ]
     );
+    assert_eq!(all[1].payload["balance"], "9.000000");
     let seqs: Vec<i64> = all
         .iter()
         .map(|r| r.payload["crossing_seq"].as_i64().unwrap())
