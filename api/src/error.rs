@@ -44,6 +44,14 @@ impl ApiError {
         }
     }
 
+    /// 429: over a per-org request limit; try again after `retry_after_secs`.
+    pub fn rate_limited(detail: impl Into<String>, retry_after_secs: u32) -> Self {
+        ApiError {
+            retry_after_secs: Some(retry_after_secs),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail)
+        }
+    }
+
     pub fn invalid(field: &'static str, code: &'static str, detail: impl Into<String>) -> Self {
         ApiError {
             field: Some(field),

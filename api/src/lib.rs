@@ -55,6 +55,44 @@ pub struct AppState {
     pub stripe_webhook_secret: String,
     /// How long a buyer has to pay a checkout.
     pub checkout_expiry: Duration,
+    pub limits: RequestLimits,
+}
+
+/// Requests per org per minute for what costs a processor call and a workflow (0: no limit).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    pub purchases_per_minute: u32,
+    pub setups_per_minute: u32,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            purchases_per_minute: 20,
+            setups_per_minute: 10,
+        }
+    }
+}
+
+impl AppState {
+    /// Counts one `action` of `org_id` against its per-minute `limit`: 429 `rate_limited`
+    /// with `Retry-After` when over it.
+    pub async fn take_rate(
+        &self,
+        org_id: uuid::Uuid,
+        action: &str,
+        limit: u32,
+    ) -> Result<(), error::ApiError> {
+        match self.store.take_rate(org_id, action, limit).await? {
+            None => Ok(()),
+            Some(retry_after) => Err(error::ApiError::rate_limited(
+                format!(
+                    "at most {limit} {action} requests per minute for an organization; try again in {retry_after} s"
+                ),
+                retry_after,
+            )),
+        }
+    }
 }
 
 /// Tunables of the API process.
@@ -71,6 +109,7 @@ pub struct ApiOptions {
     pub task_queue: String,
     pub stripe_webhook_secret: String,
     pub checkout_expiry: Duration,
+    pub limits: RequestLimits,
 }
 
 impl Default for ApiOptions {
@@ -84,6 +123,7 @@ impl Default for ApiOptions {
             task_queue: "creditflow".into(),
             stripe_webhook_secret: String::new(),
             checkout_expiry: Duration::from_secs(30 * 60),
+            limits: RequestLimits::default(),
         }
     }
 }
@@ -118,6 +158,7 @@ impl AppState {
             task_queue: options.task_queue,
             stripe_webhook_secret: options.stripe_webhook_secret,
             checkout_expiry: options.checkout_expiry,
+            limits: options.limits,
         })
     }
 }

@@ -198,6 +198,13 @@ pub async fn create_purchase(
             "purchases are made with the organization's own API key",
         ));
     };
+    state
+        .take_rate(
+            principal.org_id,
+            "purchase",
+            state.limits.purchases_per_minute,
+        )
+        .await?;
     let package_id = body.package_id.ok_or_else(|| {
         ApiError::invalid("package_id", "missing_field", "`package_id` is required")
     })?;
@@ -396,6 +403,9 @@ pub async fn start_payment_method_setup(
     billing::usage::check_name("user", &user, true)
         .map_err(|r| ApiError::invalid("user", r.code, r.message))?;
     state.store.get_org(org_id).await?;
+    state
+        .take_rate(org_id, "card setup", state.limits.setups_per_minute)
+        .await?;
     let setup_id = Uuid::now_v7().to_string();
     let input = SetupInput {
         setup_id: setup_id.clone(),

@@ -9,6 +9,7 @@ pub mod idempotency;
 pub mod inbox;
 pub mod ingest;
 pub mod ledger;
+mod limits;
 pub mod orgs;
 pub mod prices;
 pub mod purchases;

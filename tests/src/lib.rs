@@ -263,6 +263,7 @@ pub struct AppOptions {
     pub checkout_expiry: Duration,
     /// Reach Temporal through a [`proxy::TcpProxy`] the test can cut (`TestApp::temporal_proxy`).
     pub temporal_proxy: bool,
+    pub limits: api::RequestLimits,
 }
 
 impl Default for AppOptions {
@@ -270,6 +271,7 @@ impl Default for AppOptions {
         AppOptions {
             checkout_expiry: Duration::from_secs(600),
             temporal_proxy: false,
+            limits: api::RequestLimits::default(),
         }
     }
 }
@@ -351,6 +353,7 @@ impl TestApp {
             task_queue: task_queue.clone(),
             stripe_webhook_secret: WEBHOOK_SECRET.into(),
             checkout_expiry: app_options.checkout_expiry,
+            limits: app_options.limits,
             ..api::ApiOptions::default()
         };
         let state = api::AppState::start(

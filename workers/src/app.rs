@@ -62,6 +62,10 @@ pub async fn app_state(
         task_queue: settings.temporal.task_queue.clone(),
         stripe_webhook_secret: settings.stripe.webhook_secret.expose().to_string(),
         checkout_expiry: Duration::from_secs(settings.checkout.expiry_secs),
+        limits: api::RequestLimits {
+            purchases_per_minute: settings.limits.purchases_per_minute,
+            setups_per_minute: settings.limits.setups_per_minute,
+        },
         ..ApiOptions::default()
     };
     // Every process must know a version before it applies, and the difference is how far in

@@ -18,6 +18,7 @@ pub struct Settings {
     pub mail: Mail,
     pub topup: Topup,
     pub alerts: Alerts,
+    pub limits: Limits,
     pub summaries: Summaries,
     pub metrics: Metrics,
 }
@@ -53,6 +54,13 @@ pub struct Topup {
     pub daily_max: u32,
     /// How often a still-processing charge is checked when no event arrives.
     pub settle_recheck_secs: u64,
+}
+
+/// Per-org request limits (each such request costs a processor call and a workflow).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Limits {
+    pub purchases_per_minute: u32,
+    pub setups_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -3,7 +3,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tests::{
-    AppOptions, GROWTH, OPERATOR_KEY, STRIPE_KEY, TestApp, WEBHOOK_SECRET, eventually,
+    AppOptions, GROWTH, OPERATOR_KEY, STRIPE_KEY, TestApp, TestOrg, WEBHOOK_SECRET, eventually,
     worker::{ProcessWorker, TestWorker},
 };
 
@@ -997,4 +997,107 @@ async fn the_return_pages_show_what_was_bought_and_where_it_stands() {
     assert_eq!(get("/checkout/success".into()).await.0, 400);
     let (_, _, escaped) = get("/checkout/success?session_id=%3Cscript%3E".into()).await;
     assert!(!escaped.contains("<script>"), "{escaped}");
+}
+
+/// One answer of [`within_one_minute`]: status, Retry-After, and problem code.
+type Limited = (u16, Option<u32>, Value);
+
+/// Sends `n` requests back to back and returns their answers, if all were counted in one
+/// minute window (else `Err` with them: the minute turned while they ran).
+async fn within_one_minute(
+    n: usize,
+    send: impl Fn() -> reqwest::RequestBuilder,
+) -> Result<Vec<Limited>, Vec<Limited>> {
+    let minute = || chrono::Utc::now().timestamp() / 60;
+    let before = minute();
+    let mut answers = Vec::new();
+    for _ in 0..n {
+        let r = send().send().await.unwrap();
+        let retry_after = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        answers.push((status, retry_after, body["code"].clone()));
+    }
+    if minute() == before {
+        Ok(answers)
+    } else {
+        Err(answers)
+    }
+}
+
+/// Runs [`within_one_minute`] until one run falls in one window (at most 3 runs); returns it
+/// and how many requests were accepted in all runs.
+async fn in_one_window(
+    n: usize,
+    send: impl Fn() -> reqwest::RequestBuilder,
+) -> (Vec<Limited>, usize) {
+    let mut accepted = 0;
+    for _ in 0..3 {
+        let run = within_one_minute(n, &send).await;
+        let answers = match &run {
+            Ok(a) | Err(a) => a,
+        };
+        accepted += answers.iter().filter(|a| matches!(a.0, 201 | 202)).count();
+        if let Ok(answers) = run {
+            return (answers, accepted);
+        }
+    }
+    panic!("no run of {n} requests within one minute");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purchases_and_card_setups_are_rate_limited_per_org() {
+    let app = TestApp::spawn_with(AppOptions {
+        limits: api::RequestLimits {
+            purchases_per_minute: 2,
+            setups_per_minute: 1,
+        },
+        ..AppOptions::default()
+    })
+    .await
+    .unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = app.create_org("busy").await;
+    let other = app.create_org("calm").await;
+    let buy = |org: &TestOrg| {
+        app.http
+            .post(format!("{}/v1/purchases", app.base_url))
+            .bearer_auth(&org.key)
+            .json(&json!({"package_id": GROWTH, "user": "ana@acme.test"}))
+    };
+    let (answers, accepted) = in_one_window(3, || buy(&org)).await;
+    assert!(matches!(answers[0].0, 201 | 202), "{answers:?}");
+    assert!(matches!(answers[1].0, 201 | 202), "{answers:?}");
+    assert_eq!(answers[2].0, 429, "{answers:?}");
+    assert_eq!(answers[2].2, "rate_limited", "{answers:?}");
+    let retry_after = answers[2].1.expect("Retry-After");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    // A refused request wrote nothing, and another org is not held back.
+    let purchases: i64 = sqlx::query_scalar("SELECT count(*) FROM purchases WHERE org_id = $1")
+        .bind(org.id)
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(purchases as usize, accepted);
+    assert!(matches!(
+        app.buy(&other, GROWTH).await.status.as_u16(),
+        201 | 202
+    ));
+
+    let setup = || {
+        app.http
+            .post(format!(
+                "{}/v1/orgs/{}/payment-method/setup",
+                app.base_url, org.id
+            ))
+            .bearer_auth(&org.key)
+            .json(&json!({"user": "ana@acme.test"}))
+    };
+    let (answers, _) = in_one_window(2, setup).await;
+    assert!(matches!(answers[0].0, 201 | 202), "{answers:?}");
+    assert_eq!(answers[1].0, 429, "{answers:?}");
+    assert!(answers[1].1.is_some(), "{answers:?}");
 }
