@@ -403,9 +403,12 @@ impl Payments {
 
 impl Payments {
     /// Refunds part or all of a payment; the idempotency key makes a retried call a replay.
+    /// The refund carries our refund's id (`creditflow_refund_id`), so `charge.refunded` tells
+    /// ours from refunds made at the processor.
     pub async fn refund(
         &self,
         idempotency_key: &str,
+        refund_id: &str,
         payment_intent_id: &str,
         amount_minor: i64,
     ) -> Result<String, PaymentError> {
@@ -413,11 +416,60 @@ impl Payments {
         let r = CreateRefund::new()
             .payment_intent(payment_intent_id)
             .amount(amount_minor)
+            .metadata(std::collections::HashMap::from([(
+                OUR_REFUND.to_string(),
+                refund_id.to_string(),
+            )]))
             .customize()
             .request_strategy(idempotent(idempotency_key)?)
             .send(&self.client)
             .await;
         let r = stripe_call("refund.create", r)?;
         Ok(r.id.to_string())
+    }
+}
+
+/// The metadata key our refunds carry at the processor: our refund's id.
+pub const OUR_REFUND: &str = "creditflow_refund_id";
+
+/// A refund as the processor lists it.
+#[derive(Debug, Clone)]
+pub struct ListedRefund {
+    pub id: String,
+    pub amount_minor: i64,
+    /// `succeeded`, `pending`, `failed`, `canceled`, `requires_action`.
+    pub status: String,
+    /// Our refund's id, when we made it.
+    pub ours: Option<String>,
+}
+
+impl Payments {
+    /// Every refund of a processor payment, all pages.
+    pub async fn refunds_of(
+        &self,
+        payment_intent_id: &str,
+    ) -> Result<Vec<ListedRefund>, PaymentError> {
+        use stripe_core::refund::ListRefund;
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut request = ListRefund::new()
+                .payment_intent(payment_intent_id)
+                .limit(100);
+            if let Some(a) = &after {
+                request = request.starting_after(a.clone());
+            }
+            let page = stripe_call("refund.list", request.send(&self.client).await)?;
+            after = page.data.last().map(|r| r.id.to_string());
+            all.extend(page.data.into_iter().map(|r| ListedRefund {
+                id: r.id.to_string(),
+                amount_minor: r.amount,
+                status: r.status.unwrap_or_default(),
+                ours: r.metadata.and_then(|m| m.get(OUR_REFUND).cloned()),
+            }));
+            if !page.has_more || after.is_none() {
+                return Ok(all);
+            }
+        }
     }
 }

@@ -57,7 +57,12 @@ impl RefundActivitiesImpl {
         };
         match self
             .payments
-            .refund(&format!("refund-{refund_id}"), &pi, r.amount_minor)
+            .refund(
+                &format!("refund-{refund_id}"),
+                &refund_id,
+                &pi,
+                r.amount_minor,
+            )
             .await
         {
             Ok(stripe_refund_id) => {
@@ -103,22 +108,34 @@ impl RefundActivitiesImpl {
             .refund(id(&refund_id)?)
             .await
             .map_err(retryable)?;
-        let p = self
-            .store
-            .purchase(r.purchase_id)
-            .await
-            .map_err(retryable)?;
-        let Some(to) = p.receipt_email else {
-            return Ok(());
+        // A purchase's buyer gets the notice at the receipt address; a topup's at the
+        // billing contacts of the org.
+        let (to, what) = match (r.purchase_id, r.topup_id) {
+            (Some(purchase), _) => {
+                let p = self.store.purchase(purchase).await.map_err(retryable)?;
+                (
+                    p.receipt_email.into_iter().collect::<Vec<_>>(),
+                    format!("purchase {purchase}"),
+                )
+            }
+            (None, Some(topup)) => {
+                let s = self
+                    .store
+                    .billing_settings(r.org_id)
+                    .await
+                    .map_err(retryable)?;
+                (s.recipients, format!("auto-topup {topup}"))
+            }
+            (None, None) => return Ok(()),
         };
+        let currency: billing::Currency = r
+            .currency
+            .parse()
+            .map_err(|_| retryable(format!("refund {} has currency {}", r.id, r.currency)))?;
         use billing::money::display::{credits, money};
         let body = format!(
-            "We refunded {} of purchase {}.\nCredits taken back: {} (bonus {}).\nReason: {}\n",
-            money(billing::Money::new(
-                r.amount_minor,
-                p.package.price.currency
-            )),
-            r.purchase_id,
+            "We refunded {} of {what}.\nCredits taken back: {} (bonus {}).\nReason: {}\n",
+            money(billing::Money::new(r.amount_minor, currency)),
             credits(r.credits),
             credits(r.bonus_credits),
             r.reason
@@ -128,7 +145,7 @@ impl RefundActivitiesImpl {
             &self.mailer,
             ctx.info().attempt,
             &format!("refund:{refund_id}"),
-            &[to],
+            &to,
             "Your creditflow refund",
             &body,
         )

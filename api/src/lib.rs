@@ -199,6 +199,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/summaries"),
     ("post", "/v1/purchases/{id}/refunds"),
     ("get", "/v1/purchases/{id}/refunds"),
+    ("post", "/v1/topups/{id}/refunds"),
+    ("get", "/v1/topups/{id}/refunds"),
     ("get", "/v1/orgs/{org}/summaries/{month}"),
 ];
 
@@ -256,6 +258,10 @@ pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
         .route(
             "/v1/purchases/{id}/refunds",
             get(purchases::list_refunds).post(purchases::create_refund),
+        )
+        .route(
+            "/v1/topups/{id}/refunds",
+            get(purchases::list_topup_refunds).post(purchases::create_topup_refund),
         )
         .route("/v1/orgs/{org}/summaries/{month}", get(summaries::one))
         .fallback(|| async { ApiError::not_found("no_route", "no such route") })

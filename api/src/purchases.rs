@@ -476,6 +476,7 @@ pub fn refund_json(r: &store::Refund) -> Value {
     json!({
         "id": r.id,
         "purchase_id": r.purchase_id,
+        "topup_id": r.topup_id,
         "org_id": r.org_id,
         "amount_minor": r.amount_minor,
         "currency": r.currency,
@@ -500,13 +501,48 @@ pub async fn create_refund(
     headers: HeaderMap,
     Json(body): Json<RefundBody>,
 ) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
+    refund_request(
+        state,
+        caller,
+        store::RefundOf::Purchase(purchase_id),
+        headers,
+        body,
+    )
+    .await
+}
+
+/// `POST /v1/topups/{id}/refunds` (operator): as for a purchase, of an auto-topup charge.
+pub async fn create_topup_refund(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(topup_id): Path<Uuid>,
+    headers: HeaderMap,
+    Json(body): Json<RefundBody>,
+) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
+    refund_request(
+        state,
+        caller,
+        store::RefundOf::Topup(topup_id),
+        headers,
+        body,
+    )
+    .await
+}
+
+async fn refund_request(
+    state: AppState,
+    caller: Caller,
+    payment: store::RefundOf,
+    headers: HeaderMap,
+    body: RefundBody,
+) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
     caller.require_operator()?;
     let key = crate::ledger::idempotency_key(&headers)?;
     let refund = start_refund(
         &state.store,
         &state.temporal,
         &state.task_queue,
-        purchase_id,
+        payment,
         body,
         &caller.actor(),
         &key,
@@ -523,7 +559,7 @@ pub async fn start_refund(
     store: &store::Store,
     temporal: &temporalio_client::Client,
     task_queue: &str,
-    purchase_id: Uuid,
+    payment: store::RefundOf,
     body: RefundBody,
     actor: &str,
     key: &str,
@@ -554,7 +590,7 @@ pub async fn start_refund(
         ));
     }
     let refund = store
-        .request_refund(purchase_id, amount, &reason, actor, key)
+        .request_refund(payment, amount, &reason, actor, key)
         .await
         .map_err(|e| match e {
             store::StoreError::Conflict(m) => {
@@ -586,7 +622,27 @@ pub async fn list_refunds(
 ) -> Result<AxumJson<Value>, ApiError> {
     let p = state.store.purchase(purchase_id).await?;
     caller.authorize_org(p.org_id)?;
-    let refunds = state.store.refunds_of(purchase_id).await?;
+    let refunds = state
+        .store
+        .refunds_of(store::RefundOf::Purchase(purchase_id))
+        .await?;
+    Ok(AxumJson(
+        json!({ "data": refunds.iter().map(refund_json).collect::<Vec<_>>() }),
+    ))
+}
+
+/// `GET /v1/topups/{id}/refunds`: the refunds of an auto-topup charge.
+pub async fn list_topup_refunds(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(topup_id): Path<Uuid>,
+) -> Result<AxumJson<Value>, ApiError> {
+    let org = state.store.topup_org(topup_id).await?;
+    caller.authorize_org(org)?;
+    let refunds = state
+        .store
+        .refunds_of(store::RefundOf::Topup(topup_id))
+        .await?;
     Ok(AxumJson(
         json!({ "data": refunds.iter().map(refund_json).collect::<Vec<_>>() }),
     ))

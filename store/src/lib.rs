@@ -38,7 +38,7 @@ pub use ledger::{
 pub use orgs::{ApiKey, NewApiKey, Org, Principal};
 pub use prices::NewPriceVersion;
 pub use purchases::{Grant, Purchase};
-pub use refunds::Refund;
+pub use refunds::{ProcessorRefundReport, Refund, RefundOf};
 pub use summaries::{PageOutcome, Summary};
 pub use topups::{
     AlertClaim, AlertRecord, BillingSettings, NewAlert, OutboxBacklog, TopupRecord, TopupStart,

@@ -1,5 +1,7 @@
-//! Refunds: checked before any money moves, then refunded by the processor and reversed in the
-//! ledger, each step idempotent.
+//! Refunds of our payments (a purchase or an auto-topup charge): the credits are taken back
+//! when the refund is accepted, before any money moves, then the processor refunds, each step
+//! idempotent. A refund made at the processor itself (its dashboard) is recorded once by the
+//! processor's refund id and takes back what the same rule allows, capped by the balance.
 
 use billing::{Account, Credits, Posting, SystemAccount, TransferKind};
 use chrono::{DateTime, Utc};
@@ -12,7 +14,9 @@ use crate::{NewTransfer, Store, StoreError};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Refund {
     pub id: Uuid,
-    pub purchase_id: Uuid,
+    /// The purchase refunded, or `None` for a topup charge (`topup_id`).
+    pub purchase_id: Option<Uuid>,
+    pub topup_id: Option<Uuid>,
     pub org_id: Uuid,
     pub amount_minor: i64,
     pub currency: String,
@@ -31,7 +35,8 @@ pub struct Refund {
 
 struct RefundRow {
     id: Uuid,
-    purchase_id: Uuid,
+    purchase_id: Option<Uuid>,
+    topup_id: Option<Uuid>,
     org_id: Uuid,
     amount_minor: i64,
     currency: String,
@@ -51,6 +56,7 @@ impl RefundRow {
         Refund {
             id: self.id,
             purchase_id: self.purchase_id,
+            topup_id: self.topup_id,
             org_id: self.org_id,
             amount_minor: self.amount_minor,
             currency: self.currency,
@@ -74,7 +80,10 @@ impl RefundRow {
 /// the refund's own, so each direction is booked at most once.
 fn refund_transfers(r: &Refund, restore: bool) -> Vec<NewTransfer> {
     let org = r.org_id;
-    let refs = serde_json::json!({"refund_id": r.id, "purchase_id": r.purchase_id});
+    let refs = match r.topup_id {
+        Some(topup) => serde_json::json!({"refund_id": r.id, "topup_id": topup}),
+        None => serde_json::json!({"refund_id": r.id, "purchase_id": r.purchase_id}),
+    };
     let mut transfers = Vec::new();
     for (amount, kind, system, part) in [
         (
@@ -145,25 +154,19 @@ impl Store {
     /// refund; the same key with another amount or reason is [`StoreError::IdempotencyConflict`].
     pub async fn request_refund(
         &self,
-        purchase_id: Uuid,
+        payment: RefundOf,
         amount_minor: i64,
         reason: &str,
         requested_by: &str,
         idempotency_key: &str,
     ) -> Result<Refund, StoreError> {
         let mut tx = self.pool.begin().await?;
-        // The purchase first, then the org: the order grant_purchase locks them in too.
-        let p = sqlx::query!(
-            "SELECT org_id, state, package FROM purchases WHERE id = $1 FOR UPDATE",
-            purchase_id
-        )
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound("purchase"))?;
+        // The payment first, then the org: the order grants lock them in too.
+        let p = lock_payment(&mut tx, payment).await?;
         if let Some(first) = sqlx::query!(
             "SELECT id, amount_minor, reason FROM refunds
-              WHERE purchase_id = $1 AND idempotency_key = $2",
-            purchase_id,
+              WHERE (purchase_id = $1 OR topup_id = $1) AND idempotency_key = $2",
+            payment.id(),
             idempotency_key
         )
         .fetch_optional(&mut *tx)
@@ -175,54 +178,34 @@ impl Store {
             }
             return self.refund(first.id).await;
         }
-        if p.state != "credited" {
+        let Some(package) = &p.package else {
             return Err(StoreError::Conflict(format!(
-                "only a credited purchase can be refunded (this one is {})",
+                "only a paid {} can be refunded (this one is {})",
+                payment.noun(),
                 p.state
             )));
-        }
-        let package: billing::packages::Package =
-            serde_json::from_value(p.package).map_err(|e| StoreError::Decode(e.to_string()))?;
-        let so_far = sqlx::query!(
-            r#"SELECT COALESCE(sum(amount_minor), 0)::bigint AS "amount_minor!",
-                      COALESCE(sum(credits), 0) AS "credits!",
-                      COALESCE(sum(bonus_credits), 0) AS "bonus_credits!"
-                 FROM refunds WHERE purchase_id = $1 AND state <> 'failed'"#,
-            purchase_id
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let paid = package.price.amount_minor;
-        let refunded = so_far.amount_minor;
-        if amount_minor <= 0 || refunded + amount_minor > paid {
-            return Err(StoreError::Conflict(format!(
-                "a refund of {amount_minor} would exceed what is left of the payment ({} of {paid})",
-                paid - refunded
-            )));
-        }
-        let share_after = Decimal::from(refunded + amount_minor) / Decimal::from(paid);
-        let part = |granted: Credits, taken: Decimal| -> Result<Credits, StoreError> {
-            let cumulative = Credits::round_computed(granted.as_decimal() * share_after);
-            Ok(cumulative.checked_sub(Credits::from_stored(taken))?)
         };
-        let credits = part(package.base_credits, so_far.credits)?;
-        let bonus = part(package.bonus_credits, so_far.bonus_credits)?;
+        let shares = refund_shares(&mut tx, payment, package, amount_minor, false).await?;
+        let (credits, bonus) = (shares.credits, shares.bonus);
         let mut locked = self.lock_orgs(&mut tx, &[p.org_id]).await?;
         let balance = locked.balance(p.org_id).ok_or(StoreError::OrgNotFound)?;
         let would_be = balance.checked_sub(credits)?.checked_sub(bonus)?;
         if would_be.is_negative() {
             return Err(StoreError::InsufficientBalance { balance, would_be });
         }
+        let (purchase_id, topup_id) = payment.columns();
         let row = sqlx::query_as!(
             RefundRow,
-            r#"INSERT INTO refunds (id, purchase_id, org_id, amount_minor, currency, credits,
-                                   bonus_credits, reason, requested_by, idempotency_key)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-               RETURNING id, purchase_id, org_id, amount_minor, currency, credits, bonus_credits,
-                         reason, requested_by, state, stripe_refund_id,
-                         NULL::text AS payment_intent_id, detail, created_at"#,
+            r#"INSERT INTO refunds (id, purchase_id, topup_id, org_id, amount_minor, currency,
+                                   credits, bonus_credits, reason, requested_by, idempotency_key,
+                                   payment_intent_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+               RETURNING id, purchase_id, topup_id, org_id, amount_minor, currency, credits,
+                         bonus_credits, reason, requested_by, state, stripe_refund_id,
+                         payment_intent_id, detail, created_at"#,
             Uuid::now_v7(),
             purchase_id,
+            topup_id,
             p.org_id,
             amount_minor,
             package.price.currency.code(),
@@ -230,7 +213,8 @@ impl Store {
             bonus.as_decimal(),
             reason,
             requested_by,
-            idempotency_key
+            idempotency_key,
+            p.payment_intent_id
         )
         .fetch_one(&mut *tx)
         .await?;
@@ -258,13 +242,123 @@ impl Store {
             .map(|r| Refund { created: true, ..r })
     }
 
+    /// Records a refund made at the processor itself (its dashboard), reported by
+    /// `charge.refunded`, once per processor refund id, and takes its credits back like one of
+    /// ours: the same cumulative shares of credits and bonus. The money has already gone back,
+    /// so nothing is refused: the shares are capped by what is left of the payment and by the
+    /// balance (never below zero; credits already spent stay spent, as for disputes), and the
+    /// refund is recorded `reversed` with what it took. `None` when the payment is not ours or
+    /// the refund was recorded before.
+    pub async fn record_processor_refund(
+        &self,
+        report: &ProcessorRefundReport,
+    ) -> Result<Option<Refund>, StoreError> {
+        let Some(payment) = self.payment_of(&report.payment_intent_id).await? else {
+            return Ok(None);
+        };
+        let mut tx = self.pool.begin().await?;
+        let p = lock_payment(&mut tx, payment).await?;
+        let Some(package) = &p.package else {
+            return Ok(None);
+        };
+        let known = sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!" FROM refunds WHERE stripe_refund_id = $1"#,
+            report.id
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if known > 0 {
+            return Ok(None);
+        }
+        let shares = refund_shares(&mut tx, payment, package, report.amount_minor, true).await?;
+        let mut locked = self.lock_orgs(&mut tx, &[p.org_id]).await?;
+        let balance = locked.balance(p.org_id).ok_or(StoreError::OrgNotFound)?;
+        let available = balance.max(Credits::ZERO);
+        let credits = shares.credits.min(available);
+        let bonus = shares.bonus.min(available.checked_sub(credits)?);
+        let wanted = shares.credits.checked_add(shares.bonus)?;
+        let took = credits.checked_add(bonus)?;
+        let detail = if took < wanted {
+            format!(
+                "took back {} of {} credits: the rest was already spent",
+                billing::money::display::credits(took),
+                billing::money::display::credits(wanted)
+            )
+        } else {
+            String::new()
+        };
+        let (purchase_id, topup_id) = payment.columns();
+        let row = sqlx::query_as!(
+            RefundRow,
+            r#"INSERT INTO refunds (id, purchase_id, topup_id, org_id, amount_minor, currency,
+                                   credits, bonus_credits, reason, requested_by, idempotency_key,
+                                   payment_intent_id, state, stripe_refund_id, detail, finished_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'refunded at the processor', 'processor',
+                       $9, $10, 'reversed', $11, $12, now())
+               RETURNING id, purchase_id, topup_id, org_id, amount_minor, currency, credits,
+                         bonus_credits, reason, requested_by, state, stripe_refund_id,
+                         payment_intent_id, detail, created_at"#,
+            Uuid::now_v7(),
+            purchase_id,
+            topup_id,
+            p.org_id,
+            report.amount_minor,
+            package.price.currency.code(),
+            credits.as_decimal(),
+            bonus.as_decimal(),
+            format!("processor:{}", report.id),
+            report.payment_intent_id,
+            report.id,
+            detail
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let refund = row.into_refund(true);
+        self.book_locked(
+            &mut tx,
+            &mut locked,
+            &refund_transfers(&refund, false),
+            false,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(refund))
+    }
+
+    /// Which of our payments (a credited purchase, a succeeded topup) this processor payment
+    /// is, if any.
+    pub async fn payment_of(
+        &self,
+        payment_intent_id: &str,
+    ) -> Result<Option<RefundOf>, StoreError> {
+        if payment_intent_id.is_empty() {
+            return Ok(None);
+        }
+        if let Some(id) = sqlx::query_scalar!(
+            "SELECT id FROM purchases WHERE payment_intent_id = $1",
+            payment_intent_id
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        {
+            return Ok(Some(RefundOf::Purchase(id)));
+        }
+        Ok(sqlx::query_scalar!(
+            "SELECT topup_id FROM topup_attempts WHERE payment_intent_id = $1 LIMIT 1",
+            payment_intent_id
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .map(RefundOf::Topup))
+    }
+
     pub async fn refund(&self, id: Uuid) -> Result<Refund, StoreError> {
         Ok(sqlx::query_as!(
             RefundRow,
-            "SELECT r.id, r.purchase_id, r.org_id, r.amount_minor, r.currency, r.credits,
-                    r.bonus_credits, r.reason, r.requested_by, r.state, r.stripe_refund_id,
-                    p.payment_intent_id, r.detail, r.created_at
-               FROM refunds r JOIN purchases p ON p.id = r.purchase_id WHERE r.id = $1",
+            "SELECT id, purchase_id, topup_id, org_id, amount_minor, currency, credits,
+                    bonus_credits, reason, requested_by, state, stripe_refund_id,
+                    payment_intent_id, detail, created_at
+               FROM refunds WHERE id = $1",
             id
         )
         .fetch_optional(&self.pool)
@@ -273,15 +367,15 @@ impl Store {
         .into_refund(false))
     }
 
-    pub async fn refunds_of(&self, purchase_id: Uuid) -> Result<Vec<Refund>, StoreError> {
+    /// The refunds of a purchase or a topup, oldest first.
+    pub async fn refunds_of(&self, payment: RefundOf) -> Result<Vec<Refund>, StoreError> {
         Ok(sqlx::query_as!(
             RefundRow,
-            "SELECT r.id, r.purchase_id, r.org_id, r.amount_minor, r.currency, r.credits,
-                    r.bonus_credits, r.reason, r.requested_by, r.state, r.stripe_refund_id,
-                    p.payment_intent_id, r.detail, r.created_at
-               FROM refunds r JOIN purchases p ON p.id = r.purchase_id
-              WHERE r.purchase_id = $1 ORDER BY r.created_at",
-            purchase_id
+            "SELECT id, purchase_id, topup_id, org_id, amount_minor, currency, credits,
+                    bonus_credits, reason, requested_by, state, stripe_refund_id,
+                    payment_intent_id, detail, created_at
+               FROM refunds WHERE purchase_id = $1 OR topup_id = $1 ORDER BY created_at",
+            payment.id()
         )
         .fetch_all(&self.pool)
         .await?
@@ -365,4 +459,162 @@ impl Store {
         tx.commit().await?;
         Ok(balance)
     }
+}
+
+/// The payment a refund is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundOf {
+    Purchase(Uuid),
+    Topup(Uuid),
+}
+
+impl RefundOf {
+    fn id(self) -> Uuid {
+        match self {
+            RefundOf::Purchase(id) | RefundOf::Topup(id) => id,
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            RefundOf::Purchase(_) => "purchase",
+            RefundOf::Topup(_) => "topup",
+        }
+    }
+
+    /// `(purchase_id, topup_id)` as the refunds table holds them.
+    fn columns(self) -> (Option<Uuid>, Option<Uuid>) {
+        match self {
+            RefundOf::Purchase(id) => (Some(id), None),
+            RefundOf::Topup(id) => (None, Some(id)),
+        }
+    }
+}
+
+/// A payment of ours, locked for a refund.
+struct LockedPayment {
+    org_id: Uuid,
+    state: String,
+    /// What was bought, when money was received (a credited purchase, a succeeded topup).
+    package: Option<billing::packages::Package>,
+    payment_intent_id: Option<String>,
+}
+
+/// Locks the purchase or topup (`FOR UPDATE`) and reads what a refund needs of it.
+async fn lock_payment(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    payment: RefundOf,
+) -> Result<LockedPayment, StoreError> {
+    let (org_id, state, package, payment_intent_id, paid) = match payment {
+        RefundOf::Purchase(id) => {
+            let p = sqlx::query!(
+                "SELECT org_id, state, package, payment_intent_id FROM purchases
+                  WHERE id = $1 FOR UPDATE",
+                id
+            )
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or(StoreError::NotFound("purchase"))?;
+            let paid = p.state == "credited";
+            (p.org_id, p.state, p.package, p.payment_intent_id, paid)
+        }
+        RefundOf::Topup(id) => {
+            let t = sqlx::query!(
+                r#"SELECT t.org_id, t.state, t.package,
+                          (SELECT a.payment_intent_id FROM topup_attempts a
+                            WHERE a.topup_id = t.id AND a.outcome = 'succeeded'
+                            LIMIT 1) AS payment_intent_id
+                     FROM topups t WHERE t.id = $1 FOR UPDATE OF t"#,
+                id
+            )
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or(StoreError::NotFound("topup"))?;
+            let paid = t.state == "succeeded" && t.package.is_some();
+            (
+                t.org_id,
+                t.state,
+                t.package.unwrap_or_default(),
+                t.payment_intent_id,
+                paid,
+            )
+        }
+    };
+    let package = if paid {
+        Some(serde_json::from_value(package).map_err(|e| StoreError::Decode(e.to_string()))?)
+    } else {
+        None
+    };
+    Ok(LockedPayment {
+        org_id,
+        state,
+        package,
+        payment_intent_id: payment_intent_id.filter(|pi| !pi.is_empty()),
+    })
+}
+
+/// What a refund of `amount_minor` takes back of a payment's credits and bonus.
+struct Shares {
+    credits: Credits,
+    bonus: Credits,
+}
+
+/// The refund's shares of the credits and the bonus, cumulative: everything refunded so far
+/// (refunds that have not failed, pending ones included) and this one are rounded once, less
+/// what earlier refunds took, so parts never add up to more than the grant and the part that
+/// completes the payment takes exactly the remainder. Refused ([`StoreError::Conflict`]) when
+/// it would exceed what is left of the payment.
+async fn refund_shares(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    payment: RefundOf,
+    package: &billing::packages::Package,
+    amount_minor: i64,
+    clamp: bool,
+) -> Result<Shares, StoreError> {
+    let so_far = sqlx::query!(
+        r#"SELECT COALESCE(sum(amount_minor), 0)::bigint AS "amount_minor!",
+                  COALESCE(sum(credits), 0) AS "credits!",
+                  COALESCE(sum(bonus_credits), 0) AS "bonus_credits!"
+             FROM refunds WHERE (purchase_id = $1 OR topup_id = $1) AND state <> 'failed'"#,
+        payment.id()
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    let paid = package.price.amount_minor;
+    let refunded = so_far.amount_minor;
+    // A refund the processor already made is a fact: it takes what is left at most.
+    let amount_minor = if clamp {
+        amount_minor.min(paid - refunded).max(0)
+    } else {
+        amount_minor
+    };
+    if clamp && amount_minor == 0 {
+        return Ok(Shares {
+            credits: Credits::ZERO,
+            bonus: Credits::ZERO,
+        });
+    }
+    if amount_minor <= 0 || refunded + amount_minor > paid {
+        return Err(StoreError::Conflict(format!(
+            "a refund of {amount_minor} would exceed what is left of the payment ({} of {paid})",
+            paid - refunded
+        )));
+    }
+    let share_after = Decimal::from(refunded + amount_minor) / Decimal::from(paid);
+    let part = |granted: Credits, taken: Decimal| -> Result<Credits, StoreError> {
+        let cumulative = Credits::round_computed(granted.as_decimal() * share_after);
+        Ok(cumulative.checked_sub(Credits::from_stored(taken))?)
+    };
+    Ok(Shares {
+        credits: part(package.base_credits, so_far.credits)?,
+        bonus: part(package.bonus_credits, so_far.bonus_credits)?,
+    })
+}
+
+/// A refund as the processor reports it.
+#[derive(Debug, Clone)]
+pub struct ProcessorRefundReport {
+    pub id: String,
+    pub payment_intent_id: String,
+    pub amount_minor: i64,
 }

@@ -160,6 +160,7 @@ pub async fn run_worker(
     let dispatcher = crate::dispatch::Dispatcher {
         store: deps.store.clone(),
         mailer: deps.mailer.clone(),
+        payments: deps.payments.clone(),
         temporal: temporal.clone(),
         task_queue: task_queue.to_string(),
         topup,

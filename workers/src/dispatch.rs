@@ -62,6 +62,8 @@ pub struct Dispatcher {
     pub store: Store,
     /// For the notices the inbox sends itself (a disputed payment).
     pub mailer: activities::mail::Mailer,
+    /// To ask the processor what an event reports (the refunds of a charge).
+    pub payments: activities::payments::Payments,
     pub temporal: Client,
     pub task_queue: String,
     pub topup: TopupPolicy,

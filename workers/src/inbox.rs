@@ -167,6 +167,39 @@ async fn dispatch(d: &Dispatcher, event: &InboxEvent) -> anyhow::Result<Dispatch
             })
             .await
         }
+        // A refund of one of our payments: ours are recorded already (they carry our refund's
+        // id); one made at the processor (its dashboard) takes its credits back like ours. The
+        // processor's list of the payment's refunds is the truth, the event only the hint.
+        ("charge.refunded", _) => {
+            let pi = text(&object["payment_intent"]);
+            if d.store.payment_of(&pi).await?.is_none() {
+                return Ok(Dispatched::Done);
+            }
+            let refunds = match d.payments.refunds_of(&pi).await {
+                Ok(r) => r,
+                Err(activities::payments::PaymentError::Refused(why)) => {
+                    tracing::warn!(payment_intent = %pi, %why, "refunds of a refunded charge not listed");
+                    return Ok(Dispatched::Done);
+                }
+                Err(e) => return Ok(Dispatched::Later(backoff(event.attempts), e.to_string())),
+            };
+            for r in refunds
+                .iter()
+                .filter(|r| r.status == "succeeded" && r.ours.is_none())
+            {
+                let report = store::ProcessorRefundReport {
+                    id: r.id.clone(),
+                    payment_intent_id: pi.clone(),
+                    amount_minor: r.amount_minor,
+                };
+                if let Some(recorded) = d.store.record_processor_refund(&report).await? {
+                    tracing::info!(refund = %recorded.id, processor_refund = %r.id,
+                        credits = %recorded.credits, bonus = %recorded.bonus_credits,
+                        "a refund made at the processor took its credits back");
+                }
+            }
+            Ok(Dispatched::Done)
+        }
         // A chargeback: claw back what is unspent, pause auto-topup, tell the billing contacts.
         ("charge.dispute.created", _) => {
             let report = store::DisputeReport {

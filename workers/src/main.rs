@@ -99,8 +99,12 @@ enum RefundsCommand {
     /// its credits in proportion, as `POST /v1/purchases/{id}/refunds` does; the same --key
     /// twice refunds once.
     Create {
+        /// The purchase refunded (or --topup).
+        #[arg(long, required_unless_present = "topup", conflicts_with = "topup")]
+        purchase: Option<uuid::Uuid>,
+        /// An auto-topup charge refunded.
         #[arg(long)]
-        purchase: uuid::Uuid,
+        topup: Option<uuid::Uuid>,
         #[arg(long)]
         amount_minor: i64,
         #[arg(long)]
@@ -265,6 +269,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Refunds(RefundsCommand::Create {
             purchase,
+            topup,
             amount_minor,
             reason,
             key,
@@ -284,7 +289,11 @@ async fn main() -> anyhow::Result<()> {
                 &store,
                 &temporal,
                 &settings.temporal.task_queue,
-                purchase,
+                match (purchase, topup) {
+                    (Some(p), _) => store::RefundOf::Purchase(p),
+                    (None, Some(t)) => store::RefundOf::Topup(t),
+                    (None, None) => anyhow::bail!("--purchase or --topup is required"),
+                },
                 body,
                 &format!("operator:{operator}"),
                 &key,

@@ -421,13 +421,23 @@ async fn refund_parts_never_exceed_the_grant_and_add_up_to_it_when_all_is_refund
                 let store = app.store.clone();
                 async move {
                     store
-                        .request_refund(purchase, *amount, "parts", "operator:test", &key)
+                        .request_refund(
+                            store::RefundOf::Purchase(purchase),
+                            *amount,
+                            "parts",
+                            "operator:test",
+                            &key,
+                        )
                         .await
                         .expect("every part fits")
                 }
             });
             futures::future::join_all(requests).await;
-            let refunds = app.store.refunds_of(purchase).await.unwrap();
+            let refunds = app
+                .store
+                .refunds_of(store::RefundOf::Purchase(purchase))
+                .await
+                .unwrap();
             let taken: rust_decimal::Decimal = refunds
                 .iter()
                 .map(|r| r.credits.as_decimal() + r.bonus_credits.as_decimal())
@@ -439,7 +449,11 @@ async fn refund_parts_never_exceed_the_grant_and_add_up_to_it_when_all_is_refund
                 "seed {seed}"
             );
         }
-        let refunds = app.store.refunds_of(purchase).await.unwrap();
+        let refunds = app
+            .store
+            .refunds_of(store::RefundOf::Purchase(purchase))
+            .await
+            .unwrap();
         let base: rust_decimal::Decimal = refunds.iter().map(|r| r.credits.as_decimal()).sum();
         let bonus: rust_decimal::Decimal =
             refunds.iter().map(|r| r.bonus_credits.as_decimal()).sum();
@@ -455,5 +469,101 @@ async fn refund_parts_never_exceed_the_grant_and_add_up_to_it_when_all_is_refund
         );
         assert_eq!(app.balance(&org).await, "0.000000", "seed {seed}");
     }
+    app.assert_invariants().await;
+}
+
+/// A refund made at the processor (its dashboard): `POST /v1/refunds` without our metadata.
+async fn dashboard_refund(app: &TestApp, payment_intent: &str, amount: i64) -> String {
+    let r: Value = app
+        .http
+        .post(format!("{}/v1/refunds", app.stripe_url))
+        .bearer_auth(tests::STRIPE_KEY)
+        .form(&[
+            ("payment_intent", payment_intent),
+            ("amount", &amount.to_string()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["id"].as_str().expect("a processor refund").to_string()
+}
+
+async fn reversed_refunds(app: &TestApp, org: &TestOrg, purchase: &str, n: usize) -> Vec<Value> {
+    eventually("the refunds reversed", Duration::from_secs(60), || async {
+        let all = refunds_of(app, org, purchase).await;
+        (all.len() == n && all.iter().all(|r| r["state"] == "reversed")).then_some(all)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_made_at_the_processor_takes_its_credits_back_once_like_ours() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let (org, purchase) = bought_100(&app).await;
+    let pi = app
+        .get(&format!("/v1/purchases/{purchase}"), &org.key)
+        .await
+        .body["payment_intent_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Half at the processor's dashboard: half the credits and half the bonus come back.
+    let re = dashboard_refund(&app, &pi, 500).await;
+    let first = reversed_refunds(&app, &org, &purchase, 1).await;
+    assert_eq!(first[0]["stripe_refund_id"], re.as_str());
+    assert_eq!(first[0]["requested_by"], "processor");
+    assert_eq!(first[0]["credits_reversed"], "40.000000");
+    assert_eq!(first[0]["bonus_credits_reversed"], "10.000000");
+    assert_eq!(app.balance(&org).await, "50.000000");
+
+    // The other half through our API: its own charge.refunded lists both processor refunds,
+    // and neither is counted twice.
+    assert_eq!(refund(&app, &purchase, 500, "rest").await.status, 202);
+    let both = reversed_refunds(&app, &org, &purchase, 2).await;
+    assert_eq!(processor_refunds(&app).await, 2);
+    assert_eq!(app.balance(&org).await, "0.000000");
+    let reversed: rust_decimal::Decimal = both
+        .iter()
+        .map(|r| {
+            credits(r["credits_reversed"].as_str().unwrap())
+                + credits(r["bonus_credits_reversed"].as_str().unwrap())
+        })
+        .sum();
+    assert_eq!(reversed, credits("100"));
+    // Nothing is left to refund.
+    refund(&app, &purchase, 1, "more")
+        .await
+        .assert_problem(422, "refund_not_allowed");
+    app.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_refund_of_spent_credits_takes_what_is_left_never_below_zero() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let (org, purchase) = bought_100(&app).await;
+    let pi = app
+        .get(&format!("/v1/purchases/{purchase}"), &org.key)
+        .await
+        .body["payment_intent_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    use_credits(&app, &org, 90).await;
+
+    dashboard_refund(&app, &pi, 1000).await;
+    let r = reversed_refunds(&app, &org, &purchase, 1).await;
+    assert_eq!(r[0]["credits_reversed"], "10.000000", "{r:?}");
+    assert_eq!(r[0]["bonus_credits_reversed"], "0.000000", "{r:?}");
+    assert!(
+        r[0]["detail"].as_str().unwrap().contains("already spent"),
+        "{r:?}"
+    );
+    assert_eq!(app.balance(&org).await, "0.000000");
     app.assert_invariants().await;
 }

@@ -680,7 +680,7 @@ async fn book_step(
             let requested = app
                 .store
                 .request_refund(
-                    purchase_id,
+                    store::RefundOf::Purchase(purchase_id),
                     amount_minor,
                     "property test",
                     "operator:prop",

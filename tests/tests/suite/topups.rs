@@ -979,3 +979,69 @@ async fn an_address_the_mailer_refuses_is_refused_by_the_api_too() {
         assert!(billing::email::parse_address(bad).is_err(), "{bad}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topup_charge_can_be_refunded_through_the_api() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = org_with(&app, "pm_card_visa", Some(("50", 100_000)), None).await;
+    spend(&app, &org, "dip", 60).await; // 100 → 40: a topup of the Starter package
+    let topup = finished_topup(&app, &org).await;
+    assert_eq!(topup["state"], "succeeded", "{topup}");
+    let id = topup["id"].as_str().unwrap();
+    let paid = topup["amount_minor"].as_i64().unwrap();
+    let before: rust_decimal::Decimal = app.balance(&org).await.parse().unwrap();
+
+    let refund = |key: &'static str, amount: i64| {
+        let app = &app;
+        async move {
+            app.call(
+                Method::POST,
+                &format!("/v1/topups/{id}/refunds"),
+                Some(OPERATOR_KEY),
+                Some(&json!({"amount_minor": amount, "reason": "charged by mistake"})),
+                &[("idempotency-key", key)],
+            )
+            .await
+        }
+    };
+    let r = refund("all", paid).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.body["topup_id"], id);
+    assert!(r.body["purchase_id"].is_null(), "{}", r.text);
+    let done = eventually("the topup refund", Duration::from_secs(60), || async {
+        let list = app.get(&format!("/v1/topups/{id}/refunds"), &org.key).await;
+        let first = list.body["data"].as_array().unwrap().first().cloned();
+        first.filter(|r| r["state"] == "reversed")
+    })
+    .await;
+    let taken: rust_decimal::Decimal = done["credits_reversed"]
+        .as_str()
+        .unwrap()
+        .parse::<rust_decimal::Decimal>()
+        .unwrap()
+        + done["bonus_credits_reversed"]
+            .as_str()
+            .unwrap()
+            .parse::<rust_decimal::Decimal>()
+            .unwrap();
+    let after: rust_decimal::Decimal = app.balance(&org).await.parse().unwrap();
+    assert_eq!(before - after, taken);
+    assert_eq!(taken, rust_decimal::Decimal::from(1000));
+    // The same key again is the same refund; the payment is used up for another.
+    assert_eq!(refund("all", paid).await.body["id"], done["id"]);
+    refund("more", 1)
+        .await
+        .assert_problem(422, "refund_not_allowed");
+    // Another org's key sees nothing of it.
+    let other = app.create_org("other").await;
+    let hidden = app
+        .get(&format!("/v1/topups/{id}/refunds"), &other.key)
+        .await;
+    assert!(
+        matches!(hidden.status.as_u16(), 403 | 404),
+        "{}",
+        hidden.text
+    );
+    app.assert_invariants().await;
+}

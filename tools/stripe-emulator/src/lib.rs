@@ -219,7 +219,7 @@ impl Emulator {
                 post(api_post).get(list_payment_intents),
             )
             .route("/v1/payment_intents/{id}", get(get_object))
-            .route("/v1/refunds", post(api_post))
+            .route("/v1/refunds", post(api_post).get(list_refunds))
             .route("/v1/setup_intents/{id}", get(get_object))
             .route("/checkout/{id}", get(hosted_page))
             .route("/checkout/{id}/pay", post(pay))
@@ -1039,6 +1039,24 @@ async fn list_sessions(
         "/v1/checkout/sessions",
         &q,
         &["status", "customer", "payment_intent"],
+    )
+}
+
+/// `GET /v1/refunds` (filter: `payment_intent`, `charge`).
+async fn list_refunds(
+    State(em): State<Emulator>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if !authorized(&headers) {
+        return unauthorized();
+    }
+    list(
+        &em,
+        "refund",
+        "/v1/refunds",
+        &q,
+        &["payment_intent", "charge"],
     )
 }
 
