@@ -81,12 +81,15 @@ impl Mailer {
             let address = billing::email::parse_address(t).map_err(MailError::Invalid)?;
             builder = builder.to(Mailbox::new(None, address));
         }
-        // MIME plain text in UTF-8 (org names and amounts may not be ASCII); lettre picks a
-        // transfer encoding that keeps the bytes intact.
+        // MIME multipart/alternative in UTF-8 (org names and amounts may not be ASCII): the
+        // plain text, and the same text as HTML for clients that show only that; lettre picks
+        // transfer encodings that keep the bytes intact.
         let message = builder
             .header(lettre::message::header::MIME_VERSION_1_0)
-            .header(lettre::message::header::ContentType::TEXT_PLAIN)
-            .body(body.to_string())
+            .multipart(lettre::message::MultiPart::alternative_plain_html(
+                body.to_string(),
+                html_of(subject, body),
+            ))
             .map_err(|e| MailError::Invalid(e.to_string()))?;
         self.transport.send(message).await.map_err(|e| {
             if e.is_permanent() {
@@ -98,5 +101,52 @@ impl Mailer {
             }
         })?;
         Ok(())
+    }
+}
+
+/// The HTML part of a mail: its plain text escaped, a paragraph per blank-line-separated block,
+/// line breaks kept. Nothing in it comes from anywhere but the text, so it says the same.
+pub fn html_of(subject: &str, text: &str) -> String {
+    fn escape(s: &str) -> String {
+        let mut out = String::with_capacity(s.len());
+        for c in s.chars() {
+            match c {
+                '&' => out.push_str("&amp;"),
+                '<' => out.push_str("&lt;"),
+                '>' => out.push_str("&gt;"),
+                '"' => out.push_str("&quot;"),
+                '\'' => out.push_str("&#39;"),
+                c => out.push(c),
+            }
+        }
+        out
+    }
+    let paragraphs: Vec<String> = text
+        .split("\n\n")
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let lines: Vec<String> = p.lines().map(|l| escape(l.trim())).collect();
+            format!("<p>{}</p>", lines.join("<br>\n"))
+        })
+        .collect();
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{}</title></head>\n<body style=\"font-family: sans-serif; line-height: 1.4\">\n{}\n</body></html>\n",
+        escape(subject),
+        paragraphs.join("\n")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::html_of;
+
+    #[test]
+    fn the_html_part_is_the_text_escaped_in_paragraphs() {
+        let html = html_of("Low <balance>", "Org A&B is low.\nSee below.\n\n<script>x</script>\n");
+        assert!(html.contains("<title>Low &lt;balance&gt;</title>"), "{html}");
+        assert!(html.contains("<p>Org A&amp;B is low.<br>\nSee below.</p>"), "{html}");
+        assert!(html.contains("<p>&lt;script&gt;x&lt;/script&gt;</p>"), "{html}");
+        assert!(!html.contains("<script>"), "{html}");
     }
 }

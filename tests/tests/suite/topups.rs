@@ -326,7 +326,7 @@ async fn an_alert_while_smtp_is_down_arrives_exactly_once_when_it_is_back() {
         "{}",
         mail.data
     );
-    // For people: the org named (name and id), plain text declared UTF-8.
+    // For people: the org named (name and id), plain text and HTML declared UTF-8.
     assert!(mail.subject().contains("topups"), "{}", mail.data);
     assert!(mail.text().contains(&org.id.to_string()), "{}", mail.data);
     assert!(mail.data.contains("MIME-Version: 1.0"), "{}", mail.data);
@@ -334,6 +334,21 @@ async fn an_alert_while_smtp_is_down_arrives_exactly_once_when_it_is_back() {
         mail.data
             .to_ascii_lowercase()
             .contains("content-type: text/plain; charset=utf-8"),
+        "{}",
+        mail.data
+    );
+    // And the same text as HTML, for clients that show only that.
+    assert!(
+        mail.data
+            .to_ascii_lowercase()
+            .contains("content-type: multipart/alternative"),
+        "{}",
+        mail.data
+    );
+    assert!(
+        mail.data
+            .to_ascii_lowercase()
+            .contains("content-type: text/html; charset=utf-8"),
         "{}",
         mail.data
     );
