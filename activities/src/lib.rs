@@ -99,8 +99,49 @@ pub(crate) fn payment_error(e: payments::PaymentError) -> ActivityError {
         payments::PaymentError::Refused(m) => {
             ActivityError::application(ApplicationFailure::non_retryable(m))
         }
-        payments::PaymentError::Unavailable(m) => retryable(m),
+        payments::PaymentError::Unavailable(m) | payments::PaymentError::ServerError(m) => {
+            retryable(m)
+        }
     }
+}
+
+/// Runs a processor call under its operation's Idempotency-Key (`base`: ours, from our ids), by
+/// the processor's replay rules. The processor saves the answer to a key once its endpoint ran,
+/// a 5xx too, and replays it for 24 hours, so a key that got a 5xx can only get that 5xx again.
+/// Such an answer is recorded; the next try first asks the processor for what the call may
+/// have made (`find`) and uses it, and only when nothing is there moves to a fresh key. A call
+/// that got no answer at all (network, timeout) keeps its key: the processor may still be
+/// running it, and the same key is what makes the retry safe. Keys live 24 hours at the
+/// processor: a key first sent more than 23 hours ago may be gone, so its step looks (`find`)
+/// before sending it again too.
+pub(crate) async fn processor_call<T>(
+    store: &Store,
+    base: &str,
+    find: impl AsyncFnOnce() -> Result<Option<T>, payments::PaymentError>,
+    call: impl AsyncFnOnce(&str) -> Result<T, payments::PaymentError>,
+) -> Result<Result<T, payments::PaymentError>, ActivityError> {
+    let mut key = store.processor_key(base).await.map_err(retryable)?;
+    if key.server_error || key.stale {
+        match find().await {
+            Ok(Some(found)) => return Ok(Ok(found)),
+            Ok(None) if key.server_error => {
+                key = store
+                    .next_processor_key(base, key.generation)
+                    .await
+                    .map_err(retryable)?;
+            }
+            Ok(None) => {}
+            Err(e) => return Ok(Err(e)),
+        }
+    }
+    let answer = call(&key.key).await;
+    if let Err(payments::PaymentError::ServerError(m)) = &answer {
+        store
+            .processor_server_error(base, key.generation, m)
+            .await
+            .map_err(retryable)?;
+    }
+    Ok(answer)
 }
 
 /// Tries of one e-mail before it is recorded `failed` (SMTP unreachable throughout): a notice

@@ -143,10 +143,22 @@ mod tests {
 
     #[test]
     fn the_html_part_is_the_text_escaped_in_paragraphs() {
-        let html = html_of("Low <balance>", "Org A&B is low.\nSee below.\n\n<script>x</script>\n");
-        assert!(html.contains("<title>Low &lt;balance&gt;</title>"), "{html}");
-        assert!(html.contains("<p>Org A&amp;B is low.<br>\nSee below.</p>"), "{html}");
-        assert!(html.contains("<p>&lt;script&gt;x&lt;/script&gt;</p>"), "{html}");
+        let html = html_of(
+            "Low <balance>",
+            "Org A&B is low.\nSee below.\n\n<script>x</script>\n",
+        );
+        assert!(
+            html.contains("<title>Low &lt;balance&gt;</title>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<p>Org A&amp;B is low.<br>\nSee below.</p>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<p>&lt;script&gt;x&lt;/script&gt;</p>"),
+            "{html}"
+        );
         assert!(!html.contains("<script>"), "{html}");
     }
 }

@@ -56,17 +56,24 @@ impl SetupActivitiesImpl {
                     .map_err(payment_error)?
             }
         };
-        let s = self
-            .payments
-            .create_setup_session(
-                &format!("setup-{}", input.setup_id),
-                &customer,
-                &input.setup_id,
-                &self.urls.success_url,
-                &self.urls.cancel_url,
-            )
-            .await
-            .map_err(payment_error)?;
+        let s = crate::processor_call(
+            &self.store,
+            &format!("setup-{}", input.setup_id),
+            async || Ok(None),
+            async |key: &str| {
+                self.payments
+                    .create_setup_session(
+                        key,
+                        &customer,
+                        &input.setup_id,
+                        &self.urls.success_url,
+                        &self.urls.cancel_url,
+                    )
+                    .await
+            },
+        )
+        .await?
+        .map_err(payment_error)?;
         Ok(CheckoutSession {
             id: s.id,
             url: s.url,

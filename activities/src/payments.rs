@@ -24,6 +24,11 @@ pub enum PaymentError {
     /// The processor or the network failed; retrying may succeed.
     #[error("payment processor unavailable: {0}")]
     Unavailable(String),
+    /// The processor answered 5xx: the call may or may not have run, and the processor
+    /// replays this answer to the same Idempotency-Key for 24 hours (see
+    /// `crate::processor_call`).
+    #[error("payment processor error: {0}")]
+    ServerError(String),
 }
 
 impl From<StripeError> for PaymentError {
@@ -36,6 +41,9 @@ impl From<StripeError> for PaymentError {
                     "{} ({status})",
                     api.message.clone().unwrap_or_default()
                 ))
+            }
+            StripeError::Stripe(_, status) if *status >= 500 => {
+                PaymentError::ServerError(e.to_string())
             }
             _ => PaymentError::Unavailable(e.to_string()),
         }
@@ -431,6 +439,42 @@ impl Payments {
 
 /// The metadata key our refunds carry at the processor: our refund's id.
 pub const OUR_REFUND: &str = "creditflow_refund_id";
+
+impl Payments {
+    /// The PaymentIntent a topup attempt created, if any (found by its metadata among the
+    /// customer's), as a charge: what a call whose answer was a 5xx may have made.
+    pub async fn find_topup_charge(
+        &self,
+        customer: Option<&str>,
+        topup_id: &str,
+        attempt: u32,
+    ) -> Result<Option<Charge>, PaymentError> {
+        use stripe_core::payment_intent::ListPaymentIntent;
+        let attempt = attempt.to_string();
+        let mut after: Option<String> = None;
+        loop {
+            let mut request = ListPaymentIntent::new().limit(100);
+            if let Some(c) = customer {
+                request = request.customer(c);
+            }
+            if let Some(a) = &after {
+                request = request.starting_after(a.clone());
+            }
+            let page = stripe_call("payment_intent.list", request.send(&self.client).await)?;
+            after = page.data.last().map(|pi| pi.id.to_string());
+            let found = page.data.iter().find(|pi| {
+                pi.metadata.get("topup_id").map(String::as_str) == Some(topup_id)
+                    && pi.metadata.get("attempt") == Some(&attempt)
+            });
+            if let Some(pi) = found {
+                return self.payment_intent_charge(pi.id.as_str()).await.map(Some);
+            }
+            if !page.has_more || after.is_none() {
+                return Ok(None);
+            }
+        }
+    }
+}
 
 /// A refund as the processor lists it.
 #[derive(Debug, Clone)]

@@ -108,23 +108,32 @@ impl PurchaseActivitiesImpl {
                 url: url.clone(),
             });
         }
-        let session = self
-            .payments
-            .create_checkout_session(&CheckoutRequest {
-                idempotency_key: &format!("checkout-{id}"),
-                client_reference_id: &id,
-                product_name: &format!("{} credits", p.package.name),
-                price: p.package.price,
-                expires_at_unix: session_expires_at(p.expires_at, chrono::Utc::now()),
-                success_url: &self.urls.success_url,
-                cancel_url: &self.urls.cancel_url,
-                metadata: vec![
-                    ("purchase_id".into(), id.clone()),
-                    ("org_id".into(), p.org_id.to_string()),
-                ],
-            })
-            .await
-            .map_err(payment_error)?;
+        // A session a lost (5xx) answer made is never shown to anyone and expires by itself:
+        // nothing to find, a fresh key makes another.
+        let session = crate::processor_call(
+            &self.store,
+            &format!("checkout-{id}"),
+            async || Ok(None),
+            async |key: &str| {
+                self.payments
+                    .create_checkout_session(&CheckoutRequest {
+                        idempotency_key: key,
+                        client_reference_id: &id,
+                        product_name: &format!("{} credits", p.package.name),
+                        price: p.package.price,
+                        expires_at_unix: session_expires_at(p.expires_at, chrono::Utc::now()),
+                        success_url: &self.urls.success_url,
+                        cancel_url: &self.urls.cancel_url,
+                        metadata: vec![
+                            ("purchase_id".into(), id.clone()),
+                            ("org_id".into(), p.org_id.to_string()),
+                        ],
+                    })
+                    .await
+            },
+        )
+        .await?
+        .map_err(payment_error)?;
         self.store
             .set_checkout_session(p.id, &session.id, &session.url)
             .await

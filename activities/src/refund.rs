@@ -55,16 +55,25 @@ impl RefundActivitiesImpl {
                 .map_err(retryable)?;
             return Ok(ProcessorRefund::Refused { reason });
         };
-        match self
-            .payments
-            .refund(
-                &format!("refund-{refund_id}"),
-                &refund_id,
-                &pi,
-                r.amount_minor,
-            )
-            .await
-        {
+        // A 5xx answer may hide a refund that was made: it is found by our id in its metadata.
+        let refunded = crate::processor_call(
+            &self.store,
+            &format!("refund-{refund_id}"),
+            async || {
+                let listed = self.payments.refunds_of(&pi).await?;
+                Ok(listed
+                    .into_iter()
+                    .find(|l| l.ours.as_deref() == Some(refund_id.as_str()))
+                    .map(|l| l.id))
+            },
+            async |key: &str| {
+                self.payments
+                    .refund(key, &refund_id, &pi, r.amount_minor)
+                    .await
+            },
+        )
+        .await?;
+        match refunded {
             Ok(stripe_refund_id) => {
                 self.store
                     .refund_refunded(r.id, &stripe_refund_id)
@@ -79,7 +88,9 @@ impl RefundActivitiesImpl {
                     .map_err(retryable)?;
                 Ok(ProcessorRefund::Refused { reason })
             }
-            Err(e @ PaymentError::Unavailable(_)) => Err(retryable(e)),
+            Err(e @ (PaymentError::Unavailable(_) | PaymentError::ServerError(_))) => {
+                Err(retryable(e))
+            }
         }
     }
 

@@ -79,19 +79,31 @@ impl TopupActivitiesImpl {
     ) -> Result<ChargeOutcome, ActivityError> {
         let topup_id = uuid(&c.topup_id)?;
         let currency: Currency = c.currency.parse().map_err(|_| bad_input(&c.currency))?;
-        let charged = self
-            .payments
-            .charge_off_session(
-                &format!("topup-{}-{}", c.topup_id, c.attempt),
-                Money::new(c.amount_minor, currency),
-                c.customer.as_deref(),
-                &c.payment_method,
-                vec![
-                    ("topup_id".into(), c.topup_id.clone()),
-                    ("attempt".into(), c.attempt.to_string()),
-                ],
-            )
-            .await;
+        // A 5xx answer may hide a charge that was made: it is found by its metadata.
+        let charged = crate::processor_call(
+            &self.store,
+            &format!("topup-{}-{}", c.topup_id, c.attempt),
+            async || {
+                self.payments
+                    .find_topup_charge(c.customer.as_deref(), &c.topup_id, c.attempt)
+                    .await
+            },
+            async |key: &str| {
+                self.payments
+                    .charge_off_session(
+                        key,
+                        Money::new(c.amount_minor, currency),
+                        c.customer.as_deref(),
+                        &c.payment_method,
+                        vec![
+                            ("topup_id".into(), c.topup_id.clone()),
+                            ("attempt".into(), c.attempt.to_string()),
+                        ],
+                    )
+                    .await
+            },
+        )
+        .await?;
         let attempt = c.attempt as i32;
         Ok(match charged {
             Ok(Charge::Succeeded { payment_intent_id }) => {
@@ -176,8 +188,11 @@ impl TopupActivitiesImpl {
             }
             // No answer from the processor: the charge may have gone through. Temporal retries
             // this same attempt, with the same idempotency key, until the processor answers,
-            // so an unanswered charge is never taken for a failed one (nor made twice).
-            Err(e @ PaymentError::Unavailable(_)) => return Err(retryable(e)),
+            // so an unanswered charge is never taken for a failed one (nor made twice). A 5xx
+            // answer is retried too, by `processor_call`'s rules (find, then a fresh key).
+            Err(e @ (PaymentError::Unavailable(_) | PaymentError::ServerError(_))) => {
+                return Err(retryable(e));
+            }
         })
     }
 

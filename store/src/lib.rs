@@ -12,6 +12,7 @@ pub mod ledger;
 mod limits;
 pub mod orgs;
 pub mod prices;
+pub mod processor_keys;
 pub mod purchases;
 pub mod refunds;
 pub mod summaries;
@@ -37,6 +38,7 @@ pub use ledger::{
 };
 pub use orgs::{ApiKey, NewApiKey, Org, Principal};
 pub use prices::NewPriceVersion;
+pub use processor_keys::ProcessorKey;
 pub use purchases::{Grant, Purchase};
 pub use refunds::{ProcessorRefundReport, Refund, RefundOf};
 pub use summaries::{PageOutcome, Summary};

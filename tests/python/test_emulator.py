@@ -106,6 +106,30 @@ def main():
         results.append(check("without confirm nothing is charged",
                              unconfirmed.status == "requires_confirmation", unconfirmed.status))
 
+        # Idempotency as Stripe's: a 500 is saved under its key and replayed (the library's own
+        # retries, with the same key, get it too); after 24 hours the key is pruned and the
+        # same key runs anew.
+        import urllib.request
+        def emulator(endpoint, **form):
+            data = "&".join(f"{k}={v}" for k, v in form.items()).encode()
+            urllib.request.urlopen(urllib.request.Request(f"{base}{endpoint}", data=data)).read()
+        emulator("/_emulator/fail_next", path="/v1/payment_intents", executed="true")
+        answers = []
+        for _ in range(2):
+            try:
+                stripe.PaymentIntent.create(amount=700, currency="usd", payment_method="pm_card_visa",
+                                            confirm=True, idempotency_key="py-replay-1")
+                answers.append("ok")
+            except stripe.APIError as e:
+                answers.append(f"{e.http_status}")
+        results.append(check("a 500 is saved under its key and replayed", answers == ["500", "500"],
+                             answers))
+        emulator("/_emulator/clock/advance", seconds=str(24 * 3600 + 1))
+        after = stripe.PaymentIntent.create(amount=700, currency="usd", payment_method="pm_card_visa",
+                                            confirm=True, idempotency_key="py-replay-1")
+        results.append(check("after 24 hours the key is pruned and runs anew",
+                             after.status == "succeeded", after.status))
+
         stripe.api_key = None
         for what, call in [("a list", lambda: stripe.PaymentIntent.list(api_key="")),
                            ("a retrieve", lambda: stripe.PaymentIntent.retrieve(created[0], api_key=""))]:

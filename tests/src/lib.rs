@@ -626,6 +626,22 @@ impl TestApp {
     }
 
     /// The events the Stripe emulator emitted (each with its `delivered` count).
+    /// The emulator's next request to `path` answers 500 (saved under its key, as Stripe saves
+    /// a 500), after running it when `executed`: the object exists but the answer was lost.
+    pub async fn fail_next(&self, path: &str, executed: bool) {
+        let r = self
+            .http
+            .post(format!("{}/_emulator/fail_next", self.stripe_url))
+            .form(&[
+                ("path", path),
+                ("executed", if executed { "true" } else { "false" }),
+            ])
+            .send()
+            .await
+            .expect("fail_next");
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+
     pub async fn emulator_events(&self) -> Vec<Value> {
         let v: Value = self
             .http

@@ -567,3 +567,106 @@ async fn a_processor_refund_of_spent_credits_takes_what_is_left_never_below_zero
     assert_eq!(app.balance(&org).await, "0.000000");
     app.assert_invariants().await;
 }
+
+/// The processor's refunds of a payment, as it lists them.
+async fn listed_refunds(app: &TestApp, payment_intent: &str) -> Vec<Value> {
+    let v: Value = app
+        .http
+        .get(format!(
+            "{}/v1/refunds?payment_intent={payment_intent}&limit=100",
+            app.stripe_url
+        ))
+        .bearer_auth(tests::STRIPE_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["data"].as_array().unwrap().clone()
+}
+
+/// Stripe saves a 5xx answer under its Idempotency-Key and replays it: a refund whose answer
+/// was a 5xx is looked for before a fresh key is used, so it is made once whether or not the
+/// failed call ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_answered_500_is_made_once_whether_or_not_the_call_ran() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    for (executed, generation) in [(true, 0), (false, 1)] {
+        let (org, purchase) = bought_100(&app).await;
+        let pi = app
+            .get(&format!("/v1/purchases/{purchase}"), &org.key)
+            .await
+            .body["payment_intent_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        app.fail_next("/v1/refunds", executed).await;
+        assert_eq!(refund(&app, &purchase, 1000, "all").await.status, 202);
+        let done = reversed_refunds(&app, &org, &purchase, 1).await;
+        let listed = listed_refunds(&app, &pi).await;
+        assert_eq!(listed.len(), 1, "executed={executed}: {listed:?}");
+        assert_eq!(done[0]["stripe_refund_id"], listed[0]["id"]);
+        assert_eq!(app.balance(&org).await, "0.000000");
+        let (found_generation, server_error): (i32, bool) =
+            sqlx::query_as("SELECT generation, server_error FROM processor_keys WHERE base = $1")
+                .bind(format!("refund-{}", done[0]["id"].as_str().unwrap()))
+                .fetch_one(app.store.pool())
+                .await
+                .unwrap();
+        // Found (it ran): the key stays; not found: one fresh key made it.
+        assert_eq!(found_generation, generation, "executed={executed}");
+        assert_eq!(server_error, executed, "executed={executed}");
+    }
+    app.assert_invariants().await;
+}
+
+/// A refund whose key was first sent more than 23 hours ago (the processor may have pruned it,
+/// and the same key would run anew) looks for what the key made before sending it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_retried_past_its_keys_lifetime_finds_the_refund_it_made() {
+    let app = TestApp::spawn().await.unwrap();
+    let worker = TestWorker::start(&app).unwrap();
+    let (org, purchase) = bought_100(&app).await;
+    drop(worker);
+    let pi = app
+        .get(&format!("/v1/purchases/{purchase}"), &org.key)
+        .await
+        .body["payment_intent_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let accepted = refund(&app, &purchase, 1000, "all").await;
+    assert_eq!(accepted.status, 202, "{}", accepted.text);
+    let id = accepted.body["id"].as_str().unwrap().to_string();
+    // The first try, a day ago: it refunded at the processor, then its answer was lost.
+    let made: Value = app
+        .http
+        .post(format!("{}/v1/refunds", app.stripe_url))
+        .bearer_auth(tests::STRIPE_KEY)
+        .form(&[
+            ("payment_intent", pi.as_str()),
+            ("amount", "1000"),
+            ("metadata[creditflow_refund_id]", id.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO processor_keys (base, first_used_at) VALUES ($1, now() - interval '25 hours')",
+    )
+    .bind(format!("refund-{id}"))
+    .execute(app.store.pool())
+    .await
+    .unwrap();
+
+    let _worker = TestWorker::start(&app).unwrap();
+    let done = reversed_refunds(&app, &org, &purchase, 1).await;
+    assert_eq!(done[0]["stripe_refund_id"], made["id"]);
+    assert_eq!(listed_refunds(&app, &pi).await.len(), 1);
+    assert_eq!(app.balance(&org).await, "0.000000");
+}

@@ -1060,3 +1060,18 @@ async fn a_topup_charge_can_be_refunded_through_the_api() {
     );
     app.assert_invariants().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topup_charge_answered_500_after_it_ran_is_found_not_charged_twice() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let org = org_with(&app, "pm_card_visa", Some(("50", 100_000)), None).await;
+    app.fail_next("/v1/payment_intents", true).await;
+    spend(&app, &org, "dip", 60).await; // 100 → 40: a topup, whose charge is answered 500
+    let topup = finished_topup(&app, &org).await;
+    assert_eq!(topup["state"], "succeeded", "{topup}");
+    assert_eq!(succeeded_charges(&app).await, 1);
+    assert_eq!(emulator_payment_intents(&app).await.len(), 1);
+    assert_eq!(app.balance(&org).await, "1040.000000");
+    app.assert_invariants().await;
+}

@@ -40,8 +40,15 @@ pub const DELIVERY_ATTEMPTS_MAX: u32 = 8;
 struct Data {
     seq: u64,
     objects: HashMap<String, Value>,
-    /// Idempotency-Key → (request hash, status, body).
-    idempotency: HashMap<String, (Vec<u8>, u16, Value)>,
+    /// Idempotency-Key → (request hash, status, body, saved at on the key clock).
+    idempotency: HashMap<String, (Vec<u8>, u16, Value, i64)>,
+    /// Seconds the idempotency keys' clock is ahead of the wall clock (tests move it to see
+    /// keys pruned after 24 hours, as Stripe prunes them).
+    key_clock_offset: i64,
+    /// Paths whose next request answers 500 `api_error` (saved under its key, as Stripe saves
+    /// a 500), after running the request when the flag is set (the object exists, the answer
+    /// is lost) or without running it.
+    fail_next: HashMap<String, bool>,
     events: Vec<Value>,
     /// Deliveries answered 2xx, per event id.
     delivered: HashMap<String, u32>,
@@ -224,6 +231,8 @@ impl Emulator {
             .route("/checkout/{id}", get(hosted_page))
             .route("/checkout/{id}/pay", post(pay))
             .route("/_emulator/events", get(list_events))
+            .route("/_emulator/fail_next", post(fail_next))
+            .route("/_emulator/clock/advance", post(advance_key_clock))
             .route("/_emulator/events/{id}/deliver", post(redeliver))
             .route("/_emulator/checkout/{id}/settle", post(settle))
             .route(
@@ -497,7 +506,12 @@ impl Emulator {
             );
             return (200, pi);
         }
-        let seen = data.charges.entry(pm.clone()).or_default();
+        // Per card: the customer's payment method (Stripe's test cards decline per object).
+        let card = format!(
+            "{}/{pm}",
+            p.get("customer").map(String::as_str).unwrap_or("")
+        );
+        let seen = data.charges.entry(card).or_default();
         *seen += 1;
         // `pm_card_softDeclineTwice`: insufficient funds twice, then it succeeds.
         let outcome = if pm == "pm_card_softDeclineTwice" {
@@ -913,8 +927,12 @@ async fn api_post(
     // object). Handling is synchronous and quick, so no request is ever seen in flight, which
     // is where Stripe would answer 409.
     let mut data = em.data.lock().expect("data");
+    // Keys are pruned once they are 24 hours old: the same key then runs anew, as at Stripe.
+    let key_now = now() + data.key_clock_offset;
+    data.idempotency
+        .retain(|_, (_, _, _, at)| key_now - *at < KEY_LIFETIME_SECS);
     if let Some(k) = &key
-        && let Some((h, status, body)) = data.idempotency.get(k)
+        && let Some((h, status, body, _)) = data.idempotency.get(k)
     {
         if *h != hash {
             return reply(error(
@@ -932,12 +950,28 @@ async fn api_post(
             .insert("idempotent-replayed", "true".parse().expect("header"));
         return r;
     }
-    let (status, body) = em.handle(&mut data, &path, &params);
-    // Like Stripe, a request refused as invalid is not saved: the key may be used again.
+    let (status, body) = match data.fail_next.remove(&path) {
+        Some(run) => {
+            if run {
+                em.handle(&mut data, &path, &params);
+            }
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                None,
+                "An unknown error occurred (injected by the emulator).",
+                json!({}),
+            )
+        }
+        None => em.handle(&mut data, &path, &params),
+    };
+    // Like Stripe, a request refused as invalid is not saved: the key may be used again. Every
+    // other answer is, a 500 too: a retry with the key gets that 500 for 24 hours.
     if let Some(k) = key
         && status != 400
     {
-        data.idempotency.insert(k, (hash, status, body.clone()));
+        data.idempotency
+            .insert(k, (hash, status, body.clone(), key_now));
     }
     drop(data);
     reply((status, body))
@@ -1040,6 +1074,46 @@ async fn list_sessions(
         &q,
         &["status", "customer", "payment_intent"],
     )
+}
+
+/// Stripe prunes idempotency keys once they are at least this old.
+const KEY_LIFETIME_SECS: i64 = 24 * 3600;
+
+/// `POST /_emulator/fail_next` (tests), form `path` (`/v1/refunds` …) and `executed`
+/// (`true`: run the request, then answer 500 anyway): the next API request to that path
+/// answers 500 `api_error`, saved under its Idempotency-Key like any answer.
+async fn fail_next(State(em): State<Emulator>, body: Bytes) -> Response {
+    let p: Params = form_urlencoded::parse(&body).into_owned().collect();
+    let Some(path) = p.get("path").cloned() else {
+        return reply(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            Some("parameter_missing"),
+            "Missing required param: path.",
+            json!({"param": "path"}),
+        ));
+    };
+    let executed = p.get("executed").is_some_and(|v| v == "true");
+    em.data
+        .lock()
+        .expect("data")
+        .fail_next
+        .insert(path.clone(), executed);
+    reply((200, json!({"path": path, "executed": executed})))
+}
+
+/// `POST /_emulator/clock/advance` (tests), form `seconds`: moves the idempotency keys'
+/// clock ahead, so keys older than 24 hours are pruned as Stripe prunes them.
+async fn advance_key_clock(State(em): State<Emulator>, body: Bytes) -> Response {
+    let p: Params = form_urlencoded::parse(&body).into_owned().collect();
+    let seconds = p
+        .get("seconds")
+        .and_then(|s| s.parse::<i64>().ok())
+        .unwrap_or(0)
+        .max(0);
+    let mut data = em.data.lock().expect("data");
+    data.key_clock_offset += seconds;
+    reply((200, json!({"key_clock_offset": data.key_clock_offset})))
 }
 
 /// `GET /v1/refunds` (filter: `payment_intent`, `charge`).
