@@ -754,6 +754,22 @@ impl Store {
             oldest_age_secs: r.oldest_age_secs,
         })
     }
+
+    /// What the webhook inbox still has to hand on (events received, not yet dispatched).
+    pub async fn inbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
+        let r = sqlx::query!(
+            r#"SELECT count(*) AS "rows!",
+                      COALESCE(EXTRACT(EPOCH FROM now() - min(received_at)), 0)::bigint
+                        AS "oldest_age_secs!"
+                 FROM stripe_events WHERE dispatched_at IS NULL"#
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(OutboxBacklog {
+            rows: r.rows,
+            oldest_age_secs: r.oldest_age_secs,
+        })
+    }
 }
 
 /// What the outbox dispatcher still has to do.

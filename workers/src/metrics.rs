@@ -1,7 +1,7 @@
 //! `GET /metrics` in Prometheus text format, on a port of its own (`metrics.bind`), so it is
 //! never exposed with the API. It serves the process-wide registry (usage events, ingestion
-//! and balance-read latency, workflow starts, Stripe and SMTP outcomes), the outbox backlog
-//! read at scrape time, and, in a worker, the Temporal SDK's own worker metrics (workflows
+//! and balance-read latency, workflow starts, Stripe and SMTP outcomes), the outbox and webhook
+//! inbox backlogs read at scrape time, and, in a worker, the Temporal SDK's own worker metrics (workflows
 //! completed and failed by type, activity outcomes, poll latency).
 
 use std::{net::SocketAddr, sync::LazyLock, time::Duration};
@@ -25,6 +25,22 @@ static OUTBOX_OLDEST_AGE_SECONDS: LazyLock<IntGauge> = LazyLock::new(|| {
         "Age of the oldest outbox row not yet dispatched (0 when none)"
     )
     .expect("creditflow_outbox_oldest_age_seconds registers once")
+});
+
+static INBOX_BACKLOG: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "creditflow_inbox_backlog",
+        "Stripe events received and stored but not yet handed on (a Temporal outage grows it)"
+    )
+    .expect("creditflow_inbox_backlog registers once")
+});
+
+static INBOX_OLDEST_AGE_SECONDS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "creditflow_inbox_oldest_age_seconds",
+        "Age of the oldest Stripe event not yet handed on (0 when none)"
+    )
+    .expect("creditflow_inbox_oldest_age_seconds registers once")
 });
 
 /// How long a scrape waits for the database and for the SDK's exporter.
@@ -93,6 +109,14 @@ async fn scrape(State(s): State<Scrape>) -> impl IntoResponse {
         }
         Ok(Err(e)) => tracing::warn!(error = %e, "metrics: outbox backlog unreadable"),
         Err(_) => tracing::warn!("metrics: outbox backlog query timed out"),
+    }
+    match tokio::time::timeout(SCRAPE_TIMEOUT, s.store.inbox_backlog()).await {
+        Ok(Ok(b)) => {
+            INBOX_BACKLOG.set(b.rows);
+            INBOX_OLDEST_AGE_SECONDS.set(b.oldest_age_secs);
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "metrics: inbox backlog unreadable"),
+        Err(_) => tracing::warn!("metrics: inbox backlog query timed out"),
     }
     let mut body = Vec::new();
     if let Err(e) = TextEncoder::new().encode(&prometheus::gather(), &mut body) {

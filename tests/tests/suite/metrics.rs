@@ -54,6 +54,11 @@ async fn api_metrics_count_usage_outcomes_latencies_and_the_outbox() {
     assert!(moved("creditflow_usage_batch_seconds_count", &[]) >= Decimal::TWO);
     assert!(moved("creditflow_balance_read_seconds_count", &[]) >= Decimal::ONE);
     assert!(after.contains("creditflow_outbox_backlog "), "{after}");
+    assert!(after.contains("creditflow_inbox_backlog "), "{after}");
+    assert!(
+        after.contains("creditflow_inbox_oldest_age_seconds "),
+        "{after}"
+    );
     assert!(
         after.contains("creditflow_outbox_oldest_age_seconds "),
         "{after}"
