@@ -39,13 +39,8 @@ pub async fn balance(
         "org_id": b.org_id,
         "balance_credits": b.balance,
         "negative": b.balance.is_negative(),
-        "totals": {
-            "purchased_credits": b.purchased()?,
-            "bonus_credits": b.bonus()?,
-            "used_credits": b.used()?,
-            "refunded_credits": b.refunded()?,
-            "adjusted_credits": b.adjusted()?,
-        },
+        "totals": b.totals()?,
+        "identity": store::Totals::IDENTITY,
         "transfer_count": b.transfer_count,
     })))
 }

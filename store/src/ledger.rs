@@ -100,26 +100,57 @@ impl Balance {
     fn net_of(&self, kind: TransferKind) -> Result<Credits, StoreError> {
         Ok(self.credits_of(kind).checked_sub(self.debits_of(kind))?)
     }
-    /// Credits bought, by checkout or auto-topup.
-    pub fn purchased(&self) -> Result<Credits, StoreError> {
-        Ok(self
-            .net_of(TransferKind::Purchase)?
-            .checked_add(self.net_of(TransferKind::Topup)?)?)
+    /// What moved the balance, one term per transfer kind, named so that
+    /// [`Totals::IDENTITY`] holds.
+    pub fn totals(&self) -> Result<Totals, StoreError> {
+        Ok(Totals {
+            purchased_credits: self.net_of(TransferKind::Purchase)?,
+            topup_credits: self.net_of(TransferKind::Topup)?,
+            bonus_credits: self.net_of(TransferKind::Bonus)?,
+            adjusted_credits: self.net_of(TransferKind::Adjustment)?,
+            used_credits: self.net_of(TransferKind::Usage)?.checked_neg(),
+            refunded_credits: self.net_of(TransferKind::Refund)?.checked_neg(),
+            reversed_credits: self.net_of(TransferKind::Reversal)?.checked_neg(),
+        })
     }
-    pub fn bonus(&self) -> Result<Credits, StoreError> {
-        self.net_of(TransferKind::Bonus)
-    }
+}
+
+/// An org's totals by what moved its balance. Every transfer kind is one term, so
+/// `balance = purchased + topup + bonus + adjusted − used − refunded − reversed` holds
+/// exactly ([`Totals::IDENTITY`]; checked by `creditflow verify-ledger`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Credits bought through checkouts.
+    pub purchased_credits: Credits,
+    /// Credits bought by auto-topup.
+    pub topup_credits: Credits,
+    /// Bonus credits that came with packages.
+    pub bonus_credits: Credits,
+    /// Net manual adjustments (negative when operators took credits away).
+    pub adjusted_credits: Credits,
     /// Credits consumed by usage.
-    pub fn used(&self) -> Result<Credits, StoreError> {
-        Ok(self.net_of(TransferKind::Usage)?.checked_neg())
-    }
-    /// Credits taken back by refunds.
-    pub fn refunded(&self) -> Result<Credits, StoreError> {
-        Ok(self.net_of(TransferKind::Refund)?.checked_neg())
-    }
-    /// Net manual adjustments (positive when operators added credits).
-    pub fn adjusted(&self) -> Result<Credits, StoreError> {
-        self.net_of(TransferKind::Adjustment)
+    pub used_credits: Credits,
+    /// Purchased or topup credits taken back by refunds and dispute clawbacks (net of
+    /// restorations).
+    pub refunded_credits: Credits,
+    /// Bonus credits taken back by refunds (net of restorations).
+    pub reversed_credits: Credits,
+}
+
+impl Totals {
+    pub const IDENTITY: &'static str =
+        "balance = purchased + topup + bonus + adjusted - used - refunded - reversed";
+
+    /// The right-hand side of [`Totals::IDENTITY`].
+    pub fn balance(&self) -> Result<Credits, StoreError> {
+        Ok(self
+            .purchased_credits
+            .checked_add(self.topup_credits)?
+            .checked_add(self.bonus_credits)?
+            .checked_add(self.adjusted_credits)?
+            .checked_sub(self.used_credits)?
+            .checked_sub(self.refunded_credits)?
+            .checked_sub(self.reversed_credits)?)
     }
 }
 
@@ -692,6 +723,25 @@ impl Store {
                 ));
             }
         }
+        // The totals' identity: every kind is one term of it, so the balance is the sum of the
+        // org's per-kind nets (see `Totals::balance`).
+        let unreconciled = sqlx::query!(
+            r#"SELECT a.code, a.credits_posted - a.debits_posted AS "balance!",
+                      COALESCE((SELECT sum(k.credits_posted - k.debits_posted) FROM org_kind_totals k
+                                 WHERE k.org_id = a.org_id), 0) AS "totals!"
+                 FROM accounts a WHERE a.org_id IS NOT NULL"#
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for o in unreconciled.into_iter().filter(|o| o.balance != o.totals) {
+            violations.push(format!(
+                "{}: balance {} but {} gives {}",
+                o.code,
+                o.balance,
+                Totals::IDENTITY,
+                o.totals
+            ));
+        }
         Ok(violations)
     }
 }
@@ -839,5 +889,33 @@ impl TransferRow {
             refs: self.refs,
             created_at: self.created_at,
         })
+    }
+}
+
+#[cfg(test)]
+mod totals_tests {
+    use super::*;
+
+    /// Every transfer kind is a term of the identity: with any per-kind totals, the totals'
+    /// right-hand side is the sum of the kinds' nets (which is the balance).
+    #[test]
+    fn the_identity_covers_every_kind() {
+        let mut by_kind = BTreeMap::new();
+        let mut net = Credits::ZERO;
+        for (i, kind) in TransferKind::ALL.into_iter().enumerate() {
+            let credits = Credits::from_stored(Decimal::new(1000 + i as i64 * 37, 3));
+            let debits = Credits::from_stored(Decimal::new(400 + i as i64 * 91, 3));
+            net = net
+                .checked_add(credits.checked_sub(debits).unwrap())
+                .unwrap();
+            by_kind.insert(kind, KindTotals { credits, debits });
+        }
+        let b = Balance {
+            org_id: Uuid::nil(),
+            balance: net,
+            by_kind,
+            transfer_count: 0,
+        };
+        assert_eq!(b.totals().unwrap().balance().unwrap(), b.balance);
     }
 }

@@ -33,8 +33,8 @@ pub use idempotency::{Claim, request_hash};
 pub use inbox::{EmailClaim, InboxEvent, PURCHASE_START, REFUND_START};
 pub use ingest::{IngestConfig, Ingestor};
 pub use ledger::{
-    Balance, BookOutcome, LockedOrgs, NewTransfer, THRESHOLD_CROSSED, Transfer, TransferPage,
-    TransferQuery,
+    Balance, BookOutcome, LockedOrgs, NewTransfer, THRESHOLD_CROSSED, Totals, Transfer,
+    TransferPage, TransferQuery,
 };
 pub use orgs::{ApiKey, NewApiKey, Org, Principal};
 pub use prices::NewPriceVersion;

@@ -231,11 +231,7 @@ async fn main() -> anyhow::Result<()> {
                 serde_json::json!({
                     "org_id": org,
                     "balance_credits": b.balance,
-                    "totals": {
-                        "purchased_credits": b.purchased()?, "bonus_credits": b.bonus()?,
-                        "used_credits": b.used()?, "refunded_credits": b.refunded()?,
-                        "adjusted_credits": b.adjusted()?,
-                    },
+                    "totals": b.totals()?,
                     "transactions": page.transfers,
                 })
             );

@@ -139,11 +139,14 @@ async fn balance_reports_totals_by_kind() {
             "negative": false,
             "totals": {
                 "purchased_credits": "0.000000",
+                "topup_credits": "0.000000",
                 "bonus_credits": "0.000000",
+                "adjusted_credits": "69.750000",
                 "used_credits": "0.000000",
                 "refunded_credits": "0.000000",
-                "adjusted_credits": "69.750000",
+                "reversed_credits": "0.000000",
             },
+            "identity": "balance = purchased + topup + bonus + adjusted - used - refunded - reversed",
             "transfer_count": 2,
         })
     );

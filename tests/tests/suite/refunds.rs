@@ -91,6 +91,16 @@ async fn a_refund_that_would_overdraw_is_refused_and_a_partial_one_reverses_in_p
         .get(&format!("/v1/orgs/{}/balance", org.id), &org.key)
         .await;
     assert_eq!(b.body["totals"]["refunded_credits"], "24.000000");
+    // The bonus share taken back is its own term, so the totals add up to the balance.
+    assert_eq!(b.body["totals"]["reversed_credits"], "6.000000");
+    let t = |k: &str| credits(b.body["totals"][k].as_str().unwrap());
+    assert_eq!(
+        t("purchased_credits") + t("topup_credits") + t("bonus_credits") + t("adjusted_credits")
+            - t("used_credits")
+            - t("refunded_credits")
+            - t("reversed_credits"),
+        credits(b.body["balance_credits"].as_str().unwrap())
+    );
     app.assert_invariants().await;
     let refund_id = partial.body["id"].as_str().unwrap();
     app.keep_history("refund", &workflows::refund::workflow_id(refund_id))
