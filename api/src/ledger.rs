@@ -151,11 +151,36 @@ pub async fn transactions(
 const CSV_HEADER: &str =
     "id,seq,created_at,kind,amount_credits,balance_after_credits,counterparty,actor,reason,refs\n";
 
+/// One CSV cell. A text that a spreadsheet would take for a formula (it starts with `=`, `+`,
+/// `-`, `@`, a tab or a CR: reasons come from operators and package names) is prefixed with `'`
+/// so it stays text (audit L1); then quoted when it holds a separator, quote or line break.
 fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_string()
+        s
+    }
+}
+
+#[cfg(test)]
+mod csv_tests {
+    use super::csv_field;
+
+    #[test]
+    fn cells_a_spreadsheet_would_run_are_text() {
+        assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(csv_field("+100 welcome"), "'+100 welcome");
+        assert_eq!(csv_field("-5"), "'-5");
+        assert_eq!(csv_field("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_field("\tx"), "'\tx");
+        assert_eq!(csv_field("\rx"), "\"'\rx\"");
+        assert_eq!(csv_field("plain, text"), "\"plain, text\"");
+        assert_eq!(csv_field("user:ana"), "user:ana");
     }
 }
 
