@@ -606,11 +606,11 @@ impl Store {
             sqlx::query!(
                 "SELECT threshold, sent_at FROM alerts
                   WHERE org_id = $1 AND state <> 'suppressed' AND threshold <= $2
-                    AND sent_at > now() - make_interval(secs => $3)
+                    AND sent_at > now() - $3::bigint * interval '1 second'
                   ORDER BY sent_at DESC LIMIT 1",
                 a.org_id,
                 a.threshold.as_decimal(),
-                a.repeat_after_secs as f64
+                i64::try_from(a.repeat_after_secs).unwrap_or(i64::MAX)
             )
             .fetch_optional(&mut *tx)
             .await?

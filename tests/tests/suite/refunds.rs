@@ -482,6 +482,16 @@ async fn refund_parts_never_exceed_the_grant_and_add_up_to_it_when_all_is_refund
     app.assert_invariants().await;
 }
 
+/// The processor payment of a purchase.
+async fn payment_intent_of(app: &TestApp, org: &TestOrg, purchase: &str) -> String {
+    app.get(&format!("/v1/purchases/{purchase}"), &org.key)
+        .await
+        .body["payment_intent_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// A refund made at the processor (its dashboard): `POST /v1/refunds` without our metadata.
 async fn dashboard_refund(app: &TestApp, payment_intent: &str, amount: i64) -> String {
     let r: Value = app
@@ -514,13 +524,7 @@ async fn a_refund_made_at_the_processor_takes_its_credits_back_once_like_ours() 
     let app = TestApp::spawn().await.unwrap();
     let _worker = TestWorker::start(&app).unwrap();
     let (org, purchase) = bought_100(&app).await;
-    let pi = app
-        .get(&format!("/v1/purchases/{purchase}"), &org.key)
-        .await
-        .body["payment_intent_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pi = payment_intent_of(&app, &org, &purchase).await;
 
     // Half at the processor's dashboard: half the credits and half the bonus come back.
     let re = dashboard_refund(&app, &pi, 500).await;
@@ -557,13 +561,7 @@ async fn a_processor_refund_of_spent_credits_takes_what_is_left_never_below_zero
     let app = TestApp::spawn().await.unwrap();
     let _worker = TestWorker::start(&app).unwrap();
     let (org, purchase) = bought_100(&app).await;
-    let pi = app
-        .get(&format!("/v1/purchases/{purchase}"), &org.key)
-        .await
-        .body["payment_intent_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pi = payment_intent_of(&app, &org, &purchase).await;
     use_credits(&app, &org, 90).await;
 
     dashboard_refund(&app, &pi, 1000).await;
@@ -605,13 +603,7 @@ async fn a_refund_answered_500_is_made_once_whether_or_not_the_call_ran() {
     let _worker = TestWorker::start(&app).unwrap();
     for (executed, generation) in [(true, 0), (false, 1)] {
         let (org, purchase) = bought_100(&app).await;
-        let pi = app
-            .get(&format!("/v1/purchases/{purchase}"), &org.key)
-            .await
-            .body["payment_intent_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let pi = payment_intent_of(&app, &org, &purchase).await;
         app.fail_next("/v1/refunds", executed).await;
         assert_eq!(refund(&app, &purchase, 1000, "all").await.status, 202);
         let done = reversed_refunds(&app, &org, &purchase, 1).await;
@@ -640,13 +632,7 @@ async fn a_refund_retried_past_its_keys_lifetime_finds_the_refund_it_made() {
     let worker = TestWorker::start(&app).unwrap();
     let (org, purchase) = bought_100(&app).await;
     drop(worker);
-    let pi = app
-        .get(&format!("/v1/purchases/{purchase}"), &org.key)
-        .await
-        .body["payment_intent_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pi = payment_intent_of(&app, &org, &purchase).await;
     let accepted = refund(&app, &purchase, 1000, "all").await;
     assert_eq!(accepted.status, 202, "{}", accepted.text);
     let id = accepted.body["id"].as_str().unwrap().to_string();
