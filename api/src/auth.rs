@@ -8,7 +8,7 @@ use std::{
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use sha2::{Digest, Sha256};
-use store::Principal;
+use store::{Principal, Scope};
 use uuid::Uuid;
 
 use crate::{AppState, error::ApiError};
@@ -71,7 +71,7 @@ impl KeyCache {
         entries
             .get(&hash)
             .filter(|(_, at)| at.elapsed() < self.ttl)
-            .map(|(p, _)| *p)
+            .map(|(p, _)| p.clone())
     }
 
     fn put(&self, secret: &str, p: Principal) {
@@ -108,7 +108,7 @@ impl Caller {
         }
     }
 
-    /// Operators may act on any org; an org key only on its own.
+    /// Operators may act on any org; an org key only on its own, whatever its scopes.
     pub fn authorize_org(&self, org_id: Uuid) -> Result<(), ApiError> {
         match self {
             Caller::Operator { .. } => Ok(()),
@@ -118,6 +118,51 @@ impl Caller {
                 "this API key belongs to another organization",
             )),
         }
+    }
+
+    /// Operators may do anything; an org key what its scopes allow.
+    pub fn require_scope(&self, scope: Scope) -> Result<(), ApiError> {
+        self.require_any(&[scope])
+    }
+
+    /// An org key needs one of `scopes`; a refusal names them.
+    pub fn require_any(&self, scopes: &[Scope]) -> Result<(), ApiError> {
+        match self {
+            Caller::Org(p) if !scopes.iter().any(|s| p.scopes.contains(*s)) => {
+                let names: Vec<String> =
+                    scopes.iter().map(|s| format!("`{}`", s.as_str())).collect();
+                Err(ApiError::forbidden(
+                    "missing_scope",
+                    format!("this API key lacks the {} scope", names.join(" or ")),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// An org key acting on its own org with `scope` (operators on any org).
+    pub fn authorize(&self, org_id: Uuid, scope: Scope) -> Result<(), ApiError> {
+        self.authorize_org(org_id)?;
+        self.require_scope(scope)
+    }
+
+    /// Like [`Caller::authorize`] for an object found by its own id (a purchase, a topup):
+    /// another org's object answers 404 like a missing one, so ids cannot be probed.
+    pub fn authorize_object(
+        &self,
+        org_id: Uuid,
+        scopes: &[Scope],
+        what: &'static str,
+    ) -> Result<(), ApiError> {
+        if let Caller::Org(p) = self
+            && p.org_id != org_id
+        {
+            return Err(ApiError::not_found(
+                "not_found",
+                format!("{what} not found"),
+            ));
+        }
+        self.require_any(scopes)
     }
 }
 
@@ -150,7 +195,7 @@ impl FromRequestParts<AppState> for Caller {
         }
         match state.store.authenticate(secret).await? {
             Some(p) => {
-                state.keys.put(secret, p);
+                state.keys.put(secret, p.clone());
                 Ok(Caller::Org(p))
             }
             None => Err(ApiError::unauthorized(

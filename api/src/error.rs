@@ -9,6 +9,9 @@ use billing::BillingError;
 use serde_json::json;
 use store::StoreError;
 
+/// `Retry-After` of a `database_unavailable` answer.
+pub const DATABASE_RETRY_AFTER_SECS: u32 = 2;
+
 /// An error answer. `code` is stable and documented; `detail` is for people.
 #[derive(Debug)]
 pub struct ApiError {
@@ -16,7 +19,7 @@ pub struct ApiError {
     pub code: &'static str,
     pub detail: String,
     /// The request field the error is about, when there is one.
-    pub field: Option<&'static str>,
+    pub field: Option<String>,
     /// Seconds after which a retry may succeed (`Retry-After`), for 503s and 429s.
     pub retry_after_secs: Option<u32>,
 }
@@ -52,9 +55,13 @@ impl ApiError {
         }
     }
 
-    pub fn invalid(field: &'static str, code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn invalid(
+        field: impl Into<String>,
+        code: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
         ApiError {
-            field: Some(field),
+            field: Some(field.into()),
             ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
         }
     }
@@ -98,7 +105,7 @@ impl IntoResponse for ApiError {
             "code": self.code,
             "detail": self.detail,
         });
-        if let Some(field) = self.field {
+        if let Some(field) = &self.field {
             body["field"] = json!(field);
         }
         let mut res = (self.status, Json(body)).into_response();
@@ -132,6 +139,14 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Billing(b) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, b.code(), b.to_string())
+            }
+            e if e.is_unavailable() => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::unavailable(
+                    "database_unavailable",
+                    "the database is not answering; nothing of this request was recorded, try again",
+                    DATABASE_RETRY_AFTER_SECS,
+                )
             }
             StoreError::Schema(_) | StoreError::Decode(_) | StoreError::Db(_) => {
                 tracing::error!(error = %e, "store error");

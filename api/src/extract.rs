@@ -10,17 +10,72 @@ use serde::de::DeserializeOwned;
 use crate::error::ApiError;
 
 /// JSON body. Malformed JSON is 400, a body past the size limit 413, a wrong content type 415,
-/// and well-formed JSON of the wrong shape 422.
+/// and well-formed JSON of the wrong shape 422, as is a control character (NUL, newline, …) in
+/// any string of it, key or value: no text field of ours holds one, and the refusal names the
+/// field instead of the database refusing the row.
 pub struct Json<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Json(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        let value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(v)) => v,
+            Err(rejection) => return Err(json_rejection(rejection)),
+        };
+        if let Some(field) = control_character_at(&value, &mut String::new()) {
+            return Err(ApiError::invalid(
+                field.clone(),
+                "invalid_characters",
+                format!("`{field}` contains a control character"),
+            ));
         }
+        serde_path_to_error::deserialize(value)
+            .map(Json)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_body",
+                    format!("the body does not have the expected shape: {e}"),
+                )
+            })
+    }
+}
+
+/// The path (`recipients[1]`, `labels.team`) of the first string, key or value, holding a
+/// control character.
+pub fn control_character_at(v: &serde_json::Value, path: &mut String) -> Option<String> {
+    use serde_json::Value;
+    let bad = |s: &str| s.chars().any(char::is_control);
+    match v {
+        Value::String(s) if bad(s) => Some(if path.is_empty() {
+            "body".to_string()
+        } else {
+            path.clone()
+        }),
+        Value::Array(a) => a.iter().enumerate().find_map(|(i, x)| {
+            let len = path.len();
+            path.push_str(&format!("[{i}]"));
+            let found = control_character_at(x, path);
+            path.truncate(len);
+            found
+        }),
+        Value::Object(o) => o.iter().find_map(|(k, x)| {
+            let len = path.len();
+            if !path.is_empty() {
+                path.push('.');
+            }
+            let shown: String = k.chars().filter(|c| !c.is_control()).take(64).collect();
+            path.push_str(&shown);
+            let found = if bad(k) {
+                Some(path.clone())
+            } else {
+                control_character_at(x, path)
+            };
+            path.truncate(len);
+            found
+        }),
+        _ => None,
     }
 }
 
@@ -56,13 +111,31 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
     }
 }
 
-/// Query string parameters; a bad one is a 400 that names it.
+/// Query string parameters; a bad one is a 400 that names it, as is a control character in
+/// any of them.
 pub struct Query<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let pairs = axum::extract::Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|r| ApiError::bad_request("invalid_query", r.body_text()))?;
+        if let Some((k, _)) = pairs
+            .0
+            .iter()
+            .find(|(k, v)| k.chars().any(char::is_control) || v.chars().any(char::is_control))
+        {
+            let shown: String = k.chars().filter(|c| !c.is_control()).take(64).collect();
+            return Err(ApiError {
+                field: Some(shown.clone()),
+                ..ApiError::bad_request(
+                    "invalid_query",
+                    format!("query parameter `{shown}` contains a control character"),
+                )
+            });
+        }
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(Query(v)),
             Err(r) => Err(ApiError::bad_request("invalid_query", r.body_text())),

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use futures::stream;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use store::{Transfer, TransferQuery};
+use store::{Scope, Transfer, TransferQuery};
 use uuid::Uuid;
 
 use crate::{
@@ -33,7 +33,7 @@ pub async fn balance(
     Path(org_id): Path<Uuid>,
 ) -> Result<AxumJson<Value>, ApiError> {
     let _timer = crate::metrics::BALANCE_READ_SECONDS.start_timer();
-    caller.authorize_org(org_id)?;
+    caller.authorize(org_id, Scope::BalanceRead)?;
     let b = state.store.balance(org_id).await?;
     Ok(AxumJson(json!({
         "org_id": b.org_id,
@@ -125,7 +125,7 @@ pub async fn transactions(
     Path(org_id): Path<Uuid>,
     Query(params): Query<HistoryParams>,
 ) -> Result<Response, ApiError> {
-    caller.authorize_org(org_id)?;
+    caller.authorize(org_id, Scope::HistoryRead)?;
     state.store.get_org(org_id).await?;
     match params.format.as_deref() {
         None | Some("json") => {

@@ -1,6 +1,7 @@
 //! The HTTP API: axum routes under `/v1`, API-key auth, problem+json errors, OpenAPI.
 
 pub mod auth;
+pub mod cloudevents;
 pub mod error;
 pub mod extract;
 mod health;
@@ -14,7 +15,7 @@ pub mod purchases;
 mod settings;
 pub mod starts;
 mod summaries;
-mod usage;
+pub mod usage;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 use axum::{Json as AxumJson, extract::State, http::StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use store::{ApiKey, NewApiKey, Org};
+use store::{ApiKey, KeyGrant, NewApiKey, Org, Scope, Scopes};
 use uuid::Uuid;
 
 use crate::{
@@ -23,6 +23,96 @@ pub struct CreateOrg {
 pub struct CreateKey {
     #[serde(default)]
     label: Option<String>,
+    /// Scope names; absent: the creating key's own scopes (every scope for an operator).
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    /// The only sources the key may report usage for, the first its default; absent: the
+    /// creating key's own limit (none for an operator).
+    #[serde(default)]
+    sources: Option<Vec<String>>,
+}
+
+/// Sources a key may be limited to, at most.
+const KEY_SOURCES_MAX: usize = 32;
+
+/// What a new key may do: what was asked, never more than the creating key holds.
+fn key_grant(caller: &Caller, body: &CreateKey) -> Result<KeyGrant, ApiError> {
+    let (held_scopes, held_sources) = match caller {
+        Caller::Operator { .. } => (Scopes::all(), None),
+        Caller::Org(p) => (p.scopes, p.sources.as_deref().map(<[String]>::to_vec)),
+    };
+    let scopes = match &body.scopes {
+        None => held_scopes,
+        Some(names) => {
+            if names.is_empty() {
+                return Err(ApiError::invalid(
+                    "scopes",
+                    "invalid_scopes",
+                    "a key needs at least one scope",
+                ));
+            }
+            let mut scopes = Vec::with_capacity(names.len());
+            for n in names {
+                let s = Scope::parse(n).ok_or_else(|| {
+                    let known: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+                    let shown: String = n.chars().filter(|c| !c.is_control()).take(64).collect();
+                    ApiError::invalid(
+                        "scopes",
+                        "unknown_scope",
+                        format!("`{shown}` is not a scope; scopes are {}", known.join(", ")),
+                    )
+                })?;
+                scopes.push(s);
+            }
+            scopes.into_iter().collect()
+        }
+    };
+    if !scopes.is_subset_of(held_scopes) {
+        return Err(ApiError::forbidden(
+            "missing_scope",
+            "a key can only grant scopes it holds itself",
+        ));
+    }
+    let sources = match &body.sources {
+        None => held_sources.clone(),
+        Some(list) => {
+            if list.is_empty() || list.len() > KEY_SOURCES_MAX {
+                return Err(ApiError::invalid(
+                    "sources",
+                    "invalid_sources",
+                    format!("sources: 1 to {KEY_SOURCES_MAX} sources, or leave it out for any"),
+                ));
+            }
+            for s in list {
+                let ok = !s.trim().is_empty()
+                    && s.len() <= 255
+                    && s.bytes().all(|b| (0x20..=0x7e).contains(&b));
+                if !ok {
+                    return Err(ApiError::invalid(
+                        "sources",
+                        "invalid_sources",
+                        "a source is 1 to 255 printable ASCII characters",
+                    ));
+                }
+            }
+            Some(list.clone())
+        }
+    };
+    if let (Some(held), Some(asked)) = (&held_sources, &sources)
+        && !asked.iter().all(|s| held.contains(s))
+    {
+        return Err(ApiError::forbidden(
+            "source_not_allowed",
+            "a key can only grant sources it may report for itself",
+        ));
+    }
+    if held_sources.is_some() && sources.is_none() {
+        return Err(ApiError::forbidden(
+            "source_not_allowed",
+            "a key limited to sources can only make keys limited to them",
+        ));
+    }
+    Ok(KeyGrant { scopes, sources })
 }
 
 fn text_field(
@@ -65,6 +155,8 @@ fn key_json(k: &ApiKey) -> Value {
         "created_by": k.created_by,
         "created_at": k.created_at,
         "revoked_at": k.revoked_at,
+        "scopes": k.scopes,
+        "sources": k.sources,
     })
 }
 
@@ -108,7 +200,7 @@ pub async fn list_keys(
     caller: Caller,
     Path(org_id): Path<Uuid>,
 ) -> Result<AxumJson<Value>, ApiError> {
-    caller.authorize_org(org_id)?;
+    caller.authorize(org_id, Scope::KeysManage)?;
     state.store.get_org(org_id).await?;
     let keys = state.store.list_api_keys(org_id).await?;
     Ok(AxumJson(
@@ -122,11 +214,12 @@ pub async fn create_key(
     Path(org_id): Path<Uuid>,
     Json(body): Json<CreateKey>,
 ) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
-    caller.authorize_org(org_id)?;
+    caller.authorize(org_id, Scope::KeysManage)?;
+    let grant = key_grant(&caller, &body)?;
     let label = text_field(body.label, "label", 200, false)?;
     let key = state
         .store
-        .create_api_key(org_id, &label, &caller.actor())
+        .create_api_key(org_id, &label, &grant, &caller.actor())
         .await?;
     Ok((StatusCode::CREATED, AxumJson(new_key_json(&key))))
 }
@@ -136,7 +229,7 @@ pub async fn revoke_key(
     caller: Caller,
     Path((org_id, key_id)): Path<(Uuid, Uuid)>,
 ) -> Result<AxumJson<Value>, ApiError> {
-    caller.authorize_org(org_id)?;
+    caller.authorize(org_id, Scope::KeysManage)?;
     let key = state.store.revoke_api_key(org_id, key_id).await?;
     state.keys.clear();
     tracing::info!(org_id = %org_id, key_id = %key_id, "API key revoked");

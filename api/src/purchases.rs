@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
-use store::Purchase;
+use store::{Purchase, Scope};
 use temporalio_client::WorkflowStartOptions;
 use temporalio_common::search_attributes::SearchAttributes;
 use uuid::Uuid;
@@ -198,6 +198,7 @@ pub async fn create_purchase(
             "purchases are made with the organization's own API key",
         ));
     };
+    caller.require_scope(Scope::BillingManage)?;
     state
         .take_rate(
             principal.org_id,
@@ -307,7 +308,11 @@ pub async fn get_purchase(
     Path(id): Path<Uuid>,
 ) -> Result<AxumJson<Value>, ApiError> {
     let p = state.store.purchase(id).await?;
-    caller.authorize_org(p.org_id)?;
+    caller.authorize_object(
+        p.org_id,
+        &[Scope::HistoryRead, Scope::BillingManage],
+        "purchase",
+    )?;
     Ok(AxumJson(purchase_json(&p)))
 }
 
@@ -398,7 +403,7 @@ pub async fn start_payment_method_setup(
     Path(org_id): Path<Uuid>,
     Json(body): Json<SetupBody>,
 ) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
-    caller.authorize_org(org_id)?;
+    caller.authorize(org_id, Scope::BillingManage)?;
     let user = body.user.map(|u| u.trim().to_string()).unwrap_or_default();
     billing::usage::check_name("user", &user, true)
         .map_err(|r| ApiError::invalid("user", r.code, r.message))?;
@@ -621,7 +626,7 @@ pub async fn list_refunds(
     Path(purchase_id): Path<Uuid>,
 ) -> Result<AxumJson<Value>, ApiError> {
     let p = state.store.purchase(purchase_id).await?;
-    caller.authorize_org(p.org_id)?;
+    caller.authorize_object(p.org_id, &[Scope::HistoryRead], "purchase")?;
     let refunds = state
         .store
         .refunds_of(store::RefundOf::Purchase(purchase_id))
@@ -638,7 +643,7 @@ pub async fn list_topup_refunds(
     Path(topup_id): Path<Uuid>,
 ) -> Result<AxumJson<Value>, ApiError> {
     let org = state.store.topup_org(topup_id).await?;
-    caller.authorize_org(org)?;
+    caller.authorize_object(org, &[Scope::HistoryRead], "topup")?;
     let refunds = state
         .store
         .refunds_of(store::RefundOf::Topup(topup_id))

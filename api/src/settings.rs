@@ -4,7 +4,7 @@ use axum::{Json as AxumJson, extract::State};
 use billing::Credits;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use store::BillingSettings;
+use store::{BillingSettings, Scope};
 use uuid::Uuid;
 
 use crate::{
@@ -45,7 +45,7 @@ pub async fn get_settings(
     caller: Caller,
     Path(org_id): Path<Uuid>,
 ) -> Result<AxumJson<Value>, ApiError> {
-    caller.authorize_org(org_id)?;
+    caller.authorize(org_id, Scope::BillingManage)?;
     Ok(AxumJson(settings_json(
         &state.store.billing_settings(org_id).await?,
     )))
@@ -99,7 +99,7 @@ pub async fn put_settings(
     Path(org_id): Path<Uuid>,
     Json(body): Json<SettingsBody>,
 ) -> Result<AxumJson<Value>, ApiError> {
-    caller.authorize_org(org_id)?;
+    caller.authorize(org_id, Scope::BillingManage)?;
     let mut s = state.store.billing_settings(org_id).await?;
     if let Some(t) = body.auto_topup {
         let threshold = t
@@ -240,7 +240,7 @@ pub async fn topups(
     caller: Caller,
     Path(org_id): Path<Uuid>,
 ) -> Result<AxumJson<Value>, ApiError> {
-    caller.authorize_org(org_id)?;
+    caller.authorize(org_id, Scope::HistoryRead)?;
     state.store.get_org(org_id).await?;
     Ok(AxumJson(
         json!({ "data": state.store.topups(org_id).await? }),
@@ -252,7 +252,7 @@ pub async fn alerts(
     caller: Caller,
     Path(org_id): Path<Uuid>,
 ) -> Result<AxumJson<Value>, ApiError> {
-    caller.authorize_org(org_id)?;
+    caller.authorize(org_id, Scope::HistoryRead)?;
     state.store.get_org(org_id).await?;
     Ok(AxumJson(
         json!({ "data": state.store.alerts(org_id).await? }),

@@ -13,7 +13,7 @@ use chrono::Utc;
 use futures::stream;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use store::Summary;
+use store::{Scope, Summary};
 use uuid::Uuid;
 
 use crate::{
@@ -159,9 +159,12 @@ pub async fn list(
             })?),
         };
     let listing = match (&caller, p.org) {
-        (Caller::Org(k), None) => Listing::Orgs(vec![k.org_id]),
+        (Caller::Org(k), None) => {
+            caller.require_scope(Scope::HistoryRead)?;
+            Listing::Orgs(vec![k.org_id])
+        }
         (_, Some(org)) => {
-            caller.authorize_org(org)?;
+            caller.authorize(org, Scope::HistoryRead)?;
             state.store.get_org(org).await?;
             Listing::Orgs(vec![org])
         }
@@ -289,7 +292,7 @@ pub async fn one(
     caller: Caller,
     Path((org, month)): Path<(Uuid, String)>,
 ) -> Result<AxumJson<Value>, ApiError> {
-    caller.authorize_org(org)?;
+    caller.authorize(org, Scope::HistoryRead)?;
     let month: Month = month
         .parse()
         .map_err(|_| ApiError::bad_request("invalid_month", "months are YYYY-MM"))?;

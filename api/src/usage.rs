@@ -1,5 +1,11 @@
-//! `POST /v1/usage`: a batch of 1 to 1,000 usage events from an org key, as JSON
-//! (`{"events": [...]}`) or as a CloudEvents batch (`application/cloudevents-batch+json`).
+//! `POST /v1/usage`: a batch of 1 to 1,000 usage events from an org key with `usage:write`, as
+//! JSON (`{"events": [...]}`) or as CloudEvents in any content mode ([`crate::cloudevents`]).
+//!
+//! An event is identified by (org, source, id). JSON events may name their `source`; one that
+//! does not is recorded under the key's default source (the first of its sources, or
+//! `default` for a key not limited to sources). A key limited to sources may report only for
+//! them, so one key cannot take another's ids, while a retry through a rotated key of the same
+//! source is still a duplicate.
 //!
 //! Each event is validated and rated here, with no database work; the valid ones go to the
 //! coalescing writer ([`store::Ingestor`]) and are committed with other requests' events in
@@ -21,14 +27,20 @@ use billing::{
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
-use store::{EventOutcome, RatedEvent, Recorded, UsageJob};
+use store::{EventOutcome, Principal, RatedEvent, Recorded, Scope, UsageJob};
 
-use crate::{AppState, Caller, error::ApiError, metrics};
+use crate::{
+    AppState, Caller,
+    cloudevents::{self, Mapped},
+    error::ApiError,
+    metrics,
+};
 
 /// The body limit of this route: 1,000 events with labels fit well inside it.
 pub const USAGE_BODY_LIMIT_BYTES: usize = 4 * 1024 * 1024;
 
-const CLOUDEVENTS_BATCH: &str = "application/cloudevents-batch+json";
+/// Sources: like ids, 1 to 255 printable ASCII characters (a URI-reference in CloudEvents).
+const SOURCE_MAX_CHARS: usize = 255;
 
 /// Batches parsed at once (each on a blocking thread).
 const PARSE_THREADS: usize = 1;
@@ -41,7 +53,10 @@ pub async fn ingest(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
     let principal = match &caller {
-        Caller::Org(p) => *p,
+        Caller::Org(p) => {
+            caller.require_scope(Scope::UsageWrite)?;
+            p.clone()
+        }
         Caller::Operator { .. } => {
             return Err(ApiError::forbidden(
                 "org_key_required",
@@ -61,11 +76,7 @@ pub async fn ingest(
             ApiError::bad_request("malformed_body", r.body_text())
         }
     })?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let org_id = principal.org_id;
     // Parsing and rating are pure CPU work: they run off the async workers, so a flood of
     // large batches does not delay light requests such as balance reads.
     // At most `PARSE_THREADS` batches are parsed at once, so ingestion cannot crowd the two
@@ -87,18 +98,18 @@ pub async fn ingest(
         slots,
         valid,
     } = tokio::task::spawn_blocking(move || {
-        prepare(&content_type, &body, &catalog, now, max_ahead)
+        prepare(&headers, &body, &principal, &catalog, now, max_ahead)
     })
     .await
     .map_err(|_| ApiError::internal())??;
     drop(permit);
 
     let balance = if valid.is_empty() {
-        state.store.balance(principal.org_id).await?.balance
+        state.store.balance(org_id).await?.balance
     } else {
         let ids: Vec<String> = valid.iter().map(|e| e.event.id.clone()).collect();
         let job = UsageJob {
-            org_id: principal.org_id,
+            org_id,
             actor: caller.actor(),
             events: valid,
         };
@@ -158,20 +169,28 @@ struct Prepared {
 }
 
 fn prepare(
-    content_type: &str,
+    headers: &HeaderMap,
     body: &[u8],
+    reporter: &Principal,
     catalog: &PriceCatalog,
     now: DateTime<Utc>,
     max_ahead: Duration,
 ) -> Result<Prepared, ApiError> {
-    let events = parse_batch(content_type, body)?;
+    let events = parse_batch(headers, body)?;
     let mut p = Prepared {
         results: Vec::with_capacity(events.len()),
         slots: Vec::new(),
         valid: Vec::new(),
     };
     for raw in &events {
-        match rate(raw, now, max_ahead, catalog) {
+        let raw = match raw {
+            Mapped::Event(v) => v,
+            Mapped::Refused(id, r) => {
+                p.results.push(rejected(id.as_ref(), r));
+                continue;
+            }
+        };
+        match rate(raw, reporter, now, max_ahead, catalog) {
             Ok(rated) => {
                 p.slots.push(p.results.len());
                 p.results.push(Value::Null);
@@ -195,46 +214,81 @@ fn recorded(id: &str, status: &str, r: &Recorded) -> Value {
 }
 
 fn rejected(id: Option<&Value>, r: &Rejection) -> Value {
-    json!({ "id": id, "status": "rejected", "code": r.code, "message": r.message })
+    let mut v = json!({ "id": id, "status": "rejected", "code": r.code, "message": r.message });
+    if let Some(field) = &r.field {
+        v["field"] = json!(field);
+    }
+    v
 }
 
-/// The batch's events as JSON objects, in our own shape (CloudEvents are mapped onto it).
-fn parse_batch(content_type: &str, body: &[u8]) -> Result<Vec<Value>, ApiError> {
+/// The request's events as JSON objects in our own shape (CloudEvents mapped onto it), or
+/// their refusals; a request that is no batch at all is refused whole.
+pub fn parse_batch(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Mapped>, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let media = content_type
         .split(';')
         .next()
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let parsed: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request("malformed_json", format!("the body is not JSON: {e}"))
-    })?;
-    let events = match media.as_str() {
-        "application/json" => match parsed {
-            Value::Object(mut o) => match o.remove("events") {
-                Some(Value::Array(a)) if o.is_empty() => a,
-                _ => {
-                    return Err(invalid_batch(
-                        "the body must be {\"events\": [...]} and nothing else",
-                    ));
-                }
-            },
-            _ => return Err(invalid_batch("the body must be {\"events\": [...]}")),
-        },
-        CLOUDEVENTS_BATCH => match parsed {
-            Value::Array(a) => a.into_iter().map(from_cloudevent).collect(),
-            _ => {
-                return Err(invalid_batch(
-                    "a CloudEvents batch is a JSON array of events",
-                ));
-            }
-        },
-        _ => {
+    let json = |body: &[u8]| {
+        serde_json::from_slice::<Value>(body).map_err(|e| {
+            ApiError::bad_request("malformed_json", format!("the body is not JSON: {e}"))
+        })
+    };
+    let events = if cloudevents::is_binary(headers) {
+        if !cloudevents::is_json_media(content_type) {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
-                format!("send application/json or {CLOUDEVENTS_BATCH}"),
+                "a binary-mode CloudEvent's data must be JSON (`Content-Type: application/json`)",
             ));
+        }
+        vec![cloudevents::from_binary(headers, json(body)?)]
+    } else {
+        match media.as_str() {
+            "application/json" => match json(body)? {
+                Value::Object(mut o) => match o.remove("events") {
+                    Some(Value::Array(a)) if o.is_empty() => {
+                        a.into_iter().map(Mapped::Event).collect()
+                    }
+                    _ => {
+                        return Err(invalid_batch(
+                            "the body must be {\"events\": [...]} and nothing else \
+                             (or a CloudEvent in binary mode, with ce-* headers)",
+                        ));
+                    }
+                },
+                _ => return Err(invalid_batch("the body must be {\"events\": [...]}")),
+            },
+            cloudevents::BATCH => match json(body)? {
+                Value::Array(a) => a.into_iter().map(cloudevents::map).collect(),
+                _ => {
+                    return Err(invalid_batch(
+                        "a CloudEvents batch is a JSON array of events",
+                    ));
+                }
+            },
+            cloudevents::STRUCTURED => match json(body)? {
+                ce @ Value::Object(_) => vec![cloudevents::map(ce)],
+                _ => {
+                    return Err(invalid_batch("a structured CloudEvent is one JSON object"));
+                }
+            },
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    format!(
+                        "send application/json, {}, {} or a binary-mode CloudEvent",
+                        cloudevents::STRUCTURED,
+                        cloudevents::BATCH
+                    ),
+                ));
+            }
         }
     };
     if events.is_empty() || events.len() > limits::BATCH_MAX {
@@ -251,58 +305,23 @@ fn invalid_batch(detail: &str) -> ApiError {
     ApiError::invalid("events", "invalid_batch", detail)
 }
 
-/// Maps a CloudEvent (`specversion` 1.0, `type` ending in `.ai_tokens` or `.infra`, `time`,
-/// `data` with the usage fields) onto our event shape. Anything it cannot map is kept so the
-/// validation below refuses it with a precise code.
-fn from_cloudevent(ce: Value) -> Value {
-    let Value::Object(mut ce) = ce else {
-        return ce;
-    };
-    let mut e = match ce.remove("data") {
-        Some(Value::Object(data)) => data,
-        _ => Map::new(),
-    };
-    if ce.get("specversion").and_then(Value::as_str) != Some("1.0") {
-        e.insert(
-            "specversion".into(),
-            ce.remove("specversion").unwrap_or(Value::Null),
-        );
-    }
-    if let Some(id) = ce.remove("id") {
-        e.insert("id".into(), id);
-    }
-    if let Some(Value::String(t)) = ce.remove("type") {
-        let short = t.rsplit('.').next().unwrap_or(&t).to_string();
-        e.insert("type".into(), Value::String(short));
-    }
-    if let Some(time) = ce.remove("time") {
-        e.insert("occurred_at".into(), time);
-    }
-    if let Some(subject) = ce.remove("subject") {
-        e.entry("user").or_insert(subject);
-    }
-    e.into()
-}
-
 fn field<'a>(o: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     o.get(name).filter(|v| !v.is_null())
 }
 
 fn string(o: &Map<String, Value>, name: &str, required: bool) -> Result<Option<String>, Rejection> {
     match field(o, name) {
-        None if required => Err(Rejection::new(
-            "missing_field",
-            format!("{name} is required"),
-        )),
+        None if required => {
+            Err(Rejection::new("missing_field", format!("{name} is required")).at(name))
+        }
         None => Ok(None),
         Some(Value::String(s)) => {
             usage::check_name(name, s, required)?;
             Ok(Some(s.clone()))
         }
-        Some(_) => Err(Rejection::new(
-            "invalid_field",
-            format!("{name} must be a string"),
-        )),
+        Some(_) => {
+            Err(Rejection::new("invalid_field", format!("{name} must be a string")).at(name))
+        }
     }
 }
 
@@ -364,6 +383,7 @@ fn quantity(o: &Map<String, Value>) -> Result<Decimal, Rejection> {
 
 const AI_FIELDS: &[&str] = &[
     "id",
+    "source",
     "type",
     "occurred_at",
     "user",
@@ -376,6 +396,7 @@ const AI_FIELDS: &[&str] = &[
 ];
 const INFRA_FIELDS: &[&str] = &[
     "id",
+    "source",
     "type",
     "occurred_at",
     "user",
@@ -385,27 +406,38 @@ const INFRA_FIELDS: &[&str] = &[
     "unit",
 ];
 
-/// Validates one event from its JSON; it may be stamped at most `max_ahead` after `now`.
+/// Validates one event from its JSON, reported by `reporter`; it may be stamped at most
+/// `max_ahead` after `now`.
 fn parse_event(
     v: &Value,
+    reporter: &Principal,
     now: DateTime<Utc>,
     max_ahead: Duration,
 ) -> Result<UsageEvent, Rejection> {
     let Value::Object(o) = v else {
         return Err(Rejection::new("invalid_event", "an event is a JSON object"));
     };
-    if o.contains_key("specversion") {
-        return Err(Rejection::new(
-            "invalid_cloudevent",
-            "specversion must be \"1.0\"",
-        ));
-    }
     let id = match field(o, "id") {
         Some(Value::String(s)) => s.clone(),
-        Some(_) => return Err(Rejection::new("invalid_id", "id must be a string")),
-        None => return Err(Rejection::new("missing_field", "id is required")),
+        Some(_) => return Err(Rejection::new("invalid_id", "id must be a string").at("id")),
+        None => return Err(Rejection::new("missing_field", "id is required").at("id")),
     };
-    usage::check_event_id(&id)?;
+    usage::check_event_id(&id).map_err(|r| r.at("id"))?;
+    let source = match field(o, "source") {
+        None => reporter.default_source().to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => {
+            return Err(Rejection::new("invalid_field", "source must be a string").at("source"));
+        }
+    };
+    check_source(&source)?;
+    if !reporter.may_report_for(&source) {
+        return Err(Rejection::new(
+            "source_not_allowed",
+            format!("this API key may not report usage for source `{source}`"),
+        )
+        .at("source"));
+    }
     let kind = string(o, "type", true)?.unwrap_or_default();
     let allowed = match kind.as_str() {
         "ai_tokens" => AI_FIELDS,
@@ -479,6 +511,7 @@ fn parse_event(
         Usage::Infra(InfraUsage { resource, quantity })
     };
     Ok(UsageEvent {
+        source,
         id,
         occurred_at,
         user,
@@ -490,11 +523,12 @@ fn parse_event(
 /// Validates and rates one event with the version effective when it occurred.
 fn rate(
     v: &Value,
+    reporter: &Principal,
     now: DateTime<Utc>,
     max_ahead: Duration,
     catalog: &PriceCatalog,
 ) -> Result<RatedEvent, Rejection> {
-    let event = parse_event(v, now, max_ahead)?;
+    let event = parse_event(v, reporter, now, max_ahead)?;
     let (cost, price_version): (Credits, i64) = catalog
         .rate(event.occurred_at, &event.usage)
         .map_err(|e| Rejection::new(e.code(), e.message()))?;
@@ -505,4 +539,20 @@ fn rate(
         price_version,
         payload_hash,
     })
+}
+
+/// A source: 1 to 255 printable ASCII characters, not blank.
+fn check_source(source: &str) -> Result<(), Rejection> {
+    let ok = !source.trim().is_empty()
+        && source.len() <= SOURCE_MAX_CHARS
+        && source.bytes().all(|b| (0x20..=0x7e).contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Rejection::new(
+            "invalid_field",
+            format!("source must be 1 to {SOURCE_MAX_CHARS} printable ASCII characters"),
+        )
+        .at("source"))
+    }
 }

@@ -61,7 +61,9 @@ impl Usage {
 /// A validated usage event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageEvent {
-    /// The client's id, unique per organization.
+    /// Who produced it (CloudEvents' `source`); the id is unique per org and source.
+    pub source: String,
+    /// The client's id, unique per organization and source.
     pub id: String,
     pub occurred_at: DateTime<Utc>,
     pub user: Option<String>,
@@ -103,6 +105,8 @@ impl UsageEvent {
 pub struct Rejection {
     pub code: &'static str,
     pub message: String,
+    /// The field refused, when it is one field (`user`, `labels.team`, `data.model`).
+    pub field: Option<String>,
 }
 
 impl Rejection {
@@ -110,8 +114,22 @@ impl Rejection {
         Rejection {
             code,
             message: message.into(),
+            field: None,
         }
     }
+
+    /// The same refusal, naming the field it is about.
+    pub fn at(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+}
+
+/// Whether a text has a control character (C0, DEL or C1: NUL, tab, newline, escape …), which
+/// no name, label or id of an event may hold. Postgres refuses NUL in text and jsonb, and the
+/// others make logs, CSV exports and e-mails ambiguous.
+pub fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
 }
 
 pub fn check_event_id(id: &str) -> Result<(), Rejection> {
@@ -198,24 +216,33 @@ pub fn check_quantity(q: Decimal) -> Result<Decimal, Rejection> {
 /// A short name (model, operation, user): bounded, no control characters.
 pub fn check_name(field: &str, s: &str, required: bool) -> Result<(), Rejection> {
     if required && s.is_empty() {
-        return Err(Rejection::new(
-            "missing_field",
-            format!("{field} is required"),
-        ));
+        return Err(Rejection::new("missing_field", format!("{field} is required")).at(field));
     }
-    if s.chars().count() > limits::NAME_MAX_CHARS || s.chars().any(char::is_control) {
+    if s.chars().count() > limits::NAME_MAX_CHARS || has_control(s) {
         return Err(Rejection::new(
             "invalid_field",
             format!(
                 "{field} must be at most {} characters, without control characters",
                 limits::NAME_MAX_CHARS
             ),
-        ));
+        )
+        .at(field));
     }
     Ok(())
 }
 
 pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), Rejection> {
+    if let Some((k, _)) = labels
+        .iter()
+        .find(|(k, v)| has_control(k) || has_control(v))
+    {
+        let shown: String = k.chars().filter(|c| !c.is_control()).take(64).collect();
+        return Err(Rejection::new(
+            "invalid_field",
+            format!("label `{shown}` has a control character in its key or value"),
+        )
+        .at(format!("labels.{shown}")));
+    }
     let ok = labels.len() <= limits::LABELS_MAX
         && labels.iter().all(|(k, v)| {
             !k.is_empty()
@@ -252,6 +279,33 @@ mod tests {
         );
         assert_eq!(check_event_id("tab\there").unwrap_err().code, "invalid_id");
         assert_eq!(check_event_id("é").unwrap_err().code, "invalid_id");
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_names_and_labels_naming_the_field() {
+        for bad in [
+            "a\u{0}b",
+            "tab\there",
+            "nl\n",
+            "esc\u{1b}",
+            "del\u{7f}",
+            "c1\u{85}",
+        ] {
+            let e = check_name("user", bad, false).unwrap_err();
+            assert_eq!(
+                (e.code, e.field.as_deref()),
+                ("invalid_field", Some("user"))
+            );
+            let labels = BTreeMap::from([("team".to_string(), bad.to_string())]);
+            let e = check_labels(&labels).unwrap_err();
+            assert_eq!(
+                (e.code, e.field.as_deref()),
+                ("invalid_field", Some("labels.team"))
+            );
+            let labels = BTreeMap::from([(bad.to_string(), "v".to_string())]);
+            assert_eq!(check_labels(&labels).unwrap_err().code, "invalid_field");
+        }
+        assert!(check_name("user", "ana ü 名", false).is_ok());
     }
 
     #[test]

@@ -23,3 +23,31 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
 }
+
+impl StoreError {
+    /// Whether the database could not be reached or is not accepting work (no connection in
+    /// time, a dropped connection, a server shutting down or starting up): the request may
+    /// succeed later, and nothing of it was committed.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Db(e) => db_unavailable(e),
+            _ => false,
+        }
+    }
+}
+
+fn db_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            // Class 08: connection exception; 57P01–57P03: admin shutdown, crash shutdown,
+            // cannot connect now (starting up or in recovery).
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}

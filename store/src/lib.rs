@@ -36,7 +36,7 @@ pub use ledger::{
     Balance, BookOutcome, LockedOrgs, NewTransfer, THRESHOLD_CROSSED, Totals, Transfer,
     TransferPage, TransferQuery,
 };
-pub use orgs::{ApiKey, NewApiKey, Org, Principal};
+pub use orgs::{ApiKey, DEFAULT_SOURCE, KeyGrant, NewApiKey, Org, Principal, Scope, Scopes};
 pub use prices::NewPriceVersion;
 pub use processor_keys::ProcessorKey;
 pub use purchases::{Grant, Purchase};
@@ -55,6 +55,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 pub struct Store {
     pool: PgPool,
     system_accounts: HashMap<SystemAccount, i64>,
+    /// Whether usage events recorded before sources existed (source `''`, deduplicated by id
+    /// alone) are present: only then does recording usage look for them.
+    events_before_sources: bool,
 }
 
 impl Store {
@@ -84,9 +87,15 @@ impl Store {
                 })?;
             system_accounts.insert(account, row.id);
         }
+        let events_before_sources = sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM usage_events WHERE source = '') AS "x!""#
+        )
+        .fetch_one(&pool)
+        .await?;
         Ok(Store {
             pool,
             system_accounts,
+            events_before_sources,
         })
     }
 
@@ -95,6 +104,7 @@ impl Store {
         Store {
             pool,
             system_accounts: self.system_accounts.clone(),
+            events_before_sources: self.events_before_sources,
         }
     }
 

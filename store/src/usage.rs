@@ -63,18 +63,19 @@ impl Store {
     /// then locks every org involved and books one usage transfer per new event with a cost.
     ///
     /// The events go in first, before any org lock, with `ON CONFLICT DO NOTHING` on
-    /// `(org_id, event_id)`: the unique index is the duplicate check, so several writers can
-    /// insert events of the same org at once and only serialize on the org's balance row. Rows
-    /// are inserted in `(org_id, event_id)` order, so two writers never wait on each other's
-    /// keys in a cycle.
+    /// `(org_id, source, event_id)`: the unique index is the duplicate check, so several
+    /// writers can insert events of the same org at once and only serialize on the org's
+    /// balance row. Rows are inserted in key order, so two writers never wait on each other's
+    /// keys in a cycle. An event recorded before sources existed (source `''`) holds its id for
+    /// every source.
     pub async fn record_usage(&self, jobs: &[UsageJob]) -> Result<Vec<JobResult>, StoreError> {
         // The first occurrence of each (org, id) in the batch is a candidate to insert.
-        let mut candidates: HashMap<(Uuid, &str), Candidate> = HashMap::new();
+        let mut candidates: HashMap<EventKey, Candidate> = HashMap::new();
         let mut transfers = Vec::new();
         for j in jobs {
             for e in &j.events {
                 candidates
-                    .entry((j.org_id, e.event.id.as_str()))
+                    .entry((j.org_id, e.event.source.as_str(), e.event.id.as_str()))
                     .or_insert_with(|| {
                         let usage_id = Uuid::now_v7();
                         let transfer = e.cost.is_positive().then(|| usage_transfer(j, e, usage_id));
@@ -89,33 +90,40 @@ impl Store {
                     });
             }
         }
-        let mut ordered: Vec<(&(Uuid, &str), &Candidate)> = candidates.iter().collect();
+        let mut ordered: Vec<(&EventKey, &Candidate)> = candidates.iter().collect();
         ordered.sort_by(|a, b| a.0.cmp(b.0));
         let mut rows = EventRows::default();
-        for ((org, _), c) in &ordered {
+        for ((org, _, _), c) in &ordered {
             rows.push(*org, c.usage_id, c.transfer_id, c.event);
         }
 
         let mut tx = self.pool.begin().await?;
-        let inserted: HashSet<Uuid> = rows.insert(&mut tx).await?.into_iter().collect();
+        let inserted: HashSet<Uuid> = rows
+            .insert(&mut tx, self.events_before_sources)
+            .await?
+            .into_iter()
+            .collect();
 
         // Candidates that were not inserted were recorded before: read what they were.
-        let (mut q_orgs, mut q_ids) = (vec![], vec![]);
-        for ((org, id), c) in &ordered {
+        let (mut q_orgs, mut q_sources, mut q_ids) = (vec![], vec![], vec![]);
+        for ((org, source, id), c) in &ordered {
             if !inserted.contains(&c.usage_id) {
                 q_orgs.push(*org);
+                q_sources.push(source.to_string());
                 q_ids.push(id.to_string());
             }
         }
-        let mut earlier: HashMap<(Uuid, String), (Vec<u8>, Recorded)> = HashMap::new();
+        let mut earlier: HashMap<(Uuid, String, String), (Vec<u8>, Recorded)> = HashMap::new();
         if !q_orgs.is_empty() {
             for r in sqlx::query!(
-                r#"SELECT u.org_id, u.event_id, u.payload_hash, u.id, u.cost, u.price_version,
-                          u.transfer_id
+                r#"SELECT u.org_id, q.source AS "source!", u.event_id, u.payload_hash, u.id,
+                          u.cost, u.price_version, u.transfer_id
                      FROM usage_events u
-                     JOIN UNNEST($1::uuid[], $2::text[]) AS q(org_id, event_id)
-                       ON u.org_id = q.org_id AND u.event_id = q.event_id"#,
+                     JOIN UNNEST($1::uuid[], $2::text[], $3::text[]) AS q(org_id, source, event_id)
+                       ON u.org_id = q.org_id AND u.event_id = q.event_id
+                      AND u.source IN (q.source, '')"#,
                 &q_orgs,
+                &q_sources,
                 &q_ids
             )
             .fetch_all(&mut *tx)
@@ -127,7 +135,7 @@ impl Store {
                     price_version: r.price_version,
                     transfer_id: r.transfer_id,
                 };
-                earlier.insert((r.org_id, r.event_id), (r.payload_hash, rec));
+                earlier.insert((r.org_id, r.source, r.event_id), (r.payload_hash, rec));
             }
         }
 
@@ -149,11 +157,12 @@ impl Store {
         for j in jobs {
             let mut outcomes = Vec::with_capacity(j.events.len());
             for e in &j.events {
-                let key = (j.org_id, e.event.id.clone());
+                let key = (j.org_id, e.event.source.clone(), e.event.id.clone());
                 let (hash, rec, fresh) = match earlier.get(&key) {
                     Some((hash, rec)) => (hash.as_slice(), rec.clone(), false),
                     None => {
-                        let c = &candidates[&(j.org_id, e.event.id.as_str())];
+                        let c =
+                            &candidates[&(j.org_id, e.event.source.as_str(), e.event.id.as_str())];
                         let rec = Recorded {
                             usage_id: c.usage_id,
                             cost: c.event.cost,
@@ -215,6 +224,9 @@ pub struct OutboxRow {
     pub attempts: i32,
 }
 
+/// An event's identity: org, source, id.
+type EventKey<'a> = (Uuid, &'a str, &'a str);
+
 struct Candidate<'a> {
     usage_id: Uuid,
     transfer_id: Option<Uuid>,
@@ -242,6 +254,7 @@ fn usage_transfer(job: &UsageJob, e: &RatedEvent, usage_id: Uuid) -> NewTransfer
         refs: serde_json::json!({
             "usage_event_id": usage_id,
             "event_id": e.event.id,
+            "source": e.event.source,
             "price_version": e.price_version,
         }),
     }
@@ -252,6 +265,7 @@ fn usage_transfer(job: &UsageJob, e: &RatedEvent, usage_id: Uuid) -> NewTransfer
 struct EventRows {
     ids: Vec<Uuid>,
     orgs: Vec<Uuid>,
+    sources: Vec<String>,
     event_ids: Vec<String>,
     hashes: Vec<Vec<u8>>,
     types: Vec<String>,
@@ -276,6 +290,7 @@ impl EventRows {
         let ev = &e.event;
         self.ids.push(id);
         self.orgs.push(org);
+        self.sources.push(ev.source.clone());
         self.event_ids.push(ev.id.clone());
         self.hashes.push(e.payload_hash.clone());
         self.types.push(ev.usage.type_name().to_string());
@@ -311,28 +326,72 @@ impl EventRows {
         self.transfer_ids.push(transfer_id);
     }
 
-    /// Inserts the rows whose `(org_id, event_id)` is new; returns the ids of those inserted.
+    /// Inserts the rows whose `(org_id, source, event_id)` is new, and (when such rows may
+    /// exist) whose id no event from before sources holds; returns the ids of those inserted.
     async fn insert(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        events_before_sources: bool,
     ) -> Result<Vec<Uuid>, StoreError> {
         if self.ids.is_empty() {
             return Ok(vec![]);
         }
+        if events_before_sources {
+            return Ok(sqlx::query_scalar!(
+                "INSERT INTO usage_events (id, org_id, source, event_id, payload_hash, type,
+                                           occurred_at, user_id, model, operation, input_tokens,
+                                           output_tokens, cached_input_tokens, resource, quantity,
+                                           unit, labels, cost, price_version, transfer_id)
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bytea[],
+                                      $6::text[], $7::timestamptz[], $8::text[], $9::text[],
+                                      $10::text[], $11::bigint[], $12::bigint[], $13::bigint[],
+                                      $14::text[], $15::numeric[], $16::text[], $17::jsonb[],
+                                      $18::numeric[], $19::bigint[], $20::uuid[])
+                          AS n(id, org_id, source, event_id)
+                  WHERE NOT EXISTS (SELECT 1 FROM usage_events l
+                                     WHERE l.org_id = n.org_id AND l.event_id = n.event_id
+                                       AND l.source = '')
+                 ON CONFLICT (org_id, source, event_id) DO NOTHING
+                 RETURNING id",
+                &self.ids,
+                &self.orgs,
+                &self.sources,
+                &self.event_ids,
+                &self.hashes,
+                &self.types,
+                &self.occurred,
+                &self.users as &[Option<String>],
+                &self.models as &[Option<String>],
+                &self.operations as &[Option<String>],
+                &self.inputs as &[Option<i64>],
+                &self.outputs as &[Option<i64>],
+                &self.cached as &[Option<i64>],
+                &self.resources as &[Option<String>],
+                &self.quantities as &[Option<Decimal>],
+                &self.units as &[Option<String>],
+                &self.labels,
+                &self.costs,
+                &self.versions,
+                &self.transfer_ids as &[Option<Uuid>]
+            )
+            .fetch_all(&mut **tx)
+            .await?);
+        }
         Ok(sqlx::query_scalar!(
-            "INSERT INTO usage_events (id, org_id, event_id, payload_hash, type, occurred_at,
-                                       user_id, model, operation, input_tokens, output_tokens,
-                                       cached_input_tokens, resource, quantity, unit, labels,
-                                       cost, price_version, transfer_id)
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bytea[], $5::text[],
-                                  $6::timestamptz[], $7::text[], $8::text[], $9::text[],
-                                  $10::bigint[], $11::bigint[], $12::bigint[], $13::text[],
-                                  $14::numeric[], $15::text[], $16::jsonb[], $17::numeric[],
-                                  $18::bigint[], $19::uuid[])
-             ON CONFLICT (org_id, event_id) DO NOTHING
+            "INSERT INTO usage_events (id, org_id, source, event_id, payload_hash, type,
+                                       occurred_at, user_id, model, operation, input_tokens,
+                                       output_tokens, cached_input_tokens, resource, quantity,
+                                       unit, labels, cost, price_version, transfer_id)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bytea[],
+                                  $6::text[], $7::timestamptz[], $8::text[], $9::text[],
+                                  $10::text[], $11::bigint[], $12::bigint[], $13::bigint[],
+                                  $14::text[], $15::numeric[], $16::text[], $17::jsonb[],
+                                  $18::numeric[], $19::bigint[], $20::uuid[])
+             ON CONFLICT (org_id, source, event_id) DO NOTHING
              RETURNING id",
             &self.ids,
             &self.orgs,
+            &self.sources,
             &self.event_ids,
             &self.hashes,
             &self.types,

@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod deployment;
 mod disputes;
+mod edges;
 mod harness;
 mod health;
 mod history;

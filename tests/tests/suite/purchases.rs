@@ -433,9 +433,10 @@ async fn another_orgs_purchase_is_not_visible() {
         .unwrap()
         .0;
 
+    // Like a missing one (audit L12): ids of other orgs cannot be probed.
     app.get(&format!("/v1/purchases/{}", p.id), &b.key)
         .await
-        .assert_problem(403, "wrong_org");
+        .assert_problem(404, "not_found");
     app.get(&format!("/v1/purchases/{}", uuid::Uuid::now_v7()), &b.key)
         .await
         .assert_problem(404, "not_found");
