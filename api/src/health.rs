@@ -9,9 +9,15 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready only when Postgres and Temporal both answer within the probe timeout.
+/// Ready only when Postgres and Temporal both answer within the probe timeout, and the usage
+/// writers (their own connections, in turn with the batches) can commit: after a database
+/// restart the API is ready when ingestion is, not when some other connection is.
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let postgres = tokio::time::timeout(state.probe_timeout, state.store.ping()).await;
+    let postgres = tokio::time::timeout(state.probe_timeout, async {
+        state.store.ping().await?;
+        state.ingestor.probe().await
+    })
+    .await;
     let temporal = tokio::time::timeout(
         state.probe_timeout,
         state

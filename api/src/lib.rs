@@ -57,6 +57,9 @@ pub struct AppState {
     /// How long a buyer has to pay a checkout.
     pub checkout_expiry: Duration,
     pub limits: RequestLimits,
+    pub usage: UsageBounds,
+    /// Usage bytes in flight, in [`usage::BYTES_PER_PERMIT`] units.
+    pub usage_bytes: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// Requests per org per minute for what costs a processor call and a workflow (0: no limit).
@@ -111,7 +114,33 @@ pub struct ApiOptions {
     pub stripe_webhook_secret: String,
     pub checkout_expiry: Duration,
     pub limits: RequestLimits,
+    pub usage: UsageBounds,
 }
+
+/// Bounds on usage ingestion (config `[ingest]`).
+#[derive(Debug, Clone, Copy)]
+pub struct UsageBounds {
+    /// Bytes of usage request bodies held at once (read, parsed or waiting on the writer);
+    /// beyond it a request is refused 429 `usage_overloaded` with `Retry-After`.
+    pub bytes_in_flight_max: usize,
+    /// The largest cost one event may have (`event_cost_too_high` beyond it).
+    pub max_event_cost: billing::Credits,
+    /// How far usage may overdraw an org without a limit of its own.
+    pub overdraft_limit: billing::Credits,
+}
+
+impl Default for UsageBounds {
+    fn default() -> Self {
+        UsageBounds {
+            bytes_in_flight_max: 64 * 1024 * 1024,
+            max_event_cost: billing::Credits::whole(DEFAULT_MAX_EVENT_COST_CREDITS),
+            overdraft_limit: billing::Credits::whole(store::DEFAULT_OVERDRAFT_LIMIT_CREDITS),
+        }
+    }
+}
+
+/// The largest cost of one event, unless configured otherwise.
+pub const DEFAULT_MAX_EVENT_COST_CREDITS: i64 = 100_000;
 
 impl Default for ApiOptions {
     fn default() -> Self {
@@ -125,6 +154,7 @@ impl Default for ApiOptions {
             stripe_webhook_secret: String::new(),
             checkout_expiry: Duration::from_secs(30 * 60),
             limits: RequestLimits::default(),
+            usage: UsageBounds::default(),
         }
     }
 }
@@ -138,6 +168,7 @@ impl AppState {
         temporal: temporalio_client::Client,
         options: ApiOptions,
     ) -> Result<AppState, store::StoreError> {
+        let store = store.with_overdraft_limit(options.usage.overdraft_limit);
         let prices = PriceCache::load(&store).await?;
         prices.spawn_refresher(store.clone(), options.price_refresh_every);
         Ok(AppState {
@@ -160,6 +191,15 @@ impl AppState {
             stripe_webhook_secret: options.stripe_webhook_secret,
             checkout_expiry: options.checkout_expiry,
             limits: options.limits,
+            usage_bytes: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                // At least one largest body, or such a body could never be taken.
+                options
+                    .usage
+                    .bytes_in_flight_max
+                    .max(usage::USAGE_BODY_LIMIT_BYTES)
+                    .div_ceil(usage::BYTES_PER_PERMIT),
+            )),
+            usage: options.usage,
         })
     }
 }
@@ -203,6 +243,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/topups/{id}/refunds"),
     ("get", "/v1/topups/{id}/refunds"),
     ("get", "/v1/orgs/{org}/summaries/{month}"),
+    ("put", "/v1/orgs/{org}/overdraft-limit"),
 ];
 
 pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
@@ -221,6 +262,10 @@ pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
         .route(
             "/v1/orgs/{org}/api-keys/{key_id}",
             axum::routing::delete(orgs::revoke_key),
+        )
+        .route(
+            "/v1/orgs/{org}/overdraft-limit",
+            axum::routing::put(orgs::put_overdraft_limit),
         )
         .route("/v1/orgs/{org}/balance", get(ledger::balance))
         .route("/v1/orgs/{org}/transactions", get(ledger::transactions))

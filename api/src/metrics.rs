@@ -4,7 +4,10 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{Histogram, IntCounterVec, register_histogram, register_int_counter_vec};
+use prometheus::{
+    Histogram, IntCounter, IntCounterVec, register_histogram, register_int_counter,
+    register_int_counter_vec,
+};
 use temporalio_client::errors::WorkflowStartError;
 
 /// Usage events by outcome (`accepted`, `duplicate`, `rejected`) and, for rejections, the code.
@@ -15,6 +18,15 @@ pub static USAGE_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["outcome", "code"]
     )
     .expect("creditflow_usage_events_total registers once")
+});
+
+/// Usage requests refused whole because too many usage bytes were in flight.
+pub static USAGE_OVERLOADED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "creditflow_usage_overloaded_total",
+        "Usage requests refused 429 usage_overloaded (bytes in flight at the bound)"
+    )
+    .expect("creditflow_usage_overloaded_total registers once")
 });
 
 /// Wall time of one `POST /v1/usage`, from the parsed body to the answer (parse, rate, commit).

@@ -166,8 +166,48 @@ fn new_key_json(k: &NewApiKey) -> Value {
     v
 }
 
-fn org_json(o: &Org) -> Value {
-    json!({ "id": o.id, "name": o.name, "created_at": o.created_at })
+fn org_json(o: &Org, state: &AppState) -> Value {
+    json!({
+        "id": o.id,
+        "name": o.name,
+        "created_at": o.created_at,
+        "overdraft_limit_credits": o.overdraft_limit.unwrap_or(state.usage.overdraft_limit),
+        "overdraft_limit_is_default": o.overdraft_limit.is_none(),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverdraftLimitBody {
+    /// Credits, or `null` for the configured default.
+    overdraft_limit_credits: Option<Value>,
+}
+
+/// `PUT /v1/orgs/{org}/overdraft-limit` (operator): how far usage may take the org below zero.
+pub async fn put_overdraft_limit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(org_id): Path<Uuid>,
+    Json(body): Json<OverdraftLimitBody>,
+) -> Result<AxumJson<Value>, ApiError> {
+    caller.require_operator()?;
+    let limit = match &body.overdraft_limit_credits {
+        None => None,
+        Some(v) => {
+            let c = crate::ledger::credits_field(Some(v), "overdraft_limit_credits")?;
+            if c.is_negative() {
+                return Err(ApiError::invalid(
+                    "overdraft_limit_credits",
+                    "negative_limit",
+                    "`overdraft_limit_credits` is how far below zero usage may go: zero or more",
+                ));
+            }
+            Some(c)
+        }
+    };
+    let org = state.store.set_overdraft_limit(org_id, limit).await?;
+    tracing::info!(org_id = %org_id, limit = ?limit, actor = %caller.actor(), "overdraft limit set");
+    Ok(AxumJson(org_json(&org, &state)))
 }
 
 /// `POST /v1/orgs` (operator): the org and its first API key, whose secret is shown only here.
@@ -182,7 +222,7 @@ pub async fn create_org(
     tracing::info!(org_id = %org.id, "organization created");
     Ok((
         StatusCode::CREATED,
-        AxumJson(json!({ "org": org_json(&org), "api_key": new_key_json(&key) })),
+        AxumJson(json!({ "org": org_json(&org, &state), "api_key": new_key_json(&key) })),
     ))
 }
 
@@ -192,7 +232,10 @@ pub async fn get_org(
     Path(org_id): Path<Uuid>,
 ) -> Result<AxumJson<Value>, ApiError> {
     caller.authorize_org(org_id)?;
-    Ok(AxumJson(org_json(&state.store.get_org(org_id).await?)))
+    Ok(AxumJson(org_json(
+        &state.store.get_org(org_id).await?,
+        &state,
+    )))
 }
 
 pub async fn list_keys(

@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 
 use axum::{
     Json as AxumJson,
-    body::Bytes,
-    extract::{State, rejection::BytesRejection},
+    body::Body,
+    extract::State,
     http::{HeaderMap, StatusCode, header},
 };
 use billing::{
@@ -39,6 +39,9 @@ use crate::{
 /// The body limit of this route: 1,000 events with labels fit well inside it.
 pub const USAGE_BODY_LIMIT_BYTES: usize = 4 * 1024 * 1024;
 
+/// The unit in which usage bytes in flight are counted.
+pub const BYTES_PER_PERMIT: usize = 1024;
+
 /// Sources: like ids, 1 to 255 printable ASCII characters (a URI-reference in CloudEvents).
 const SOURCE_MAX_CHARS: usize = 255;
 
@@ -50,7 +53,7 @@ pub async fn ingest(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
     let principal = match &caller {
         Caller::Org(p) => {
@@ -65,17 +68,44 @@ pub async fn ingest(
         }
     };
     let _timer = metrics::USAGE_BATCH_SECONDS.start_timer();
-    let body = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                r.body_text(),
-            )
-        } else {
-            ApiError::bad_request("malformed_body", r.body_text())
-        }
-    })?;
+    // The body is held (read, parsed, waiting on the writer) under the bytes-in-flight bound,
+    // counted by its declared length (or the route's limit when it declares none) before it is
+    // read, so a flood of bodies waits outside memory, answered 429 at once.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(USAGE_BODY_LIMIT_BYTES);
+    if declared > USAGE_BODY_LIMIT_BYTES {
+        return Err(too_large());
+    }
+    let permits = declared.div_ceil(BYTES_PER_PERMIT).max(1) as u32;
+    let _in_flight = state
+        .usage_bytes
+        .clone()
+        .try_acquire_many_owned(permits)
+        .map_err(|_| {
+            metrics::USAGE_OVERLOADED.inc();
+            ApiError {
+                retry_after_secs: Some(1),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "usage_overloaded",
+                    "too much usage is being recorded at once; retry this request shortly",
+                )
+            }
+        })?;
+    let body = axum::body::to_bytes(body, USAGE_BODY_LIMIT_BYTES)
+        .await
+        .map_err(|e| {
+            let too_big = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_big {
+                too_large()
+            } else {
+                ApiError::bad_request("malformed_body", format!("the body could not be read: {e}"))
+            }
+        })?;
     let org_id = principal.org_id;
     // Parsing and rating are pure CPU work: they run off the async workers, so a flood of
     // large batches does not delay light requests such as balance reads.
@@ -89,6 +119,7 @@ pub async fn ingest(
     // last refresh was. Never below now: usage that already happened is always recorded.
     let now = Utc::now();
     let max_ahead = (checked_at + state.usage_future_skew - now).max(chrono::Duration::zero());
+    let max_cost = state.usage.max_event_cost;
     let permit = PARSE_PERMITS
         .acquire()
         .await
@@ -98,7 +129,9 @@ pub async fn ingest(
         slots,
         valid,
     } = tokio::task::spawn_blocking(move || {
-        prepare(&headers, &body, &principal, &catalog, now, max_ahead)
+        prepare(
+            &headers, &body, &principal, &catalog, now, max_ahead, max_cost,
+        )
     })
     .await
     .map_err(|_| ApiError::internal())??;
@@ -123,6 +156,14 @@ pub async fn ingest(
                     &Rejection::new(
                         "id_conflict",
                         "this id was already recorded with a different payload",
+                    ),
+                ),
+                EventOutcome::OverdraftLimit => rejected(
+                    Some(&Value::String(id)),
+                    &Rejection::new(
+                        "overdraft_limit",
+                        "this event would take the balance below the organization's overdraft \
+                         limit; nothing was recorded, send it again once credits are added",
                     ),
                 ),
             };
@@ -175,6 +216,7 @@ fn prepare(
     catalog: &PriceCatalog,
     now: DateTime<Utc>,
     max_ahead: Duration,
+    max_cost: Credits,
 ) -> Result<Prepared, ApiError> {
     let events = parse_batch(headers, body)?;
     let mut p = Prepared {
@@ -190,7 +232,7 @@ fn prepare(
                 continue;
             }
         };
-        match rate(raw, reporter, now, max_ahead, catalog) {
+        match rate(raw, reporter, now, max_ahead, catalog, max_cost) {
             Ok(rated) => {
                 p.slots.push(p.results.len());
                 p.results.push(Value::Null);
@@ -527,11 +569,18 @@ fn rate(
     now: DateTime<Utc>,
     max_ahead: Duration,
     catalog: &PriceCatalog,
+    max_cost: Credits,
 ) -> Result<RatedEvent, Rejection> {
     let event = parse_event(v, reporter, now, max_ahead)?;
     let (cost, price_version): (Credits, i64) = catalog
         .rate(event.occurred_at, &event.usage)
         .map_err(|e| Rejection::new(e.code(), e.message()))?;
+    if cost > max_cost {
+        return Err(Rejection::new(
+            "event_cost_too_high",
+            format!("this event costs {cost} credits; one event may cost at most {max_cost}"),
+        ));
+    }
     let payload_hash = store::request_hash(&[event.canonical_text().as_bytes()]);
     Ok(RatedEvent {
         event,
@@ -555,4 +604,12 @@ fn check_source(source: &str) -> Result<(), Rejection> {
         )
         .at("source"))
     }
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("a usage request body is at most {USAGE_BODY_LIMIT_BYTES} bytes"),
+    )
 }

@@ -1,15 +1,26 @@
-//! The usage write path: coalesces concurrent requests into few transactions.
+//! The usage write path: coalesces concurrent requests into few transactions, serving orgs
+//! fairly.
 //!
-//! Requests wait in one bounded queue. A free writer task takes every request waiting (up to
-//! `batch_events_max` events) and records them in one transaction: one commit (one fsync) for
-//! many requests, and one balance update per org per batch however many events it holds.
-//! Several writers run at once; for a hot org they insert events in parallel and take turns
-//! only for the balance row (see [`Store::record_usage`]).
+//! Each org has its own queue of at most `queue_jobs_per_org` requests; a submitter whose org's
+//! queue is full waits for room (backpressure on that org alone). A free writer task takes
+//! requests round-robin across the orgs waiting, one per org per turn, up to `batch_events_max`
+//! events, and records them in one transaction: one commit (one fsync) for many requests, one
+//! balance update per org per batch. So one org's flood fills only its own queue, and another
+//! org's request waits at most for the batch being written and its own turn in the next, not
+//! behind the flood. Several writers may run at once; for a hot org they insert events in
+//! parallel and take turns only for the balance row (see [`Store::record_usage`]).
 
-use std::sync::Arc;
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc, Mutex as StdMutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use sqlx::postgres::PgPoolOptions;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
+use uuid::Uuid;
 
 use crate::{
     Store, StoreError,
@@ -21,8 +32,8 @@ use crate::{
 pub struct IngestConfig {
     /// Writer tasks, each with its own connection while it writes.
     pub writers: usize,
-    /// Requests that may wait before submitters wait for room (backpressure).
-    pub queue_jobs: usize,
+    /// Requests of one org that may wait before its submitters wait for room (backpressure).
+    pub queue_jobs_per_org: usize,
     /// Events per transaction at most.
     pub batch_events_max: usize,
 }
@@ -31,21 +42,127 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             writers: 1,
-            queue_jobs: 1024,
+            queue_jobs_per_org: 64,
             batch_events_max: 5000,
         }
     }
 }
 
-struct Pending {
-    job: UsageJob,
-    reply: oneshot::Sender<Result<JobResult, StoreError>>,
+enum Work {
+    Job {
+        job: UsageJob,
+        reply: oneshot::Sender<Result<JobResult, StoreError>>,
+        /// The org's queue slot, freed once the job is written.
+        _slot: OwnedSemaphorePermit,
+    },
+    /// A readiness probe: answered once the writer's connection committed a transaction.
+    Probe(oneshot::Sender<Result<(), StoreError>>),
 }
 
+#[derive(Default)]
+struct Queues {
+    /// Waiting work per org (probes under the nil id).
+    waiting: HashMap<Uuid, VecDeque<Work>>,
+    /// Orgs with waiting work, in turn order.
+    turns: VecDeque<Uuid>,
+    /// Each org's queue slots.
+    slots: HashMap<Uuid, Arc<Semaphore>>,
+}
+
+struct Shared {
+    queues: StdMutex<Queues>,
+    ready: Notify,
+    handles: AtomicUsize,
+    closed: std::sync::atomic::AtomicBool,
+    per_org: usize,
+}
+
+impl Shared {
+    fn push(&self, org: Uuid, work: Work) {
+        let mut q = self.queues.lock().expect("ingest queues");
+        let queue = q.waiting.entry(org).or_default();
+        let first = queue.is_empty();
+        queue.push_back(work);
+        if first {
+            q.turns.push_back(org);
+        }
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    /// Work for one transaction: round-robin over the orgs waiting, up to `events_max` events.
+    fn take(&self, events_max: usize) -> Vec<Work> {
+        let mut q = self.queues.lock().expect("ingest queues");
+        let mut batch = Vec::new();
+        let mut events = 0;
+        while events < events_max {
+            let Some(org) = q.turns.pop_front() else {
+                break;
+            };
+            let Some(queue) = q.waiting.get_mut(&org) else {
+                continue;
+            };
+            let Some(work) = queue.pop_front() else {
+                continue;
+            };
+            let more = !queue.is_empty();
+            if more {
+                q.turns.push_back(org);
+            } else {
+                q.waiting.remove(&org);
+            }
+            if let Work::Job { job, .. } = &work {
+                events += job.events.len();
+            }
+            batch.push(work);
+        }
+        let more = !q.turns.is_empty();
+        drop(q);
+        if more {
+            // Another writer may start on the rest meanwhile.
+            self.ready.notify_one();
+        }
+        batch
+    }
+
+    fn slots_of(&self, org: Uuid) -> Arc<Semaphore> {
+        let mut q = self.queues.lock().expect("ingest queues");
+        if q.slots.len() >= SLOTS_KEPT_MAX {
+            // Forget the orgs with nothing in flight; they get a fresh semaphore next time.
+            let per_org = self.per_org;
+            q.slots.retain(|_, s| s.available_permits() < per_org);
+        }
+        q.slots
+            .entry(org)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_org)))
+            .clone()
+    }
+}
+
+/// Orgs whose queue slots are kept before idle ones are forgotten.
+const SLOTS_KEPT_MAX: usize = 10_000;
+
 /// Handle on the writer tasks; cheap to clone. The tasks stop when every handle is dropped.
-#[derive(Clone)]
 pub struct Ingestor {
-    queue: mpsc::Sender<Pending>,
+    shared: Arc<Shared>,
+}
+
+impl Clone for Ingestor {
+    fn clone(&self) -> Self {
+        self.shared.handles.fetch_add(1, Ordering::SeqCst);
+        Ingestor {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Ingestor {
+    fn drop(&mut self) {
+        if self.shared.handles.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.shared.closed.store(true, Ordering::SeqCst);
+            self.shared.ready.notify_waiters();
+        }
+    }
 }
 
 impl Ingestor {
@@ -54,10 +171,18 @@ impl Ingestor {
     /// not hold up the threads that answer light requests (balance reads). The writers stop
     /// when every `Ingestor` handle is dropped.
     pub fn start(store: Store, config: IngestConfig) -> Ingestor {
-        let (queue, rx) = mpsc::channel(config.queue_jobs.max(1));
+        let shared = Arc::new(Shared {
+            queues: StdMutex::new(Queues::default()),
+            ready: Notify::new(),
+            handles: AtomicUsize::new(1),
+            closed: false.into(),
+            per_org: config.queue_jobs_per_org.max(1),
+        });
         let writers = config.writers.max(1);
         let batch_events_max = config.batch_events_max.max(1);
         let options = store.pool().connect_options();
+        let acquire_timeout = store.pool().options().get_acquire_timeout();
+        let for_writers = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("usage-writers".into())
             .spawn(move || {
@@ -86,11 +211,17 @@ impl Ingestor {
                 runtime.block_on(async move {
                     let pool = PgPoolOptions::new()
                         .max_connections(writers as u32)
+                        .acquire_timeout(acquire_timeout)
                         .connect_lazy_with((*options).clone());
                     let store = store.with_pool(pool);
-                    let rx = Arc::new(Mutex::new(rx));
                     let tasks: Vec<_> = (0..writers)
-                        .map(|_| tokio::spawn(writer(store.clone(), rx.clone(), batch_events_max)))
+                        .map(|_| {
+                            tokio::spawn(writer(
+                                store.clone(),
+                                for_writers.clone(),
+                                batch_events_max,
+                            ))
+                        })
                         .collect();
                     for t in tasks {
                         let _ = t.await;
@@ -100,62 +231,93 @@ impl Ingestor {
         if let Err(e) = spawned {
             tracing::error!(error = %e, "usage writer thread could not start");
         }
-        Ingestor { queue }
+        Ingestor { shared }
     }
 
-    /// Records one request's events; resolves when they are committed.
+    /// Records one request's events; resolves when they are committed. Waits while the org
+    /// already has `queue_jobs_per_org` requests waiting.
     pub async fn submit(&self, job: UsageJob) -> Result<JobResult, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Pending { job, reply })
+        let slot = self
+            .shared
+            .slots_of(job.org_id)
+            .acquire_owned()
             .await
             .map_err(|_| StoreError::Schema("the usage writer has stopped".into()))?;
+        let (reply, answer) = oneshot::channel();
+        self.shared.push(
+            job.org_id,
+            Work::Job {
+                job,
+                reply,
+                _slot: slot,
+            },
+        );
         answer
             .await
             .map_err(|_| StoreError::Schema("the usage writer dropped a request".into()))?
     }
+
+    /// Whether the writers can commit now: a transaction that takes a transaction id, on a
+    /// writer's own connection, in turn with the usage batches.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.shared.push(Uuid::nil(), Work::Probe(reply));
+        answer
+            .await
+            .map_err(|_| StoreError::Schema("the usage writer dropped a probe".into()))?
+    }
 }
 
-async fn writer(store: Store, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, batch_events_max: usize) {
+async fn writer(store: Store, shared: Arc<Shared>, batch_events_max: usize) {
     loop {
-        // One writer at a time drains the queue; the others are writing meanwhile.
-        let mut batch = {
-            let mut rx = rx.lock().await;
-            let Some(first) = rx.recv().await else {
+        let notified = shared.ready.notified();
+        let work = shared.take(batch_events_max);
+        if work.is_empty() {
+            if shared.closed.load(Ordering::SeqCst) {
                 return;
-            };
-            let mut events = first.job.events.len();
-            let mut batch = vec![first];
-            while events < batch_events_max {
-                match rx.try_recv() {
-                    Ok(p) => {
-                        events += p.job.events.len();
-                        batch.push(p);
-                    }
-                    Err(_) => break,
-                }
             }
-            batch
-        };
-        let jobs: Vec<UsageJob> = batch.iter().map(|p| p.job.clone()).collect();
+            notified.await;
+            continue;
+        }
+        let mut batch = Vec::with_capacity(work.len());
+        for w in work {
+            match w {
+                Work::Probe(reply) => {
+                    let _ = reply.send(store.probe_commit().await);
+                }
+                Work::Job { job, reply, _slot } => batch.push((job, reply, _slot)),
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let jobs: Vec<UsageJob> = batch.iter().map(|(j, _, _)| j.clone()).collect();
         match store.record_usage(&jobs).await {
             Ok(results) => {
-                for (p, r) in batch.into_iter().zip(results) {
-                    let _ = p.reply.send(Ok(r));
+                for ((_, reply, _), r) in batch.into_iter().zip(results) {
+                    let _ = reply.send(Ok(r));
                 }
             }
             Err(e) if batch.len() == 1 => {
-                let _ = batch.pop().map(|p| p.reply.send(Err(e)));
+                let _ = batch.pop().map(|(_, reply, _)| reply.send(Err(e)));
+            }
+            Err(e) if e.is_unavailable() => {
+                // The database is not answering: every request of the batch gets that answer
+                // now, rather than each waiting for the database again one by one.
+                tracing::warn!(error = %e, requests = batch.len(), "usage batch failed: database unavailable");
+                for (_, reply, _) in batch {
+                    let _ = reply.send(Err(StoreError::Db(sqlx::Error::PoolTimedOut)));
+                }
             }
             Err(e) => {
                 // One request's failure must not fail the others: retry each on its own.
                 tracing::warn!(error = %e, requests = batch.len(), "usage batch failed; retrying one by one");
-                for p in batch {
+                for (job, reply, _) in batch {
                     let r = store
-                        .record_usage(std::slice::from_ref(&p.job))
+                        .record_usage(std::slice::from_ref(&job))
                         .await
                         .map(|mut v| v.remove(0));
-                    let _ = p.reply.send(r);
+                    let _ = reply.send(r);
                 }
             }
         }

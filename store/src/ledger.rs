@@ -184,6 +184,8 @@ pub struct LockedOrgs {
 struct OrgState {
     account_id: i64,
     balance: Credits,
+    /// The org's own overdraft limit, if it has one.
+    overdraft_limit: Option<Credits>,
     seq: i64,
     credits: Decimal,
     debits: Decimal,
@@ -199,6 +201,11 @@ impl LockedOrgs {
     /// The org's balance as booked so far in this transaction.
     pub fn balance(&self, org_id: Uuid) -> Option<Credits> {
         self.orgs.get(&org_id).map(|o| o.balance)
+    }
+
+    /// How far below zero usage may take the org, if it has a limit of its own.
+    pub fn overdraft_limit(&self, org_id: Uuid) -> Option<Credits> {
+        self.orgs.get(&org_id).and_then(|o| o.overdraft_limit)
     }
 
     /// The org's highest threshold for `purpose` (`auto_topup`, `alert`): its id and level.
@@ -226,9 +233,10 @@ impl Store {
         ids.sort();
         ids.dedup();
         let rows = sqlx::query!(
-            r#"SELECT id, org_id AS "org_id!", credits_posted - debits_posted AS "balance!",
-                      transfer_seq
-                 FROM accounts WHERE org_id = ANY($1) ORDER BY org_id FOR UPDATE"#,
+            r#"SELECT a.id, a.org_id AS "org_id!", a.credits_posted - a.debits_posted AS "balance!",
+                      a.transfer_seq, o.overdraft_limit
+                 FROM accounts a JOIN orgs o ON o.id = a.org_id
+                WHERE a.org_id = ANY($1) ORDER BY a.org_id FOR UPDATE OF a"#,
             &ids
         )
         .fetch_all(&mut **tx)
@@ -242,6 +250,7 @@ impl Store {
                 let state = OrgState {
                     account_id: r.id,
                     balance: Credits::from_stored(r.balance),
+                    overdraft_limit: r.overdraft_limit.map(Credits::from_stored),
                     seq: r.transfer_seq,
                     credits: Decimal::ZERO,
                     debits: Decimal::ZERO,

@@ -21,7 +21,7 @@ pub mod usage;
 
 use std::{collections::HashMap, str::FromStr, time::Duration};
 
-use billing::SystemAccount;
+use billing::{Credits, SystemAccount};
 use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
@@ -58,15 +58,33 @@ pub struct Store {
     /// Whether usage events recorded before sources existed (source `''`, deduplicated by id
     /// alone) are present: only then does recording usage look for them.
     events_before_sources: bool,
+    /// How far usage may take an org below zero when it has no limit of its own.
+    overdraft_limit: Credits,
 }
+
+/// The overdraft limit of an org without its own, unless configured otherwise.
+pub const DEFAULT_OVERDRAFT_LIMIT_CREDITS: i64 = 1_000_000;
+
+/// How long a caller waits for a database connection, unless configured otherwise.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Store {
     /// Connects a pool (bounded by `max_connections`) and loads the system account ids.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        Store::connect_bounded(url, max_connections, DEFAULT_ACQUIRE_TIMEOUT).await
+    }
+
+    /// Connects a pool whose callers wait at most `acquire_timeout` for a connection; then the
+    /// call fails as [`StoreError::is_unavailable`] (the API answers 503).
+    pub async fn connect_bounded(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Store, StoreError> {
         let options = PgConnectOptions::from_str(url)?.application_name("creditflow");
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(acquire_timeout)
             .connect_with(options)
             .await?;
         Store::from_pool(pool).await
@@ -96,6 +114,7 @@ impl Store {
             pool,
             system_accounts,
             events_before_sources,
+            overdraft_limit: Credits::whole(DEFAULT_OVERDRAFT_LIMIT_CREDITS),
         })
     }
 
@@ -105,7 +124,18 @@ impl Store {
             pool,
             system_accounts: self.system_accounts.clone(),
             events_before_sources: self.events_before_sources,
+            overdraft_limit: self.overdraft_limit,
         }
+    }
+
+    /// The same store with another default overdraft limit (orgs without their own).
+    pub fn with_overdraft_limit(mut self, limit: Credits) -> Store {
+        self.overdraft_limit = limit;
+        self
+    }
+
+    pub fn overdraft_limit_default(&self) -> Credits {
+        self.overdraft_limit
     }
 
     /// Applies pending migrations.
@@ -125,6 +155,17 @@ impl Store {
         sqlx::query_scalar!("SELECT 1 AS one")
             .fetch_one(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    /// Commits a transaction that takes a transaction id: the database accepts writes (a
+    /// server starting up, in recovery or read-only refuses it).
+    pub async fn probe_commit(&self) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query_scalar!("SELECT txid_current()::bigint AS txid")
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -15,6 +15,26 @@ pub struct Org {
     pub id: Uuid,
     pub name: String,
     pub created_at: DateTime<Utc>,
+    /// How far usage may take it below zero; `None`: the configured default.
+    pub overdraft_limit: Option<billing::Credits>,
+}
+
+struct OrgRow {
+    id: Uuid,
+    name: String,
+    created_at: DateTime<Utc>,
+    overdraft_limit: Option<rust_decimal::Decimal>,
+}
+
+impl From<OrgRow> for Org {
+    fn from(r: OrgRow) -> Org {
+        Org {
+            id: r.id,
+            name: r.name,
+            created_at: r.created_at,
+            overdraft_limit: r.overdraft_limit.map(billing::Credits::from_stored),
+        }
+    }
 }
 
 /// An API key as listed: never the secret, only its prefix.
@@ -192,14 +212,16 @@ impl Store {
         actor: &str,
     ) -> Result<(Org, NewApiKey), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let org = sqlx::query_as!(
-            Org,
-            "INSERT INTO orgs (id, name) VALUES ($1, $2) RETURNING id, name, created_at",
+        let org: Org = sqlx::query_as!(
+            OrgRow,
+            "INSERT INTO orgs (id, name) VALUES ($1, $2)
+             RETURNING id, name, created_at, overdraft_limit",
             Uuid::now_v7(),
             name
         )
         .fetch_one(&mut *tx)
-        .await?;
+        .await?
+        .into();
         sqlx::query!(
             "INSERT INTO accounts (code, org_id) VALUES ($1, $2)",
             billing::Account::Org(org.id).code(),
@@ -214,12 +236,13 @@ impl Store {
 
     pub async fn get_org(&self, org_id: Uuid) -> Result<Org, StoreError> {
         sqlx::query_as!(
-            Org,
-            "SELECT id, name, created_at FROM orgs WHERE id = $1",
+            OrgRow,
+            "SELECT id, name, created_at, overdraft_limit FROM orgs WHERE id = $1",
             org_id
         )
         .fetch_optional(&self.pool)
         .await?
+        .map(Org::from)
         .ok_or(StoreError::OrgNotFound)
     }
 
@@ -246,6 +269,26 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// Sets (or with `None` clears, back to the configured default) how far usage may take the
+    /// org below zero. Usage already booked stays; later usage is held to the new floor.
+    pub async fn set_overdraft_limit(
+        &self,
+        org_id: Uuid,
+        limit: Option<billing::Credits>,
+    ) -> Result<Org, StoreError> {
+        sqlx::query_as!(
+            OrgRow,
+            "UPDATE orgs SET overdraft_limit = $2 WHERE id = $1
+             RETURNING id, name, created_at, overdraft_limit",
+            org_id,
+            limit.map(|l| l.as_decimal())
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .map(Org::from)
+        .ok_or(StoreError::OrgNotFound)
     }
 
     /// Revokes a key of this org. Revoking an already revoked key changes nothing.

@@ -48,6 +48,9 @@ pub enum EventOutcome {
     Duplicate(Recorded),
     /// The id was recorded before with a different payload: refused.
     Conflict,
+    /// Its cost would take the org below minus its overdraft limit: refused, nothing kept (the
+    /// id stays free for a retry once there are credits).
+    OverdraftLimit,
 }
 
 #[derive(Debug, Clone)]
@@ -139,14 +142,47 @@ impl Store {
             }
         }
 
-        // Book the transfers of the inserted events only.
+        // Book the transfers of the inserted events only, in request order, down to each org's
+        // overdraft floor: an event that would go below it is refused and its row removed.
         let org_ids: Vec<Uuid> = jobs.iter().map(|j| j.org_id).collect();
         let mut locked = self.lock_orgs(&mut tx, &org_ids).await?;
-        let new_transfers: Vec<NewTransfer> = ordered
-            .iter()
-            .filter(|(_, c)| inserted.contains(&c.usage_id))
-            .filter_map(|(_, c)| c.transfer_index.map(|i| transfers[i].clone()))
-            .collect();
+        let mut running: HashMap<Uuid, Credits> = HashMap::new();
+        let mut refused: HashSet<Uuid> = HashSet::new();
+        let mut booked: HashSet<Uuid> = HashSet::new();
+        let mut new_transfers: Vec<NewTransfer> = Vec::new();
+        let mut refusals: HashMap<Uuid, (i64, Credits)> = HashMap::new();
+        for j in jobs {
+            let limit = locked
+                .overdraft_limit(j.org_id)
+                .unwrap_or(self.overdraft_limit);
+            let floor = Credits::ZERO.checked_sub(limit)?;
+            for e in &j.events {
+                let c = &candidates[&(j.org_id, e.event.source.as_str(), e.event.id.as_str())];
+                let Some(index) = c.transfer_index else {
+                    continue;
+                };
+                if !inserted.contains(&c.usage_id) || !booked.insert(c.usage_id) {
+                    continue;
+                }
+                let balance = match running.get(&j.org_id) {
+                    Some(b) => *b,
+                    None => locked.balance(j.org_id).ok_or(StoreError::OrgNotFound)?,
+                };
+                let after = balance.checked_sub(e.cost)?;
+                if after < floor {
+                    refused.insert(c.usage_id);
+                    let r = refusals.entry(j.org_id).or_insert((0, Credits::ZERO));
+                    r.0 += 1;
+                    r.1 = r.1.checked_add(e.cost)?;
+                } else {
+                    running.insert(j.org_id, after);
+                    new_transfers.push(transfers[index].clone());
+                }
+            }
+        }
+        if !refused.is_empty() {
+            record_refusals(&mut tx, &refused, &refusals).await?;
+        }
         self.book_locked(&mut tx, &mut locked, &new_transfers, false)
             .await?;
 
@@ -174,6 +210,8 @@ impl Store {
                 };
                 outcomes.push(if hash != e.payload_hash.as_slice() {
                     EventOutcome::Conflict
+                } else if fresh && refused.contains(&rec.usage_id) {
+                    EventOutcome::OverdraftLimit
                 } else if fresh && accepted_once.insert(rec.usage_id) {
                     EventOutcome::Accepted(rec)
                 } else {
@@ -222,6 +260,38 @@ pub struct OutboxRow {
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// Earlier tries that could not dispatch it.
     pub attempts: i32,
+}
+
+/// Removes the rows of events refused at the overdraft floor and counts them per org and day.
+async fn record_refusals(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    refused: &HashSet<Uuid>,
+    per_org: &HashMap<Uuid, (i64, Credits)>,
+) -> Result<(), StoreError> {
+    let ids: Vec<Uuid> = refused.iter().copied().collect();
+    sqlx::query!("DELETE FROM usage_events WHERE id = ANY($1)", &ids)
+        .execute(&mut **tx)
+        .await?;
+    let mut orgs: Vec<(&Uuid, &(i64, Credits))> = per_org.iter().collect();
+    orgs.sort_by_key(|(org, _)| **org);
+    let org_ids: Vec<Uuid> = orgs.iter().map(|(o, _)| **o).collect();
+    let events: Vec<i64> = orgs.iter().map(|(_, (n, _))| *n).collect();
+    let credits: Vec<Decimal> = orgs.iter().map(|(_, (_, c))| c.as_decimal()).collect();
+    sqlx::query!(
+        "INSERT INTO usage_refusals (org_id, day, code, events, credits, last_at)
+         SELECT o, (now() AT TIME ZONE 'UTC')::date, 'overdraft_limit', n, c, now()
+           FROM UNNEST($1::uuid[], $2::bigint[], $3::numeric[]) AS r(o, n, c)
+         ON CONFLICT (org_id, day, code) DO UPDATE
+            SET events = usage_refusals.events + EXCLUDED.events,
+                credits = usage_refusals.credits + EXCLUDED.credits,
+                last_at = EXCLUDED.last_at",
+        &org_ids,
+        &events,
+        &credits
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// An event's identity: org, source, id.

@@ -254,6 +254,9 @@ pub struct TestApp {
     /// Where this app's API and workers reach Temporal: the server, or a proxy the test cuts.
     pub temporal_url: String,
     pub temporal_proxy: Option<proxy::TcpProxy>,
+    /// The proxy between the API and Postgres, when the test asked for one (the test's own
+    /// `store` connects directly, so it can look while the API cannot).
+    pub postgres_proxy: Option<proxy::TcpProxy>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -263,7 +266,11 @@ pub struct AppOptions {
     pub checkout_expiry: Duration,
     /// Reach Temporal through a [`proxy::TcpProxy`] the test can cut (`TestApp::temporal_proxy`).
     pub temporal_proxy: bool,
+    /// The API reaches Postgres through a [`proxy::TcpProxy`] (`TestApp::postgres_proxy`),
+    /// waiting at most 2 s for a connection.
+    pub postgres_proxy: bool,
     pub limits: api::RequestLimits,
+    pub usage: api::UsageBounds,
 }
 
 impl Default for AppOptions {
@@ -271,7 +278,9 @@ impl Default for AppOptions {
         AppOptions {
             checkout_expiry: Duration::from_secs(600),
             temporal_proxy: false,
+            postgres_proxy: false,
             limits: api::RequestLimits::default(),
+            usage: api::UsageBounds::default(),
         }
     }
 }
@@ -354,10 +363,29 @@ impl TestApp {
             stripe_webhook_secret: WEBHOOK_SECRET.into(),
             checkout_expiry: app_options.checkout_expiry,
             limits: app_options.limits,
+            usage: app_options.usage,
             ..api::ApiOptions::default()
         };
+        let (api_store, postgres_proxy) = if app_options.postgres_proxy {
+            let admin = admin_database_url()?;
+            let upstream = admin
+                .split_once('@')
+                .and_then(|(_, rest)| rest.split_once('/'))
+                .map(|(hostport, _)| hostport.to_string())
+                .ok_or_else(|| anyhow::anyhow!("no host:port in {admin}"))?;
+            let proxy = proxy::TcpProxy::start(upstream.clone()).await?;
+            let url = database_url.replacen(&upstream, &format!("127.0.0.1:{}", proxy.port), 1);
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(2))
+                .connect(&url)
+                .await?;
+            (Store::from_pool(pool).await?, Some(proxy))
+        } else {
+            (store.clone(), None)
+        };
         let state = api::AppState::start(
-            store.clone(),
+            api_store,
             api::OperatorKeys::new([OPERATOR_KEY]),
             temporal.clone(),
             options,
@@ -392,6 +420,7 @@ impl TestApp {
             metrics_url,
             temporal_url,
             temporal_proxy,
+            postgres_proxy,
             shutdown: Some(tx),
         })
     }

@@ -22,9 +22,10 @@ use crate::{
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
-    Store::connect(
+    Store::connect_bounded(
         settings.database.url.expose(),
         settings.database.max_connections,
+        Duration::from_millis(settings.database.acquire_timeout_ms),
     )
     .await
     .context("connecting to Postgres")
@@ -56,8 +57,13 @@ pub async fn app_state(
         price_publish_lead: Duration::from_millis(settings.pricing.publish_lead_ms),
         ingest: IngestConfig {
             writers: settings.ingest.writers,
-            queue_jobs: settings.ingest.queue_jobs,
+            queue_jobs_per_org: settings.ingest.queue_jobs_per_org,
             batch_events_max: settings.ingest.batch_events_max,
+        },
+        usage: api::UsageBounds {
+            bytes_in_flight_max: settings.ingest.bytes_in_flight_max,
+            max_event_cost: settings.ingest.max_event_cost_credits,
+            overdraft_limit: settings.ingest.overdraft_limit_credits,
         },
         task_queue: settings.temporal.task_queue.clone(),
         stripe_webhook_secret: settings.stripe.webhook_secret.expose().to_string(),

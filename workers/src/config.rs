@@ -102,8 +102,11 @@ pub struct Pricing {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Ingest {
     pub writers: usize,
-    pub queue_jobs: usize,
+    pub queue_jobs_per_org: usize,
     pub batch_events_max: usize,
+    pub bytes_in_flight_max: usize,
+    pub max_event_cost_credits: billing::Credits,
+    pub overdraft_limit_credits: billing::Credits,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -116,6 +119,8 @@ pub struct Server {
 pub struct Database {
     pub url: Secret,
     pub max_connections: u32,
+    /// How long a request waits for a connection before it is answered 503.
+    pub acquire_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

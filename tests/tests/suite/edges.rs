@@ -6,7 +6,7 @@ use futures::future::join_all;
 use reqwest::Method;
 use serde_json::{Value, json};
 use store::{IngestConfig, Ingestor, RatedEvent, UsageJob};
-use tests::{OPERATOR_KEY, TestApp, TestOrg};
+use tests::{AppOptions, OPERATOR_KEY, TestApp, TestOrg};
 
 const STARTER: &str = "01970000-0000-7000-8000-000000000001";
 
@@ -743,4 +743,187 @@ async fn cloudevents_sdk_events_debit_as_a_json_batch_would() {
             Some("bob".to_string())
         ]
     );
+}
+
+/// 11,111.111111 GB of bandwidth at 9 credits: 99,999.999999 credits, the most one event may
+/// cost by default.
+fn max_cost(id: &str) -> Value {
+    json!({"id": id, "type": "infra", "occurred_at": now(), "resource": "bandwidth",
+           "quantity": "11111.111111", "unit": "gb"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_at_the_largest_cost_stops_at_the_overdraft_floor_and_spares_other_orgs() {
+    let app = TestApp::spawn().await.unwrap();
+    let org = app.create_org("floor").await;
+    let other = app.create_org("neighbour").await;
+    let set = app
+        .call(
+            Method::PUT,
+            &format!("/v1/orgs/{}/overdraft-limit", org.id),
+            Some(OPERATOR_KEY),
+            Some(&json!({"overdraft_limit_credits": "250000"})),
+            &[],
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.text);
+    assert_eq!(set.body["overdraft_limit_credits"], "250000.000000");
+    let own = app.get(&format!("/v1/orgs/{}", org.id), &org.key).await;
+    assert_eq!(own.body["overdraft_limit_is_default"], false);
+
+    // Five events at the largest cost, beside a small one, while the neighbour reports too.
+    let events = json!([
+        max_cost("m-1"),
+        max_cost("m-2"),
+        max_cost("m-3"),
+        ai("small"),
+        max_cost("m-4"),
+        max_cost("m-5")
+    ]);
+    let (a, b) = tokio::join!(
+        send(&app, &org.key, events),
+        send(&app, &other.key, json!([ai("n-1"), ai("n-2")]))
+    );
+
+    let codes: Vec<&str> = a.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap_or(r["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "accepted",
+            "accepted",
+            "overdraft_limit",
+            "accepted",
+            "overdraft_limit",
+            "overdraft_limit"
+        ],
+        "{}",
+        a.text
+    );
+    assert_eq!(app.balance(&org).await, "-200000.999998");
+    assert_eq!(b.body["accepted"], 2, "{}", b.text);
+    // Refused events leave nothing but a count; their ids stay free.
+    assert_eq!(
+        count(
+            &app,
+            &format!(
+                "SELECT count(*) FROM usage_events WHERE org_id = '{}'",
+                org.id
+            )
+        )
+        .await,
+        3
+    );
+    let (events, credits): (i64, rust_decimal::Decimal) = sqlx::query_as(
+        "SELECT events, credits FROM usage_refusals WHERE org_id = $1 AND code = 'overdraft_limit'",
+    )
+    .bind(org.id)
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        (events, credits.to_string()),
+        (3, "299999.999997".to_string())
+    );
+    let metrics = app
+        .http
+        .get(&app.metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        tests::metric_sum(
+            &metrics,
+            "creditflow_usage_events_total",
+            &[("code", "overdraft_limit")]
+        ) >= rust_decimal::Decimal::from(3)
+    );
+
+    // Credits in, and the same event is taken.
+    app.adjust(org.id, "100000", "top up", "seed").await;
+    let retry = send(&app, &org.key, json!([max_cost("m-3")])).await;
+    assert_eq!(retry.body["accepted"], 1, "{}", retry.text);
+    app.assert_invariants().await;
+}
+
+/// Running totals were numeric(24,6), at most 10^18: a system account near that bound made
+/// every usage batch of every org fail. Now they are numeric(28,6).
+#[tokio::test]
+async fn totals_past_the_old_column_bound_do_not_overflow() {
+    let app = TestApp::spawn().await.unwrap();
+    let org = app.create_org("bound").await;
+    sqlx::query(
+        "UPDATE accounts SET credits_posted = 999999999999999999.999999 WHERE code = 'usage:ai'",
+    )
+    .execute(app.store.pool())
+    .await
+    .unwrap();
+
+    let a = send(&app, &org.key, json!([ai("past-the-old-bound")])).await;
+
+    assert_eq!(a.body["accepted"], 1, "{}", a.text);
+    let total: rust_decimal::Decimal =
+        sqlx::query_scalar("SELECT credits_posted FROM accounts WHERE code = 'usage:ai'")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(total.to_string(), "1000000000000000000.999999");
+}
+
+/// Bodies held beyond the bytes-in-flight bound are refused at once, before they are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_bytes_in_flight_are_bounded_with_a_429() {
+    let app = TestApp::spawn_with(AppOptions {
+        usage: api::UsageBounds {
+            bytes_in_flight_max: api::usage::USAGE_BODY_LIMIT_BYTES,
+            ..api::UsageBounds::default()
+        },
+        ..AppOptions::default()
+    })
+    .await
+    .unwrap();
+    let org = app.create_org("bytes").await;
+    // A client that declares the largest body and sends it slowly holds the whole bound. (If
+    // the small request below comes first, the slow one is the one refused: try again.)
+    let addr = app.base_url.trim_start_matches("http://").to_string();
+    let head = format!(
+        "POST /v1/usage HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{{\"events\": [",
+        org.key,
+        api::usage::USAGE_BODY_LIMIT_BYTES
+    );
+    let (slow, refused) = tests::eventually(
+        "a 429 while a slow body is held",
+        std::time::Duration::from_secs(20),
+        || async {
+            let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut slow, head.as_bytes())
+                .await
+                .unwrap();
+            let a = send(&app, &org.key, json!([ai("while-held")])).await;
+            (a.status == 429).then_some((slow, a))
+        },
+    )
+    .await;
+    refused.assert_problem(429, "usage_overloaded");
+    assert!(refused.text.contains("retry"));
+
+    drop(slow);
+    let after = tests::eventually(
+        "usage accepted once the slow client left",
+        std::time::Duration::from_secs(10),
+        || async {
+            let a = send(&app, &org.key, json!([ai("after")])).await;
+            (a.status == 200).then_some(a)
+        },
+    )
+    .await;
+    assert_eq!(after.body["accepted"], 1, "{}", after.text);
 }

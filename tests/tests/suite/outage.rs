@@ -135,3 +135,85 @@ async fn a_temporal_outage_delays_grants_and_starts_but_loses_nothing() {
     assert_eq!(app.balance(&org).await, "4200.000000");
     app.assert_invariants().await;
 }
+
+/// Postgres unreachable for the API: requests wait a bounded time, then 503
+/// database_unavailable with Retry-After (never 500); ready again only when usage commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_a_503_and_readiness_returns_with_ingestion() {
+    let app = TestApp::spawn_with(AppOptions {
+        postgres_proxy: true,
+        ..AppOptions::default()
+    })
+    .await
+    .unwrap();
+    let proxy = app.postgres_proxy.clone().unwrap();
+    let org = app.create_org("db-outage").await;
+    let event = |id: &str| {
+        json!({"events": [{"id": id, "type": "ai_tokens", "occurred_at": chrono::Utc::now(),
+                           "model": "gpt-4o", "input_tokens": 4000}]})
+    };
+    let before = app
+        .call(
+            Method::POST,
+            "/v1/usage",
+            Some(&org.key),
+            Some(&event("before")),
+            &[],
+        )
+        .await;
+    assert_eq!(before.body["accepted"], 1, "{}", before.text);
+
+    proxy.set_up(false);
+    let started = Instant::now();
+    let during = app
+        .call(
+            Method::POST,
+            "/v1/usage",
+            Some(&org.key),
+            Some(&event("during")),
+            &[],
+        )
+        .await;
+    let took = started.elapsed();
+    during.assert_problem(503, "database_unavailable");
+    assert!(took < Duration::from_secs(10), "answered after {took:?}");
+    let balance = app
+        .get(&format!("/v1/orgs/{}/balance", org.id), &org.key)
+        .await;
+    balance.assert_problem(503, "database_unavailable");
+    let ready = app.call(Method::GET, "/readyz", None, None, &[]).await;
+    assert_eq!(ready.status, 503, "{}", ready.text);
+    let res = app
+        .http
+        .get(format!("{}/v1/orgs/{}/balance", app.base_url, org.id))
+        .bearer_auth(&org.key)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().contains_key("retry-after"));
+
+    proxy.set_up(true);
+    eventually("ready again", Duration::from_secs(30), || async {
+        let r = app.call(Method::GET, "/readyz", None, None, &[]).await;
+        (r.status == 200).then_some(())
+    })
+    .await;
+    // Ready means the writer commits: the first usage after it is recorded.
+    let after = app
+        .call(
+            Method::POST,
+            "/v1/usage",
+            Some(&org.key),
+            Some(&event("after")),
+            &[],
+        )
+        .await;
+    assert_eq!(after.status, 200, "{}", after.text);
+    assert_eq!(after.body["accepted"], 1, "{}", after.text);
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_events WHERE org_id = $1")
+        .bind(org.id)
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, 2, "the refused event left nothing");
+}

@@ -802,13 +802,17 @@ async fn an_event_costing_more_than_the_credits_range_is_refused_as_amount_out_o
         infra("just-over", "bandwidth", "111111111111.111112", "gb"),
     ];
     let mut events = cases.clone();
-    // 999,999,999,999.999999 credits: the largest cost inside the range is still accepted.
+    // 999,999,999,999.999999 credits: inside the range, but above the largest cost one event
+    // may have (ingest.max_event_cost_credits, 100,000 by default).
     events.push(infra(
         "just-under",
         "bandwidth",
         "111111111111.111111",
         "gb",
     ));
+    // 100,000.000008 and 99,999.999999 credits: either side of that bound.
+    events.push(infra("over-max", "bandwidth", "11111.111112", "gb"));
+    events.push(infra("at-max", "bandwidth", "11111.111111", "gb"));
     events.push(ai("good", 4000, 0, 0));
 
     let a = send(&app, &org, Value::Array(events)).await;
@@ -820,15 +824,16 @@ async fn an_event_costing_more_than_the_credits_range_is_refused_as_amount_out_o
         assert_eq!(r["code"], "amount_out_of_range", "{event}: {r}");
         assert!(r["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
-    let under = &a.body["results"][cases.len()];
-    assert_eq!(under["status"], "accepted", "{under}");
-    assert_eq!(
-        dec(&under["cost_credits"]),
-        dec(&json!("999999999999.999999"))
-    );
-    assert_eq!(a.body["results"][cases.len() + 1]["status"], "accepted");
+    for i in [cases.len(), cases.len() + 1] {
+        let r = &a.body["results"][i];
+        assert_eq!(r["code"], "event_cost_too_high", "{r}");
+    }
+    let at_max = &a.body["results"][cases.len() + 2];
+    assert_eq!(at_max["status"], "accepted", "{at_max}");
+    assert_eq!(dec(&at_max["cost_credits"]), dec(&json!("99999.999999")));
+    assert_eq!(a.body["results"][cases.len() + 3]["status"], "accepted");
     assert_eq!(a.body["accepted"], 2);
-    assert_eq!(a.body["rejected"], cases.len());
+    assert_eq!(a.body["rejected"], cases.len() + 2);
     assert_eq!(count(&app, "SELECT count(*) FROM usage_events").await, 2);
     assert_eq!(count(&app, "SELECT count(*) FROM transfers").await, 2);
     let stored: i64 = sqlx::query_scalar(
@@ -839,7 +844,7 @@ async fn an_event_costing_more_than_the_credits_range_is_refused_as_amount_out_o
     .unwrap();
     assert_eq!(stored, 0);
     let balance: Decimal = app.balance(&org).await.parse().unwrap();
-    assert_eq!(balance, dec(&json!("-1000000000000.999999")));
+    assert_eq!(balance, dec(&json!("-100000.999999")));
     app.assert_invariants().await;
 }
 
