@@ -127,6 +127,8 @@ pub struct UsageBounds {
     pub max_event_cost: billing::Credits,
     /// How far usage may overdraw an org without a limit of its own.
     pub overdraft_limit: billing::Credits,
+    /// How long before now an event may be stamped (`occurred_too_long_ago` beyond it).
+    pub late_usage_max: chrono::Duration,
 }
 
 impl Default for UsageBounds {
@@ -135,9 +137,13 @@ impl Default for UsageBounds {
             bytes_in_flight_max: 64 * 1024 * 1024,
             max_event_cost: billing::Credits::whole(DEFAULT_MAX_EVENT_COST_CREDITS),
             overdraft_limit: billing::Credits::whole(store::DEFAULT_OVERDRAFT_LIMIT_CREDITS),
+            late_usage_max: chrono::Duration::days(DEFAULT_LATE_USAGE_MAX_DAYS),
         }
     }
 }
+
+/// How many days before now usage may be stamped, unless configured otherwise (Stripe's bound).
+pub const DEFAULT_LATE_USAGE_MAX_DAYS: i64 = 35;
 
 /// The largest cost of one event, unless configured otherwise.
 pub const DEFAULT_MAX_EVENT_COST_CREDITS: i64 = 100_000;

@@ -119,7 +119,12 @@ pub async fn ingest(
     // last refresh was. Never below now: usage that already happened is always recorded.
     let now = Utc::now();
     let max_ahead = (checked_at + state.usage_future_skew - now).max(chrono::Duration::zero());
-    let max_cost = state.usage.max_event_cost;
+    let rules = Rules {
+        now,
+        max_ahead,
+        max_late: state.usage.late_usage_max,
+        max_cost: state.usage.max_event_cost,
+    };
     let permit = PARSE_PERMITS
         .acquire()
         .await
@@ -128,13 +133,9 @@ pub async fn ingest(
         mut results,
         slots,
         valid,
-    } = tokio::task::spawn_blocking(move || {
-        prepare(
-            &headers, &body, &principal, &catalog, now, max_ahead, max_cost,
-        )
-    })
-    .await
-    .map_err(|_| ApiError::internal())??;
+    } = tokio::task::spawn_blocking(move || prepare(&headers, &body, &principal, &catalog, &rules))
+        .await
+        .map_err(|_| ApiError::internal())??;
     drop(permit);
 
     let balance = if valid.is_empty() {
@@ -214,9 +215,7 @@ fn prepare(
     body: &[u8],
     reporter: &Principal,
     catalog: &PriceCatalog,
-    now: DateTime<Utc>,
-    max_ahead: Duration,
-    max_cost: Credits,
+    rules: &Rules,
 ) -> Result<Prepared, ApiError> {
     let events = parse_batch(headers, body)?;
     let mut p = Prepared {
@@ -232,7 +231,7 @@ fn prepare(
                 continue;
             }
         };
-        match rate(raw, reporter, now, max_ahead, catalog, max_cost) {
+        match rate(raw, reporter, rules, catalog) {
             Ok(rated) => {
                 p.slots.push(p.results.len());
                 p.results.push(Value::Null);
@@ -448,14 +447,18 @@ const INFRA_FIELDS: &[&str] = &[
     "unit",
 ];
 
-/// Validates one event from its JSON, reported by `reporter`; it may be stamped at most
-/// `max_ahead` after `now`.
-fn parse_event(
-    v: &Value,
-    reporter: &Principal,
+/// What one request's events are judged by.
+struct Rules {
     now: DateTime<Utc>,
+    /// How far after `now` an event may be stamped.
     max_ahead: Duration,
-) -> Result<UsageEvent, Rejection> {
+    /// How far before `now` an event may be stamped (`ingest.late_usage_max_days`).
+    max_late: Duration,
+    max_cost: Credits,
+}
+
+/// Validates one event from its JSON, reported by `reporter`, by `rules`.
+fn parse_event(v: &Value, reporter: &Principal, rules: &Rules) -> Result<UsageEvent, Rejection> {
     let Value::Object(o) = v else {
         return Err(Rejection::new("invalid_event", "an event is a JSON object"));
     };
@@ -509,7 +512,7 @@ fn parse_event(
         }
         None => return Err(Rejection::new("missing_field", "occurred_at is required")),
     };
-    usage::check_occurred_at(occurred_at, now, max_ahead)?;
+    usage::check_occurred_at(occurred_at, rules.now, rules.max_ahead, rules.max_late)?;
     let user = string(o, "user", false)?;
     let labels: BTreeMap<String, String> = match field(o, "labels") {
         None => BTreeMap::new(),
@@ -566,12 +569,11 @@ fn parse_event(
 fn rate(
     v: &Value,
     reporter: &Principal,
-    now: DateTime<Utc>,
-    max_ahead: Duration,
+    rules: &Rules,
     catalog: &PriceCatalog,
-    max_cost: Credits,
 ) -> Result<RatedEvent, Rejection> {
-    let event = parse_event(v, reporter, now, max_ahead)?;
+    let event = parse_event(v, reporter, rules)?;
+    let max_cost = rules.max_cost;
     let (cost, price_version): (Credits, i64) = catalog
         .rate(event.occurred_at, &event.usage)
         .map_err(|e| Rejection::new(e.code(), e.message()))?;

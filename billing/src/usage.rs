@@ -155,11 +155,26 @@ pub fn check_event_id(id: &str) -> Result<(), Rejection> {
 /// ahead, so an event accepted further in the future than that could be rated with a version
 /// that a later publication supersedes at its `occurred_at`. The API derives `max_ahead` from
 /// the publish lead (less the price refresh interval), so that cannot happen.
+///
+/// It also refuses one stamped more than `max_late` before it (Stripe's bound for meter events
+/// is 35 days): usage that late is for a month long summarised, and a client that holds events
+/// that long has lost track of them.
 pub fn check_occurred_at(
     at: DateTime<Utc>,
     now: DateTime<Utc>,
     max_ahead: Duration,
+    max_late: Duration,
 ) -> Result<(), Rejection> {
+    if at < now - max_late {
+        return Err(Rejection::new(
+            "occurred_too_long_ago",
+            format!(
+                "occurred_at is more than {} days before the server's clock",
+                max_late.num_days()
+            ),
+        )
+        .at("occurred_at"));
+    }
     if at > now + max_ahead {
         return Err(Rejection::new(
             "occurred_in_future",
@@ -334,16 +349,23 @@ mod tests {
     fn the_future_is_bounded_by_the_allowed_skew() {
         let now: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
         let max_ahead = Duration::seconds(299);
-        assert!(check_occurred_at(now + max_ahead, now, max_ahead).is_ok());
-        assert!(check_occurred_at(now - Duration::days(400), now, max_ahead).is_ok());
+        let late = Duration::days(35);
+        assert!(check_occurred_at(now + max_ahead, now, max_ahead, late).is_ok());
+        assert!(check_occurred_at(now - late, now, max_ahead, late).is_ok());
         assert_eq!(
-            check_occurred_at(now + Duration::milliseconds(299_001), now, max_ahead)
+            check_occurred_at(now - late - Duration::microseconds(1), now, max_ahead, late)
+                .unwrap_err()
+                .code,
+            "occurred_too_long_ago"
+        );
+        assert_eq!(
+            check_occurred_at(now + Duration::milliseconds(299_001), now, max_ahead, late)
                 .unwrap_err()
                 .code,
             "occurred_in_future"
         );
         assert_eq!(
-            check_occurred_at(now + Duration::milliseconds(1), now, Duration::zero())
+            check_occurred_at(now + Duration::milliseconds(1), now, Duration::zero(), late)
                 .unwrap_err()
                 .code,
             "occurred_in_future"

@@ -751,6 +751,30 @@ impl Store {
                 o.totals
             ));
         }
+        // Stored months chain: each org's latest revision of a month opens with the latest
+        // revision of the month before closed, where both are stored.
+        let unchained = sqlx::query!(
+            r#"WITH latest AS (
+                   SELECT DISTINCT ON (org_id, month) org_id, month, opening, closing
+                     FROM monthly_summaries ORDER BY org_id, month, revision DESC),
+               paired AS (
+                   SELECT org_id, month, opening,
+                          lag(month) OVER (PARTITION BY org_id ORDER BY month) AS prev_month,
+                          lag(closing) OVER (PARTITION BY org_id ORDER BY month) AS prev_closing
+                     FROM latest)
+               SELECT org_id, month, opening, prev_closing AS "prev_closing!"
+                 FROM paired
+                WHERE prev_month = (month - interval '1 month')::date
+                  AND opening <> prev_closing"#
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for u in unchained {
+            violations.push(format!(
+                "org {} month {}: opening {} but the month before closed {}",
+                u.org_id, u.month, u.opening, u.prev_closing
+            ));
+        }
         Ok(violations)
     }
 }

@@ -45,7 +45,9 @@ pub use summaries::{PageOutcome, Summary};
 pub use topups::{
     AlertClaim, AlertRecord, BillingSettings, NewAlert, OutboxBacklog, TopupRecord, TopupStart,
 };
-pub use usage::{EventOutcome, JobResult, OutboxRow, RatedEvent, Recorded, UsageJob};
+pub use usage::{
+    EventOutcome, JobResult, OutboxRow, RatedEvent, Recorded, SUMMARY_REVISION, UsageJob,
+};
 
 /// The migrations, embedded so the binary can apply them (`creditflow migrate`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

@@ -43,6 +43,14 @@ pub struct PageOutcome {
     pub last_org: Option<Uuid>,
 }
 
+/// Which orgs a generation covers.
+enum Selection {
+    /// Up to `limit` orgs after `after`, by id.
+    Page { after: Option<Uuid>, limit: i64 },
+    /// This org, if its month is stored.
+    Stored(Uuid),
+}
+
 fn dec(v: Option<Decimal>) -> Credits {
     Credits::from_stored(v.unwrap_or_default())
 }
@@ -187,25 +195,81 @@ impl Store {
     /// the next stored month's opening. Months never generated are not created here. Everything
     /// a page writes is stored in one transaction, so a retry after a crash finds either all of
     /// it or none of it.
+    ///
+    /// The month's lock is held (exclusively) from before the snapshot is taken until the page
+    /// is stored: usage of this month still committing is in the snapshot, and usage committing
+    /// after sees the stored summary and asks for a revision (see `usage::revisions_due`).
     pub async fn generate_summaries(
         &self,
         month: Month,
         after: Option<Uuid>,
         limit: i64,
     ) -> Result<PageOutcome, StoreError> {
+        self.generate_locked(month, Selection::Page { after, limit })
+            .await
+    }
+
+    /// Regenerates one org's stored month (and re-chains its later stored months), as late
+    /// usage asks through the outbox; a month not stored yet is left to its generation.
+    pub async fn revise_summaries(
+        &self,
+        org_id: Uuid,
+        month: Month,
+    ) -> Result<PageOutcome, StoreError> {
+        self.generate_locked(month, Selection::Stored(org_id)).await
+    }
+
+    async fn generate_locked(
+        &self,
+        month: Month,
+        selection: Selection,
+    ) -> Result<PageOutcome, StoreError> {
+        let key = crate::usage::month_lock_key(month);
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query!("SELECT pg_advisory_lock($1)", key)
+            .execute(&mut *conn)
+            .await?;
+        let outcome = Store::generate_in(&mut conn, month, selection).await;
+        let unlocked = sqlx::query_scalar!("SELECT pg_advisory_unlock($1)", key)
+            .fetch_one(&mut *conn)
+            .await;
+        if unlocked.is_err() {
+            // Closing the connection releases the lock with it.
+            drop(conn.detach());
+        }
+        outcome
+    }
+
+    async fn generate_in(
+        conn: &mut PgConnection,
+        month: Month,
+        selection: Selection,
+    ) -> Result<PageOutcome, StoreError> {
+        use sqlx::Connection;
         // One snapshot for every figure the page reads: a late event landing meanwhile is in
         // all of them or in none, so a month and the later ones it revises always chain.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = conn.begin().await?;
         sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             .execute(&mut *tx)
             .await?;
-        let orgs: Vec<Uuid> = sqlx::query_scalar!(
-            "SELECT id FROM orgs WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2",
-            after,
-            limit
-        )
-        .fetch_all(&mut *tx)
-        .await?;
+        let orgs: Vec<Uuid> = match selection {
+            Selection::Page { after, limit } => {
+                sqlx::query_scalar!(
+                    "SELECT id FROM orgs WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2",
+                    after,
+                    limit
+                )
+                .fetch_all(&mut *tx)
+                .await?
+            }
+            Selection::Stored(org) => sqlx::query_scalar!(
+                "SELECT DISTINCT org_id FROM monthly_summaries WHERE org_id = $1 AND month = $2",
+                org,
+                month.first_day()
+            )
+            .fetch_all(&mut *tx)
+            .await?,
+        };
         let mut fresh = Store::changed_in(&mut tx, &orgs, month).await?;
         let revisions_written = fresh.len();
         let changed: Vec<Uuid> = fresh.iter().map(|(_, s)| s.org_id).collect();

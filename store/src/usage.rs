@@ -4,8 +4,10 @@ use std::collections::{HashMap, HashSet};
 
 use billing::{
     Account, Credits, Posting, SystemAccount, TransferKind,
+    summary::Month,
     usage::{Usage, UsageEvent},
 };
+use chrono::Datelike;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -142,6 +144,10 @@ impl Store {
             }
         }
 
+        // Usage stamped in a month already over may land in a stored summary: that month (and
+        // the later stored ones) is revised. See `revisions_due`.
+        revisions_due(&mut tx, &ordered, &inserted).await?;
+
         // Book the transfers of the inserted events only, in request order, down to each org's
         // overdraft floor: an event that would go below it is refused and its row removed.
         let org_ids: Vec<Uuid> = jobs.iter().map(|j| j.org_id).collect();
@@ -260,6 +266,70 @@ pub struct OutboxRow {
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// Earlier tries that could not dispatch it.
     pub attempts: i32,
+}
+
+/// The topic of the outbox rows that ask for a stored month to be revised (late usage).
+pub const SUMMARY_REVISION: &str = "summary.revision_due";
+
+/// The advisory lock key of a month's summaries: late usage of that month takes it shared,
+/// summary generation exclusive (see [`Store::generate_summaries`]).
+pub(crate) fn month_lock_key(month: Month) -> i64 {
+    // A fixed tag in the high bits keeps these keys apart from every other advisory lock.
+    (0x5355_4d4d_i64 << 24)
+        | i64::from(month.first_day().year()) * 12 + i64::from(month.first_day().month0())
+}
+
+/// For the inserted events stamped in a month already over: asks, in this transaction, for a
+/// revision of each (org, month) that has a stored summary, through the outbox.
+///
+/// Late usage is accepted (up to `ingest.late_usage_max_days` old), never dropped, and a
+/// stored month it lands in is regenerated as the next revision, with the later stored months
+/// re-chained (the revision chain of [`Store::generate_summaries`]). The month's lock makes the
+/// two exclusive: generation holds it while it reads and stores, so an event commits either
+/// before (and is in the summary) or after (and sees the summary, and asks for a revision).
+async fn revisions_due(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    ordered: &[(&EventKey<'_>, &Candidate<'_>)],
+    inserted: &HashSet<Uuid>,
+) -> Result<(), StoreError> {
+    let current = Month::of(chrono::Utc::now());
+    let mut late: Vec<(Uuid, Month)> = ordered
+        .iter()
+        .filter(|(_, c)| inserted.contains(&c.usage_id))
+        .map(|((org, _, _), c)| (*org, Month::of(c.event.event.occurred_at)))
+        .filter(|(_, m)| *m < current)
+        .collect();
+    if late.is_empty() {
+        return Ok(());
+    }
+    late.sort();
+    late.dedup();
+    let mut months: Vec<Month> = late.iter().map(|(_, m)| *m).collect();
+    months.sort();
+    months.dedup();
+    for m in &months {
+        sqlx::query!(
+            "SELECT pg_advisory_xact_lock_shared($1)",
+            month_lock_key(*m)
+        )
+        .execute(&mut **tx)
+        .await?;
+    }
+    let orgs: Vec<Uuid> = late.iter().map(|(o, _)| *o).collect();
+    let firsts: Vec<chrono::NaiveDate> = late.iter().map(|(_, m)| m.first_day()).collect();
+    sqlx::query!(
+        "INSERT INTO outbox (org_id, topic, payload)
+         SELECT q.org_id, $3, jsonb_build_object('org_id', q.org_id, 'month', to_char(q.month, 'YYYY-MM'))
+           FROM UNNEST($1::uuid[], $2::date[]) AS q(org_id, month)
+          WHERE EXISTS (SELECT 1 FROM monthly_summaries s
+                         WHERE s.org_id = q.org_id AND s.month = q.month)",
+        &orgs,
+        &firsts,
+        SUMMARY_REVISION
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Removes the rows of events refused at the overdraft floor and counts them per org and day.

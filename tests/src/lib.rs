@@ -280,7 +280,12 @@ impl Default for AppOptions {
             temporal_proxy: false,
             postgres_proxy: false,
             limits: api::RequestLimits::default(),
-            usage: api::UsageBounds::default(),
+            // Tests stamp usage in months long past (summaries of 2024 and 2025); the 35-day
+            // bound has tests of its own.
+            usage: api::UsageBounds {
+                late_usage_max: chrono::Duration::days(3650),
+                ..api::UsageBounds::default()
+            },
         }
     }
 }

@@ -64,6 +64,7 @@ pub async fn app_state(
             bytes_in_flight_max: settings.ingest.bytes_in_flight_max,
             max_event_cost: settings.ingest.max_event_cost_credits,
             overdraft_limit: settings.ingest.overdraft_limit_credits,
+            late_usage_max: chrono::Duration::days(settings.ingest.late_usage_max_days.into()),
         },
         task_queue: settings.temporal.task_queue.clone(),
         stripe_webhook_secret: settings.stripe.webhook_secret.expose().to_string(),

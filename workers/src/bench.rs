@@ -277,6 +277,65 @@ async fn read_balances(
     lat
 }
 
+/// Posts a batch of 10 events for one org every 20 ms until `stop`; returns the latencies in
+/// microseconds (the quiet org of the fairness scenario).
+async fn post_usage(
+    http: reqwest::Client,
+    base: String,
+    key: String,
+    label: String,
+    stop: Arc<AtomicBool>,
+) -> Vec<u64> {
+    let mut lat = Vec::new();
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let body = batch_body(&label, seq, 10);
+        seq += 1;
+        let t = Instant::now();
+        let ok = http
+            .post(format!("{base}/v1/usage"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false);
+        if ok {
+            lat.push(t.elapsed().as_micros() as u64);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    lat
+}
+
+/// The quiet org's usage latencies over `seconds`, on a thread and runtime of its own.
+fn quiet_org(
+    base: &str,
+    key: &str,
+    label: &str,
+    seconds: u64,
+) -> std::thread::JoinHandle<anyhow::Result<Vec<u64>>> {
+    let (base, key, label) = (base.to_string(), key.to_string(), label.to_string());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let timer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(seconds));
+                stop.store(true, Ordering::Relaxed);
+            })
+        };
+        let mut lat = rt.block_on(post_usage(reqwest::Client::new(), base, key, label, stop));
+        let _ = timer.join();
+        lat.sort_unstable();
+        anyhow::Ok(lat)
+    })
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -380,6 +439,19 @@ pub async fn ingest(settings: &Settings, args: &IngestArgs) -> anyhow::Result<()
     let b = base.clone();
     let single_rate =
         tokio::task::spawn_blocking(move || drive(&b, &hot, c, 1, sec, "single")).await??;
+    // Fairness: a quiet org's usage latency alone, then while another org floods the writer
+    // with 8 clients (the per-org queues and round-robin batches are what keep it flat).
+    let quiet = create_orgs(&http, &base, 2).await?;
+    let alone = quiet_org(&base, &quiet[0].1, "quiet-alone", sec)
+        .join()
+        .map_err(|_| anyhow::anyhow!("the quiet client panicked"))??;
+    let flooded = quiet_org(&base, &quiet[1].1, "quiet-flooded", sec);
+    let (b, flood_key) = (base.clone(), vec![hot_org.1.clone()]);
+    let flood_rate =
+        tokio::task::spawn_blocking(move || drive(&b, &flood_key, 8, 100, sec, "flood")).await??;
+    let flooded = flooded
+        .join()
+        .map_err(|_| anyhow::anyhow!("the quiet client panicked"))??;
     let rss = peak_rss_mb(pid).unwrap_or(f64::NAN);
     drop(server);
     let yard = yardstick(&db_url, args.clients, args.seconds).await?;
@@ -413,6 +485,36 @@ pub async fn ingest(settings: &Settings, args: &IngestArgs) -> anyhow::Result<()
         "{:<58} {:>9.2} ms",
         "balance read p99 while ingesting",
         percentile(&reads, 0.99)
+    );
+    println!(
+        "{:<58} {:>9.2} ms",
+        format!(
+            "quiet org usage p50 alone (batches of 10, {} requests)",
+            alone.len()
+        ),
+        percentile(&alone, 0.50)
+    );
+    println!(
+        "{:<58} {:>9.2} ms",
+        "quiet org usage p99 alone",
+        percentile(&alone, 0.99)
+    );
+    println!(
+        "{:<58} {:>9.2} ms",
+        format!(
+            "quiet org usage p50 beside a flood ({} requests)",
+            flooded.len()
+        ),
+        percentile(&flooded, 0.50)
+    );
+    println!(
+        "{:<58} {:>9.2} ms",
+        "quiet org usage p99 beside a flood",
+        percentile(&flooded, 0.99)
+    );
+    println!(
+        "{:<58} {:>9.0} ev/s",
+        "the flood: 1 org x 8 clients x batches of 100", flood_rate
     );
     println!("{:<58} {:>9.1} MB", "server peak RSS", rss);
     println!(

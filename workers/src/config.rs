@@ -107,6 +107,7 @@ pub struct Ingest {
     pub bytes_in_flight_max: usize,
     pub max_event_cost_credits: billing::Credits,
     pub overdraft_limit_credits: billing::Credits,
+    pub late_usage_max_days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

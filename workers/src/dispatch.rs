@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use store::{OutboxRow, PURCHASE_START, REFUND_START, Store, THRESHOLD_CROSSED};
+use store::{OutboxRow, PURCHASE_START, REFUND_START, SUMMARY_REVISION, Store, THRESHOLD_CROSSED};
 use temporalio_client::{
     Client, WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowStartOptions,
     errors::WorkflowStartError,
@@ -98,6 +98,7 @@ impl Dispatcher {
                 THRESHOLD_CROSSED => self.crossing(row).await,
                 PURCHASE_START => self.start_purchase(row).await,
                 REFUND_START => self.start_refund(row).await,
+                SUMMARY_REVISION => self.revise_summary(row).await,
                 other => {
                     tracing::warn!(topic = %other, id = row.id, "unknown outbox topic; skipped");
                     Ok(Dispatched::Done)
@@ -151,6 +152,19 @@ impl Dispatcher {
             Ok(()) => Ok(Dispatched::Done),
             Err(e) => Ok(Dispatched::Later(backoff(row.attempts), e)),
         }
+    }
+
+    /// Late usage landed in a stored month: its next revision, and the later months re-chained.
+    async fn revise_summary(&self, row: &OutboxRow) -> anyhow::Result<Dispatched> {
+        let month: billing::summary::Month = row.payload["month"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("summary revision row {}: {e}", row.id))?;
+        let page = self.store.revise_summaries(row.org_id, month).await?;
+        tracing::info!(org_id = %row.org_id, %month, revisions = page.revisions_written,
+                       later = page.later_revisions_written, "summary revised after late usage");
+        Ok(Dispatched::Done)
     }
 
     async fn start_refund(&self, row: &OutboxRow) -> anyhow::Result<Dispatched> {

@@ -927,3 +927,104 @@ async fn usage_bytes_in_flight_are_bounded_with_a_429() {
     .await;
     assert_eq!(after.body["accepted"], 1, "{}", after.text);
 }
+
+/// Late usage, both edges of the rule: at most `late_usage_max` old (35 days by default), and
+/// a month already stored is revised, not left stale.
+#[tokio::test]
+async fn usage_may_be_at_most_35_days_late() {
+    let app = TestApp::spawn_with(AppOptions {
+        usage: api::UsageBounds::default(),
+        ..AppOptions::default()
+    })
+    .await
+    .unwrap();
+    let org = app.create_org("late").await;
+    let at = |t: chrono::DateTime<Utc>, id: &str| {
+        let mut e = ai(id);
+        e["occurred_at"] = json!(t.to_rfc3339_opts(SecondsFormat::Micros, true));
+        e
+    };
+    let now = Utc::now();
+    let a = send(
+        &app,
+        &org.key,
+        json!([
+            at(
+                now - chrono::Duration::days(35) + chrono::Duration::minutes(1),
+                "inside"
+            ),
+            at(
+                now - chrono::Duration::days(35) - chrono::Duration::minutes(1),
+                "outside"
+            ),
+        ]),
+    )
+    .await;
+    assert_eq!(a.body["results"][0]["status"], "accepted", "{}", a.text);
+    assert_eq!(
+        a.body["results"][1]["code"], "occurred_too_long_ago",
+        "{}",
+        a.text
+    );
+    assert_eq!(a.body["results"][1]["field"], "occurred_at");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_usage_in_a_stored_month_revises_it_and_the_months_still_chain() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = tests::worker::TestWorker::start(&app).unwrap();
+    let org = app.create_org("revised").await;
+    let this = billing::summary::Month::of(Utc::now());
+    let (last, before) = (this.previous(), this.previous().previous());
+    let at = |t: chrono::DateTime<Utc>, id: &str| {
+        let mut e = ai(id);
+        e["occurred_at"] = json!(t.to_rfc3339_opts(SecondsFormat::Micros, true));
+        e
+    };
+    send(
+        &app,
+        &org.key,
+        json!([at(before.start(), "b-1"), at(last.start(), "l-1")]),
+    )
+    .await;
+    app.store
+        .generate_summaries(before, None, 100)
+        .await
+        .unwrap();
+    app.store.generate_summaries(last, None, 100).await.unwrap();
+
+    // The last microsecond of the month before last, and the first of the current month (no
+    // stored summary: nothing to revise).
+    let late = send(
+        &app,
+        &org.key,
+        json!([
+            at(last.start() - chrono::Duration::microseconds(1), "late-1"),
+            at(this.start(), "current-1")
+        ]),
+    )
+    .await;
+    assert_eq!(late.body["accepted"], 2, "{}", late.text);
+    let revision_rows = count(
+        &app,
+        "SELECT count(*) FROM outbox WHERE topic = 'summary.revision_due'",
+    )
+    .await;
+    assert_eq!(revision_rows, 1);
+
+    tests::eventually(
+        "both stored months revised",
+        std::time::Duration::from_secs(30),
+        || async {
+            let b = app.store.summary_revisions(org.id, before).await.unwrap();
+            let l = app.store.summary_revisions(org.id, last).await.unwrap();
+            (b == [1, 2] && l == [1, 2]).then_some(())
+        },
+    )
+    .await;
+    let revised = app.store.latest_summaries(&[org.id], before).await.unwrap()[&org.id].clone();
+    let next = app.store.latest_summaries(&[org.id], last).await.unwrap()[&org.id].clone();
+    assert_eq!(revised.movements.used.to_string(), "2.000000");
+    assert_eq!(revised.closing, next.movements.opening);
+    app.assert_invariants().await;
+}
