@@ -275,8 +275,8 @@ pub const SUMMARY_REVISION: &str = "summary.revision_due";
 /// summary generation exclusive (see [`Store::generate_summaries`]).
 pub(crate) fn month_lock_key(month: Month) -> i64 {
     // A fixed tag in the high bits keeps these keys apart from every other advisory lock.
-    (0x5355_4d4d_i64 << 24)
-        | i64::from(month.first_day().year()) * 12 + i64::from(month.first_day().month0())
+    let index = i64::from(month.first_day().year()) * 12 + i64::from(month.first_day().month0());
+    (0x5355_4d4d_i64 << 24) | index
 }
 
 /// For the inserted events stamped in a month already over: asks, in this transaction, for a
