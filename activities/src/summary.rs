@@ -40,7 +40,7 @@ impl SummaryActivitiesImpl {
             .map_err(|_| bad("org id"))?;
         let done = self
             .store
-            .generate_summaries(month, after, i64::from(p.page_size))
+            .generate_summaries_isolated(month, after, i64::from(p.page_size))
             .await
             .map_err(|e| ActivityError::from(anyhow::anyhow!("{e}")))?;
         Ok(PageDone {
@@ -48,6 +48,7 @@ impl SummaryActivitiesImpl {
             revisions_written: done.revisions_written as u32,
             later_revisions_written: done.later_revisions_written as u32,
             last_org: done.last_org.map(|o| o.to_string()),
+            failed_orgs: done.failed_orgs.iter().map(|o| o.to_string()).collect(),
         })
     }
 }

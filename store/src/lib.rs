@@ -41,7 +41,7 @@ pub use prices::NewPriceVersion;
 pub use processor_keys::ProcessorKey;
 pub use purchases::{Grant, Purchase};
 pub use refunds::{ProcessorRefundReport, Refund, RefundOf};
-pub use summaries::{PageOutcome, Summary};
+pub use summaries::{PageOutcome, SUMMARY_ORG_RETRY, Summary};
 pub use topups::{
     AlertClaim, AlertRecord, BillingSettings, NewAlert, OutboxBacklog, TopupRecord, TopupStart,
 };

@@ -41,14 +41,24 @@ pub struct PageOutcome {
     #[serde(default)]
     pub later_revisions_written: usize,
     pub last_org: Option<Uuid>,
+    /// Orgs of the page that could not be summarised: stored in `summary_failures` and retried
+    /// alone through the outbox; the rest of the page is stored without them.
+    #[serde(default)]
+    pub failed_orgs: Vec<Uuid>,
 }
 
+/// The topic of the outbox rows that retry one org's month alone after it failed in its page.
+pub const SUMMARY_ORG_RETRY: &str = "summary.generate_org";
+
 /// Which orgs a generation covers.
+#[derive(Clone, Copy)]
 enum Selection {
     /// Up to `limit` orgs after `after`, by id.
     Page { after: Option<Uuid>, limit: i64 },
     /// This org, if its month is stored.
     Stored(Uuid),
+    /// This org.
+    One(Uuid),
 }
 
 fn dec(v: Option<Decimal>) -> Credits {
@@ -209,6 +219,105 @@ impl Store {
             .await
     }
 
+    /// Like [`Store::generate_summaries`], but an org that fails never stalls the month: when
+    /// the page fails as a whole (not for want of the database), each of its orgs is tried
+    /// alone; those that still fail are recorded in `summary_failures` and queued to be retried
+    /// alone (outbox `summary.generate_org`), and the page reports them.
+    pub async fn generate_summaries_isolated(
+        &self,
+        month: Month,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<PageOutcome, StoreError> {
+        let err = match self.generate_summaries(month, after, limit).await {
+            Ok(done) => return Ok(done),
+            Err(e) if e.is_unavailable() => return Err(e),
+            Err(e) => e,
+        };
+        tracing::warn!(error = %err, %month, "a summary page failed; trying its orgs one by one");
+        let (orgs, _) = self.org_ids_page(after, limit).await?;
+        let mut done = PageOutcome {
+            orgs: orgs.len(),
+            last_org: orgs.last().copied(),
+            ..PageOutcome::default()
+        };
+        for org in orgs {
+            match self.generate_org_summary(month, org).await {
+                Ok(one) => {
+                    done.revisions_written += one.revisions_written;
+                    done.later_revisions_written += one.later_revisions_written;
+                }
+                Err(e) if e.is_unavailable() => return Err(e),
+                Err(e) => {
+                    tracing::error!(error = %e, org_id = %org, %month, "an org's summary failed; it is retried alone");
+                    self.record_summary_failure(org, month, &e.to_string())
+                        .await?;
+                    done.failed_orgs.push(org);
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// One org's month, generated alone (a retry after it failed in its page); clears its
+    /// failure once stored.
+    pub async fn generate_org_summary(
+        &self,
+        month: Month,
+        org_id: Uuid,
+    ) -> Result<PageOutcome, StoreError> {
+        self.generate_locked(month, Selection::One(org_id)).await
+    }
+
+    async fn record_summary_failure(
+        &self,
+        org_id: Uuid,
+        month: Month,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let first = sqlx::query_scalar!(
+            r#"INSERT INTO summary_failures (org_id, month, error) VALUES ($1, $2, $3)
+               ON CONFLICT (org_id, month) DO UPDATE
+                  SET error = EXCLUDED.error, failures = summary_failures.failures + 1,
+                      last_at = now()
+               RETURNING (xmax = 0) AS "first!""#,
+            org_id,
+            month.first_day(),
+            error
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if first {
+            sqlx::query!(
+                "INSERT INTO outbox (org_id, topic, payload) VALUES ($1, $2, $3)",
+                org_id,
+                SUMMARY_ORG_RETRY,
+                json!({"org_id": org_id, "month": month.to_string()})
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Orgs whose month could not be summarised yet: id, why, and how many times it failed.
+    pub async fn summary_failures(
+        &self,
+        month: Month,
+    ) -> Result<Vec<(Uuid, String, i32)>, StoreError> {
+        Ok(sqlx::query!(
+            "SELECT org_id, error, failures FROM summary_failures WHERE month = $1 ORDER BY org_id",
+            month.first_day()
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| (r.org_id, r.error, r.failures))
+        .collect())
+    }
+
     /// Regenerates one org's stored month (and re-chains its later stored months), as late
     /// usage asks through the outbox; a month not stored yet is left to its generation.
     pub async fn revise_summaries(
@@ -262,6 +371,7 @@ impl Store {
                 .fetch_all(&mut *tx)
                 .await?
             }
+            Selection::One(org) => vec![org],
             Selection::Stored(org) => sqlx::query_scalar!(
                 "SELECT DISTINCT org_id FROM monthly_summaries WHERE org_id = $1 AND month = $2",
                 org,
@@ -323,12 +433,23 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        if let Selection::One(org) = selection {
+            // Stored with its summary: the failure is over.
+            sqlx::query!(
+                "DELETE FROM summary_failures WHERE org_id = $1 AND month = $2",
+                org,
+                month.first_day()
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(PageOutcome {
             orgs: orgs.len(),
             revisions_written,
             later_revisions_written,
             last_org: orgs.last().copied(),
+            failed_orgs: vec![],
         })
     }
 

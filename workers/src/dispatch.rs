@@ -12,7 +12,10 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use store::{OutboxRow, PURCHASE_START, REFUND_START, SUMMARY_REVISION, Store, THRESHOLD_CROSSED};
+use store::{
+    OutboxRow, PURCHASE_START, REFUND_START, SUMMARY_ORG_RETRY, SUMMARY_REVISION, Store,
+    THRESHOLD_CROSSED,
+};
 use temporalio_client::{
     Client, WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowStartOptions,
     errors::WorkflowStartError,
@@ -99,6 +102,7 @@ impl Dispatcher {
                 PURCHASE_START => self.start_purchase(row).await,
                 REFUND_START => self.start_refund(row).await,
                 SUMMARY_REVISION => self.revise_summary(row).await,
+                SUMMARY_ORG_RETRY => self.retry_org_summary(row).await,
                 other => {
                     tracing::warn!(topic = %other, id = row.id, "unknown outbox topic; skipped");
                     Ok(Dispatched::Done)
@@ -165,6 +169,23 @@ impl Dispatcher {
         tracing::info!(org_id = %row.org_id, %month, revisions = page.revisions_written,
                        later = page.later_revisions_written, "summary revised after late usage");
         Ok(Dispatched::Done)
+    }
+
+    /// An org that failed in its month's page, tried alone; while it fails the row waits with
+    /// the dispatcher's backoff (and `summary_failures` says why), never blocking other rows.
+    async fn retry_org_summary(&self, row: &OutboxRow) -> anyhow::Result<Dispatched> {
+        let month: billing::summary::Month = row.payload["month"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("summary retry row {}: {e}", row.id))?;
+        match self.store.generate_org_summary(month, row.org_id).await {
+            Ok(_) => {
+                tracing::info!(org_id = %row.org_id, %month, "an org's failed summary is stored");
+                Ok(Dispatched::Done)
+            }
+            Err(e) => Ok(Dispatched::Later(backoff(row.attempts), e.to_string())),
+        }
     }
 
     async fn start_refund(&self, row: &OutboxRow) -> anyhow::Result<Dispatched> {

@@ -47,6 +47,10 @@ pub struct PageDone {
     #[serde(default)]
     pub later_revisions_written: u32,
     pub last_org: Option<String>,
+    /// Orgs of the page that failed alone: recorded in `summary_failures` and retried alone
+    /// through the outbox, so the month goes on without waiting for them.
+    #[serde(default)]
+    pub failed_orgs: Vec<String>,
 }
 
 pub struct SummaryActivities;

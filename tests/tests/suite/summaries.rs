@@ -956,3 +956,59 @@ async fn a_generation_started_for_an_open_month_stores_nothing_however_it_was_st
         .unwrap();
     assert_eq!(stored, 0);
 }
+
+/// One org that cannot be summarised never stalls the month: the rest of its page is stored,
+/// it is reported (`summary_failures`) and retried alone until it is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_org_is_reported_and_retried_alone_while_the_month_goes_on() {
+    let app = TestApp::spawn().await.unwrap();
+    let _worker = TestWorker::start(&app).unwrap();
+    let mut orgs = Vec::new();
+    for i in 0..5 {
+        let org = app.create_org(&format!("iso-{i}")).await;
+        send(
+            &app,
+            &org,
+            vec![event(&format!("e-{i}"), "2024-09-10T10:00:00Z", 4000)],
+        )
+        .await;
+        orgs.push(org);
+    }
+    let bad = orgs[2].id;
+    // The fault: storing this org's summary fails, as a corrupt row or a bug would.
+    sqlx::raw_sql(&format!(
+        "CREATE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'injected failure for %', NEW.org_id; END $$;
+         CREATE TRIGGER refuse_one BEFORE INSERT ON monthly_summaries
+           FOR EACH ROW WHEN (NEW.org_id = '{bad}') EXECUTE FUNCTION refuse_one();"
+    ))
+    .execute(app.store.pool())
+    .await
+    .unwrap();
+
+    // Pages of 2: the failing org's page is stored without it, and later pages go on.
+    let done = run_month(&app, "2024-09", 2, 40).await;
+    assert!(done.contains("5 orgs, 4 summaries written"), "{done}");
+    let month: Month = "2024-09".parse().unwrap();
+    for org in &orgs {
+        let revisions = app.store.summary_revisions(org.id, month).await.unwrap();
+        assert_eq!(revisions.is_empty(), org.id == bad, "{}", org.id);
+    }
+    let failures = app.store.summary_failures(month).await.unwrap();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].0, bad);
+    assert!(failures[0].1.contains("injected failure"), "{failures:?}");
+
+    // The fault goes: the retry, alone, stores it and clears the failure.
+    sqlx::raw_sql("DROP TRIGGER refuse_one ON monthly_summaries")
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    tests::eventually("the failed org stored", Duration::from_secs(60), || async {
+        let r = app.store.summary_revisions(bad, month).await.unwrap();
+        (r == [1]).then_some(())
+    })
+    .await;
+    assert!(app.store.summary_failures(month).await.unwrap().is_empty());
+    app.assert_invariants().await;
+}
