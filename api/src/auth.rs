@@ -16,31 +16,57 @@ use crate::{AppState, error::ApiError};
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
 pub enum Caller {
-    /// An operator; `fingerprint` names which operator key without revealing it.
+    /// An operator; `name` says which (see [`OperatorKeys`]).
     Operator {
-        fingerprint: String,
+        name: String,
     },
     Org(Principal),
 }
 
-/// Operator keys, kept only as SHA-256 hashes in memory.
+/// Operator keys, kept only as SHA-256 hashes in memory, each with the name it is recorded
+/// under (`actor` = `operator:{name}`), which org keys can read in their history.
+///
+/// A configured key is either `name:secret` (the name: a lowercase letter, then up to 31
+/// lowercase letters, digits, `_` or `-`), recorded as `operator:name`, or a bare secret,
+/// recorded as `operator:key-{n}` by its position in the list. Never anything derived from the
+/// secret itself: a hash of it shown to customers would be an offline oracle against it
+/// (audit L2).
 #[derive(Clone, Default)]
-pub struct OperatorKeys(Vec<[u8; 32]>);
+pub struct OperatorKeys(Vec<([u8; 32], String)>);
 
 impl OperatorKeys {
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
         OperatorKeys(
             secrets
                 .into_iter()
-                .map(|s| Sha256::digest(s.as_bytes()).into())
+                .enumerate()
+                .map(|(i, entry)| {
+                    let (name, secret) = match entry.split_once(':') {
+                        Some((name, secret)) if is_operator_name(name) && !secret.is_empty() => {
+                            (name.to_string(), secret)
+                        }
+                        _ => (format!("key-{}", i + 1), entry),
+                    };
+                    (Sha256::digest(secret.as_bytes()).into(), name)
+                })
                 .collect(),
         )
     }
 
     fn find(&self, secret: &str) -> Option<String> {
         let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-        self.0.contains(&hash).then(|| hex::encode(&hash[..4]))
+        self.0
+            .iter()
+            .find(|(h, _)| *h == hash)
+            .map(|(_, name)| name.clone())
     }
+}
+
+fn is_operator_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.len() <= 32
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 /// Recently authenticated org keys, so the hot path does not ask the database on every request.
@@ -93,7 +119,7 @@ impl Caller {
     /// How this caller is written in the ledger's `actor` column.
     pub fn actor(&self) -> String {
         match self {
-            Caller::Operator { fingerprint } => format!("operator:{fingerprint}"),
+            Caller::Operator { name } => format!("operator:{name}"),
             Caller::Org(p) => format!("key:{}", p.key_id),
         }
     }
@@ -187,8 +213,8 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(|| {
                 ApiError::unauthorized("missing_api_key", "use `Authorization: Bearer <key>`")
             })?;
-        if let Some(fingerprint) = state.operator_keys.find(secret) {
-            return Ok(Caller::Operator { fingerprint });
+        if let Some(name) = state.operator_keys.find(secret) {
+            return Ok(Caller::Operator { name });
         }
         if let Some(p) = state.keys.get(secret) {
             return Ok(Caller::Org(p));
@@ -203,5 +229,22 @@ impl FromRequestParts<AppState> for Caller {
                 "this API key is unknown or revoked",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operators_are_named_never_by_a_hash_of_their_secret() {
+        let keys = OperatorKeys::new(["ana:s3cret-one", "plain-secret", "Bad Name:x"]);
+        assert_eq!(keys.find("s3cret-one").as_deref(), Some("ana"));
+        assert_eq!(keys.find("plain-secret").as_deref(), Some("key-2"));
+        // Not a valid name: the whole entry is the secret.
+        assert_eq!(keys.find("Bad Name:x").as_deref(), Some("key-3"));
+        assert_eq!(keys.find("ana:s3cret-one"), None);
+        let hash = hex::encode(&Sha256::digest(b"plain-secret")[..4]);
+        assert!(!keys.find("plain-secret").unwrap().contains(&hash));
     }
 }

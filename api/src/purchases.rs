@@ -351,6 +351,47 @@ pub fn verify_signature(
     }
 }
 
+/// A webhook delivery checked and parsed: a valid signature at `now`, a JSON object with a
+/// string `id` and `type`, and no NUL anywhere (the inbox stores it as jsonb, which cannot hold
+/// one). Every refusal is a 400 problem.
+pub fn parse_webhook(
+    secret: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: i64,
+) -> Result<Value, ApiError> {
+    let signature = headers
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::bad_request("invalid_signature", "missing Stripe-Signature"))?;
+    verify_signature(secret, signature, body, now)
+        .map_err(|m| ApiError::bad_request("invalid_signature", m))?;
+    let event: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("malformed_json", e.to_string()))?;
+    if !(event["id"].is_string() && event["type"].is_string()) {
+        return Err(ApiError::bad_request(
+            "invalid_event",
+            "an event is an object with an id and a type",
+        ));
+    }
+    if has_nul(&event) {
+        return Err(ApiError::bad_request(
+            "invalid_event",
+            "the event holds a NUL character",
+        ));
+    }
+    Ok(event)
+}
+
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
 /// `POST /v1/webhooks/stripe`: verifies the signature on the raw body and stores the event in
 /// the inbox (each id once), answered 200 without waiting for Temporal. What an event means is
 /// decided by the dispatcher (`workers::inbox`); unknown types are stored and ignored.
@@ -359,19 +400,12 @@ pub async fn stripe_webhook(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<AxumJson<Value>, ApiError> {
-    let signature = headers
-        .get("stripe-signature")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| ApiError::bad_request("invalid_signature", "missing Stripe-Signature"))?;
-    verify_signature(
+    let event = parse_webhook(
         &state.stripe_webhook_secret,
-        signature,
+        &headers,
         &body,
         chrono::Utc::now().timestamp(),
-    )
-    .map_err(|m| ApiError::bad_request("invalid_signature", m))?;
-    let event: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("malformed_json", e.to_string()))?;
+    )?;
     let (Some(id), Some(kind)) = (event["id"].as_str(), event["type"].as_str()) else {
         return Err(ApiError::bad_request(
             "invalid_event",

@@ -447,6 +447,29 @@ const INFRA_FIELDS: &[&str] = &[
     "unit",
 ];
 
+/// Judges a request's events as `POST /v1/usage` does, without rating them (for property
+/// tests of the parsers): the request refused whole, or each event's validated form or refusal.
+pub fn validate(
+    headers: &HeaderMap,
+    body: &[u8],
+    reporter: &Principal,
+    now: DateTime<Utc>,
+) -> Result<Vec<Result<UsageEvent, Rejection>>, ApiError> {
+    let rules = Rules {
+        now,
+        max_ahead: Duration::minutes(5),
+        max_late: Duration::days(crate::DEFAULT_LATE_USAGE_MAX_DAYS),
+        max_cost: Credits::whole(crate::DEFAULT_MAX_EVENT_COST_CREDITS),
+    };
+    Ok(parse_batch(headers, body)?
+        .iter()
+        .map(|m| match m {
+            Mapped::Event(v) => parse_event(v, reporter, &rules),
+            Mapped::Refused(_, r) => Err(r.clone()),
+        })
+        .collect())
+}
+
 /// What one request's events are judged by.
 struct Rules {
     now: DateTime<Utc>,

@@ -244,6 +244,27 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes up to `limit` outbox rows dispatched longer than `retention` ago; returns how
+    /// many. Pending rows are never touched.
+    pub async fn prune_outbox(
+        &self,
+        retention: std::time::Duration,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        let secs = retention.as_secs_f64();
+        Ok(sqlx::query!(
+            "DELETE FROM outbox WHERE id IN (
+                 SELECT id FROM outbox
+                  WHERE dispatched_at < now() - make_interval(secs => $1)
+                  ORDER BY id LIMIT $2)",
+            secs,
+            limit
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     /// Outbox rows not yet dispatched, oldest first, at most `limit`.
     pub async fn pending_outbox(&self, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
         Ok(sqlx::query_as!(

@@ -32,6 +32,11 @@ const BATCH_ROWS: i64 = 100;
 const IDLE_POLL: Duration = Duration::from_millis(200);
 /// How long one Temporal call of the dispatcher may take before the row waits for later.
 pub(crate) const CALL_LIMIT: Duration = Duration::from_secs(5);
+/// Dispatched outbox rows are kept this long (to look at), then pruned, a batch at a time, at
+/// most once per `PRUNE_EVERY`.
+pub const OUTBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+const PRUNE_BATCH: i64 = 10_000;
 /// An auto-topup row waits this long while the org's previous topup still runs.
 const TOPUP_BUSY_RETRY: Duration = Duration::from_secs(2);
 
@@ -75,7 +80,16 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Runs until the process stops.
     pub async fn run(&self) {
+        let mut pruned_at: Option<std::time::Instant> = None;
         loop {
+            if pruned_at.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                pruned_at = Some(std::time::Instant::now());
+                match self.store.prune_outbox(OUTBOX_RETENTION, PRUNE_BATCH).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(rows = n, "dispatched outbox rows pruned"),
+                    Err(e) => tracing::warn!(error = %e, "outbox pruning failed; later"),
+                }
+            }
             let handled = async {
                 let outbox = self.round().await?;
                 let inbox = crate::inbox::round(self).await?;

@@ -1028,3 +1028,33 @@ async fn late_usage_in_a_stored_month_revises_it_and_the_months_still_chain() {
     assert_eq!(revised.closing, next.movements.opening);
     app.assert_invariants().await;
 }
+
+/// Audit L14: dispatched outbox rows are pruned after the retention; pending ones never.
+#[tokio::test]
+async fn dispatched_outbox_rows_are_pruned_after_the_retention() {
+    let app = TestApp::spawn().await.unwrap();
+    let org = app.create_org("outbox").await;
+    sqlx::query(
+        "INSERT INTO outbox (org_id, topic, payload, created_at, dispatched_at) VALUES
+           ($1, 'old.dispatched', '{}', now() - interval '9 days', now() - interval '8 days'),
+           ($1, 'new.dispatched', '{}', now() - interval '1 day', now() - interval '1 hour'),
+           ($1, 'old.pending', '{}', now() - interval '30 days', NULL)",
+    )
+    .bind(org.id)
+    .execute(app.store.pool())
+    .await
+    .unwrap();
+
+    let pruned = app
+        .store
+        .prune_outbox(workers::dispatch::OUTBOX_RETENTION, 100)
+        .await
+        .unwrap();
+
+    assert_eq!(pruned, 1);
+    let left: Vec<String> = sqlx::query_scalar("SELECT topic FROM outbox ORDER BY id")
+        .fetch_all(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, ["new.dispatched", "old.pending"]);
+}
