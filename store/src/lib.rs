@@ -62,7 +62,12 @@ pub struct Store {
     events_before_sources: bool,
     /// How far usage may take an org below zero when it has no limit of its own.
     overdraft_limit: Credits,
+    /// Entries of a summary's per-line and per-user breakdowns at most (the rest as `other`).
+    breakdown_max: usize,
 }
+
+/// A summary breakdown's entries at most, unless configured otherwise.
+pub const DEFAULT_BREAKDOWN_MAX: usize = 100;
 
 /// The overdraft limit of an org without its own, unless configured otherwise.
 pub const DEFAULT_OVERDRAFT_LIMIT_CREDITS: i64 = 1_000_000;
@@ -117,6 +122,7 @@ impl Store {
             system_accounts,
             events_before_sources,
             overdraft_limit: Credits::whole(DEFAULT_OVERDRAFT_LIMIT_CREDITS),
+            breakdown_max: DEFAULT_BREAKDOWN_MAX,
         })
     }
 
@@ -127,7 +133,14 @@ impl Store {
             system_accounts: self.system_accounts.clone(),
             events_before_sources: self.events_before_sources,
             overdraft_limit: self.overdraft_limit,
+            breakdown_max: self.breakdown_max,
         }
+    }
+
+    /// The same store with summary breakdowns of at most `max` entries (the rest as `other`).
+    pub fn with_breakdown_max(mut self, max: usize) -> Store {
+        self.breakdown_max = max.max(1);
+        self
     }
 
     /// The same store with another default overdraft limit (orgs without their own).

@@ -50,6 +50,53 @@ pub struct PageOutcome {
 /// The topic of the outbox rows that retry one org's month alone after it failed in its page.
 pub const SUMMARY_ORG_RETRY: &str = "summary.generate_org";
 
+/// A breakdown of at most `max` entries: when longer, the `max` costliest (ties by their
+/// order, which is by key) in key order, then one `other` entry adding up the rest (how many,
+/// their events and cost), so the summary's size is bounded and its sums unchanged.
+fn bounded(
+    entries: Vec<Value>,
+    max: usize,
+    mut other: Value,
+    count_field: &str,
+) -> Result<Vec<Value>, StoreError> {
+    if entries.len() <= max {
+        return Ok(entries);
+    }
+    let cost = |v: &Value| -> Result<Credits, StoreError> {
+        v["cost_credits"]
+            .as_str()
+            .unwrap_or("0")
+            .parse()
+            .map_err(|e| StoreError::Decode(format!("breakdown cost: {e}")))
+    };
+    let mut ranked: Vec<(usize, Credits)> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Ok((i, cost(v)?)))
+        .collect::<Result<_, StoreError>>()?;
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut kept: Vec<usize> = ranked.iter().take(max).map(|(i, _)| *i).collect();
+    kept.sort_unstable();
+    let (mut events, mut total, mut folded) = (0i64, Credits::ZERO, 0usize);
+    let mut out = Vec::with_capacity(max + 1);
+    let mut next = kept.iter().peekable();
+    for (i, v) in entries.into_iter().enumerate() {
+        if next.peek() == Some(&&i) {
+            next.next();
+            out.push(v);
+        } else {
+            events += v["events"].as_i64().unwrap_or(0);
+            total = total.checked_add(cost(&v)?)?;
+            folded += 1;
+        }
+    }
+    other[count_field] = json!(folded);
+    other["events"] = json!(events);
+    other["cost_credits"] = json!(total);
+    out.push(other);
+    Ok(out)
+}
+
 /// Which orgs a generation covers.
 #[derive(Clone, Copy)]
 enum Selection {
@@ -73,7 +120,7 @@ impl Store {
         month: Month,
     ) -> Result<Vec<Summary>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        Store::compute_in(&mut conn, org_ids, month).await
+        Store::compute_in(&mut conn, org_ids, month, self.breakdown_max).await
     }
 
     /// [`Store::compute_summaries`] on one connection (a transaction's snapshot, when it is one).
@@ -81,6 +128,7 @@ impl Store {
         conn: &mut PgConnection,
         org_ids: &[Uuid],
         month: Month,
+        breakdown_max: usize,
     ) -> Result<Vec<Summary>, StoreError> {
         let (start, end) = (month.start(), month.end());
         let mut movements: HashMap<Uuid, Movements> =
@@ -187,8 +235,18 @@ impl Store {
                 revision: 0,
                 closing: m.closing()?,
                 movements: m,
-                lines: Value::Array(lines.remove(org).unwrap_or_default()),
-                users: Value::Array(users.remove(org).unwrap_or_default()),
+                lines: Value::Array(bounded(
+                    lines.remove(org).unwrap_or_default(),
+                    breakdown_max,
+                    json!({"type": "other"}),
+                    "lines",
+                )?),
+                users: Value::Array(bounded(
+                    users.remove(org).unwrap_or_default(),
+                    breakdown_max,
+                    json!({"user": null, "other": true}),
+                    "users",
+                )?),
                 computed_at: now,
             });
         }
@@ -338,7 +396,7 @@ impl Store {
         sqlx::query!("SELECT pg_advisory_lock($1)", key)
             .execute(&mut *conn)
             .await?;
-        let outcome = Store::generate_in(&mut conn, month, selection).await;
+        let outcome = Store::generate_in(&mut conn, month, selection, self.breakdown_max).await;
         let unlocked = sqlx::query_scalar!("SELECT pg_advisory_unlock($1)", key)
             .fetch_one(&mut *conn)
             .await;
@@ -353,6 +411,7 @@ impl Store {
         conn: &mut PgConnection,
         month: Month,
         selection: Selection,
+        breakdown_max: usize,
     ) -> Result<PageOutcome, StoreError> {
         use sqlx::Connection;
         // One snapshot for every figure the page reads: a late event landing meanwhile is in
@@ -380,7 +439,7 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?,
         };
-        let mut fresh = Store::changed_in(&mut tx, &orgs, month).await?;
+        let mut fresh = Store::changed_in(&mut tx, &orgs, month, breakdown_max).await?;
         let revisions_written = fresh.len();
         let changed: Vec<Uuid> = fresh.iter().map(|(_, s)| s.org_id).collect();
         let mut later_revisions_written = 0;
@@ -403,7 +462,8 @@ impl Store {
             for (first_day, stored_orgs) in by_month {
                 let later_month = Month::new(first_day.year(), first_day.month())
                     .ok_or_else(|| StoreError::Decode(format!("summary month {first_day}")))?;
-                let revised = Store::changed_in(&mut tx, &stored_orgs, later_month).await?;
+                let revised =
+                    Store::changed_in(&mut tx, &stored_orgs, later_month, breakdown_max).await?;
                 later_revisions_written += revised.len();
                 fresh.extend(revised);
             }
@@ -459,8 +519,9 @@ impl Store {
         conn: &mut PgConnection,
         org_ids: &[Uuid],
         month: Month,
+        breakdown_max: usize,
     ) -> Result<Vec<(i32, Summary)>, StoreError> {
-        let computed = Store::compute_in(conn, org_ids, month).await?;
+        let computed = Store::compute_in(conn, org_ids, month, breakdown_max).await?;
         let latest = Store::latest_in(conn, org_ids, month).await?;
         let mut fresh = Vec::new();
         for s in computed {

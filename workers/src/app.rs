@@ -28,6 +28,7 @@ pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
         Duration::from_millis(settings.database.acquire_timeout_ms),
     )
     .await
+    .map(|s| s.with_breakdown_max(settings.summaries.breakdown_max))
     .context("connecting to Postgres")
 }
 

@@ -43,6 +43,14 @@ pub struct Summaries {
     /// Orgs per activity, and pages per workflow run before it continues as new.
     pub page_size: u32,
     pub pages_per_run: u32,
+    /// Entries of a summary's per-line and per-user breakdowns at most; the rest are added up
+    /// in one `other` entry.
+    #[serde(default = "breakdown_max")]
+    pub breakdown_max: usize,
+}
+
+fn breakdown_max() -> usize {
+    store::DEFAULT_BREAKDOWN_MAX
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -59,6 +59,7 @@ fn summaries_cfg(
         grace_hours: 6,
         page_size,
         pages_per_run,
+        breakdown_max: store::DEFAULT_BREAKDOWN_MAX,
     }
 }
 
@@ -1011,4 +1012,37 @@ async fn a_failing_org_is_reported_and_retried_alone_while_the_month_goes_on() {
     .await;
     assert!(app.store.summary_failures(month).await.unwrap().is_empty());
     app.assert_invariants().await;
+}
+
+/// Breakdowns are bounded: the costliest `breakdown_max` users (or lines), then one `other`
+/// entry adding up the rest, so the sums are unchanged.
+#[tokio::test]
+async fn breakdowns_keep_the_costliest_entries_and_add_up_the_rest() {
+    let app = TestApp::spawn().await.unwrap();
+    let org = app.create_org("many-users").await;
+    let events: Vec<Value> = (1..=5u64)
+        .map(|i| {
+            json!({"id": format!("u-{i}"), "type": "ai_tokens", "occurred_at": "2024-04-10T10:00:00Z",
+                   "model": "gpt-4o", "user": format!("user-{i}"), "input_tokens": 4000 * i})
+        })
+        .collect();
+    send(&app, &org, events).await;
+    let month: Month = "2024-04".parse().unwrap();
+
+    let bounded = app.store.clone().with_breakdown_max(2);
+    let s = bounded
+        .compute_summaries(&[org.id], month)
+        .await
+        .unwrap()
+        .remove(0);
+
+    let users = s.users.as_array().unwrap();
+    assert_eq!(users.len(), 3, "{users:?}");
+    assert_eq!(users[0]["user"], "user-4");
+    assert_eq!(users[1]["user"], "user-5");
+    assert_eq!(users[2]["other"], true);
+    assert_eq!(users[2]["users"], 3);
+    assert_eq!(users[2]["events"], 3);
+    assert_eq!(users[2]["cost_credits"], "6.000000");
+    assert_eq!(s.movements.used.to_string(), "15.000000");
 }
