@@ -83,17 +83,11 @@ fn key_grant(caller: &Caller, body: &CreateKey) -> Result<KeyGrant, ApiError> {
                     format!("sources: 1 to {KEY_SOURCES_MAX} sources, or leave it out for any"),
                 ));
             }
-            for s in list {
-                let ok = !s.trim().is_empty()
-                    && s.len() <= 255
-                    && s.bytes().all(|b| (0x20..=0x7e).contains(&b));
-                if !ok {
-                    return Err(ApiError::invalid(
-                        "sources",
-                        "invalid_sources",
-                        "a source is 1 to 255 printable ASCII characters",
-                    ));
-                }
+            if let Some(r) = list
+                .iter()
+                .find_map(|s| billing::usage::check_source(s).err())
+            {
+                return Err(ApiError::invalid("sources", "invalid_sources", r.message));
             }
             Some(list.clone())
         }

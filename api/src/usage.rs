@@ -42,9 +42,6 @@ pub const USAGE_BODY_LIMIT_BYTES: usize = 4 * 1024 * 1024;
 /// The unit in which usage bytes in flight are counted.
 pub const BYTES_PER_PERMIT: usize = 1024;
 
-/// Sources: like ids, 1 to 255 printable ASCII characters (a URI-reference in CloudEvents).
-const SOURCE_MAX_CHARS: usize = 255;
-
 /// Batches parsed at once (each on a blocking thread).
 const PARSE_THREADS: usize = 1;
 static PARSE_PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PARSE_THREADS);
@@ -498,7 +495,7 @@ fn parse_event(v: &Value, reporter: &Principal, rules: &Rules) -> Result<UsageEv
             return Err(Rejection::new("invalid_field", "source must be a string").at("source"));
         }
     };
-    check_source(&source)?;
+    usage::check_source(&source)?;
     if !reporter.may_report_for(&source) {
         return Err(Rejection::new(
             "source_not_allowed",
@@ -613,22 +610,6 @@ fn rate(
         price_version,
         payload_hash,
     })
-}
-
-/// A source: 1 to 255 printable ASCII characters, not blank.
-fn check_source(source: &str) -> Result<(), Rejection> {
-    let ok = !source.trim().is_empty()
-        && source.len() <= SOURCE_MAX_CHARS
-        && source.bytes().all(|b| (0x20..=0x7e).contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(Rejection::new(
-            "invalid_field",
-            format!("source must be 1 to {SOURCE_MAX_CHARS} printable ASCII characters"),
-        )
-        .at("source"))
-    }
 }
 
 fn too_large() -> ApiError {

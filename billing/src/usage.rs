@@ -24,6 +24,9 @@ pub mod limits {
     pub const NAME_MAX_CHARS: usize = 255;
     /// Events in one batch.
     pub const BATCH_MAX: usize = 1000;
+    /// Sources (CloudEvents' `source`, a URI-reference): 1 to this many printable ASCII
+    /// characters, not blank.
+    pub const SOURCE_MAX_CHARS: usize = 255;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +149,25 @@ pub fn check_event_id(id: &str) -> Result<(), Rejection> {
                 limits::ID_MAX_CHARS
             ),
         ))
+    }
+}
+
+/// A source an event may come from (and a key may be limited to).
+pub fn check_source(source: &str) -> Result<(), Rejection> {
+    let ok = !source.trim().is_empty()
+        && source.len() <= limits::SOURCE_MAX_CHARS
+        && source.bytes().all(|b| (0x20..=0x7e).contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Rejection::new(
+            "invalid_field",
+            format!(
+                "source must be 1 to {} printable ASCII characters",
+                limits::SOURCE_MAX_CHARS
+            ),
+        )
+        .at("source"))
     }
 }
 

@@ -149,10 +149,6 @@ impl Store {
         self
     }
 
-    pub fn overdraft_limit_default(&self) -> Credits {
-        self.overdraft_limit
-    }
-
     /// Applies pending migrations.
     pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
         MIGRATOR
