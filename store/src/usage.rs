@@ -497,47 +497,6 @@ impl EventRows {
         if self.ids.is_empty() {
             return Ok(vec![]);
         }
-        if events_before_sources {
-            return Ok(sqlx::query_scalar!(
-                "INSERT INTO usage_events (id, org_id, source, event_id, payload_hash, type,
-                                           occurred_at, user_id, model, operation, input_tokens,
-                                           output_tokens, cached_input_tokens, resource, quantity,
-                                           unit, labels, cost, price_version, transfer_id)
-                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bytea[],
-                                      $6::text[], $7::timestamptz[], $8::text[], $9::text[],
-                                      $10::text[], $11::bigint[], $12::bigint[], $13::bigint[],
-                                      $14::text[], $15::numeric[], $16::text[], $17::jsonb[],
-                                      $18::numeric[], $19::bigint[], $20::uuid[])
-                          AS n(id, org_id, source, event_id)
-                  WHERE NOT EXISTS (SELECT 1 FROM usage_events l
-                                     WHERE l.org_id = n.org_id AND l.event_id = n.event_id
-                                       AND l.source = '')
-                 ON CONFLICT (org_id, source, event_id) DO NOTHING
-                 RETURNING id",
-                &self.ids,
-                &self.orgs,
-                &self.sources,
-                &self.event_ids,
-                &self.hashes,
-                &self.types,
-                &self.occurred,
-                &self.users as &[Option<String>],
-                &self.models as &[Option<String>],
-                &self.operations as &[Option<String>],
-                &self.inputs as &[Option<i64>],
-                &self.outputs as &[Option<i64>],
-                &self.cached as &[Option<i64>],
-                &self.resources as &[Option<String>],
-                &self.quantities as &[Option<Decimal>],
-                &self.units as &[Option<String>],
-                &self.labels,
-                &self.costs,
-                &self.versions,
-                &self.transfer_ids as &[Option<Uuid>]
-            )
-            .fetch_all(&mut **tx)
-            .await?);
-        }
         Ok(sqlx::query_scalar!(
             "INSERT INTO usage_events (id, org_id, source, event_id, payload_hash, type,
                                        occurred_at, user_id, model, operation, input_tokens,
@@ -548,6 +507,11 @@ impl EventRows {
                                   $10::text[], $11::bigint[], $12::bigint[], $13::bigint[],
                                   $14::text[], $15::numeric[], $16::text[], $17::jsonb[],
                                   $18::numeric[], $19::bigint[], $20::uuid[])
+                      AS n(id, org_id, source, event_id)
+              WHERE NOT $21::bool
+                 OR NOT EXISTS (SELECT 1 FROM usage_events l
+                                 WHERE l.org_id = n.org_id AND l.event_id = n.event_id
+                                   AND l.source = '')
              ON CONFLICT (org_id, source, event_id) DO NOTHING
              RETURNING id",
             &self.ids,
@@ -569,7 +533,9 @@ impl EventRows {
             &self.labels,
             &self.costs,
             &self.versions,
-            &self.transfer_ids as &[Option<Uuid>]
+            &self.transfer_ids as &[Option<Uuid>],
+            // Only then is the probe for an older row evaluated (OR stops at the first true).
+            events_before_sources
         )
         .fetch_all(&mut **tx)
         .await?)
