@@ -144,9 +144,11 @@ pub(crate) async fn processor_call<T>(
     Ok(answer)
 }
 
-/// Tries of one e-mail before it is recorded `failed` (SMTP unreachable throughout): a notice
-/// never holds up the workflow that sends it for longer than these tries take.
-pub const MAIL_TRIES: u32 = 8;
+/// Tries of one e-mail before it is recorded `failed` (SMTP unreachable throughout). With the
+/// notice retry policy (1 s doubling to 30 s) the 24th try comes about 10 minutes after the
+/// first, so an SMTP outage of minutes delays mail and loses none; a notice never holds up the
+/// money step it reports on (it is sent after it, or by a workflow of its own).
+pub const MAIL_TRIES: u32 = 24;
 
 /// What became of an e-mail.
 #[derive(Debug, Clone, PartialEq, Eq)]

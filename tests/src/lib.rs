@@ -570,6 +570,65 @@ impl TestApp {
         assert_eq!(a.body["accepted"], 1, "{}", a.text);
     }
 
+    /// An org with 100 credits, `pm` saved as its payment method (customer `cus_test_1`), the
+    /// given auto-topup (threshold, monthly cap in minor units; it buys [`STARTER`]) and alert
+    /// threshold, mailed to ops@acme.test. Settings are put with the org's own key.
+    pub async fn org_with_billing(
+        &self,
+        name: &str,
+        pm: &str,
+        topup: Option<(&str, i64)>,
+        alert: Option<&str>,
+    ) -> TestOrg {
+        let org = self.create_org(name).await;
+        let seeded = self.adjust(org.id, "100", "seed", "seed").await;
+        assert_eq!(seeded.status, StatusCode::CREATED, "{}", seeded.text);
+        let saved = self
+            .call(
+                Method::POST,
+                &format!("/v1/orgs/{}/payment-method", org.id),
+                Some(OPERATOR_KEY),
+                Some(
+                    &serde_json::json!({"payment_method_id": pm, "customer_id": "cus_test_1",
+                                         "user": "ana@acme.test"}),
+                ),
+                &[],
+            )
+            .await;
+        assert_eq!(saved.status, StatusCode::OK, "{}", saved.text);
+        let body = serde_json::json!({
+            "auto_topup": match topup {
+                Some((threshold, cap)) => serde_json::json!({"enabled": true,
+                    "threshold_credits": threshold, "package_id": STARTER,
+                    "monthly_cap_minor": cap}),
+                None => serde_json::json!({"enabled": false}),
+            },
+            "alerts": {"thresholds_credits": alert.map(|a| vec![a]).unwrap_or_default(),
+                       "recipients": ["ops@acme.test"]},
+        });
+        let put = self
+            .call(
+                Method::PUT,
+                &format!("/v1/orgs/{}/billing-settings", org.id),
+                Some(&org.key),
+                Some(&body),
+                &[],
+            )
+            .await;
+        assert_eq!(put.status, StatusCode::OK, "{}", put.text);
+        org
+    }
+
+    /// The org's topups as `GET /v1/orgs/{org}/topups` lists them.
+    pub async fn topups(&self, org: &TestOrg) -> Vec<Value> {
+        self.get(&format!("/v1/orgs/{}/topups", org.id), &org.key)
+            .await
+            .body["data"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub async fn balance(&self, org: &TestOrg) -> String {
         let a = self
             .get(&format!("/v1/orgs/{}/balance", org.id), &org.key)
@@ -813,6 +872,8 @@ pub fn histories_dir() -> PathBuf {
 }
 
 /// The seeded Growth package (5,000 credits + 250 bonus).
+/// The Starter package: 1,000 credits for $10, no bonus.
+pub const STARTER: &str = "01970000-0000-7000-8000-000000000001";
 pub const GROWTH: &str = "01970000-0000-7000-8000-000000000002";
 
 /// Sums the samples of metric `name` whose labels include all of `labels`, in a Prometheus

@@ -4,18 +4,15 @@ use futures::future::join_all;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tests::{
-    AppOptions, OPERATOR_KEY, TestApp, TestOrg, eventually,
+    AppOptions, OPERATOR_KEY, STARTER, TestApp, TestOrg, eventually,
     worker::{ProcessWorker, TestWorker},
 };
 use workflows::payment_method::PaymentMethodSetupWorkflow;
-
-const STARTER: &str = "01970000-0000-7000-8000-000000000001";
 
 async fn spend(app: &TestApp, org: &TestOrg, id: &str, credits: u64) {
     app.spend(org, id, credits).await;
 }
 
-/// An org with 100 credits, a saved payment method, and the given auto-topup and alerts.
 /// `PUT /v1/orgs/{org}/billing-settings` with the org's own key.
 async fn put_settings(app: &TestApp, org: &TestOrg, body: &Value) -> tests::Answer {
     app.call(
@@ -34,32 +31,11 @@ async fn org_with(
     topup: Option<(&str, i64)>,
     alert: Option<&str>,
 ) -> TestOrg {
-    let org = app.create_org("topups").await;
-    assert_eq!(app.adjust(org.id, "100", "seed", "seed").await.status, 201);
-    let saved = app
-        .call(Method::POST, &format!("/v1/orgs/{}/payment-method", org.id), Some(OPERATOR_KEY),
-              Some(&json!({"payment_method_id": pm, "customer_id": "cus_test_1", "user": "ana@acme.test"})), &[])
-        .await;
-    assert_eq!(saved.status, 200, "{}", saved.text);
-    let body = json!({
-        "auto_topup": match topup {
-            Some((threshold, cap)) => json!({"enabled": true, "threshold_credits": threshold, "package_id": STARTER, "monthly_cap_minor": cap}),
-            None => json!({"enabled": false}),
-        },
-        "alerts": {"thresholds_credits": alert.map(|a| vec![a]).unwrap_or_default(), "recipients": ["ops@acme.test"]},
-    });
-    let put = put_settings(app, &org, &body).await;
-    assert_eq!(put.status, 200, "{}", put.text);
-    org
+    app.org_with_billing("topups", pm, topup, alert).await
 }
 
 async fn topups(app: &TestApp, org: &TestOrg) -> Vec<Value> {
-    app.get(&format!("/v1/orgs/{}/topups", org.id), &org.key)
-        .await
-        .body["data"]
-        .as_array()
-        .unwrap()
-        .clone()
+    app.topups(org).await
 }
 
 async fn finished_topup(app: &TestApp, org: &TestOrg) -> Value {
