@@ -775,6 +775,9 @@ impl Store {
                 u.org_id, u.month, u.opening, u.prev_closing
             ));
         }
+        // The monthly usage rollups summaries read add up exactly the recorded events.
+        let mut conn = self.pool.acquire().await?;
+        violations.extend(crate::rollups::mismatches(&mut conn).await?);
         Ok(violations)
     }
 }

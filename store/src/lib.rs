@@ -15,6 +15,7 @@ pub mod prices;
 pub mod processor_keys;
 pub mod purchases;
 pub mod refunds;
+pub mod rollups;
 pub mod summaries;
 pub mod topups;
 pub mod usage;

@@ -1,5 +1,6 @@
-//! Monthly summaries, computed from the ledger and the usage events with set-based queries over
-//! a page of orgs at a time, and stored as immutable revisions.
+//! Monthly summaries, computed from the ledger's transfers (other than usage) and the monthly
+//! usage rollups (`crate::rollups`) with set-based queries over a page of orgs at a time, and
+//! stored as immutable revisions. No query scans an org's usage events.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -133,7 +134,14 @@ impl Store {
         let (start, end) = (month.start(), month.end());
         let mut movements: HashMap<Uuid, Movements> =
             org_ids.iter().map(|o| (*o, Movements::default())).collect();
-        // Booked movements other than usage, before and within the month.
+        // Every kind but usage, which summaries read from the rollups.
+        let booked_kinds: Vec<String> = billing::TransferKind::ALL
+            .into_iter()
+            .filter(|k| *k != billing::TransferKind::Usage)
+            .map(|k| k.as_str().to_string())
+            .collect();
+        // Booked movements other than usage (few per org: purchases, topups, refunds,
+        // adjustments), before and within the month, by when they were booked.
         for r in sqlx::query!(
             r#"SELECT t.org_id, t.kind,
                       sum(CASE WHEN t.credit_account_id = a.id THEN t.amount ELSE -t.amount END)
@@ -141,11 +149,12 @@ impl Store {
                       sum(CASE WHEN t.credit_account_id = a.id THEN t.amount ELSE -t.amount END)
                         FILTER (WHERE t.created_at >= $2) AS during
                  FROM transfers t JOIN accounts a ON a.org_id = t.org_id
-                WHERE t.org_id = ANY($1) AND t.kind <> 'usage' AND t.created_at < $3
+                WHERE t.org_id = ANY($1) AND t.kind = ANY($4) AND t.created_at < $3
                 GROUP BY t.org_id, t.kind"#,
             org_ids,
             start,
-            end
+            end,
+            &booked_kinds[..]
         )
         .fetch_all(&mut *conn)
         .await?
@@ -163,15 +172,16 @@ impl Store {
                 other => return Err(StoreError::Decode(format!("kind {other}"))),
             }
         }
-        // Usage by when it happened: before the month (opening) and within it (used).
+        // Usage by the month it happened in, from the monthly rollups (`crate::rollups`): the
+        // months before (opening) and this one (used), a handful of rows per org and month.
+        let first_day = month.first_day();
         for r in sqlx::query!(
-            r#"SELECT org_id, sum(cost) FILTER (WHERE occurred_at < $2) AS before,
-                      sum(cost) FILTER (WHERE occurred_at >= $2) AS during
-                 FROM usage_events WHERE org_id = ANY($1) AND occurred_at < $3
+            r#"SELECT org_id, sum(cost) FILTER (WHERE month < $2) AS before,
+                      sum(cost) FILTER (WHERE month = $2) AS during
+                 FROM usage_month_lines WHERE org_id = ANY($1) AND month <= $2
                 GROUP BY org_id"#,
             org_ids,
-            start,
-            end
+            first_day
         )
         .fetch_all(&mut *conn)
         .await?
@@ -182,17 +192,14 @@ impl Store {
         }
         let mut lines: HashMap<Uuid, Vec<Value>> = HashMap::new();
         for r in sqlx::query!(
-            r#"SELECT org_id, type AS kind, model, operation, resource, unit, count(*) AS "events!",
-                      sum(input_tokens)::bigint AS input_tokens, sum(output_tokens)::bigint AS output_tokens,
-                      sum(cached_input_tokens)::bigint AS cached_input_tokens, sum(quantity) AS quantity,
-                      sum(cost) AS "cost!"
-                 FROM usage_events
-                WHERE org_id = ANY($1) AND occurred_at >= $2 AND occurred_at < $3
-                GROUP BY org_id, type, model, operation, resource, unit
-                ORDER BY org_id, type, model, operation, resource"#,
+            r#"SELECT org_id, type AS kind, model, operation, resource, unit, events,
+                      input_tokens::bigint AS input_tokens, output_tokens::bigint AS output_tokens,
+                      cached_input_tokens::bigint AS cached_input_tokens, quantity, cost
+                 FROM usage_month_lines
+                WHERE org_id = ANY($1) AND month = $2
+                ORDER BY org_id, type, model, operation, resource, unit"#,
             org_ids,
-            start,
-            end
+            first_day
         )
         .fetch_all(&mut *conn)
         .await?
@@ -210,13 +217,12 @@ impl Store {
         }
         let mut users: HashMap<Uuid, Vec<Value>> = HashMap::new();
         for r in sqlx::query!(
-            r#"SELECT org_id, user_id, count(*) AS "events!", sum(cost) AS "cost!"
-                 FROM usage_events
-                WHERE org_id = ANY($1) AND occurred_at >= $2 AND occurred_at < $3
-                GROUP BY org_id, user_id ORDER BY org_id, user_id"#,
+            r#"SELECT org_id, user_id, events, cost
+                 FROM usage_month_users
+                WHERE org_id = ANY($1) AND month = $2
+                ORDER BY org_id, user_id"#,
             org_ids,
-            start,
-            end
+            first_day
         )
         .fetch_all(&mut *conn)
         .await?

@@ -191,6 +191,15 @@ impl Store {
         }
         self.book_locked(&mut tx, &mut locked, &new_transfers, false)
             .await?;
+        // The monthly rollups summaries read, from the events that stay recorded.
+        crate::rollups::add(
+            &mut tx,
+            ordered
+                .iter()
+                .filter(|(_, c)| inserted.contains(&c.usage_id) && !refused.contains(&c.usage_id))
+                .map(|((org, _, _), c)| (*org, c.event)),
+        )
+        .await?;
 
         // Each event's outcome, against the record that holds its id: the earlier one, or the
         // first occurrence in this batch.

@@ -576,6 +576,8 @@ pub async fn summaries(settings: &Settings, args: &SummariesArgs) -> anyhow::Res
     .bind(month.start())
     .execute(&mut conn)
     .await?;
+    // Seeded around the API: the rollups summaries read are built from the events here.
+    store::rollups::rebuild(&mut conn).await?;
     sqlx::query("ANALYZE").execute(&mut conn).await?;
     let seeded = seeding.elapsed();
 
