@@ -148,7 +148,10 @@ impl From<StoreError> for ApiError {
                     DATABASE_RETRY_AFTER_SECS,
                 )
             }
-            StoreError::Schema(_) | StoreError::Decode(_) | StoreError::Db(_) => {
+            StoreError::Schema(_)
+            | StoreError::Decode(_)
+            | StoreError::Invariant(_)
+            | StoreError::Db(_) => {
                 tracing::error!(error = %e, "store error");
                 ApiError::internal()
             }

@@ -197,7 +197,7 @@ fn csv_row(t: &Transfer) -> String {
         csv_field(&t.counterparty),
         csv_field(&t.actor),
         csv_field(&t.reason),
-        csv_field(&t.refs.to_string()),
+        csv_field(&serde_json::to_string(&t.refs).unwrap_or_default()),
     )
 }
 

@@ -19,6 +19,8 @@ pub enum BillingError {
     UnknownCurrency(String),
     #[error("`{0}` is not a known transfer kind")]
     UnknownKind(String),
+    #[error("`{name}` is not a known {what}")]
+    UnknownName { what: &'static str, name: String },
 }
 
 impl BillingError {
@@ -33,6 +35,7 @@ impl BillingError {
             BillingError::Overflow => "overflow",
             BillingError::UnknownCurrency(_) => "unknown_currency",
             BillingError::UnknownKind(_) => "unknown_kind",
+            BillingError::UnknownName { .. } => "unknown_name",
         }
     }
 }

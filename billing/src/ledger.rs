@@ -73,7 +73,7 @@ impl fmt::Display for TransferKind {
 }
 
 /// The system accounts: the other side of every organization's movements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SystemAccount {
     /// Where purchased and topped-up credits come from.
     Sales,
@@ -141,6 +141,75 @@ pub struct Posting {
 }
 
 impl Posting {
+    fn into_org(org: Uuid, from: SystemAccount, amount: Credits, kind: TransferKind) -> Posting {
+        Posting {
+            debit: Account::System(from),
+            credit: Account::Org(org),
+            amount,
+            kind,
+            org,
+        }
+    }
+
+    fn out_of_org(org: Uuid, to: SystemAccount, amount: Credits, kind: TransferKind) -> Posting {
+        Posting {
+            debit: Account::Org(org),
+            credit: Account::System(to),
+            amount,
+            kind,
+            org,
+        }
+    }
+
+    /// A package's credits bought through a checkout: sales → org.
+    pub fn purchase(org: Uuid, amount: Credits) -> Posting {
+        Posting::into_org(org, SystemAccount::Sales, amount, TransferKind::Purchase)
+    }
+
+    /// A package's credits bought by auto-topup: sales → org.
+    pub fn topup(org: Uuid, amount: Credits) -> Posting {
+        Posting::into_org(org, SystemAccount::Sales, amount, TransferKind::Topup)
+    }
+
+    /// The bonus that came with a package: promotions → org.
+    pub fn bonus(org: Uuid, amount: Credits) -> Posting {
+        Posting::into_org(org, SystemAccount::Promotions, amount, TransferKind::Bonus)
+    }
+
+    /// Credits consumed by usage: org → the usage account (`usage:ai` or `usage:infra`).
+    pub fn usage(org: Uuid, to: SystemAccount, amount: Credits) -> Posting {
+        assert!(
+            matches!(to, SystemAccount::UsageAi | SystemAccount::UsageInfra),
+            "usage goes to a usage account"
+        );
+        Posting::out_of_org(org, to, amount, TransferKind::Usage)
+    }
+
+    /// The purchased share of a refund (or a dispute's clawback): org → refunds.
+    pub fn refund(org: Uuid, amount: Credits) -> Posting {
+        Posting::out_of_org(org, SystemAccount::Refunds, amount, TransferKind::Refund)
+    }
+
+    /// The bonus share of a refund, taken back: org → promotions.
+    pub fn reversal(org: Uuid, amount: Credits) -> Posting {
+        Posting::out_of_org(
+            org,
+            SystemAccount::Promotions,
+            amount,
+            TransferKind::Reversal,
+        )
+    }
+
+    /// The exact opposite movement, of the same kind: a refund the processor refused, a
+    /// dispute won.
+    pub fn reversed(self) -> Posting {
+        Posting {
+            debit: self.credit,
+            credit: self.debit,
+            ..self
+        }
+    }
+
     /// An operator's adjustment: a positive amount adds credits to the org, a negative one
     /// removes them. Zero is refused; it would be a movement of nothing.
     pub fn adjustment(org: Uuid, signed_amount: Credits) -> Result<Posting, BillingError> {
@@ -181,6 +250,101 @@ impl Posting {
     /// it already happened, so it is always recorded (ARCHITECTURE.md §3).
     pub fn may_overdraw(&self) -> bool {
         self.kind == TransferKind::Usage
+    }
+}
+
+/// What a transfer points at: the purchase, topup, refund, dispute or usage event it books,
+/// and the payment behind it. Stored as the transfer's `refs` (JSON); absent fields are left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refs {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purchase_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topup_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkout_session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_intent_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispute_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_event_id: Option<Uuid>,
+    /// The usage event's own id and source, as the org sent them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_version: Option<i64>,
+    /// An operator adjustment's idempotency key, as the operator sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// A movement to book, with its audit trail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// The transfer's id (UUIDv7), chosen before booking so other rows can point at it.
+    pub id: Uuid,
+    pub posting: Posting,
+    /// Unique forever: booking the same key twice books once.
+    pub idempotency_key: String,
+    /// Who did it: `key:{id}`, `operator:{name}`, `workflow:{id}`, `user:{id}` …
+    pub actor: String,
+    pub reason: String,
+    pub refs: Refs,
+}
+
+impl Entry {
+    pub fn new(
+        posting: Posting,
+        idempotency_key: String,
+        actor: &str,
+        reason: String,
+        refs: Refs,
+    ) -> Entry {
+        Entry {
+            id: Uuid::now_v7(),
+            posting,
+            idempotency_key,
+            actor: actor.to_string(),
+            reason,
+            refs,
+        }
+    }
+
+    /// A package's grant: its base credits as `base` (of `kind`: purchase or topup) and its
+    /// bonus, if any, keyed `{key}:base` and `{key}:bonus` so each is booked once.
+    pub fn package_grant(
+        base: Posting,
+        bonus_credits: Credits,
+        key: &str,
+        actor: &str,
+        reasons: (String, String),
+        refs: Refs,
+    ) -> Vec<Entry> {
+        let org = base.org;
+        let mut entries = vec![Entry::new(
+            base,
+            format!("{key}:base"),
+            actor,
+            reasons.0,
+            refs.clone(),
+        )];
+        if bonus_credits.is_positive() {
+            entries.push(Entry::new(
+                Posting::bonus(org, bonus_credits),
+                format!("{key}:bonus"),
+                actor,
+                reasons.1,
+                refs,
+            ));
+        }
+        entries
     }
 }
 

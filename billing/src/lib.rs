@@ -3,6 +3,7 @@
 //! Pure code: no I/O, no async, no database or HTTP types. Everything that moves credits is
 //! described here first and stored by the `store` crate.
 
+pub mod booking;
 pub mod credits;
 pub mod email;
 pub mod error;
@@ -10,11 +11,17 @@ pub mod ledger;
 pub mod money;
 pub mod packages;
 pub mod pricing;
+pub mod purchase;
+pub mod refund;
 pub mod summary;
+mod text;
 pub mod topup;
 pub mod usage;
 
+pub use booking::{Batch, BookError, ThresholdPurpose};
 pub use credits::Credits;
 pub use error::BillingError;
-pub use ledger::{Account, Posting, SystemAccount, TransferKind};
+pub use ledger::{Account, Entry, Posting, Refs, SystemAccount, TransferKind};
 pub use money::{Currency, Money};
+pub use purchase::PurchaseState;
+pub use refund::RefundState;

@@ -137,3 +137,26 @@ mod tests {
         assert!(!within_cap(i64::MAX, 1, i64::MAX));
     }
 }
+
+crate::text_enum! {
+    /// Where one auto-topup stands (`topups.state`).
+    pub enum TopupState {
+        /// Charging (or waiting to retry a soft decline).
+        Running => "running",
+        /// Charged and granted.
+        Succeeded => "succeeded",
+        /// Declined for good, or the charge could not be made.
+        Failed => "failed",
+        /// Not charged: the month's cap would be exceeded.
+        Capped => "capped",
+        /// Not charged: auto-topup was off, paused, or another topup was running.
+        Skipped => "skipped",
+    }
+}
+
+impl TopupState {
+    /// A topup moves once, from `Running` to where it ends.
+    pub fn can_become(self, next: TopupState) -> bool {
+        self == next || self == TopupState::Running
+    }
+}

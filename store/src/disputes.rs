@@ -7,7 +7,7 @@
 //! its refunds reversed. Credits already spent stay spent (the balance never goes below zero by a
 //! clawback); a dispute won gives the clawed-back credits back.
 
-use billing::{Account, Credits, Posting, SystemAccount, TransferKind};
+use billing::{Credits, Entry, Posting, Refs};
 use uuid::Uuid;
 
 use crate::{NewTransfer, Store, StoreError};
@@ -33,33 +33,22 @@ pub struct OpenedDispute {
 }
 
 fn clawback(dispute: &str, org: Uuid, amount: Credits, restore: bool, why: &str) -> NewTransfer {
-    let (debit, credit, key) = if restore {
+    let (posting, key) = if restore {
         (
-            Account::System(SystemAccount::Refunds),
-            Account::Org(org),
+            Posting::refund(org, amount).reversed(),
             format!("dispute:{dispute}:restore"),
         )
     } else {
         (
-            Account::Org(org),
-            Account::System(SystemAccount::Refunds),
+            Posting::refund(org, amount),
             format!("dispute:{dispute}:clawback"),
         )
     };
-    NewTransfer {
-        id: Uuid::now_v7(),
-        posting: Posting {
-            debit,
-            credit,
-            amount,
-            kind: TransferKind::Refund,
-            org,
-        },
-        idempotency_key: key,
-        actor: "processor:dispute".into(),
-        reason: why.to_string(),
-        refs: serde_json::json!({ "dispute_id": dispute }),
-    }
+    let refs = Refs {
+        dispute_id: Some(dispute.to_string()),
+        ..Refs::default()
+    };
+    Entry::new(posting, key, "processor:dispute", why.to_string(), refs)
 }
 
 impl Store {

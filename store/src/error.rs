@@ -20,8 +20,26 @@ pub enum StoreError {
     Schema(String),
     #[error("stored data could not be decoded: {0}")]
     Decode(String),
+    /// A ledger invariant failed (a bug or a write that bypassed the locks); nothing of the
+    /// transaction was committed.
+    #[error("ledger invariant broken: {0}")]
+    Invariant(String),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+}
+
+impl From<billing::BookError> for StoreError {
+    fn from(e: billing::BookError) -> StoreError {
+        match e {
+            billing::BookError::InsufficientBalance { balance, would_be } => {
+                StoreError::InsufficientBalance { balance, would_be }
+            }
+            billing::BookError::NotLocked(org) => {
+                StoreError::Invariant(format!("booking for org {org}, which is not locked"))
+            }
+            billing::BookError::Billing(e) => StoreError::Billing(e),
+        }
+    }
 }
 
 impl StoreError {

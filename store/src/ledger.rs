@@ -6,7 +6,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use billing::{Account, Credits, Posting, TransferKind};
+use billing::{
+    Account, Batch, Credits, Entry, Posting, Refs, ThresholdPurpose, TransferKind,
+    booking::{OrgLedger, Threshold},
+};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -15,20 +18,8 @@ use uuid::Uuid;
 
 use crate::{Claim, Store, StoreError, idempotency};
 
-/// A movement to book, with its audit trail.
-#[derive(Debug, Clone)]
-pub struct NewTransfer {
-    /// The transfer's id (UUIDv7), chosen before booking so other rows can point at it.
-    pub id: Uuid,
-    pub posting: Posting,
-    /// Unique forever: booking the same key twice books once.
-    pub idempotency_key: String,
-    /// Who did it: `key:{id}`, `operator:{name}`, `workflow:{id}`, `user:{id}` …
-    pub actor: String,
-    pub reason: String,
-    /// References: purchase id, payment ids, usage event id, price version …
-    pub refs: serde_json::Value,
-}
+/// A movement to book (the ledger's words live in `billing`).
+pub type NewTransfer = Entry;
 
 /// A booked transfer, seen from its organization.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -47,7 +38,7 @@ pub struct Transfer {
     pub idempotency_key: String,
     pub actor: String,
     pub reason: String,
-    pub refs: serde_json::Value,
+    pub refs: Refs,
     pub created_at: DateTime<Utc>,
 }
 
@@ -177,45 +168,31 @@ pub struct TransferPage {
 /// through this so every path locks orgs the same way: all at once, in `org_id` order, before
 /// any system account (which are updated last, in id order). One lock order, no deadlocks.
 pub struct LockedOrgs {
-    orgs: HashMap<Uuid, OrgState>,
-    thresholds: HashMap<Uuid, Vec<Threshold>>,
+    ledgers: BTreeMap<Uuid, OrgLedger>,
+    accounts: HashMap<Uuid, LockedAccount>,
 }
 
-struct OrgState {
-    account_id: i64,
-    balance: Credits,
+struct LockedAccount {
+    id: i64,
     /// The org's own overdraft limit, if it has one.
     overdraft_limit: Option<Credits>,
-    seq: i64,
-    credits: Decimal,
-    debits: Decimal,
-}
-
-struct Threshold {
-    id: i64,
-    purpose: String,
-    threshold: Credits,
 }
 
 impl LockedOrgs {
     /// The org's balance as booked so far in this transaction.
     pub fn balance(&self, org_id: Uuid) -> Option<Credits> {
-        self.orgs.get(&org_id).map(|o| o.balance)
+        self.ledgers.get(&org_id).map(|o| o.balance)
     }
 
     /// How far below zero usage may take the org, if it has a limit of its own.
     pub fn overdraft_limit(&self, org_id: Uuid) -> Option<Credits> {
-        self.orgs.get(&org_id).and_then(|o| o.overdraft_limit)
+        self.accounts.get(&org_id).and_then(|o| o.overdraft_limit)
     }
 
-    /// The org's highest threshold for `purpose` (`auto_topup`, `alert`): its id and level.
-    pub fn threshold(&self, org_id: Uuid, purpose: &str) -> Option<(i64, Credits)> {
-        self.thresholds
-            .get(&org_id)?
-            .iter()
-            .filter(|t| t.purpose == purpose)
-            .max_by_key(|t| t.threshold)
-            .map(|t| (t.id, t.threshold))
+    /// The org's highest threshold for `purpose`: its id and level.
+    pub fn threshold(&self, org_id: Uuid, purpose: ThresholdPurpose) -> Option<(i64, Credits)> {
+        let t = self.ledgers.get(&org_id)?.threshold(purpose)?;
+        Some((t.id, t.level))
     }
 }
 
@@ -244,21 +221,27 @@ impl Store {
         if rows.len() != ids.len() {
             return Err(StoreError::OrgNotFound);
         }
-        let orgs = rows
-            .into_iter()
-            .map(|r| {
-                let state = OrgState {
-                    account_id: r.id,
+        let mut locked = LockedOrgs {
+            ledgers: BTreeMap::new(),
+            accounts: HashMap::new(),
+        };
+        for r in rows {
+            locked.ledgers.insert(
+                r.org_id,
+                OrgLedger {
                     balance: Credits::from_stored(r.balance),
-                    overdraft_limit: r.overdraft_limit.map(Credits::from_stored),
                     seq: r.transfer_seq,
-                    credits: Decimal::ZERO,
-                    debits: Decimal::ZERO,
-                };
-                (r.org_id, state)
-            })
-            .collect();
-        let mut thresholds: HashMap<Uuid, Vec<Threshold>> = HashMap::new();
+                    thresholds: Vec::new(),
+                },
+            );
+            locked.accounts.insert(
+                r.org_id,
+                LockedAccount {
+                    id: r.id,
+                    overdraft_limit: r.overdraft_limit.map(Credits::from_stored),
+                },
+            );
+        }
         for t in sqlx::query!(
             "SELECT id, org_id, purpose, threshold FROM org_thresholds WHERE org_id = ANY($1)",
             &ids
@@ -266,13 +249,16 @@ impl Store {
         .fetch_all(&mut **tx)
         .await?
         {
-            thresholds.entry(t.org_id).or_default().push(Threshold {
-                id: t.id,
-                purpose: t.purpose,
-                threshold: Credits::from_stored(t.threshold),
-            });
+            let purpose: ThresholdPurpose = t.purpose.parse()?;
+            if let Some(ledger) = locked.ledgers.get_mut(&t.org_id) {
+                ledger.thresholds.push(Threshold {
+                    id: t.id,
+                    purpose,
+                    level: Credits::from_stored(t.threshold),
+                });
+            }
         }
-        Ok(LockedOrgs { orgs, thresholds })
+        Ok(locked)
     }
 
     /// Books transfers for one organization in an open transaction; see [`Store::book_locked`].
@@ -291,10 +277,10 @@ impl Store {
     ///
     /// With `check_keys`, a transfer whose idempotency key was booked before is not booked
     /// again (its outcome is [`BookOutcome::AlreadyBooked`]); callers whose keys are fresh by
-    /// construction skip that lookup. A transfer that may not overdraw and would take its org
-    /// below zero fails the whole call with [`StoreError::InsufficientBalance`]. A debit that
-    /// takes a balance from at-or-above one of the org's thresholds to below it writes an
-    /// outbox row in the same transaction.
+    /// construction skip that lookup. The rules (balances, the overdraft rule, crossings, each
+    /// account's sums) are [`Batch::apply`]'s; this writes what it computed and checks that
+    /// Postgres agrees: every org account's balance and sequence after the update must be the
+    /// batch's, or the transaction fails (someone wrote an account without its lock).
     pub async fn book_locked(
         &self,
         tx: &mut Transaction<'_, Postgres>,
@@ -311,141 +297,107 @@ impl Store {
         } else {
             BTreeMap::new()
         };
+        let fresh: Vec<&NewTransfer> = transfers
+            .iter()
+            .filter(|t| !existing.contains_key(&t.idempotency_key))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(transfers
+                .iter()
+                .map(|t| BookOutcome::AlreadyBooked(existing[&t.idempotency_key].clone()))
+                .collect());
+        }
+        let batch = Batch::apply(&mut locked.ledgers, fresh.iter().map(|t| &t.posting))?;
 
-        let mut outcomes = Vec::with_capacity(transfers.len());
         let mut rows = NewRows::default();
-        let mut outbox = OutboxRows::default();
-        let mut crossings: BTreeMap<(Uuid, String), (Credits, serde_json::Value)> = BTreeMap::new();
-        let mut system_deltas: BTreeMap<i64, (Decimal, Decimal)> = BTreeMap::new();
-        let mut kind_deltas: BTreeMap<(Uuid, TransferKind), (Decimal, Decimal)> = BTreeMap::new();
-        for t in transfers {
-            if let Some(found) = existing.get(&t.idempotency_key) {
-                outcomes.push(BookOutcome::AlreadyBooked(found.clone()));
-                continue;
-            }
+        let mut booked = Vec::with_capacity(fresh.len());
+        for (t, a) in fresh.iter().zip(&batch.applied) {
             let p = &t.posting;
-            let org_id = p.org;
-            let org = locked.orgs.get_mut(&org_id).ok_or_else(|| {
-                StoreError::Schema("booking for an org that is not locked".into())
-            })?;
-            let amount = p.amount.positive()?;
-            let delta = p.org_delta();
-            let before = org.balance;
-            let after = before.checked_add(delta)?;
-            if delta.is_negative() && after.is_negative() && !p.may_overdraw() {
-                return Err(StoreError::InsufficientBalance {
-                    balance: before,
-                    would_be: after,
-                });
-            }
-            org.balance = after;
-            org.seq += 1;
-            let debit_id = self.account_id(&p.debit, org_id, org.account_id)?;
-            let credit_id = self.account_id(&p.credit, org_id, org.account_id)?;
-            // The system account is on the opposite side of the org: when it is debited the
-            // org is credited, and the other way round.
-            let kind_entry = kind_deltas.entry((org_id, p.kind)).or_default();
-            let counterparty = if delta.is_positive() {
-                system_deltas.entry(debit_id).or_default().0 += amount.as_decimal();
-                kind_entry.0 += amount.as_decimal();
-                org.credits += amount.as_decimal();
-                p.debit
-            } else {
-                system_deltas.entry(credit_id).or_default().1 += amount.as_decimal();
-                kind_entry.1 += amount.as_decimal();
-                org.debits += amount.as_decimal();
-                p.credit
-            };
-            let id = t.id;
-            // One crossing per org and purpose for the whole call, at the lowest threshold
-            // crossed (ties: the later crossing): a transfer or a batch that falls through
-            // several alert thresholds sends one alert, not one per threshold.
-            for th in locked.thresholds.get(&org_id).into_iter().flatten() {
-                if before >= th.threshold && after < th.threshold {
-                    let slot = crossings.entry((org_id, th.purpose.clone()));
-                    let crossing = serde_json::json!({
-                        "threshold_id": th.id,
-                        "purpose": th.purpose,
-                        "threshold": th.threshold,
-                        "balance": after,
-                        "crossing_seq": org.seq,
-                        "transfer_id": id,
-                    });
-                    match slot {
-                        std::collections::btree_map::Entry::Vacant(v) => {
-                            v.insert((th.threshold, crossing));
-                        }
-                        std::collections::btree_map::Entry::Occupied(mut o) => {
-                            if th.threshold <= o.get().0 {
-                                o.insert((th.threshold, crossing));
-                            }
-                        }
-                    }
-                }
-            }
+            let org_account = self.org_account(locked, a.org)?;
+            let debit_id = self.account_id(&p.debit, a.org, org_account)?;
+            let credit_id = self.account_id(&p.credit, a.org, org_account)?;
             rows.push(
-                id, org_id, org.seq, debit_id, credit_id, amount, p.kind, after, t,
+                t.id, a.org, a.seq, debit_id, credit_id, p.amount, p.kind, a.after, t,
             );
-            outcomes.push(BookOutcome::Booked(Transfer {
-                id,
-                org_id,
-                seq: org.seq,
+            booked.push(Transfer {
+                id: t.id,
+                org_id: a.org,
+                seq: a.seq,
                 kind: p.kind,
-                amount,
-                org_amount: delta,
-                counterparty: counterparty.code(),
-                balance_after: after,
+                amount: p.amount,
+                org_amount: a.delta,
+                counterparty: a.counterparty.code().to_string(),
+                balance_after: a.after,
                 idempotency_key: t.idempotency_key.clone(),
                 actor: t.actor.clone(),
                 reason: t.reason.clone(),
                 refs: t.refs.clone(),
                 created_at: Utc::now(),
-            }));
+            });
         }
-        if rows.ids.is_empty() {
-            return Ok(outcomes);
-        }
-        for ((org_id, _), (_, crossing)) in crossings {
-            outbox.push(org_id, crossing);
-        }
-
         let created_at = rows.insert(tx).await?;
-        for o in &mut outcomes {
-            if let BookOutcome::Booked(t) = o {
-                t.created_at = created_at;
-            }
-        }
+        let mut booked = booked.into_iter();
+        let outcomes = transfers
+            .iter()
+            .map(|t| match existing.get(&t.idempotency_key) {
+                Some(found) => BookOutcome::AlreadyBooked(found.clone()),
+                None => {
+                    let mut b = booked.next().expect("one booked transfer per fresh entry");
+                    b.created_at = created_at;
+                    BookOutcome::Booked(b)
+                }
+            })
+            .collect();
+
         let (mut ids, mut credits, mut debits, mut seqs) = (vec![], vec![], vec![], vec![]);
-        for org in locked.orgs.values_mut() {
-            if org.credits.is_zero() && org.debits.is_zero() {
-                continue;
-            }
-            ids.push(org.account_id);
-            credits.push(std::mem::take(&mut org.credits));
-            debits.push(std::mem::take(&mut org.debits));
-            seqs.push(org.seq);
+        for (org, sides) in &batch.orgs {
+            ids.push(self.org_account(locked, *org)?);
+            credits.push(sides.credits);
+            debits.push(sides.debits);
+            seqs.push(locked.ledgers[org].seq);
         }
-        sqlx::query!(
-            "UPDATE accounts a SET credits_posted = a.credits_posted + u.credits,
+        let stored = sqlx::query!(
+            r#"UPDATE accounts a SET credits_posted = a.credits_posted + u.credits,
                                    debits_posted = a.debits_posted + u.debits,
                                    transfer_seq = u.seq
-               FROM UNNEST($1::bigint[], $2::numeric[], $3::numeric[], $4::bigint[])
-                 AS u(id, credits, debits, seq)
-              WHERE a.id = u.id",
+                 FROM UNNEST($1::bigint[], $2::numeric[], $3::numeric[], $4::bigint[])
+                   AS u(id, credits, debits, seq)
+                WHERE a.id = u.id
+            RETURNING a.org_id AS "org_id!", a.credits_posted - a.debits_posted AS "balance!",
+                      a.transfer_seq"#,
             &ids,
             &credits,
             &debits,
             &seqs
         )
-        .execute(&mut **tx)
+        .fetch_all(&mut **tx)
         .await?;
+        // The pair assertion: Postgres's balance after the update is the one the batch computed.
+        // Not a panic: this runs in the shared writer; failing the transaction keeps the ledger
+        // as it was and says loudly why.
+        for r in &stored {
+            let want = &locked.ledgers[&r.org_id];
+            if Credits::from_stored(r.balance) != want.balance || r.transfer_seq != want.seq {
+                tracing::error!(org_id = %r.org_id, stored = %r.balance, computed = %want.balance,
+                                "booking: stored balance differs from the computed one");
+                return Err(StoreError::Invariant(format!(
+                    "org {}: stored balance {} (seq {}), computed {} (seq {})",
+                    r.org_id, r.balance, r.transfer_seq, want.balance, want.seq
+                )));
+            }
+        }
+        if stored.len() != batch.orgs.len() {
+            return Err(StoreError::Invariant(
+                "an org account vanished under its lock".into(),
+            ));
+        }
         let (mut k_orgs, mut k_kinds, mut k_credits, mut k_debits) =
             (vec![], vec![], vec![], vec![]);
-        for ((org, kind), (c, d)) in kind_deltas {
-            k_orgs.push(org);
+        for ((org, kind), sides) in &batch.kinds {
+            k_orgs.push(*org);
             k_kinds.push(kind.as_str().to_string());
-            k_credits.push(c);
-            k_debits.push(d);
+            k_credits.push(sides.credits);
+            k_debits.push(sides.debits);
         }
         sqlx::query!(
             "INSERT INTO org_kind_totals (org_id, kind, credits_posted, debits_posted)
@@ -460,22 +412,54 @@ impl Store {
         )
         .execute(&mut **tx)
         .await?;
+        let mut outbox = OutboxRows::default();
+        for c in &batch.crossings {
+            outbox.push(
+                c.org,
+                serde_json::json!({
+                    "threshold_id": c.threshold_id,
+                    "purpose": c.purpose,
+                    "threshold": c.threshold,
+                    "balance": c.balance,
+                    "crossing_seq": c.crossing_seq,
+                    "transfer_id": fresh[c.posting].id,
+                }),
+            );
+        }
         outbox.insert(tx).await?;
         // System accounts last and in id order: they are shared by every org, so their row
         // locks are held for the shortest time, always taken in the same order.
-        for (id, (debits, credits)) in system_deltas {
+        let systems: BTreeMap<i64, _> = batch
+            .systems
+            .iter()
+            .map(|(s, sides)| {
+                Ok((
+                    self.account_id(&Account::System(*s), Uuid::nil(), 0)?,
+                    *sides,
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        for (id, sides) in systems {
             sqlx::query!(
                 "UPDATE accounts SET debits_posted = debits_posted + $2,
                                      credits_posted = credits_posted + $3
                   WHERE id = $1",
                 id,
-                debits,
-                credits
+                sides.debits,
+                sides.credits
             )
             .execute(&mut **tx)
             .await?;
         }
         Ok(outcomes)
+    }
+
+    fn org_account(&self, locked: &LockedOrgs, org: Uuid) -> Result<i64, StoreError> {
+        locked
+            .accounts
+            .get(&org)
+            .map(|a| a.id)
+            .ok_or_else(|| StoreError::Invariant(format!("org {org} is not locked")))
     }
 }
 
@@ -545,7 +529,10 @@ impl Store {
             idempotency_key: format!("{scope}:{idempotency_key}"),
             actor: actor.to_string(),
             reason: reason.to_string(),
-            refs: serde_json::json!({ "idempotency_key": idempotency_key }),
+            refs: Refs {
+                idempotency_key: Some(idempotency_key.to_string()),
+                ..Refs::default()
+            },
         };
         let outcome = self
             .book(&mut tx, org_id, std::slice::from_ref(&new))
@@ -824,7 +811,8 @@ impl NewRows {
         self.keys.push(t.idempotency_key.clone());
         self.actors.push(t.actor.clone());
         self.reasons.push(t.reason.clone());
-        self.refs.push(t.refs.clone());
+        self.refs
+            .push(serde_json::to_value(&t.refs).expect("refs serialize to JSON"));
     }
 
     /// Inserts all rows in one statement and returns their common `created_at` (the
@@ -922,7 +910,8 @@ impl TransferRow {
             idempotency_key: self.idempotency_key,
             actor: self.actor,
             reason: self.reason,
-            refs: self.refs,
+            refs: serde_json::from_value(self.refs)
+                .map_err(|e| StoreError::Decode(format!("transfer refs: {e}")))?,
             created_at: self.created_at,
         })
     }

@@ -1,13 +1,11 @@
 //! Credit packages, purchases and what the payment processor told us.
 
-use billing::{
-    Account, Credits, Currency, Money, Posting, SystemAccount, TransferKind, packages::Package,
-};
+use billing::{Credits, Currency, Entry, Money, Posting, Refs, packages::Package};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{BookOutcome, Claim, NewTransfer, Store, StoreError, Transfer, idempotency};
+use crate::{BookOutcome, Claim, Store, StoreError, Transfer, idempotency};
 
 /// A purchase as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -322,43 +320,24 @@ impl Store {
     pub async fn grant_purchase(&self, id: Uuid) -> Result<Grant, StoreError> {
         let purchase = self.purchase(id).await?;
         let org = purchase.org_id;
-        let refs = serde_json::json!({
-            "purchase_id": id,
-            "package_id": purchase.package.id,
-            "checkout_session_id": purchase.checkout_session_id,
-            "payment_intent_id": purchase.payment_intent_id,
-        });
-        let actor = format!("user:{}", purchase.buyer);
-        let mut transfers = vec![NewTransfer {
-            id: Uuid::now_v7(),
-            posting: Posting {
-                debit: Account::System(SystemAccount::Sales),
-                credit: Account::Org(org),
-                amount: purchase.package.base_credits,
-                kind: TransferKind::Purchase,
-                org,
-            },
-            idempotency_key: format!("purchase:{id}:base"),
-            actor: actor.clone(),
-            reason: format!("purchase of {}", purchase.package.name),
-            refs: refs.clone(),
-        }];
-        if purchase.package.bonus_credits.is_positive() {
-            transfers.push(NewTransfer {
-                id: Uuid::now_v7(),
-                posting: Posting {
-                    debit: Account::System(SystemAccount::Promotions),
-                    credit: Account::Org(org),
-                    amount: purchase.package.bonus_credits,
-                    kind: TransferKind::Bonus,
-                    org,
-                },
-                idempotency_key: format!("purchase:{id}:bonus"),
-                actor,
-                reason: format!("bonus with {}", purchase.package.name),
-                refs,
-            });
-        }
+        let refs = Refs {
+            purchase_id: Some(id),
+            package_id: Some(purchase.package.id),
+            checkout_session_id: purchase.checkout_session_id.clone(),
+            payment_intent_id: purchase.payment_intent_id.clone(),
+            ..Refs::default()
+        };
+        let transfers = Entry::package_grant(
+            Posting::purchase(org, purchase.package.base_credits),
+            purchase.package.bonus_credits,
+            &format!("purchase:{id}"),
+            &format!("user:{}", purchase.buyer),
+            (
+                format!("purchase of {}", purchase.package.name),
+                format!("bonus with {}", purchase.package.name),
+            ),
+            refs,
+        );
         let mut tx = self.pool.begin().await?;
         // The purchase first, then the org: the order request_refund locks them in, so a grant
         // retried while a refund of the same purchase is accepted cannot deadlock with it.

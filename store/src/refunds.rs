@@ -3,7 +3,7 @@
 //! idempotent. A refund made at the processor itself (its dashboard) is recorded once by the
 //! processor's refund id and takes back what the same rule allows, capped by the balance.
 
-use billing::{Account, Credits, Posting, SystemAccount, TransferKind};
+use billing::{Credits, Entry, Posting, Refs};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -80,61 +80,35 @@ impl RefundRow {
 /// the refund's own, so each direction is booked at most once.
 fn refund_transfers(r: &Refund, restore: bool) -> Vec<NewTransfer> {
     let org = r.org_id;
-    let refs = match r.topup_id {
-        Some(topup) => serde_json::json!({"refund_id": r.id, "topup_id": topup}),
-        None => serde_json::json!({"refund_id": r.id, "purchase_id": r.purchase_id}),
+    let refs = Refs {
+        refund_id: Some(r.id),
+        topup_id: r.topup_id,
+        purchase_id: r.topup_id.is_none().then_some(r.purchase_id).flatten(),
+        ..Refs::default()
     };
-    let mut transfers = Vec::new();
-    for (amount, kind, system, part) in [
-        (
-            r.credits,
-            TransferKind::Refund,
-            SystemAccount::Refunds,
-            "base",
-        ),
-        (
-            r.bonus_credits,
-            TransferKind::Reversal,
-            SystemAccount::Promotions,
-            "bonus",
-        ),
-    ] {
-        if !amount.is_positive() {
-            continue;
-        }
-        let (debit, credit, key) = if restore {
+    let reason = if restore {
+        format!("refund refused by the processor: {}", r.reason)
+    } else {
+        r.reason.clone()
+    };
+    [
+        (Posting::refund(org, r.credits), "base"),
+        (Posting::reversal(org, r.bonus_credits), "bonus"),
+    ]
+    .into_iter()
+    .filter(|(p, _)| p.amount.is_positive())
+    .map(|(posting, part)| {
+        let (posting, key) = if restore {
             (
-                Account::System(system),
-                Account::Org(org),
+                posting.reversed(),
                 format!("refund:{}:restore:{part}", r.id),
             )
         } else {
-            (
-                Account::Org(org),
-                Account::System(system),
-                format!("refund:{}:{part}", r.id),
-            )
+            (posting, format!("refund:{}:{part}", r.id))
         };
-        transfers.push(NewTransfer {
-            id: Uuid::now_v7(),
-            posting: Posting {
-                debit,
-                credit,
-                amount,
-                kind,
-                org,
-            },
-            idempotency_key: key,
-            actor: r.requested_by.clone(),
-            reason: if restore {
-                format!("refund refused by the processor: {}", r.reason)
-            } else {
-                r.reason.clone()
-            },
-            refs: refs.clone(),
-        });
-    }
-    transfers
+        Entry::new(posting, key, &r.requested_by, reason.clone(), refs.clone())
+    })
+    .collect()
 }
 
 impl Store {

@@ -1,11 +1,11 @@
 //! Auto-topup and alert settings, topups and their attempts, alerts, and the outbox's claim.
 
-use billing::{Account, Credits, Posting, SystemAccount, TransferKind, packages::Package};
+use billing::{Credits, Entry, Posting, Refs, ThresholdPurpose, packages::Package};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{NewTransfer, OutboxRow, Store, StoreError, THRESHOLD_CROSSED};
+use crate::{OutboxRow, Store, StoreError, THRESHOLD_CROSSED};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BillingSettings {
@@ -231,7 +231,7 @@ impl Store {
         let locked = self.lock_orgs(tx, &[org_id]).await?;
         let (Some(balance), Some((threshold_id, threshold))) = (
             locked.balance(org_id),
-            locked.threshold(org_id, "auto_topup"),
+            locked.threshold(org_id, ThresholdPurpose::AutoTopup),
         ) else {
             return Ok(());
         };
@@ -257,7 +257,7 @@ impl Store {
         .await?;
         let payload = serde_json::json!({
             "threshold_id": threshold_id,
-            "purpose": "auto_topup",
+            "purpose": ThresholdPurpose::AutoTopup,
             "threshold": threshold,
             "balance": balance,
             "crossing_seq": crossing_seq,
@@ -294,7 +294,7 @@ impl Store {
         let locked = self.lock_orgs(&mut tx, &[org_id]).await?;
         let below_threshold = match (
             locked.balance(org_id),
-            locked.threshold(org_id, "auto_topup"),
+            locked.threshold(org_id, ThresholdPurpose::AutoTopup),
         ) {
             (Some(balance), Some((_, threshold))) => balance < threshold,
             _ => false,
@@ -463,38 +463,23 @@ impl Store {
         let package: Package = serde_json::from_value(t.package.unwrap_or_default())
             .map_err(|e| StoreError::Decode(e.to_string()))?;
         let org = t.org_id;
-        let refs = serde_json::json!({ "topup_id": topup_id, "payment_intent_id": payment_intent_id,
-                                       "package_id": package.id });
-        let mut transfers = vec![NewTransfer {
-            id: Uuid::now_v7(),
-            posting: Posting {
-                debit: Account::System(SystemAccount::Sales),
-                credit: Account::Org(org),
-                amount: package.base_credits,
-                kind: TransferKind::Topup,
-                org,
-            },
-            idempotency_key: format!("topup:{topup_id}:base"),
-            actor: "workflow:auto-topup".into(),
-            reason: format!("auto-topup: {}", package.name),
-            refs: refs.clone(),
-        }];
-        if package.bonus_credits.is_positive() {
-            transfers.push(NewTransfer {
-                id: Uuid::now_v7(),
-                posting: Posting {
-                    debit: Account::System(SystemAccount::Promotions),
-                    credit: Account::Org(org),
-                    amount: package.bonus_credits,
-                    kind: TransferKind::Bonus,
-                    org,
-                },
-                idempotency_key: format!("topup:{topup_id}:bonus"),
-                actor: "workflow:auto-topup".into(),
-                reason: format!("auto-topup bonus: {}", package.name),
-                refs,
-            });
-        }
+        let refs = Refs {
+            topup_id: Some(topup_id),
+            payment_intent_id: Some(payment_intent_id.to_string()),
+            package_id: Some(package.id),
+            ..Refs::default()
+        };
+        let transfers = Entry::package_grant(
+            Posting::topup(org, package.base_credits),
+            package.bonus_credits,
+            &format!("topup:{topup_id}"),
+            "workflow:auto-topup",
+            (
+                format!("auto-topup: {}", package.name),
+                format!("auto-topup bonus: {}", package.name),
+            ),
+            refs,
+        );
         let mut tx = self.pool.begin().await?;
         let mut locked = self.lock_orgs(&mut tx, &[org]).await?;
         self.book_locked(&mut tx, &mut locked, &transfers, true)

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use billing::{
-    Account, Credits, Posting, SystemAccount, TransferKind,
+    Credits, Entry, Posting, Refs, SystemAccount,
     summary::Month,
     usage::{Usage, UsageEvent},
 };
@@ -409,25 +409,19 @@ fn usage_transfer(job: &UsageJob, e: &RatedEvent, usage_id: Uuid) -> NewTransfer
         Usage::AiTokens(a) => (SystemAccount::UsageAi, a.model.as_str()),
         Usage::Infra(i) => (SystemAccount::UsageInfra, i.resource.as_str()),
     };
-    NewTransfer {
-        id: Uuid::now_v7(),
-        posting: Posting {
-            debit: Account::Org(job.org_id),
-            credit: Account::System(system),
-            amount: e.cost,
-            kind: TransferKind::Usage,
-            org: job.org_id,
+    Entry::new(
+        Posting::usage(job.org_id, system, e.cost),
+        format!("usage:{usage_id}"),
+        &job.actor,
+        format!("{} {}", e.event.usage.type_name(), what),
+        Refs {
+            usage_event_id: Some(usage_id),
+            event_id: Some(e.event.id.clone()),
+            source: Some(e.event.source.clone()),
+            price_version: Some(e.price_version),
+            ..Refs::default()
         },
-        idempotency_key: format!("usage:{usage_id}"),
-        actor: job.actor.clone(),
-        reason: format!("{} {}", e.event.usage.type_name(), what),
-        refs: serde_json::json!({
-            "usage_event_id": usage_id,
-            "event_id": e.event.id,
-            "source": e.event.source,
-            "price_version": e.price_version,
-        }),
-    }
+    )
 }
 
 /// Column-wise usage_events rows for one bulk insert.

@@ -1,4 +1,4 @@
-use billing::{Account, Credits, Posting, SystemAccount, TransferKind};
+use billing::{Credits, Posting, SystemAccount, TransferKind};
 use proptest::{
     prelude::*,
     test_runner::{Config, TestRunner},
@@ -145,31 +145,20 @@ async fn book_one(
     micros: i64,
     key: &str,
 ) -> Result<(), StoreError> {
-    let system = match kind {
-        TransferKind::Usage => SystemAccount::UsageAi,
-        TransferKind::Bonus => SystemAccount::Promotions,
-        _ => SystemAccount::Sales,
+    let amount = credits(micros);
+    let posting = match kind {
+        TransferKind::Usage => Posting::usage(org_id, SystemAccount::UsageAi, amount),
+        TransferKind::Bonus => Posting::bonus(org_id, amount),
+        TransferKind::Topup => Posting::topup(org_id, amount),
+        _ => Posting::purchase(org_id, amount),
     };
-    let (debit, credit) = if kind == TransferKind::Usage {
-        (Account::Org(org_id), Account::System(system))
-    } else {
-        (Account::System(system), Account::Org(org_id))
-    };
-    let posting = Posting {
-        debit,
-        credit,
-        amount: credits(micros),
-        kind,
-        org: org_id,
-    };
-    let t = NewTransfer {
-        id: uuid::Uuid::now_v7(),
+    let t = NewTransfer::new(
         posting,
-        idempotency_key: key.to_string(),
-        actor: "test".into(),
-        reason: "prop".into(),
-        refs: serde_json::json!({}),
-    };
+        key.to_string(),
+        "test",
+        "prop".into(),
+        Default::default(),
+    );
     let mut tx = app.store.pool().begin().await?;
     app.store
         .book(&mut tx, org_id, std::slice::from_ref(&t))
