@@ -166,7 +166,7 @@ impl PurchaseActivitiesImpl {
         Ok(match outcome {
             Expired::Expired => {
                 self.store
-                    .end_purchase(p.id, "expired")
+                    .end_purchase(p.id, billing::PurchaseState::Expired)
                     .await
                     .map_err(store_error)?;
                 ExpireOutcome::Expired
@@ -280,7 +280,7 @@ impl PurchaseActivitiesImpl {
         // The purchases table keeps no reason; the log does, for whoever looks into it.
         tracing::warn!(purchase = %id, reason = %m.reason, "purchase failed");
         self.store
-            .end_purchase(id, "failed")
+            .end_purchase(id, billing::PurchaseState::Failed)
             .await
             .map_err(store_error)
     }

@@ -80,28 +80,29 @@ async fn returned(state: AppState, q: Return, cancelled: bool) -> Response {
         credits(p.package.bonus_credits),
         money(p.package.price)
     );
-    let (title, status_line, refresh) = match (p.state.as_str(), cancelled) {
-        ("credited", _) => (
+    use billing::PurchaseState as S;
+    let (title, status_line, refresh) = match (p.state, cancelled) {
+        (S::Credited, _) => (
             "Thank you: your credits are added",
             "The credits are in your balance; a receipt is on its way.",
             false,
         ),
-        ("paid", _) => (
+        (S::Paid, _) => (
             "Payment received",
             "Your payment is received; the credits are being added.",
             true,
         ),
-        ("awaiting_funds", _) => (
+        (S::AwaitingFunds, _) => (
             "Payment pending",
             "Your bank payment is on its way. The credits are added when it arrives (bank debits take a few days); you will get a receipt.",
             false,
         ),
-        ("expired", _) => (
+        (S::Expired, _) => (
             "Checkout expired",
             "Nothing was charged. Start a new purchase to buy credits.",
             false,
         ),
-        ("failed", _) => (
+        (S::Failed, _) => (
             "Payment failed",
             "Nothing was charged and no credits were added.",
             false,
@@ -113,8 +114,8 @@ async fn returned(state: AppState, q: Return, cancelled: bool) -> Response {
             true,
         ),
     };
-    let back = match (&p.checkout_url, p.state.as_str()) {
-        (Some(url), "awaiting_payment") => format!(
+    let back = match (&p.checkout_url, p.state) {
+        (Some(url), S::AwaitingPayment) => format!(
             "<p><a href=\"{}\">Return to the checkout</a></p>",
             escape(url)
         ),
@@ -123,7 +124,7 @@ async fn returned(state: AppState, q: Return, cancelled: bool) -> Response {
     let body = format!(
         "{what}<p>{}</p><p>State: <code>{}</code> · Purchase <code>{}</code></p>{back}",
         escape(status_line),
-        escape(&p.state),
+        p.state,
         p.id
     );
     page(StatusCode::OK, title, &body, refresh)

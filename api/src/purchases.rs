@@ -9,7 +9,7 @@ use axum::{
     http::{HeaderMap, StatusCode},
 };
 use billing::{
-    Credits, Currency, Money,
+    Credits, Currency, Money, PurchaseState,
     packages::{self, Package},
 };
 use hmac::{Hmac, Mac};
@@ -274,7 +274,10 @@ pub async fn create_purchase(
     {
         tracing::error!(error = %e, purchase = %purchase.id, "could not start the purchase workflow");
         if idempotency_key.is_none() {
-            state.store.end_purchase(purchase.id, "failed").await?;
+            state
+                .store
+                .end_purchase(purchase.id, PurchaseState::Failed)
+                .await?;
         }
         return Err(ApiError::unavailable(
             "workflow_unavailable",
@@ -288,17 +291,18 @@ pub async fn create_purchase(
     let start = Instant::now();
     let mut current = purchase;
     while current.checkout_url.is_none()
-        && current.state == "awaiting_payment"
+        && current.state == PurchaseState::AwaitingPayment
         && start.elapsed() < CHECKOUT_URL_WAIT
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
         current = state.store.purchase(current.id).await?;
     }
-    let status = if current.checkout_url.is_some() || current.state != "awaiting_payment" {
-        StatusCode::CREATED
-    } else {
-        StatusCode::ACCEPTED
-    };
+    let status =
+        if current.checkout_url.is_some() || current.state != PurchaseState::AwaitingPayment {
+            StatusCode::CREATED
+        } else {
+            StatusCode::ACCEPTED
+        };
     Ok((status, AxumJson(purchase_json(&current))))
 }
 

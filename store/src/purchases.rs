@@ -1,6 +1,6 @@
 //! Credit packages, purchases and what the payment processor told us.
 
-use billing::{Credits, Currency, Entry, Money, Posting, Refs, packages::Package};
+use billing::{Credits, Currency, Entry, Money, Posting, PurchaseState, Refs, packages::Package};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -17,7 +17,7 @@ pub struct Purchase {
     pub buyer: String,
     /// Where the receipt goes, if anywhere.
     pub receipt_email: Option<String>,
-    pub state: String,
+    pub state: PurchaseState,
     pub checkout_session_id: Option<String>,
     pub checkout_url: Option<String>,
     pub payment_intent_id: Option<String>,
@@ -85,7 +85,7 @@ impl PurchaseRow {
                 .map_err(|e| StoreError::Decode(e.to_string()))?,
             buyer: self.buyer,
             receipt_email: self.receipt_email,
-            state: self.state,
+            state: self.state.parse()?,
             checkout_session_id: self.checkout_session_id,
             checkout_url: self.checkout_url,
             payment_intent_id: self.payment_intent_id,
@@ -283,12 +283,16 @@ impl Store {
     }
 
     /// Ends an unpaid purchase as `expired` or `failed`.
-    pub async fn end_purchase(&self, id: Uuid, state: &str) -> Result<(), StoreError> {
+    pub async fn end_purchase(&self, id: Uuid, state: PurchaseState) -> Result<(), StoreError> {
+        assert!(
+            PurchaseState::AwaitingPayment.can_become(state) && state.is_final(),
+            "an unpaid purchase ends expired or failed, not {state}"
+        );
         sqlx::query!(
             "UPDATE purchases SET state = $2, updated_at = now()
               WHERE id = $1 AND state IN ('awaiting_payment', 'awaiting_funds')",
             id,
-            state
+            state.as_str()
         )
         .execute(&self.pool)
         .await?;

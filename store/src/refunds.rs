@@ -3,7 +3,7 @@
 //! idempotent. A refund made at the processor itself (its dashboard) is recorded once by the
 //! processor's refund id and takes back what the same rule allows, capped by the balance.
 
-use billing::{Credits, Entry, Posting, Refs};
+use billing::{Credits, Entry, Posting, Refs, RefundState};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -24,7 +24,7 @@ pub struct Refund {
     pub bonus_credits: Credits,
     pub reason: String,
     pub requested_by: String,
-    pub state: String,
+    pub state: RefundState,
     pub stripe_refund_id: Option<String>,
     pub payment_intent_id: Option<String>,
     pub detail: String,
@@ -52,8 +52,8 @@ struct RefundRow {
 }
 
 impl RefundRow {
-    fn into_refund(self, created: bool) -> Refund {
-        Refund {
+    fn into_refund(self, created: bool) -> Result<Refund, StoreError> {
+        Ok(Refund {
             id: self.id,
             purchase_id: self.purchase_id,
             topup_id: self.topup_id,
@@ -64,13 +64,13 @@ impl RefundRow {
             bonus_credits: Credits::from_stored(self.bonus_credits),
             reason: self.reason,
             requested_by: self.requested_by,
-            state: self.state,
+            state: self.state.parse()?,
             stripe_refund_id: self.stripe_refund_id,
             payment_intent_id: self.payment_intent_id,
             detail: self.detail,
             created_at: self.created_at,
             created,
-        }
+        })
     }
 }
 
@@ -192,7 +192,7 @@ impl Store {
         )
         .fetch_one(&mut *tx)
         .await?;
-        let refund = row.into_refund(true);
+        let refund = row.into_refund(true)?;
         self.book_locked(
             &mut tx,
             &mut locked,
@@ -287,7 +287,7 @@ impl Store {
         )
         .fetch_one(&mut *tx)
         .await?;
-        let refund = row.into_refund(true);
+        let refund = row.into_refund(true)?;
         self.book_locked(
             &mut tx,
             &mut locked,
@@ -327,7 +327,7 @@ impl Store {
     }
 
     pub async fn refund(&self, id: Uuid) -> Result<Refund, StoreError> {
-        Ok(sqlx::query_as!(
+        sqlx::query_as!(
             RefundRow,
             "SELECT id, purchase_id, topup_id, org_id, amount_minor, currency, credits,
                     bonus_credits, reason, requested_by, state, stripe_refund_id,
@@ -338,12 +338,12 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?
         .ok_or(StoreError::NotFound("refund"))?
-        .into_refund(false))
+        .into_refund(false)
     }
 
     /// The refunds of a purchase or a topup, oldest first.
     pub async fn refunds_of(&self, payment: RefundOf) -> Result<Vec<Refund>, StoreError> {
-        Ok(sqlx::query_as!(
+        sqlx::query_as!(
             RefundRow,
             "SELECT id, purchase_id, topup_id, org_id, amount_minor, currency, credits,
                     bonus_credits, reason, requested_by, state, stripe_refund_id,
@@ -355,7 +355,7 @@ impl Store {
         .await?
         .into_iter()
         .map(|r| r.into_refund(false))
-        .collect())
+        .collect()
     }
 
     /// The processor refunded it (idempotent).

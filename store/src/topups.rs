@@ -1,6 +1,8 @@
 //! Auto-topup and alert settings, topups and their attempts, alerts, and the outbox's claim.
 
-use billing::{Credits, Entry, Posting, Refs, ThresholdPurpose, packages::Package};
+use billing::{
+    Credits, Entry, Posting, Refs, ThresholdPurpose, packages::Package, topup::TopupState,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -46,7 +48,7 @@ pub struct TopupRecord {
     pub id: Uuid,
     pub org_id: Uuid,
     pub crossing_seq: i64,
-    pub state: String,
+    pub state: TopupState,
     pub detail: String,
     pub amount_minor: Option<i64>,
     pub currency: Option<String>,
@@ -375,11 +377,12 @@ impl Store {
             }
         };
         let (state, detail) = match &decision {
-            TopupStart::Charge { .. } => ("running", String::new()),
-            TopupStart::Skipped { reason, .. } => ("skipped", reason.clone()),
-            TopupStart::Capped { .. } => {
-                ("capped", "the monthly cap would be exceeded".to_string())
-            }
+            TopupStart::Charge { .. } => (TopupState::Running, String::new()),
+            TopupStart::Skipped { reason, .. } => (TopupState::Skipped, reason.clone()),
+            TopupStart::Capped { .. } => (
+                TopupState::Capped,
+                "the monthly cap would be exceeded".to_string(),
+            ),
         };
         if existing.is_none() {
             sqlx::query!(
@@ -392,7 +395,7 @@ impl Store {
                 package.as_ref().and_then(|p| serde_json::to_value(p).ok()),
                 package.as_ref().map(|p| p.price.amount_minor),
                 package.as_ref().map(|p| p.price.currency.code()),
-                state,
+                state.as_str(),
                 detail
             )
             .execute(&mut *tx)
@@ -531,8 +534,7 @@ impl Store {
     }
 
     pub async fn topups(&self, org_id: Uuid) -> Result<Vec<TopupRecord>, StoreError> {
-        Ok(sqlx::query_as!(
-            TopupRecord,
+        sqlx::query!(
             r#"SELECT t.id, t.org_id, t.crossing_seq, t.state, t.detail, t.amount_minor, t.currency,
                       t.created_at, t.finished_at,
                       COALESCE((SELECT jsonb_agg(jsonb_build_object('attempt', a.attempt,
@@ -545,7 +547,23 @@ impl Store {
             org_id
         )
         .fetch_all(&self.pool)
-        .await?)
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok(TopupRecord {
+                id: r.id,
+                org_id: r.org_id,
+                crossing_seq: r.crossing_seq,
+                state: r.state.parse()?,
+                detail: r.detail,
+                amount_minor: r.amount_minor,
+                currency: r.currency,
+                created_at: r.created_at,
+                finished_at: r.finished_at,
+                attempts: r.attempts,
+            })
+        })
+        .collect()
     }
 
     /// Credits used by the org in the last 24 hours (its burn rate).
@@ -710,11 +728,14 @@ impl Store {
     }
 
     /// `running`, `succeeded`, `failed`, `capped` or `skipped`.
-    pub async fn topup_state(&self, topup_id: Uuid) -> Result<String, StoreError> {
-        sqlx::query_scalar!("SELECT state FROM topups WHERE id = $1", topup_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::NotFound("topup"))
+    pub async fn topup_state(&self, topup_id: Uuid) -> Result<TopupState, StoreError> {
+        Ok(
+            sqlx::query_scalar!("SELECT state FROM topups WHERE id = $1", topup_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(StoreError::NotFound("topup"))?
+                .parse()?,
+        )
     }
 
     pub async fn topup_org(&self, topup_id: Uuid) -> Result<Uuid, StoreError> {

@@ -9,6 +9,7 @@
 //! auto-topup while the org's previous one still runs) waits with a backoff; the rows behind it
 //! go on.
 
+use billing::PurchaseState;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -148,12 +149,12 @@ impl Dispatcher {
         let id: Uuid = serde_json::from_value(row.payload["purchase_id"].clone())?;
         let expires_after = row.payload["expires_after_secs"].as_u64().unwrap_or(1800);
         let p = self.store.purchase(id).await?;
-        if p.state != "awaiting_payment" || p.checkout_session_id.is_some() {
+        if p.state != PurchaseState::AwaitingPayment || p.checkout_session_id.is_some() {
             return Ok(Dispatched::Done);
         }
         if chrono::Utc::now() >= p.expires_at {
             tracing::warn!(purchase = %id, "the purchase's workflow never started before its expiry; failed");
-            self.store.end_purchase(id, "failed").await?;
+            self.store.end_purchase(id, PurchaseState::Failed).await?;
             return Ok(Dispatched::Done);
         }
         let left = (p.expires_at - chrono::Utc::now()).num_seconds().max(1) as u64;

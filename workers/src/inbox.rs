@@ -105,7 +105,7 @@ async fn dispatch(d: &Dispatcher, event: &InboxEvent) -> anyhow::Result<Dispatch
                 // started by the outbox); one that ended, or is not ours, does not.
                 Ok(match reference.parse::<Uuid>() {
                     Ok(id) => match d.store.purchase(id).await {
-                        Ok(p) => !matches!(p.state.as_str(), "credited" | "expired" | "failed"),
+                        Ok(p) => !p.state.is_final(),
                         Err(store::StoreError::NotFound(_)) => false,
                         Err(e) => return Err(e.into()),
                     },
@@ -163,7 +163,7 @@ async fn dispatch(d: &Dispatcher, event: &InboxEvent) -> anyhow::Result<Dispatch
             )
             .await;
             settle(signalled, event.attempts, async || {
-                Ok(d.store.topup_state(topup_id).await? == "running")
+                Ok(d.store.topup_state(topup_id).await? == billing::topup::TopupState::Running)
             })
             .await
         }

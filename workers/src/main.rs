@@ -398,7 +398,7 @@ async fn wait_for_refund(
     mut refund: store::Refund,
 ) -> anyhow::Result<store::Refund> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while !matches!(refund.state.as_str(), "reversed" | "failed") {
+    while !refund.state.is_final() {
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
             "refund {} still {} after 5 minutes; `creditflow refunds show --id {}` follows it",

@@ -6,6 +6,7 @@
 use crate::steps;
 use std::time::Duration;
 
+use billing::PurchaseState;
 use serde::{Deserialize, Serialize};
 use temporalio_common::{
     ActivityError,
@@ -160,7 +161,8 @@ pub mod markers {
 #[workflow]
 #[derive(Default)]
 pub struct PurchaseWorkflow {
-    state: String,
+    /// `None` only before the run's first step.
+    state: Option<PurchaseState>,
     payment: Option<PaymentCompleted>,
     /// Every hint (signal) received, the first and all later ones: each is a reason to ask the
     /// processor again.
@@ -176,7 +178,7 @@ async fn end_failed(
     purchase_id: &str,
     what: &str,
     error: ActivityExecutionError,
-) -> WorkflowResult<String> {
+) -> WorkflowResult<PurchaseState> {
     if !matches!(error, ActivityExecutionError::Failed(_)) {
         return Err(error.into());
     }
@@ -186,8 +188,8 @@ async fn end_failed(
     };
     ctx.execute_activity(PurchaseActivities::mark_failed, mark, steps::store())
         .await?;
-    ctx.state_mut(|s| s.state = "failed".into());
-    Ok("failed".into())
+    ctx.state_mut(|s| s.state = Some(PurchaseState::Failed));
+    Ok(PurchaseState::Failed)
 }
 
 #[workflow_methods]
@@ -196,8 +198,8 @@ impl PurchaseWorkflow {
     pub async fn run(
         ctx: &mut WorkflowContext<Self>,
         input: PurchaseInput,
-    ) -> WorkflowResult<String> {
-        ctx.state_mut(|s| s.state = "awaiting_payment".into());
+    ) -> WorkflowResult<PurchaseState> {
+        ctx.state_mut(|s| s.state = Some(PurchaseState::AwaitingPayment));
         let id = input.purchase_id.clone();
         if let Err(e) = ctx
             .execute_activity(
@@ -232,8 +234,8 @@ impl PurchaseWorkflow {
                 .await?
             {
                 ExpireOutcome::Expired => {
-                    ctx.state_mut(|s| s.state = "expired".into());
-                    return Ok("expired".into());
+                    ctx.state_mut(|s| s.state = Some(PurchaseState::Expired));
+                    return Ok(PurchaseState::Expired);
                 }
                 ExpireOutcome::AlreadyPaid { payment_intent_id } => payment_intent_id,
             }
@@ -254,8 +256,8 @@ impl PurchaseWorkflow {
     }
 
     #[query(name = "state")]
-    pub fn current_state(&self, _ctx: &WorkflowContextView) -> String {
-        self.state.clone()
+    pub fn current_state(&self, _ctx: &WorkflowContextView) -> Option<PurchaseState> {
+        self.state
     }
 }
 
@@ -275,7 +277,7 @@ fn now_secs(ctx: &WorkflowContext<PurchaseWorkflow>) -> u64 {
 async fn checked_payment(
     ctx: &mut WorkflowContext<PurchaseWorkflow>,
     input: &PurchaseInput,
-) -> WorkflowResult<String> {
+) -> WorkflowResult<PurchaseState> {
     let id = input.purchase_id.clone();
     let expires_at = now_secs(ctx) + input.expires_after_secs;
     let recheck = input
@@ -309,8 +311,8 @@ async fn checked_payment(
                 .await?
             {
                 ExpireOutcome::Expired => {
-                    ctx.state_mut(|s| s.state = "expired".into());
-                    return Ok("expired".into());
+                    ctx.state_mut(|s| s.state = Some(PurchaseState::Expired));
+                    return Ok(PurchaseState::Expired);
                 }
                 ExpireOutcome::AlreadyPaid { .. } => {}
             }
@@ -326,7 +328,7 @@ async fn checked_payment(
             PaymentCheck::Paid { payment_intent_id } => break payment_intent_id,
             PaymentCheck::Pending => {
                 pending = true;
-                ctx.state_mut(|s| s.state = "awaiting_funds".into());
+                ctx.state_mut(|s| s.state = Some(PurchaseState::AwaitingFunds));
             }
             PaymentCheck::Failed { reason } => {
                 let failed = MarkFailed {
@@ -339,14 +341,14 @@ async fn checked_payment(
                     steps::store(),
                 )
                 .await?;
-                ctx.state_mut(|s| s.state = "failed".into());
+                ctx.state_mut(|s| s.state = Some(PurchaseState::Failed));
                 ctx.execute_activity(
                     PurchaseActivities::send_failure_notice,
                     failed,
                     steps::notice(),
                 )
                 .await?;
-                return Ok("failed".into());
+                return Ok(PurchaseState::Failed);
             }
             PaymentCheck::NotPaid { reason } if expired => {
                 // The session was completed (it could not be expired) with a payment that does
@@ -374,22 +376,22 @@ async fn credit_paid(
     ctx: &mut WorkflowContext<PurchaseWorkflow>,
     id: String,
     payment_intent_id: String,
-) -> WorkflowResult<String> {
+) -> WorkflowResult<PurchaseState> {
     let mark = MarkPaid {
         purchase_id: id.clone(),
         payment_intent_id,
     };
     ctx.execute_activity(PurchaseActivities::mark_paid, mark, steps::store())
         .await?;
-    ctx.state_mut(|s| s.state = "paid".into());
+    ctx.state_mut(|s| s.state = Some(PurchaseState::Paid));
     ctx.execute_activity(
         PurchaseActivities::grant_credits,
         id.clone(),
         steps::store(),
     )
     .await?;
-    ctx.state_mut(|s| s.state = "credited".into());
+    ctx.state_mut(|s| s.state = Some(PurchaseState::Credited));
     ctx.execute_activity(PurchaseActivities::send_receipt, id, steps::notice())
         .await?;
-    Ok("credited".into())
+    Ok(PurchaseState::Credited)
 }

@@ -4,6 +4,7 @@
 use crate::steps;
 use std::time::Duration;
 
+use billing::topup::TopupState;
 use serde::{Deserialize, Serialize};
 use temporalio_common::ActivityError;
 use temporalio_macros::{activity_definitions, workflow, workflow_methods};
@@ -199,7 +200,10 @@ pub struct AutoTopupWorkflow {
 #[workflow_methods]
 impl AutoTopupWorkflow {
     #[run(name = "auto_topup")]
-    pub async fn run(ctx: &mut WorkflowContext<Self>, input: TopupInput) -> WorkflowResult<String> {
+    pub async fn run(
+        ctx: &mut WorkflowContext<Self>,
+        input: TopupInput,
+    ) -> WorkflowResult<TopupState> {
         let begin = BeginTopup {
             org_id: input.org_id.clone(),
             crossing_seq: input.crossing_seq,
@@ -209,11 +213,11 @@ impl AutoTopupWorkflow {
             .execute_activity(TopupActivities::begin, begin, steps::store())
             .await?
         {
-            TopupPlan::Skipped { .. } => return Ok("skipped".into()),
+            TopupPlan::Skipped { .. } => return Ok(TopupState::Skipped),
             TopupPlan::Capped { topup_id } => {
                 ctx.execute_activity(TopupActivities::notify_capped, topup_id, steps::notice())
                     .await?;
-                return Ok("capped".into());
+                return Ok(TopupState::Capped);
             }
             TopupPlan::Charge {
                 topup_id,
@@ -285,7 +289,7 @@ impl AutoTopupWorkflow {
                     };
                     ctx.execute_activity(TopupActivities::grant, grant, steps::store())
                         .await?;
-                    return Ok("succeeded".into());
+                    return Ok(TopupState::Succeeded);
                 }
                 ChargeOutcome::HardDecline { code } => {
                     last = format!("the card was declined ({code})");
@@ -306,7 +310,7 @@ impl AutoTopupWorkflow {
         };
         ctx.execute_activity(TopupActivities::fail, fail, steps::store())
             .await?;
-        Ok("failed".into())
+        Ok(TopupState::Failed)
     }
 
     /// From the webhook inbox: the processor reports a topup charge settled (or failed).

@@ -226,7 +226,7 @@ async fn buying_and_paying_grants_base_and_bonus_once_with_one_receipt() {
         "{}",
         mails[0].data
     );
-    let state: String = app
+    let state: Option<billing::PurchaseState> = app
         .temporal
         .get_workflow_handle::<workflows::purchase::PurchaseWorkflow>(format!("purchase-{id}"))
         .query(
@@ -236,7 +236,7 @@ async fn buying_and_paying_grants_base_and_bonus_once_with_one_receipt() {
         )
         .await
         .unwrap();
-    assert_eq!(state, "credited");
+    assert_eq!(state, Some(billing::PurchaseState::Credited));
     app.assert_invariants().await;
 }
 
@@ -636,8 +636,8 @@ async fn a_checkout_the_processor_refuses_ends_failed_at_once_without_credits() 
     .await
     .unwrap()
     .unwrap();
-    assert_eq!(result, "failed");
-    let state: String = handle
+    assert_eq!(result, billing::PurchaseState::Failed);
+    let state: Option<billing::PurchaseState> = handle
         .query(
             workflows::purchase::PurchaseWorkflow::current_state,
             (),
@@ -645,7 +645,7 @@ async fn a_checkout_the_processor_refuses_ends_failed_at_once_without_credits() 
         )
         .await
         .unwrap();
-    assert_eq!(state, "failed");
+    assert_eq!(state, Some(billing::PurchaseState::Failed));
     assert_eq!(app.purchase(&org, &id).await["state"], "failed");
     assert_eq!(app.balance(&org).await, "0.000000");
     assert_eq!(transfer_count(&app).await, transfers_before);
@@ -880,7 +880,10 @@ async fn a_completion_for_an_unfinished_purchase_without_its_workflow_waits_in_t
     assert!(attempts >= 1 && !done, "{attempts} {done}");
     assert!(error.unwrap().contains("not running"));
     // An ended purchase (or none at all) has nothing left to do with it: marked handled.
-    app.store.end_purchase(p.id, "expired").await.unwrap();
+    app.store
+        .end_purchase(p.id, billing::PurchaseState::Expired)
+        .await
+        .unwrap();
     assert_eq!(send("evt_ended", p.id.to_string()).await, 200);
     assert_eq!(
         send("evt_unknown", uuid::Uuid::now_v7().to_string()).await,

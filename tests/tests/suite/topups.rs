@@ -187,7 +187,7 @@ async fn a_hard_decline_stops_at_once_pauses_and_a_new_card_resumes() {
     .await
     .unwrap()
     .unwrap();
-    assert_eq!(ended, "failed");
+    assert_eq!(ended, billing::topup::TopupState::Failed);
 
     // A new card resumes it: the balance is still below the threshold, so it is topped up now.
     let saved = app
