@@ -120,12 +120,17 @@ pub(crate) async fn processor_call<T>(
     find: impl AsyncFnOnce() -> Result<Option<T>, payments::PaymentError>,
     call: impl AsyncFnOnce(&str) -> Result<T, payments::PaymentError>,
 ) -> Result<Result<T, payments::PaymentError>, ActivityError> {
-    let mut key = store.processor_key(base).await.map_err(retryable)?;
+    let mut key = store
+        .processor_keys()
+        .processor_key(base)
+        .await
+        .map_err(retryable)?;
     if key.server_error || key.stale {
         match find().await {
             Ok(Some(found)) => return Ok(Ok(found)),
             Ok(None) if key.server_error => {
                 key = store
+                    .processor_keys()
                     .next_processor_key(base, key.generation)
                     .await
                     .map_err(retryable)?;
@@ -137,6 +142,7 @@ pub(crate) async fn processor_call<T>(
     let answer = call(&key.key).await;
     if let Err(payments::PaymentError::ServerError(m)) = &answer {
         store
+            .processor_keys()
             .processor_server_error(base, key.generation, m)
             .await
             .map_err(retryable)?;
@@ -200,6 +206,7 @@ pub async fn mail_once(
         return Ok(Mailed::Sent);
     }
     match store
+        .mail()
         .claim_email(key, &to.join(","), subject)
         .await
         .map_err(retryable)?
@@ -216,12 +223,13 @@ pub async fn mail_once(
     }
     match mailer.send(&message_id(key), to, subject, body).await {
         Ok(()) => {
-            store.email_sent(key).await.map_err(retryable)?;
+            store.mail().email_sent(key).await.map_err(retryable)?;
             Ok(Mailed::Sent)
         }
         Err(e @ (mail::MailError::Invalid(_) | mail::MailError::Refused(_))) => {
             let detail = e.to_string();
             store
+                .mail()
                 .email_ended(key, "failed", &detail)
                 .await
                 .map_err(retryable)?;
@@ -230,6 +238,7 @@ pub async fn mail_once(
         Err(e @ mail::MailError::Timeout(_)) => {
             let detail = e.to_string();
             store
+                .mail()
                 .email_ended(key, "unknown", &detail)
                 .await
                 .map_err(retryable)?;
@@ -238,6 +247,7 @@ pub async fn mail_once(
         Err(e @ mail::MailError::Smtp(_)) if attempt >= MAIL_TRIES => {
             let detail = format!("{e} (gave up after {attempt} tries)");
             store
+                .mail()
                 .email_ended(key, "failed", &detail)
                 .await
                 .map_err(retryable)?;
@@ -245,6 +255,7 @@ pub async fn mail_once(
         }
         Err(e) => {
             store
+                .mail()
                 .email_not_sent(key, &e.to_string())
                 .await
                 .map_err(retryable)?;

@@ -39,6 +39,7 @@ impl SetupActivitiesImpl {
         let org_id = org(&input.org_id)?;
         let settings = self
             .store
+            .settings()
             .billing_settings(org_id)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -47,6 +48,7 @@ impl SetupActivitiesImpl {
             None => {
                 let o = self
                     .store
+                    .orgs()
                     .get_org(org_id)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -116,6 +118,7 @@ impl SetupActivitiesImpl {
             .await
             .map_err(payment_error)?;
         self.store
+            .settings()
             .save_payment_method(org(&s.org_id)?, customer.as_deref(), &pm, &s.user)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -99,6 +99,7 @@ impl PurchaseActivitiesImpl {
     ) -> Result<CheckoutSession, ActivityError> {
         let p = self
             .store
+            .purchases()
             .purchase(purchase_id(&id)?)
             .await
             .map_err(store_error)?;
@@ -135,6 +136,7 @@ impl PurchaseActivitiesImpl {
         .await?
         .map_err(payment_error)?;
         self.store
+            .purchases()
             .set_checkout_session(p.id, &session.id, &session.url)
             .await
             .map_err(store_error)?;
@@ -152,6 +154,7 @@ impl PurchaseActivitiesImpl {
     ) -> Result<ExpireOutcome, ActivityError> {
         let p = self
             .store
+            .purchases()
             .purchase(purchase_id(&id)?)
             .await
             .map_err(store_error)?;
@@ -166,6 +169,7 @@ impl PurchaseActivitiesImpl {
         Ok(match outcome {
             Expired::Expired => {
                 self.store
+                    .purchases()
                     .end_purchase(p.id, billing::PurchaseState::Expired)
                     .await
                     .map_err(store_error)?;
@@ -192,6 +196,7 @@ impl PurchaseActivitiesImpl {
     ) -> Result<PaymentCheck, ActivityError> {
         let p = self
             .store
+            .purchases()
             .purchase(purchase_id(&id)?)
             .await
             .map_err(store_error)?;
@@ -210,6 +215,7 @@ impl PurchaseActivitiesImpl {
         match &check {
             PaymentCheck::Pending => self
                 .store
+                .purchases()
                 .mark_purchase_awaiting_funds(
                     p.id,
                     session.payment_intent_id.as_deref().unwrap_or(""),
@@ -232,6 +238,7 @@ impl PurchaseActivitiesImpl {
     ) -> Result<(), ActivityError> {
         let p = self
             .store
+            .purchases()
             .purchase(purchase_id(&m.purchase_id)?)
             .await
             .map_err(store_error)?;
@@ -265,6 +272,7 @@ impl PurchaseActivitiesImpl {
         m: MarkPaid,
     ) -> Result<(), ActivityError> {
         self.store
+            .purchases()
             .mark_purchase_paid(purchase_id(&m.purchase_id)?, &m.payment_intent_id)
             .await
             .map_err(store_error)
@@ -280,6 +288,7 @@ impl PurchaseActivitiesImpl {
         // The purchases table keeps no reason; the log does, for whoever looks into it.
         tracing::warn!(purchase = %id, reason = %m.reason, "purchase failed");
         self.store
+            .purchases()
             .end_purchase(id, billing::PurchaseState::Failed)
             .await
             .map_err(store_error)
@@ -293,6 +302,7 @@ impl PurchaseActivitiesImpl {
     ) -> Result<GrantResult, ActivityError> {
         let grant = self
             .store
+            .purchases()
             .grant_purchase(purchase_id(&id)?)
             .await
             .map_err(store_error)?;
@@ -310,6 +320,7 @@ impl PurchaseActivitiesImpl {
     ) -> Result<(), ActivityError> {
         let p = self
             .store
+            .purchases()
             .purchase(purchase_id(&id)?)
             .await
             .map_err(store_error)?;
@@ -319,12 +330,18 @@ impl PurchaseActivitiesImpl {
         let subject = format!("Your creditflow receipt: {} credits", p.package.name);
         let balance = self
             .store
+            .ledger()
             .balance(p.org_id)
             .await
             .map_err(store_error)?
             .balance;
         use billing::money::display::{credits, money};
-        let org = self.store.get_org(p.org_id).await.map_err(store_error)?;
+        let org = self
+            .store
+            .orgs()
+            .get_org(p.org_id)
+            .await
+            .map_err(store_error)?;
         let body = format!(
             "Thank you for your purchase.\n\nOrganization: {} ({})\nPackage: {}\nCredits: {}\nBonus: {}\nPrice: {}\nNew balance: {}\nPurchase: {}\n",
             org.name,

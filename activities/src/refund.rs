@@ -37,6 +37,7 @@ impl RefundActivitiesImpl {
     ) -> Result<ProcessorRefund, ActivityError> {
         let r = self
             .store
+            .refunds()
             .refund(id(&refund_id)?)
             .await
             .map_err(retryable)?;
@@ -50,6 +51,7 @@ impl RefundActivitiesImpl {
         let Some(pi) = r.payment_intent_id.clone().filter(|pi| !pi.is_empty()) else {
             let reason = "the purchase has no processor payment to refund".to_string();
             self.store
+                .refunds()
                 .refund_failed(r.id, &reason)
                 .await
                 .map_err(retryable)?;
@@ -76,6 +78,7 @@ impl RefundActivitiesImpl {
         match refunded {
             Ok(stripe_refund_id) => {
                 self.store
+                    .refunds()
                     .refund_refunded(r.id, &stripe_refund_id)
                     .await
                     .map_err(retryable)?;
@@ -83,6 +86,7 @@ impl RefundActivitiesImpl {
             }
             Err(PaymentError::Refused(reason)) => {
                 self.store
+                    .refunds()
                     .refund_failed(r.id, &reason)
                     .await
                     .map_err(retryable)?;
@@ -102,6 +106,7 @@ impl RefundActivitiesImpl {
     ) -> Result<String, ActivityError> {
         let balance = self
             .store
+            .refunds()
             .reverse_refund(id(&refund_id)?)
             .await
             .map_err(retryable)?;
@@ -116,6 +121,7 @@ impl RefundActivitiesImpl {
     ) -> Result<(), ActivityError> {
         let r = self
             .store
+            .refunds()
             .refund(id(&refund_id)?)
             .await
             .map_err(retryable)?;
@@ -123,7 +129,12 @@ impl RefundActivitiesImpl {
         // billing contacts of the org.
         let (to, what) = match (r.purchase_id, r.topup_id) {
             (Some(purchase), _) => {
-                let p = self.store.purchase(purchase).await.map_err(retryable)?;
+                let p = self
+                    .store
+                    .purchases()
+                    .purchase(purchase)
+                    .await
+                    .map_err(retryable)?;
                 (
                     p.receipt_email.into_iter().collect::<Vec<_>>(),
                     format!("purchase {purchase}"),
@@ -132,6 +143,7 @@ impl RefundActivitiesImpl {
             (None, Some(topup)) => {
                 let s = self
                     .store
+                    .settings()
                     .billing_settings(r.org_id)
                     .await
                     .map_err(retryable)?;

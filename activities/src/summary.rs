@@ -40,6 +40,7 @@ impl SummaryActivitiesImpl {
             .map_err(|_| bad("org id"))?;
         let done = self
             .store
+            .summaries()
             .generate_summaries_isolated(month, after, i64::from(p.page_size))
             .await
             .map_err(|e| ActivityError::from(anyhow::anyhow!("{e}")))?;

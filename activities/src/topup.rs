@@ -47,6 +47,7 @@ impl TopupActivitiesImpl {
         Ok(
             match self
                 .store
+                .topups()
                 .begin_topup(uuid(&b.org_id)?, b.crossing_seq, b.daily_max)
                 .await
                 .map_err(retryable)?
@@ -108,6 +109,7 @@ impl TopupActivitiesImpl {
         Ok(match charged {
             Ok(Charge::Succeeded { payment_intent_id }) => {
                 self.store
+                    .topups()
                     .record_topup_attempt(
                         topup_id,
                         attempt,
@@ -122,6 +124,7 @@ impl TopupActivitiesImpl {
             }
             Ok(Charge::Processing { payment_intent_id }) => {
                 self.store
+                    .topups()
                     .record_topup_attempt(
                         topup_id,
                         attempt,
@@ -136,6 +139,7 @@ impl TopupActivitiesImpl {
             }
             Ok(Charge::RequiresAction { payment_intent_id }) => {
                 self.store
+                    .topups()
                     .record_topup_attempt(
                         topup_id,
                         attempt,
@@ -155,6 +159,7 @@ impl TopupActivitiesImpl {
                 payment_intent_id,
             }) => {
                 self.store
+                    .topups()
                     .record_topup_attempt(
                         topup_id,
                         attempt,
@@ -174,6 +179,7 @@ impl TopupActivitiesImpl {
             // A refused request (bad parameters) will not succeed later: treat it as hard.
             Err(PaymentError::Refused(m)) => {
                 self.store
+                    .topups()
                     .record_topup_attempt(
                         topup_id,
                         attempt,
@@ -241,6 +247,7 @@ impl TopupActivitiesImpl {
             }
         };
         self.store
+            .topups()
             .settle_topup_attempt(
                 topup_id,
                 c.attempt as i32,
@@ -260,6 +267,7 @@ impl TopupActivitiesImpl {
         g: GrantTopup,
     ) -> Result<(), ActivityError> {
         self.store
+            .topups()
             .grant_topup(uuid(&g.topup_id)?, &g.payment_intent_id)
             .await
             .map(|_| ())
@@ -274,6 +282,7 @@ impl TopupActivitiesImpl {
     ) -> Result<(), ActivityError> {
         let recipients = self
             .store
+            .topups()
             .fail_topup(uuid(&f.topup_id)?, &f.reason)
             .await
             .map_err(retryable)?;
@@ -303,7 +312,12 @@ impl TopupActivitiesImpl {
         topup_id: String,
     ) -> Result<(), ActivityError> {
         let row = org_of(&self.store, &topup_id).await?;
-        let settings = self.store.billing_settings(row).await.map_err(retryable)?;
+        let settings = self
+            .store
+            .settings()
+            .billing_settings(row)
+            .await
+            .map_err(retryable)?;
         let body = format!(
             "Your balance fell below the auto-topup threshold, but charging again would exceed \
              the monthly auto-topup cap ({} minor units), so nothing was charged.\n\nTopup: {topup_id}\n",
@@ -329,11 +343,17 @@ impl TopupActivitiesImpl {
         a: AlertInput,
     ) -> Result<(), ActivityError> {
         let org = uuid(&a.org_id)?;
-        let settings = self.store.billing_settings(org).await.map_err(retryable)?;
+        let settings = self
+            .store
+            .settings()
+            .billing_settings(org)
+            .await
+            .map_err(retryable)?;
         let threshold: Credits = a.threshold.parse().map_err(|_| bad_input(&a.threshold))?;
         let balance: Credits = a.balance.parse().map_err(|_| bad_input(&a.balance))?;
         let claim = self
             .store
+            .alerts()
             .claim_alert(&store::NewAlert {
                 org_id: org,
                 threshold_id: a.threshold_id,
@@ -349,8 +369,13 @@ impl TopupActivitiesImpl {
             tracing::info!(org = %org, state, "low-balance alert not mailed");
             return Ok(());
         }
-        let burn = self.store.usage_last_24h(org).await.map_err(retryable)?;
-        let org_row = self.store.get_org(org).await.map_err(retryable)?;
+        let burn = self
+            .store
+            .ledger()
+            .usage_last_24h(org)
+            .await
+            .map_err(retryable)?;
+        let org_row = self.store.orgs().get_org(org).await.map_err(retryable)?;
         let until_zero = if burn.is_positive() && balance.is_positive() {
             let hours = balance.as_decimal() / burn.as_decimal() * rust_decimal::Decimal::from(24);
             format!("about {} hours at that rate", hours.round_dp(1))
@@ -387,6 +412,7 @@ impl TopupActivitiesImpl {
             tracing::warn!(org = %org, reason = %why, "low-balance alert e-mail not sent");
         }
         self.store
+            .alerts()
             .record_alert(
                 org,
                 a.threshold_id,
@@ -402,5 +428,5 @@ impl TopupActivitiesImpl {
 /// The org a topup belongs to.
 async fn org_of(store: &Store, topup_id: &str) -> Result<Uuid, ActivityError> {
     let id = uuid(topup_id)?;
-    store.topup_org(id).await.map_err(retryable)
+    store.topups().topup_org(id).await.map_err(retryable)
 }

@@ -219,7 +219,7 @@ impl FromRequestParts<AppState> for Caller {
         if let Some(p) = state.keys.get(secret) {
             return Ok(Caller::Org(p));
         }
-        match state.store.authenticate(secret).await? {
+        match state.store.orgs().authenticate(secret).await? {
             Some(p) => {
                 state.keys.put(secret, p.clone());
                 Ok(Caller::Org(p))

@@ -34,7 +34,7 @@ pub async fn balance(
 ) -> Result<AxumJson<Value>, ApiError> {
     let _timer = crate::metrics::BALANCE_READ_SECONDS.start_timer();
     caller.authorize(org_id, Scope::BalanceRead)?;
-    let b = state.store.balance(org_id).await?;
+    let b = state.store.ledger().balance(org_id).await?;
     Ok(AxumJson(json!({
         "org_id": b.org_id,
         "balance_credits": b.balance,
@@ -126,11 +126,11 @@ pub async fn transactions(
     Query(params): Query<HistoryParams>,
 ) -> Result<Response, ApiError> {
     caller.authorize(org_id, Scope::HistoryRead)?;
-    state.store.get_org(org_id).await?;
+    state.store.orgs().get_org(org_id).await?;
     match params.format.as_deref() {
         None | Some("json") => {
             let q = history_query(org_id, &params, PAGE_LIMIT_DEFAULT)?;
-            let page = state.store.transfers(&q).await?;
+            let page = state.store.ledger().transfers(&q).await?;
             Ok(AxumJson(json!({
                 "data": page.transfers.iter().map(transfer_json).collect::<Vec<_>>(),
                 "next_cursor": page.next_before_seq.map(|s| s.to_string()),
@@ -222,7 +222,7 @@ fn csv_response(state: AppState, first: TransferQuery, total_limit: Option<i64>)
             return Some((Ok(CSV_HEADER.to_string()), (state, cur)));
         }
         let mut q = cur.query.take()?;
-        match state.store.transfers(&q).await {
+        match state.store.ledger().transfers(&q).await {
             Err(e) => {
                 tracing::error!(error = %e, "CSV export failed mid-stream");
                 Some((Err(std::io::Error::other("export failed")), (state, cur)))
@@ -349,6 +349,7 @@ pub async fn adjust(
     }
     let transfer = state
         .store
+        .ledger()
         .post_adjustment(org_id, amount, &reason, &caller.actor(), &key)
         .await?;
     Ok((StatusCode::CREATED, AxumJson(transfer_json(&transfer))))

@@ -87,7 +87,7 @@ impl AppState {
         action: &str,
         limit: u32,
     ) -> Result<(), error::ApiError> {
-        match self.store.take_rate(org_id, action, limit).await? {
+        match self.store.limits().take_rate(org_id, action, limit).await? {
             None => Ok(()),
             Some(retry_after) => Err(error::ApiError::rate_limited(
                 format!(

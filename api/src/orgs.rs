@@ -199,7 +199,11 @@ pub async fn put_overdraft_limit(
             Some(c)
         }
     };
-    let org = state.store.set_overdraft_limit(org_id, limit).await?;
+    let org = state
+        .store
+        .orgs()
+        .set_overdraft_limit(org_id, limit)
+        .await?;
     tracing::info!(org_id = %org_id, limit = ?limit, actor = %caller.actor(), "overdraft limit set");
     Ok(AxumJson(org_json(&org, &state)))
 }
@@ -212,7 +216,11 @@ pub async fn create_org(
 ) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
     caller.require_operator()?;
     let name = text_field(body.name, "name", 200, true)?;
-    let (org, key) = state.store.create_org(&name, &caller.actor()).await?;
+    let (org, key) = state
+        .store
+        .orgs()
+        .create_org(&name, &caller.actor())
+        .await?;
     tracing::info!(org_id = %org.id, "organization created");
     Ok((
         StatusCode::CREATED,
@@ -227,7 +235,7 @@ pub async fn get_org(
 ) -> Result<AxumJson<Value>, ApiError> {
     caller.authorize_org(org_id)?;
     Ok(AxumJson(org_json(
-        &state.store.get_org(org_id).await?,
+        &state.store.orgs().get_org(org_id).await?,
         &state,
     )))
 }
@@ -238,8 +246,8 @@ pub async fn list_keys(
     Path(org_id): Path<Uuid>,
 ) -> Result<AxumJson<Value>, ApiError> {
     caller.authorize(org_id, Scope::KeysManage)?;
-    state.store.get_org(org_id).await?;
-    let keys = state.store.list_api_keys(org_id).await?;
+    state.store.orgs().get_org(org_id).await?;
+    let keys = state.store.orgs().list_api_keys(org_id).await?;
     Ok(AxumJson(
         json!({ "data": keys.iter().map(key_json).collect::<Vec<_>>() }),
     ))
@@ -256,6 +264,7 @@ pub async fn create_key(
     let label = text_field(body.label, "label", 200, false)?;
     let key = state
         .store
+        .orgs()
         .create_api_key(org_id, &label, &grant, &caller.actor())
         .await?;
     Ok((StatusCode::CREATED, AxumJson(new_key_json(&key))))
@@ -267,7 +276,7 @@ pub async fn revoke_key(
     Path((org_id, key_id)): Path<(Uuid, Uuid)>,
 ) -> Result<AxumJson<Value>, ApiError> {
     caller.authorize(org_id, Scope::KeysManage)?;
-    let key = state.store.revoke_api_key(org_id, key_id).await?;
+    let key = state.store.orgs().revoke_api_key(org_id, key_id).await?;
     state.keys.clear();
     tracing::info!(org_id = %org_id, key_id = %key_id, "API key revoked");
     Ok(AxumJson(key_json(&key)))

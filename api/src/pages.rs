@@ -60,7 +60,7 @@ async fn returned(state: AppState, q: Return, cancelled: bool) -> Response {
             false,
         );
     };
-    let p = match state.store.purchase_by_session(&session).await {
+    let p = match state.store.purchases().purchase_by_session(&session).await {
         Ok(p) => p,
         Err(store::StoreError::NotFound(_)) => {
             return page(

@@ -131,7 +131,11 @@ pub async fn publish(
     caller.require_operator()?;
     let new = new_version(body, Utc::now(), state.price_publish_lead)?;
     let effective_from = new.effective_from;
-    let version = state.store.publish_prices(&new, &caller.actor()).await?;
+    let version = state
+        .store
+        .prices()
+        .publish_prices(&new, &caller.actor())
+        .await?;
     state.prices.refresh(&state.store).await?;
     let catalog = state.prices.current();
     let book = catalog

@@ -32,8 +32,8 @@ struct Cached {
 impl PriceCache {
     pub async fn load(store: &Store) -> Result<PriceCache, StoreError> {
         let checked_at = Utc::now();
-        let version = store.latest_price_version().await?;
-        let catalog = store.price_catalog().await?;
+        let version = store.prices().latest_price_version().await?;
+        let catalog = store.prices().price_catalog().await?;
         Ok(PriceCache {
             cached: Arc::new(RwLock::new(Cached {
                 version,
@@ -60,10 +60,10 @@ impl PriceCache {
     /// Reloads the catalog if a newer version exists.
     pub async fn refresh(&self, store: &Store) -> Result<(), StoreError> {
         let checked_at = Utc::now();
-        let latest = store.latest_price_version().await?;
+        let latest = store.prices().latest_price_version().await?;
         let known = self.cached.read().expect("price cache lock").version;
         let catalog = if latest != known {
-            let catalog = Arc::new(store.price_catalog().await?);
+            let catalog = Arc::new(store.prices().price_catalog().await?);
             tracing::info!(version = latest, "price catalog reloaded");
             Some(catalog)
         } else {

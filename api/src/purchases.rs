@@ -69,7 +69,7 @@ pub async fn list_packages(
     State(state): State<AppState>,
     _caller: Caller,
 ) -> Result<AxumJson<Value>, ApiError> {
-    let all = state.store.packages(true).await?;
+    let all = state.store.packages().packages(true).await?;
     let mut out = Vec::with_capacity(all.len());
     for p in &all {
         let smallest = all
@@ -129,6 +129,7 @@ pub async fn create_package(
     caller.require_operator()?;
     let p = state
         .store
+        .packages()
         .put_package(&package_from(Uuid::now_v7(), body)?)
         .await?;
     Ok((StatusCode::CREATED, AxumJson(package_json(&p, None)?)))
@@ -142,8 +143,12 @@ pub async fn put_package(
     Json(body): Json<PackageBody>,
 ) -> Result<AxumJson<Value>, ApiError> {
     caller.require_operator()?;
-    state.store.package(id).await?;
-    let p = state.store.put_package(&package_from(id, body)?).await?;
+    state.store.packages().package(id).await?;
+    let p = state
+        .store
+        .packages()
+        .put_package(&package_from(id, body)?)
+        .await?;
     Ok(AxumJson(package_json(&p, None)?))
 }
 
@@ -224,7 +229,7 @@ pub async fn create_purchase(
             "`email` is not an e-mail address",
         ));
     }
-    let package = match state.store.package(package_id).await {
+    let package = match state.store.packages().package(package_id).await {
         Ok(p) if p.active => p,
         Ok(_) => {
             return Err(ApiError::invalid(
@@ -247,6 +252,7 @@ pub async fn create_purchase(
             .unwrap_or(chrono::Duration::minutes(30));
     let (purchase, _) = state
         .store
+        .purchases()
         .create_purchase(
             principal.org_id,
             &package,
@@ -276,6 +282,7 @@ pub async fn create_purchase(
         if idempotency_key.is_none() {
             state
                 .store
+                .purchases()
                 .end_purchase(purchase.id, PurchaseState::Failed)
                 .await?;
         }
@@ -295,7 +302,7 @@ pub async fn create_purchase(
         && start.elapsed() < CHECKOUT_URL_WAIT
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        current = state.store.purchase(current.id).await?;
+        current = state.store.purchases().purchase(current.id).await?;
     }
     let status =
         if current.checkout_url.is_some() || current.state != PurchaseState::AwaitingPayment {
@@ -311,7 +318,7 @@ pub async fn get_purchase(
     caller: Caller,
     Path(id): Path<Uuid>,
 ) -> Result<AxumJson<Value>, ApiError> {
-    let p = state.store.purchase(id).await?;
+    let p = state.store.purchases().purchase(id).await?;
     caller.authorize_object(
         p.org_id,
         &[Scope::HistoryRead, Scope::BillingManage],
@@ -419,7 +426,11 @@ pub async fn stripe_webhook(
     // Stored, then answered: the worker's dispatcher hands it to the workflow it concerns, so
     // a Temporal outage delays what it causes and never loses it. A second delivery (or a
     // replay of a captured event) finds its id stored and changes nothing.
-    let fresh = state.store.receive_stripe_event(id, kind, &event).await?;
+    let fresh = state
+        .store
+        .inbox()
+        .receive_stripe_event(id, kind, &event)
+        .await?;
     if !fresh {
         return Ok(AxumJson(json!({ "received": true, "duplicate": true })));
     }
@@ -445,7 +456,7 @@ pub async fn start_payment_method_setup(
     let user = body.user.map(|u| u.trim().to_string()).unwrap_or_default();
     billing::usage::check_name("user", &user, true)
         .map_err(|r| ApiError::invalid("user", r.code, r.message))?;
-    state.store.get_org(org_id).await?;
+    state.store.orgs().get_org(org_id).await?;
     state
         .take_rate(org_id, "card setup", state.limits.setups_per_minute)
         .await?;
@@ -633,6 +644,7 @@ pub async fn start_refund(
         ));
     }
     let refund = store
+        .refunds()
         .request_refund(payment, amount, &reason, actor, key)
         .await
         .map_err(|e| match e {
@@ -663,10 +675,11 @@ pub async fn list_refunds(
     caller: Caller,
     Path(purchase_id): Path<Uuid>,
 ) -> Result<AxumJson<Value>, ApiError> {
-    let p = state.store.purchase(purchase_id).await?;
+    let p = state.store.purchases().purchase(purchase_id).await?;
     caller.authorize_object(p.org_id, &[Scope::HistoryRead], "purchase")?;
     let refunds = state
         .store
+        .refunds()
         .refunds_of(store::RefundOf::Purchase(purchase_id))
         .await?;
     Ok(AxumJson(
@@ -680,10 +693,11 @@ pub async fn list_topup_refunds(
     caller: Caller,
     Path(topup_id): Path<Uuid>,
 ) -> Result<AxumJson<Value>, ApiError> {
-    let org = state.store.topup_org(topup_id).await?;
+    let org = state.store.topups().topup_org(topup_id).await?;
     caller.authorize_object(org, &[Scope::HistoryRead], "topup")?;
     let refunds = state
         .store
+        .refunds()
         .refunds_of(store::RefundOf::Topup(topup_id))
         .await?;
     Ok(AxumJson(

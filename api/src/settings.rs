@@ -47,7 +47,7 @@ pub async fn get_settings(
 ) -> Result<AxumJson<Value>, ApiError> {
     caller.authorize(org_id, Scope::BillingManage)?;
     Ok(AxumJson(settings_json(
-        &state.store.billing_settings(org_id).await?,
+        &state.store.settings().billing_settings(org_id).await?,
     )))
 }
 
@@ -100,7 +100,7 @@ pub async fn put_settings(
     Json(body): Json<SettingsBody>,
 ) -> Result<AxumJson<Value>, ApiError> {
     caller.authorize(org_id, Scope::BillingManage)?;
-    let mut s = state.store.billing_settings(org_id).await?;
+    let mut s = state.store.settings().billing_settings(org_id).await?;
     if let Some(t) = body.auto_topup {
         let threshold = t
             .threshold_credits
@@ -117,7 +117,7 @@ pub async fn put_settings(
             ));
         }
         if let Some(id) = t.package_id {
-            match state.store.package(id).await {
+            match state.store.packages().package(id).await {
                 Ok(p) if p.active => {}
                 _ => {
                     return Err(ApiError::invalid(
@@ -174,9 +174,13 @@ pub async fn put_settings(
         s.alert_thresholds = thresholds;
         s.recipients = a.recipients;
     }
-    state.store.put_billing_settings(org_id, &s).await?;
+    state
+        .store
+        .settings()
+        .put_billing_settings(org_id, &s)
+        .await?;
     Ok(AxumJson(settings_json(
-        &state.store.billing_settings(org_id).await?,
+        &state.store.settings().billing_settings(org_id).await?,
     )))
 }
 
@@ -220,9 +224,10 @@ pub async fn save_payment_method(
     }
     billing::usage::check_name("user", &body.user, true)
         .map_err(|r| ApiError::invalid("user", r.code, r.message))?;
-    state.store.get_org(org_id).await?;
+    state.store.orgs().get_org(org_id).await?;
     state
         .store
+        .settings()
         .save_payment_method(
             org_id,
             body.customer_id.as_deref(),
@@ -231,7 +236,7 @@ pub async fn save_payment_method(
         )
         .await?;
     Ok(AxumJson(settings_json(
-        &state.store.billing_settings(org_id).await?,
+        &state.store.settings().billing_settings(org_id).await?,
     )))
 }
 
@@ -241,9 +246,9 @@ pub async fn topups(
     Path(org_id): Path<Uuid>,
 ) -> Result<AxumJson<Value>, ApiError> {
     caller.authorize(org_id, Scope::HistoryRead)?;
-    state.store.get_org(org_id).await?;
+    state.store.orgs().get_org(org_id).await?;
     Ok(AxumJson(
-        json!({ "data": state.store.topups(org_id).await? }),
+        json!({ "data": state.store.topups().topups(org_id).await? }),
     ))
 }
 
@@ -253,8 +258,8 @@ pub async fn alerts(
     Path(org_id): Path<Uuid>,
 ) -> Result<AxumJson<Value>, ApiError> {
     caller.authorize(org_id, Scope::HistoryRead)?;
-    state.store.get_org(org_id).await?;
+    state.store.orgs().get_org(org_id).await?;
     Ok(AxumJson(
-        json!({ "data": state.store.alerts(org_id).await? }),
+        json!({ "data": state.store.alerts().alerts(org_id).await? }),
     ))
 }

@@ -76,7 +76,11 @@ async fn summaries_for(
     orgs: &[Uuid],
     month: Month,
 ) -> Result<Vec<Summary>, ApiError> {
-    let mut stored = state.store.latest_summaries(orgs, month).await?;
+    let mut stored = state
+        .store
+        .summaries()
+        .latest_summaries(orgs, month)
+        .await?;
     let missing: Vec<Uuid> = orgs
         .iter()
         .filter(|o| !stored.contains_key(o))
@@ -85,7 +89,11 @@ async fn summaries_for(
     let live = if missing.is_empty() {
         vec![]
     } else {
-        state.store.compute_summaries(&missing, month).await?
+        state
+            .store
+            .summaries()
+            .compute_summaries(&missing, month)
+            .await?
     };
     let mut live = live.into_iter();
     Ok(orgs
@@ -165,7 +173,7 @@ pub async fn list(
         }
         (_, Some(org)) => {
             caller.authorize(org, Scope::HistoryRead)?;
-            state.store.get_org(org).await?;
+            state.store.orgs().get_org(org).await?;
             Listing::Orgs(vec![org])
         }
         (Caller::Operator { .. }, None) => match months.as_slice() {
@@ -194,6 +202,7 @@ pub async fn list(
                 Listing::Every { after, .. } => {
                     state
                         .store
+                        .summaries()
                         .org_ids_page(after, p.limit.unwrap_or(ORGS_PAGE_MAX))
                         .await?
                 }
@@ -256,7 +265,12 @@ fn csv_every_org(
             return None;
         }
         let page_limit = ORGS_PAGE_MAX.min(cur.remaining.unwrap_or(ORGS_PAGE_MAX));
-        let page = match state.store.org_ids_page(cur.after, page_limit).await {
+        let page = match state
+            .store
+            .summaries()
+            .org_ids_page(cur.after, page_limit)
+            .await
+        {
             Ok((orgs, next)) => summaries_for(&state, &orgs, month)
                 .await
                 .map(|summaries| (summaries, next)),
@@ -296,7 +310,7 @@ pub async fn one(
     let month: Month = month
         .parse()
         .map_err(|_| ApiError::bad_request("invalid_month", "months are YYYY-MM"))?;
-    state.store.get_org(org).await?;
+    state.store.orgs().get_org(org).await?;
     let s = summaries_for(&state, &[org], month).await?;
     Ok(AxumJson(summary_json(&s[0])))
 }

@@ -136,7 +136,7 @@ pub async fn ingest(
     drop(permit);
 
     let balance = if valid.is_empty() {
-        state.store.balance(org_id).await?.balance
+        state.store.ledger().balance(org_id).await?.balance
     } else {
         let ids: Vec<String> = valid.iter().map(|e| e.event.id.clone()).collect();
         let job = UsageJob {

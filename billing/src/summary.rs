@@ -38,6 +38,14 @@ impl Month {
         }
     }
 
+    /// The month a date falls in.
+    pub fn of_date(d: NaiveDate) -> Month {
+        Month {
+            year: d.year(),
+            month: d.month(),
+        }
+    }
+
     pub fn first_day(&self) -> NaiveDate {
         NaiveDate::from_ymd_opt(self.year, self.month, 1).expect("a valid month")
     }

@@ -10,7 +10,7 @@
 use billing::{Credits, Entry, Posting, Refs};
 use uuid::Uuid;
 
-use crate::{NewTransfer, Store, StoreError};
+use crate::{NewTransfer, StoreError};
 
 /// A dispute as the processor reports it.
 #[derive(Debug, Clone)]
@@ -51,7 +51,12 @@ fn clawback(dispute: &str, org: Uuid, amount: Credits, restore: bool, why: &str)
     Entry::new(posting, key, "processor:dispute", why.to_string(), refs)
 }
 
-impl Store {
+handle! {
+    /// Disputes of our payments.
+    Disputes
+}
+
+impl Disputes<'_> {
     /// Records a dispute of one of our payments, claws back what the rule allows and pauses
     /// auto-topup, in one transaction. `None` when the payment is not ours or the dispute was
     /// recorded before (a redelivered event changes nothing).
@@ -101,7 +106,7 @@ impl Store {
             None => rust_decimal::Decimal::ZERO,
         };
         let unspent_share = granted.checked_sub(Credits::from_stored(taken))?;
-        let mut locked = self.lock_orgs(&mut tx, &[org]).await?;
+        let mut locked = self.ledger().lock_orgs(&mut tx, &[org]).await?;
         let balance = locked.balance(org).ok_or(StoreError::OrgNotFound)?;
         // What is unspent of this payment, never more than the balance holds.
         let amount = unspent_share.min(balance).max(Credits::ZERO);
@@ -132,13 +137,14 @@ impl Store {
                 "payment {} disputed ({}): unspent credits clawed back",
                 d.payment_intent_id, d.reason
             );
-            self.book_locked(
-                &mut tx,
-                &mut locked,
-                &[clawback(&d.id, org, amount, false, &why)],
-                true,
-            )
-            .await?;
+            self.ledger()
+                .book_locked(
+                    &mut tx,
+                    &mut locked,
+                    &[clawback(&d.id, org, amount, false, &why)],
+                    true,
+                )
+                .await?;
         }
         let recipients = sqlx::query_scalar!(
             "UPDATE org_billing_settings SET topup_paused_reason = $2, updated_at = now()
@@ -226,20 +232,21 @@ impl Store {
         .await?;
         let clawed = Credits::from_stored(d.clawed_back);
         if outcome == "won" && clawed.is_positive() {
-            let mut locked = self.lock_orgs(&mut tx, &[d.org_id]).await?;
-            self.book_locked(
-                &mut tx,
-                &mut locked,
-                &[clawback(
-                    id,
-                    d.org_id,
-                    clawed,
+            let mut locked = self.ledger().lock_orgs(&mut tx, &[d.org_id]).await?;
+            self.ledger()
+                .book_locked(
+                    &mut tx,
+                    &mut locked,
+                    &[clawback(
+                        id,
+                        d.org_id,
+                        clawed,
+                        true,
+                        "dispute won: credits given back",
+                    )],
                     true,
-                    "dispute won: credits given back",
-                )],
-                true,
-            )
-            .await?;
+                )
+                .await?;
         }
         tx.commit().await?;
         Ok(true)

@@ -8,7 +8,7 @@
 //! balance update per org per batch. So one org's flood fills only its own queue, and another
 //! org's request waits at most for the batch being written and its own turn in the next, not
 //! behind the flood. Several writers may run at once; for a hot org they insert events in
-//! parallel and take turns only for the balance row (see [`Store::record_usage`]).
+//! parallel and take turns only for the balance row (see [`crate::UsageEvents::record_usage`]).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -292,7 +292,7 @@ async fn writer(store: Store, shared: Arc<Shared>, batch_events_max: usize) {
             continue;
         }
         let jobs: Vec<UsageJob> = batch.iter().map(|(j, _, _)| j.clone()).collect();
-        match store.record_usage(&jobs).await {
+        match store.usage().record_usage(&jobs).await {
             Ok(results) => {
                 for ((_, reply, _), r) in batch.into_iter().zip(results) {
                     let _ = reply.send(Ok(r));
@@ -314,6 +314,7 @@ async fn writer(store: Store, shared: Arc<Shared>, batch_events_max: usize) {
                 tracing::warn!(error = %e, requests = batch.len(), "usage batch failed; retrying one by one");
                 for (job, reply, _) in batch {
                     let r = store
+                        .usage()
                         .record_usage(std::slice::from_ref(&job))
                         .await
                         .map(|mut v| v.remove(0));

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::{Claim, Store, StoreError, idempotency};
+use crate::{Claim, Crossed, OutboxEvent, StoreError, idempotency, outbox};
 
 /// A movement to book (the ledger's words live in `billing`).
 pub type NewTransfer = Entry;
@@ -196,10 +196,12 @@ impl LockedOrgs {
     }
 }
 
-/// The topic of the outbox rows written when a balance falls below a threshold.
-pub const THRESHOLD_CROSSED: &str = "balance.threshold_crossed";
+handle! {
+    /// The ledger: booking, balances, history and the invariant check.
+    Ledger
+}
 
-impl Store {
+impl Ledger<'_> {
     /// Locks the accounts of these organizations (and reads their thresholds) for booking.
     pub async fn lock_orgs(
         &self,
@@ -261,7 +263,7 @@ impl Store {
         Ok(locked)
     }
 
-    /// Books transfers for one organization in an open transaction; see [`Store::book_locked`].
+    /// Books transfers for one organization in an open transaction; see [`Ledger::book_locked`].
     pub async fn book(
         &self,
         tx: &mut Transaction<'_, Postgres>,
@@ -272,7 +274,7 @@ impl Store {
         self.book_locked(tx, &mut locked, transfers, true).await
     }
 
-    /// Books transfers, in order, for organizations locked by [`Store::lock_orgs`] in this
+    /// Books transfers, in order, for organizations locked by [`Ledger::lock_orgs`] in this
     /// transaction, with one statement per table whatever the number of transfers or orgs.
     ///
     /// With `check_keys`, a transfer whose idempotency key was booked before is not booked
@@ -412,21 +414,23 @@ impl Store {
         )
         .execute(&mut **tx)
         .await?;
-        let mut outbox = OutboxRows::default();
-        for c in &batch.crossings {
-            outbox.push(
-                c.org,
-                serde_json::json!({
-                    "threshold_id": c.threshold_id,
-                    "purpose": c.purpose,
-                    "threshold": c.threshold,
-                    "balance": c.balance,
-                    "crossing_seq": c.crossing_seq,
-                    "transfer_id": fresh[c.posting].id,
-                }),
-            );
-        }
-        outbox.insert(tx).await?;
+        let crossings: Vec<(Uuid, OutboxEvent)> = batch
+            .crossings
+            .iter()
+            .map(|c| {
+                let crossed = Crossed {
+                    threshold_id: c.threshold_id,
+                    purpose: c.purpose,
+                    threshold: c.threshold,
+                    balance: c.balance,
+                    crossing_seq: c.crossing_seq,
+                    transfer_id: Some(fresh[c.posting].id),
+                    cause: None,
+                };
+                (c.org, OutboxEvent::ThresholdCrossed(crossed))
+            })
+            .collect();
+        outbox::write(tx, &crossings).await?;
         // System accounts last and in id order: they are shared by every org, so their row
         // locks are held for the shortest time, always taken in the same order.
         let systems: BTreeMap<i64, _> = batch
@@ -461,9 +465,7 @@ impl Store {
             .map(|a| a.id)
             .ok_or_else(|| StoreError::Invariant(format!("org {org} is not locked")))
     }
-}
 
-impl Store {
     fn account_id(
         &self,
         account: &Account,
@@ -767,6 +769,18 @@ impl Store {
         violations.extend(crate::rollups::mismatches(&mut conn).await?);
         Ok(violations)
     }
+
+    /// Credits used by the org in the last 24 hours (its burn rate).
+    pub async fn usage_last_24h(&self, org_id: Uuid) -> Result<Credits, StoreError> {
+        let used = sqlx::query_scalar!(
+            r#"SELECT COALESCE(sum(amount), 0) AS "n!" FROM transfers
+                WHERE org_id = $1 AND kind = 'usage' AND created_at > now() - interval '24 hours'"#,
+            org_id
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Credits::from_stored(used))
+    }
 }
 
 /// Column-wise rows for one bulk insert.
@@ -847,36 +861,6 @@ impl NewRows {
         .fetch_one(&mut **tx)
         .await?;
         Ok(created_at)
-    }
-}
-
-/// Outbox rows written by a booking.
-#[derive(Default)]
-struct OutboxRows {
-    orgs: Vec<Uuid>,
-    payloads: Vec<serde_json::Value>,
-}
-
-impl OutboxRows {
-    fn push(&mut self, org: Uuid, payload: serde_json::Value) {
-        self.orgs.push(org);
-        self.payloads.push(payload);
-    }
-
-    async fn insert(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
-        if self.orgs.is_empty() {
-            return Ok(());
-        }
-        sqlx::query!(
-            "INSERT INTO outbox (org_id, topic, payload)
-             SELECT u.org, $3, u.payload FROM UNNEST($1::uuid[], $2::jsonb[]) AS u(org, payload)",
-            &self.orgs,
-            &self.payloads,
-            THRESHOLD_CROSSED
-        )
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
     }
 }
 

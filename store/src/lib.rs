@@ -3,6 +3,24 @@
 //! Every query is compile-checked by sqlx against the migrations (the `.sqlx` folder at the top
 //! of the workspace caches them so builds need no database; `scripts/sqlx-prepare` renews it).
 
+/// A per-aggregate handle: borrows the store (its pool and system-account ids) so a call names
+/// the module its code lives in: `store.purchases().grant_purchase(id)`.
+macro_rules! handle {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy)]
+        pub struct $name<'a>(pub(crate) &'a crate::Store);
+
+        impl std::ops::Deref for $name<'_> {
+            type Target = crate::Store;
+            fn deref(&self) -> &crate::Store {
+                self.0
+            }
+        }
+    };
+}
+
+pub mod alerts;
 pub mod disputes;
 mod error;
 pub mod idempotency;
@@ -10,12 +28,16 @@ pub mod inbox;
 pub mod ingest;
 pub mod ledger;
 mod limits;
+pub mod mail;
 pub mod orgs;
+pub mod outbox;
+pub mod packages;
 pub mod prices;
 pub mod processor_keys;
 pub mod purchases;
 pub mod refunds;
 pub mod rollups;
+pub mod settings;
 pub mod summaries;
 pub mod topups;
 pub mod usage;
@@ -28,29 +50,30 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-pub use disputes::{DisputeReport, OpenedDispute};
+pub use alerts::{AlertClaim, AlertRecord, Alerts, NewAlert};
+pub use disputes::{DisputeReport, Disputes, OpenedDispute};
 pub use error::StoreError;
 pub use idempotency::{Claim, request_hash};
-pub use inbox::{EmailClaim, InboxEvent, PURCHASE_START, REFUND_START};
+pub use inbox::{Inbox, InboxEvent};
 pub use ingest::{IngestConfig, Ingestor};
 pub use ledger::{
-    Balance, BookOutcome, LockedOrgs, NewTransfer, THRESHOLD_CROSSED, Totals, Transfer,
-    TransferPage, TransferQuery,
+    Balance, BookOutcome, Ledger, LockedOrgs, NewTransfer, Totals, Transfer, TransferPage,
+    TransferQuery,
 };
-pub use orgs::{ApiKey, DEFAULT_SOURCE, KeyGrant, NewApiKey, Org, Principal, Scope, Scopes};
-pub use prices::NewPriceVersion;
-pub use processor_keys::ProcessorKey;
-pub use purchases::{Grant, Purchase};
-pub use refunds::{ProcessorRefundReport, Refund, RefundOf};
-pub use summaries::{PageOutcome, SUMMARY_ORG_RETRY, Summary};
-pub use topups::{
-    AlertClaim, AlertRecord, BillingSettings, NewAlert, OutboxBacklog, TopupRecord, TopupStart,
-};
-pub use usage::{
-    EventOutcome, JobResult, OutboxRow, RatedEvent, Recorded, SUMMARY_REVISION, UsageJob,
-};
+pub use limits::Limits;
+pub use mail::{EmailClaim, Mail};
+pub use orgs::{ApiKey, DEFAULT_SOURCE, KeyGrant, NewApiKey, Org, Orgs, Principal, Scope, Scopes};
+pub use outbox::{Backlog, Crossed, Outbox, OutboxEvent, OutboxRow};
+pub use packages::Packages;
+pub use prices::{NewPriceVersion, Prices};
+pub use processor_keys::{ProcessorKey, ProcessorKeys};
+pub use purchases::{Grant, Purchase, Purchases};
+pub use refunds::{ProcessorRefundReport, Refund, RefundOf, Refunds};
+pub use settings::{BillingSettings, Settings};
+pub use summaries::{PageOutcome, Summaries, Summary};
+pub use topups::{TopupRecord, TopupStart, Topups};
+pub use usage::{EventOutcome, JobResult, RatedEvent, Recorded, UsageEvents, UsageJob};
 
-/// The migrations, embedded so the binary can apply them (`creditflow migrate`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// A handle on the database. Cheap to clone.
@@ -183,5 +206,57 @@ impl Store {
 
     pub(crate) fn system_account_id(&self, account: SystemAccount) -> i64 {
         self.system_accounts[&account]
+    }
+
+    pub fn alerts(&self) -> Alerts<'_> {
+        Alerts(self)
+    }
+    pub fn disputes(&self) -> Disputes<'_> {
+        Disputes(self)
+    }
+    pub fn inbox(&self) -> Inbox<'_> {
+        Inbox(self)
+    }
+    pub fn ledger(&self) -> Ledger<'_> {
+        Ledger(self)
+    }
+    pub fn limits(&self) -> Limits<'_> {
+        Limits(self)
+    }
+    pub fn mail(&self) -> Mail<'_> {
+        Mail(self)
+    }
+    pub fn orgs(&self) -> Orgs<'_> {
+        Orgs(self)
+    }
+    pub fn outbox(&self) -> Outbox<'_> {
+        Outbox(self)
+    }
+    pub fn packages(&self) -> Packages<'_> {
+        Packages(self)
+    }
+    pub fn prices(&self) -> Prices<'_> {
+        Prices(self)
+    }
+    pub fn processor_keys(&self) -> ProcessorKeys<'_> {
+        ProcessorKeys(self)
+    }
+    pub fn purchases(&self) -> Purchases<'_> {
+        Purchases(self)
+    }
+    pub fn refunds(&self) -> Refunds<'_> {
+        Refunds(self)
+    }
+    pub fn settings(&self) -> Settings<'_> {
+        Settings(self)
+    }
+    pub fn summaries(&self) -> Summaries<'_> {
+        Summaries(self)
+    }
+    pub fn topups(&self) -> Topups<'_> {
+        Topups(self)
+    }
+    pub fn usage(&self) -> UsageEvents<'_> {
+        UsageEvents(self)
     }
 }

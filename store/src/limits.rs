@@ -3,9 +3,14 @@
 
 use uuid::Uuid;
 
-use crate::{Store, StoreError};
+use crate::StoreError;
 
-impl Store {
+handle! {
+    /// Per-org request limits.
+    Limits
+}
+
+impl Limits<'_> {
     /// Counts one `action` request of `org_id` in the current minute. `Ok(None)` when it is
     /// within `per_minute`; `Ok(Some(secs))` when over it, with the seconds until the next
     /// window. A `per_minute` of 0 means no limit (nothing is counted).

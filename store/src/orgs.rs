@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::{Store, StoreError};
+use crate::StoreError;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Org {
@@ -204,7 +204,12 @@ fn generate_secret() -> String {
     format!("{KEY_PREFIX}{random}")
 }
 
-impl Store {
+handle! {
+    /// Organizations and their API keys.
+    Orgs
+}
+
+impl Orgs<'_> {
     /// Creates an organization, its credit account and its first API key, atomically.
     pub async fn create_org(
         &self,

@@ -6,7 +6,7 @@ use billing::pricing::{ModelPrice, PriceBook, PriceCatalog, Resource};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
-use crate::{Store, StoreError};
+use crate::StoreError;
 
 /// A new version as an operator submits it.
 #[derive(Debug, Clone)]
@@ -17,7 +17,12 @@ pub struct NewPriceVersion {
     pub infra: BTreeMap<Resource, Decimal>,
 }
 
-impl Store {
+handle! {
+    /// The versioned price book.
+    Prices
+}
+
+impl Prices<'_> {
     /// Every price version, for rating.
     pub async fn price_catalog(&self) -> Result<PriceCatalog, StoreError> {
         let versions = sqlx::query!("SELECT id, effective_from FROM price_versions ORDER BY id")

@@ -2,7 +2,7 @@
 //! `processor_keys`): a key that got a 5xx answer is replayed as that 5xx by the processor, so
 //! the operation moves to a fresh key once it has made sure the call made nothing.
 
-use crate::{Store, StoreError};
+use crate::StoreError;
 
 /// An operation's key in use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +25,12 @@ fn key_of(base: &str, generation: i32) -> String {
     }
 }
 
-impl Store {
+handle! {
+    /// The payment processor's API keys and their rotation.
+    ProcessorKeys
+}
+
+impl ProcessorKeys<'_> {
     /// The operation's key in use, recorded as used from now if it is new.
     pub async fn processor_key(&self, base: &str) -> Result<ProcessorKey, StoreError> {
         let r = sqlx::query!(

@@ -1,11 +1,11 @@
 //! Credit packages, purchases and what the payment processor told us.
 
-use billing::{Credits, Currency, Entry, Money, Posting, PurchaseState, Refs, packages::Package};
+use billing::{Credits, Entry, Posting, PurchaseState, Refs, packages::Package};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{BookOutcome, Claim, Store, StoreError, Transfer, idempotency};
+use crate::{BookOutcome, Claim, OutboxEvent, StoreError, Transfer, idempotency, outbox};
 
 /// A purchase as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,30 +34,6 @@ pub struct Grant {
     pub balance: Credits,
     /// False when the grant had been booked before (a retried activity).
     pub newly_booked: bool,
-}
-
-struct PackageRow {
-    id: Uuid,
-    name: String,
-    price_minor: i64,
-    currency: String,
-    base_credits: rust_decimal::Decimal,
-    bonus_credits: rust_decimal::Decimal,
-    active: bool,
-}
-
-impl PackageRow {
-    fn into_package(self) -> Result<Package, StoreError> {
-        let currency: Currency = self.currency.parse()?;
-        Ok(Package {
-            id: self.id,
-            name: self.name,
-            price: Money::new(self.price_minor, currency),
-            base_credits: Credits::from_stored(self.base_credits),
-            bonus_credits: Credits::from_stored(self.bonus_credits),
-            active: self.active,
-        })
-    }
 }
 
 struct PurchaseRow {
@@ -97,58 +73,12 @@ impl PurchaseRow {
     }
 }
 
-impl Store {
-    /// Packages, all or only the active ones, cheapest first.
-    pub async fn packages(&self, only_active: bool) -> Result<Vec<Package>, StoreError> {
-        sqlx::query_as!(
-            PackageRow,
-            "SELECT id, name, price_minor, currency, base_credits, bonus_credits, active
-               FROM credit_packages WHERE active OR NOT $1 ORDER BY price_minor, id",
-            only_active
-        )
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(PackageRow::into_package)
-        .collect()
-    }
+handle! {
+    /// Checkout purchases and their grants.
+    Purchases
+}
 
-    pub async fn package(&self, id: Uuid) -> Result<Package, StoreError> {
-        sqlx::query_as!(
-            PackageRow,
-            "SELECT id, name, price_minor, currency, base_credits, bonus_credits, active
-               FROM credit_packages WHERE id = $1",
-            id
-        )
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or(StoreError::NotFound("package"))?
-        .into_package()
-    }
-
-    /// Creates or replaces a package (purchases keep their own snapshot).
-    pub async fn put_package(&self, p: &Package) -> Result<Package, StoreError> {
-        sqlx::query_as!(
-            PackageRow,
-            "INSERT INTO credit_packages (id, name, price_minor, currency, base_credits,
-                                          bonus_credits, active)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (id) DO UPDATE SET name = $2, price_minor = $3, currency = $4,
-                 base_credits = $5, bonus_credits = $6, active = $7, updated_at = now()
-             RETURNING id, name, price_minor, currency, base_credits, bonus_credits, active",
-            p.id,
-            p.name,
-            p.price.amount_minor,
-            p.price.currency.code(),
-            p.base_credits.as_decimal(),
-            p.bonus_credits.as_decimal(),
-            p.active
-        )
-        .fetch_one(&self.pool)
-        .await?
-        .into_package()
-    }
-
+impl Purchases<'_> {
     /// Records a purchase and, with `workflow_expiry_secs`, the start of its workflow. With an idempotency key, the same request again returns the first
     /// purchase (and `false`), and the same key with another request is a conflict.
     #[allow(clippy::too_many_arguments)]
@@ -204,13 +134,11 @@ impl Store {
         // once its checkout would have expired. No purchase is left without a workflow.
         // (`None`: the caller runs no checkout workflow, as store-level fixtures do.)
         if let Some(secs) = workflow_expiry_secs {
-            self.enqueue(
-                &mut tx,
-                org_id,
-                crate::PURCHASE_START,
-                &serde_json::json!({ "purchase_id": purchase.id, "expires_after_secs": secs }),
-            )
-            .await?;
+            let start = OutboxEvent::PurchaseStart {
+                purchase_id: purchase.id,
+                expires_after_secs: secs,
+            };
+            outbox::write(&mut tx, &[(org_id, start)]).await?;
         }
         tx.commit().await?;
         Ok((purchase, true))
@@ -348,8 +276,9 @@ impl Store {
         sqlx::query!("SELECT id FROM purchases WHERE id = $1 FOR UPDATE", id)
             .fetch_one(&mut *tx)
             .await?;
-        let mut locked = self.lock_orgs(&mut tx, &[org]).await?;
+        let mut locked = self.ledger().lock_orgs(&mut tx, &[org]).await?;
         let outcomes = self
+            .ledger()
             .book_locked(&mut tx, &mut locked, &transfers, true)
             .await?;
         sqlx::query!(

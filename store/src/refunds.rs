@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{NewTransfer, Store, StoreError};
+use crate::{NewTransfer, OutboxEvent, StoreError, outbox};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Refund {
@@ -111,11 +111,16 @@ fn refund_transfers(r: &Refund, restore: bool) -> Vec<NewTransfer> {
     .collect()
 }
 
-impl Store {
+handle! {
+    /// Refunds of our payments.
+    Refunds
+}
+
+impl Refunds<'_> {
     /// Accepts a refund of `amount_minor` of a credited purchase and takes its credits back in
     /// the same transaction, before any money moves: the refund's share of the purchased
     /// credits and of the bonus leave the org's balance now (a refund the processor refuses
-    /// gives them back, see [`Store::refund_failed`]). Refused up front, with nothing written,
+    /// gives them back, see [`Refunds::refund_failed`]). Refused up front, with nothing written,
     /// when the refunds that have not failed (pending ones included) and this one would exceed
     /// what was paid, or when taking the credits would take the balance below zero.
     ///
@@ -161,7 +166,7 @@ impl Store {
         };
         let shares = refund_shares(&mut tx, payment, package, amount_minor, false).await?;
         let (credits, bonus) = (shares.credits, shares.bonus);
-        let mut locked = self.lock_orgs(&mut tx, &[p.org_id]).await?;
+        let mut locked = self.ledger().lock_orgs(&mut tx, &[p.org_id]).await?;
         let balance = locked.balance(p.org_id).ok_or(StoreError::OrgNotFound)?;
         let would_be = balance.checked_sub(credits)?.checked_sub(bonus)?;
         if would_be.is_negative() {
@@ -193,23 +198,21 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         let refund = row.into_refund(true)?;
-        self.book_locked(
-            &mut tx,
-            &mut locked,
-            &refund_transfers(&refund, false),
-            false,
-        )
-        .await?;
+        self.ledger()
+            .book_locked(
+                &mut tx,
+                &mut locked,
+                &refund_transfers(&refund, false),
+                false,
+            )
+            .await?;
         // The refund's workflow is started from the outbox too: a request handler that cannot
         // reach Temporal leaves it to the dispatcher, and the reserved credits are never
         // stranded without a workflow to refund or restore them.
-        self.enqueue(
-            &mut tx,
-            p.org_id,
-            crate::REFUND_START,
-            &serde_json::json!({ "refund_id": refund.id }),
-        )
-        .await?;
+        let start = OutboxEvent::RefundStart {
+            refund_id: refund.id,
+        };
+        outbox::write(&mut tx, &[(p.org_id, start)]).await?;
         tx.commit().await?;
         self.refund(refund.id)
             .await
@@ -245,7 +248,7 @@ impl Store {
             return Ok(None);
         }
         let shares = refund_shares(&mut tx, payment, package, report.amount_minor, true).await?;
-        let mut locked = self.lock_orgs(&mut tx, &[p.org_id]).await?;
+        let mut locked = self.ledger().lock_orgs(&mut tx, &[p.org_id]).await?;
         let balance = locked.balance(p.org_id).ok_or(StoreError::OrgNotFound)?;
         let available = balance.max(Credits::ZERO);
         let credits = shares.credits.min(available);
@@ -288,13 +291,14 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         let refund = row.into_refund(true)?;
-        self.book_locked(
-            &mut tx,
-            &mut locked,
-            &refund_transfers(&refund, false),
-            false,
-        )
-        .await?;
+        self.ledger()
+            .book_locked(
+                &mut tx,
+                &mut locked,
+                &refund_transfers(&refund, false),
+                false,
+            )
+            .await?;
         tx.commit().await?;
         Ok(Some(refund))
     }
@@ -391,15 +395,16 @@ impl Store {
         // Refunds accepted before credits were taken at request time have nothing to give back.
         let reserve = refund_transfers(&r, false);
         let keys: Vec<String> = reserve.iter().map(|t| t.idempotency_key.clone()).collect();
-        let reserved = self.transfers_by_key(&mut tx, &keys).await?;
+        let reserved = self.ledger().transfers_by_key(&mut tx, &keys).await?;
         let restore: Vec<NewTransfer> = refund_transfers(&r, true)
             .into_iter()
             .zip(&keys)
             .filter(|(_, key)| reserved.contains_key(*key))
             .map(|(t, _)| t)
             .collect();
-        let mut locked = self.lock_orgs(&mut tx, &[r.org_id]).await?;
-        self.book_locked(&mut tx, &mut locked, &restore, true)
+        let mut locked = self.ledger().lock_orgs(&mut tx, &[r.org_id]).await?;
+        self.ledger()
+            .book_locked(&mut tx, &mut locked, &restore, true)
             .await?;
         sqlx::query!(
             "UPDATE refunds SET state = 'failed', detail = $2, finished_at = now()
@@ -420,8 +425,9 @@ impl Store {
         let r = self.refund(id).await?;
         let org = r.org_id;
         let mut tx = self.pool.begin().await?;
-        let mut locked = self.lock_orgs(&mut tx, &[org]).await?;
-        self.book_locked(&mut tx, &mut locked, &refund_transfers(&r, false), true)
+        let mut locked = self.ledger().lock_orgs(&mut tx, &[org]).await?;
+        self.ledger()
+            .book_locked(&mut tx, &mut locked, &refund_transfers(&r, false), true)
             .await?;
         sqlx::query!(
             "UPDATE refunds SET state = 'reversed', finished_at = COALESCE(finished_at, now()) WHERE id = $1",

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::{Store, StoreError};
+use crate::{OutboxEvent, StoreError, outbox};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
@@ -47,9 +47,6 @@ pub struct PageOutcome {
     #[serde(default)]
     pub failed_orgs: Vec<Uuid>,
 }
-
-/// The topic of the outbox rows that retry one org's month alone after it failed in its page.
-pub const SUMMARY_ORG_RETRY: &str = "summary.generate_org";
 
 /// A breakdown of at most `max` entries: when longer, the `max` costliest (ties by their
 /// order, which is by key) in key order, then one `other` entry adding up the rest (how many,
@@ -113,7 +110,12 @@ fn dec(v: Option<Decimal>) -> Credits {
     Credits::from_stored(v.unwrap_or_default())
 }
 
-impl Store {
+handle! {
+    /// Monthly summaries: computed, stored, revised.
+    Summaries
+}
+
+impl Summaries<'_> {
     /// Computes the month's summaries for these orgs (live; nothing stored).
     pub async fn compute_summaries(
         &self,
@@ -121,10 +123,10 @@ impl Store {
         month: Month,
     ) -> Result<Vec<Summary>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        Store::compute_in(&mut conn, org_ids, month, self.breakdown_max).await
+        Summaries::compute_in(&mut conn, org_ids, month, self.breakdown_max).await
     }
 
-    /// [`Store::compute_summaries`] on one connection (a transaction's snapshot, when it is one).
+    /// [`Summaries::compute_summaries`] on one connection (a transaction's snapshot, when it is one).
     async fn compute_in(
         conn: &mut PgConnection,
         org_ids: &[Uuid],
@@ -283,7 +285,7 @@ impl Store {
             .await
     }
 
-    /// Like [`Store::generate_summaries`], but an org that fails never stalls the month: when
+    /// Like [`Summaries::generate_summaries`], but an org that fails never stalls the month: when
     /// the page fails as a whole (not for want of the database), each of its orgs is tried
     /// alone; those that still fail are recorded in `summary_failures` and queued to be retried
     /// alone (outbox `summary.generate_org`), and the page reports them.
@@ -353,14 +355,8 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         if first {
-            sqlx::query!(
-                "INSERT INTO outbox (org_id, topic, payload) VALUES ($1, $2, $3)",
-                org_id,
-                SUMMARY_ORG_RETRY,
-                json!({"org_id": org_id, "month": month.to_string()})
-            )
-            .execute(&mut *tx)
-            .await?;
+            let retry = OutboxEvent::SummaryGenerateOrg { month };
+            outbox::write(&mut tx, &[(org_id, retry)]).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -402,7 +398,7 @@ impl Store {
         sqlx::query!("SELECT pg_advisory_lock($1)", key)
             .execute(&mut *conn)
             .await?;
-        let outcome = Store::generate_in(&mut conn, month, selection, self.breakdown_max).await;
+        let outcome = Summaries::generate_in(&mut conn, month, selection, self.breakdown_max).await;
         let unlocked = sqlx::query_scalar!("SELECT pg_advisory_unlock($1)", key)
             .fetch_one(&mut *conn)
             .await;
@@ -445,7 +441,7 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?,
         };
-        let mut fresh = Store::changed_in(&mut tx, &orgs, month, breakdown_max).await?;
+        let mut fresh = Summaries::changed_in(&mut tx, &orgs, month, breakdown_max).await?;
         let revisions_written = fresh.len();
         let changed: Vec<Uuid> = fresh.iter().map(|(_, s)| s.org_id).collect();
         let mut later_revisions_written = 0;
@@ -469,7 +465,8 @@ impl Store {
                 let later_month = Month::new(first_day.year(), first_day.month())
                     .ok_or_else(|| StoreError::Decode(format!("summary month {first_day}")))?;
                 let revised =
-                    Store::changed_in(&mut tx, &stored_orgs, later_month, breakdown_max).await?;
+                    Summaries::changed_in(&mut tx, &stored_orgs, later_month, breakdown_max)
+                        .await?;
                 later_revisions_written += revised.len();
                 fresh.extend(revised);
             }
@@ -527,8 +524,8 @@ impl Store {
         month: Month,
         breakdown_max: usize,
     ) -> Result<Vec<(i32, Summary)>, StoreError> {
-        let computed = Store::compute_in(conn, org_ids, month, breakdown_max).await?;
-        let latest = Store::latest_in(conn, org_ids, month).await?;
+        let computed = Summaries::compute_in(conn, org_ids, month, breakdown_max).await?;
+        let latest = Summaries::latest_in(conn, org_ids, month).await?;
         let mut fresh = Vec::new();
         for s in computed {
             match latest.get(&s.org_id) {
@@ -550,7 +547,7 @@ impl Store {
         month: Month,
     ) -> Result<HashMap<Uuid, Summary>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        Store::latest_in(&mut conn, org_ids, month).await
+        Summaries::latest_in(&mut conn, org_ids, month).await
     }
 
     async fn latest_in(

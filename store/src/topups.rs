@@ -7,22 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{OutboxRow, Store, StoreError, THRESHOLD_CROSSED};
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct BillingSettings {
-    pub topup_enabled: bool,
-    pub topup_threshold: Option<Credits>,
-    pub topup_package_id: Option<Uuid>,
-    pub topup_monthly_cap_minor: Option<i64>,
-    pub topup_paused_reason: Option<String>,
-    pub stripe_customer_id: Option<String>,
-    pub payment_method_id: Option<String>,
-    pub payment_method_consent_at: Option<DateTime<Utc>>,
-    pub payment_method_consent_by: Option<String>,
-    pub recipients: Vec<String>,
-    pub alert_thresholds: Vec<Credits>,
-}
+use crate::{Crossed, OutboxEvent, StoreError, outbox};
 
 /// What the auto-topup workflow should do for one crossing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,168 +42,18 @@ pub struct TopupRecord {
     pub attempts: serde_json::Value,
 }
 
-/// One crossing's alert, as claimed before its e-mail.
-#[derive(Debug, Clone)]
-pub struct NewAlert<'a> {
-    pub org_id: Uuid,
-    pub threshold_id: i64,
-    pub crossing_seq: i64,
-    pub threshold: Credits,
-    pub balance: Credits,
-    pub recipients: &'a [String],
-    pub repeat_after_secs: u64,
+handle! {
+    /// Auto-topups and their attempts.
+    Topups
 }
 
-/// What [`Store::claim_alert`] decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AlertClaim {
-    /// Mail it (first try, or a retry of a claimed send).
-    Send,
-    /// Decided before, or suppressed now: this state, no mail.
-    Done(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AlertRecord {
-    pub threshold: Credits,
-    pub balance: Credits,
-    pub crossing_seq: i64,
-    pub recipients: Vec<String>,
-    /// When it was recorded (the e-mail's send, for `sent`).
-    pub sent_at: DateTime<Utc>,
-    /// `sent`, `failed` or `unknown`.
-    pub state: String,
-    pub detail: Option<String>,
-}
-
-impl Store {
-    pub async fn billing_settings(&self, org_id: Uuid) -> Result<BillingSettings, StoreError> {
-        self.get_org(org_id).await?;
-        let row = sqlx::query!(
-            "SELECT topup_enabled, topup_threshold, topup_package_id, topup_monthly_cap_minor,
-                    topup_paused_reason, stripe_customer_id, payment_method_id,
-                    payment_method_consent_at, payment_method_consent_by, recipients
-               FROM org_billing_settings WHERE org_id = $1",
-            org_id
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        let alert_thresholds = sqlx::query_scalar!(
-            "SELECT threshold FROM org_thresholds WHERE org_id = $1 AND purpose = 'alert'
-              ORDER BY threshold DESC",
-            org_id
-        )
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(Credits::from_stored)
-        .collect();
-        Ok(match row {
-            None => BillingSettings {
-                alert_thresholds,
-                ..BillingSettings::default()
-            },
-            Some(r) => BillingSettings {
-                topup_enabled: r.topup_enabled,
-                topup_threshold: r.topup_threshold.map(Credits::from_stored),
-                topup_package_id: r.topup_package_id,
-                topup_monthly_cap_minor: r.topup_monthly_cap_minor,
-                topup_paused_reason: r.topup_paused_reason,
-                stripe_customer_id: r.stripe_customer_id,
-                payment_method_id: r.payment_method_id,
-                payment_method_consent_at: r.payment_method_consent_at,
-                payment_method_consent_by: r.payment_method_consent_by,
-                recipients: r.recipients,
-                alert_thresholds,
-            },
-        })
-    }
-
-    /// Saves the settings people control, and the thresholds the ledger watches, atomically.
-    pub async fn put_billing_settings(
-        &self,
-        org_id: Uuid,
-        s: &BillingSettings,
-    ) -> Result<(), StoreError> {
-        let before = self.billing_settings(org_id).await?;
-        let mut tx = self.pool.begin().await?;
-        sqlx::query!(
-            "INSERT INTO org_billing_settings (org_id, topup_enabled, topup_threshold,
-                 topup_package_id, topup_monthly_cap_minor, recipients)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (org_id) DO UPDATE SET topup_enabled = $2, topup_threshold = $3,
-                 topup_package_id = $4, topup_monthly_cap_minor = $5, recipients = $6,
-                 updated_at = now()",
-            org_id,
-            s.topup_enabled,
-            s.topup_threshold.map(|c| c.as_decimal()),
-            s.topup_package_id,
-            s.topup_monthly_cap_minor,
-            &s.recipients
-        )
-        .execute(&mut *tx)
-        .await?;
-        let topup: Vec<Credits> = s
-            .topup_threshold
-            .filter(|_| s.topup_enabled)
-            .into_iter()
-            .collect();
-        crate::usage::replace_thresholds(&mut tx, org_id, "auto_topup", &topup).await?;
-        crate::usage::replace_thresholds(&mut tx, org_id, "alert", &s.alert_thresholds).await?;
-        // Re-decided only when the auto-topup terms change, not on every save of the alerts.
-        let topup_terms = |b: &BillingSettings| {
-            (
-                b.topup_enabled,
-                b.topup_threshold,
-                b.topup_package_id,
-                b.topup_monthly_cap_minor,
-            )
-        };
-        if topup_terms(&before) != topup_terms(s) {
-            self.enqueue_topup_if_below(&mut tx, org_id, "settings_changed")
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Records the payment method saved for off-session charges, with who consented and when;
-    /// a new payment method resumes a paused auto-topup, and tops up at once if the balance
-    /// is already below the threshold (see [`Store::enqueue_topup_if_below`]).
-    pub async fn save_payment_method(
-        &self,
-        org_id: Uuid,
-        customer: Option<&str>,
-        payment_method: &str,
-        consented_by: &str,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query!(
-            "INSERT INTO org_billing_settings (org_id, stripe_customer_id, payment_method_id,
-                 payment_method_consent_at, payment_method_consent_by)
-             VALUES ($1, $2, $3, now(), $4)
-             ON CONFLICT (org_id) DO UPDATE SET stripe_customer_id = COALESCE($2, org_billing_settings.stripe_customer_id),
-                 payment_method_id = $3, payment_method_consent_at = now(),
-                 payment_method_consent_by = $4, topup_paused_reason = NULL, updated_at = now()",
-            org_id,
-            customer,
-            payment_method,
-            consented_by
-        )
-        .execute(&mut *tx)
-        .await?;
-        self.enqueue_topup_if_below(&mut tx, org_id, "payment_method_saved")
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
+impl Topups<'_> {
     /// When auto-topup is ready (on, not paused, a payment method and a package) and the
     /// org's balance is already below its threshold, writes an auto-topup outbox row in `tx`:
     /// no debit will cross the threshold while the balance stays below it, so without the row
     /// nothing would ever top up (a card saved after a decline paused it, auto-topup turned on
     /// or its threshold raised above the balance). The org's account row is locked, as
-    /// bookings and [`Store::begin_topup`] lock it, so the balance read holds until the commit.
+    /// bookings and [`Topups::begin_topup`] lock it, so the balance read holds until the commit.
     ///
     /// The row names no ledger crossing, so its `crossing_seq` is negative: one below the
     /// org's lowest so far, never the seq of a crossing whose topup already ran (which would be
@@ -230,7 +65,7 @@ impl Store {
         org_id: Uuid,
         cause: &str,
     ) -> Result<(), StoreError> {
-        let locked = self.lock_orgs(tx, &[org_id]).await?;
+        let locked = self.ledger().lock_orgs(tx, &[org_id]).await?;
         let (Some(balance), Some((threshold_id, threshold))) = (
             locked.balance(org_id),
             locked.threshold(org_id, ThresholdPurpose::AutoTopup),
@@ -257,23 +92,16 @@ impl Store {
         )
         .fetch_one(&mut **tx)
         .await?;
-        let payload = serde_json::json!({
-            "threshold_id": threshold_id,
-            "purpose": ThresholdPurpose::AutoTopup,
-            "threshold": threshold,
-            "balance": balance,
-            "crossing_seq": crossing_seq,
-            "cause": cause,
-        });
-        sqlx::query!(
-            "INSERT INTO outbox (org_id, topic, payload) VALUES ($1, $2, $3)",
-            org_id,
-            THRESHOLD_CROSSED,
-            payload
-        )
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
+        let crossed = Crossed {
+            threshold_id,
+            purpose: ThresholdPurpose::AutoTopup,
+            threshold,
+            balance,
+            crossing_seq,
+            transfer_id: None,
+            cause: Some(cause.to_string()),
+        };
+        outbox::write(tx, &[(org_id, OutboxEvent::ThresholdCrossed(crossed))]).await
     }
 
     /// Starts (or finds) the topup for one crossing and decides what to do with it.
@@ -283,9 +111,9 @@ impl Store {
         crossing_seq: i64,
         daily_max: Option<u32>,
     ) -> Result<TopupStart, StoreError> {
-        let s = self.billing_settings(org_id).await?;
+        let s = self.settings().billing_settings(org_id).await?;
         let package = match s.topup_package_id {
-            Some(id) => Some(self.package(id).await?),
+            Some(id) => Some(self.packages().package(id).await?),
             None => None,
         };
         let mut tx = self.pool.begin().await?;
@@ -293,7 +121,7 @@ impl Store {
         // read the balance under that lock: a topup starts only while the balance is below the
         // threshold, so a crossing dispatched after the balance recovered (or two rows
         // announcing one dip) charges nothing more.
-        let locked = self.lock_orgs(&mut tx, &[org_id]).await?;
+        let locked = self.ledger().lock_orgs(&mut tx, &[org_id]).await?;
         let below_threshold = match (
             locked.balance(org_id),
             locked.threshold(org_id, ThresholdPurpose::AutoTopup),
@@ -484,8 +312,9 @@ impl Store {
             refs,
         );
         let mut tx = self.pool.begin().await?;
-        let mut locked = self.lock_orgs(&mut tx, &[org]).await?;
-        self.book_locked(&mut tx, &mut locked, &transfers, true)
+        let mut locked = self.ledger().lock_orgs(&mut tx, &[org]).await?;
+        self.ledger()
+            .book_locked(&mut tx, &mut locked, &transfers, true)
             .await?;
         sqlx::query!(
             "UPDATE topups SET state = 'succeeded', finished_at = COALESCE(finished_at, now())
@@ -566,167 +395,6 @@ impl Store {
         .collect()
     }
 
-    /// Credits used by the org in the last 24 hours (its burn rate).
-    pub async fn usage_last_24h(&self, org_id: Uuid) -> Result<Credits, StoreError> {
-        let used = sqlx::query_scalar!(
-            r#"SELECT COALESCE(sum(amount), 0) AS "n!" FROM transfers
-                WHERE org_id = $1 AND kind = 'usage' AND created_at > now() - interval '24 hours'"#,
-            org_id
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(Credits::from_stored(used))
-    }
-
-    /// Claims the alert of one crossing before its e-mail goes out, under a per-org lock so
-    /// two crossings decide one after the other. The same crossing again (a retry) gets its
-    /// first decision back. Within `repeat_after_secs` of an alert (not suppressed itself) at
-    /// a threshold at or below this one, it is recorded `suppressed` and not mailed: the people
-    /// were told of this level or a worse one a moment ago. Otherwise it is claimed `sending`.
-    pub async fn claim_alert(&self, a: &NewAlert<'_>) -> Result<AlertClaim, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query!(
-            "SELECT pg_advisory_xact_lock(hashtextextended('alerts:' || $1::text, 0))",
-            a.org_id.to_string()
-        )
-        .execute(&mut *tx)
-        .await?;
-        if let Some(state) = sqlx::query_scalar!(
-            "SELECT state FROM alerts WHERE org_id = $1 AND threshold_id = $2 AND crossing_seq = $3",
-            a.org_id,
-            a.threshold_id,
-            a.crossing_seq
-        )
-        .fetch_optional(&mut *tx)
-        .await?
-        {
-            return Ok(match state.as_str() {
-                "sending" => AlertClaim::Send,
-                _ => AlertClaim::Done(state),
-            });
-        }
-        let earlier = if a.repeat_after_secs > 0 {
-            sqlx::query!(
-                "SELECT threshold, sent_at FROM alerts
-                  WHERE org_id = $1 AND state <> 'suppressed' AND threshold <= $2
-                    AND sent_at > now() - $3::bigint * interval '1 second'
-                  ORDER BY sent_at DESC LIMIT 1",
-                a.org_id,
-                a.threshold.as_decimal(),
-                i64::try_from(a.repeat_after_secs).unwrap_or(i64::MAX)
-            )
-            .fetch_optional(&mut *tx)
-            .await?
-        } else {
-            None
-        };
-        let (state, detail) = match &earlier {
-            Some(e) => (
-                "suppressed",
-                Some(format!(
-                    "an alert at {} was sent at {}; alerts at the same or a higher level repeat at most every {} s",
-                    billing::money::display::credits(Credits::from_stored(e.threshold)),
-                    e.sent_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                    a.repeat_after_secs
-                )),
-            ),
-            None => ("sending", None),
-        };
-        sqlx::query!(
-            "INSERT INTO alerts (org_id, threshold_id, crossing_seq, threshold, balance, recipients,
-                                 state, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            a.org_id,
-            a.threshold_id,
-            a.crossing_seq,
-            a.threshold.as_decimal(),
-            a.balance.as_decimal(),
-            a.recipients,
-            state,
-            detail
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(match earlier {
-            Some(_) => AlertClaim::Done("suppressed".into()),
-            None => AlertClaim::Send,
-        })
-    }
-
-    /// Records what became of a claimed alert's e-mail: `sent`, `failed` (with why) or
-    /// `unknown`.
-    pub async fn record_alert(
-        &self,
-        org_id: Uuid,
-        threshold_id: i64,
-        crossing_seq: i64,
-        state: &str,
-        detail: Option<&str>,
-    ) -> Result<(), StoreError> {
-        sqlx::query!(
-            "UPDATE alerts SET state = $4, detail = $5
-              WHERE org_id = $1 AND threshold_id = $2 AND crossing_seq = $3 AND state = 'sending'",
-            org_id,
-            threshold_id,
-            crossing_seq,
-            state,
-            detail
-        )
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    pub async fn alerts(&self, org_id: Uuid) -> Result<Vec<AlertRecord>, StoreError> {
-        Ok(sqlx::query!(
-            "SELECT threshold, balance, crossing_seq, recipients, sent_at, state, detail FROM alerts
-              WHERE org_id = $1 ORDER BY sent_at DESC LIMIT 100",
-            org_id
-        )
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(|r| AlertRecord {
-            threshold: Credits::from_stored(r.threshold),
-            balance: Credits::from_stored(r.balance),
-            crossing_seq: r.crossing_seq,
-            recipients: r.recipients,
-            sent_at: r.sent_at,
-            state: r.state,
-            detail: r.detail,
-        })
-        .collect())
-    }
-
-    /// Claims up to `limit` undispatched outbox rows for this transaction (others skip them).
-    pub async fn claim_outbox(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        limit: i64,
-    ) -> Result<Vec<OutboxRow>, StoreError> {
-        Ok(sqlx::query_as!(
-            OutboxRow,
-            "SELECT id, org_id, topic, payload, created_at, attempts FROM outbox
-              WHERE dispatched_at IS NULL AND available_at <= now()
-              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-            limit
-        )
-        .fetch_all(&mut **tx)
-        .await?)
-    }
-
-    pub async fn mark_dispatched(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        id: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query!("UPDATE outbox SET dispatched_at = now() WHERE id = $1", id)
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
-
     /// `running`, `succeeded`, `failed`, `capped` or `skipped`.
     pub async fn topup_state(&self, topup_id: Uuid) -> Result<TopupState, StoreError> {
         Ok(
@@ -744,44 +412,4 @@ impl Store {
             .await?
             .ok_or(StoreError::NotFound("topup"))
     }
-
-    /// Undispatched outbox rows and the age of the oldest, for metrics and tests.
-    pub async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
-        let r = sqlx::query!(
-            r#"SELECT count(*) AS "rows!",
-                      COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::bigint
-                        AS "oldest_age_secs!"
-                 FROM outbox WHERE dispatched_at IS NULL"#
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(OutboxBacklog {
-            rows: r.rows,
-            oldest_age_secs: r.oldest_age_secs,
-        })
-    }
-
-    /// What the webhook inbox still has to hand on (events received, not yet dispatched).
-    pub async fn inbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
-        let r = sqlx::query!(
-            r#"SELECT count(*) AS "rows!",
-                      COALESCE(EXTRACT(EPOCH FROM now() - min(received_at)), 0)::bigint
-                        AS "oldest_age_secs!"
-                 FROM stripe_events WHERE dispatched_at IS NULL"#
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(OutboxBacklog {
-            rows: r.rows,
-            oldest_age_secs: r.oldest_age_secs,
-        })
-    }
-}
-
-/// What the outbox dispatcher still has to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OutboxBacklog {
-    pub rows: i64,
-    /// Seconds since the oldest undispatched row was written (0 when there is none).
-    pub oldest_age_secs: i64,
 }

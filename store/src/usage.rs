@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{NewTransfer, Store, StoreError};
+use crate::{NewTransfer, OutboxEvent, StoreError, outbox};
 
 /// A validated, rated event ready to record.
 #[derive(Debug, Clone)]
@@ -63,7 +63,12 @@ pub struct JobResult {
     pub balance: Credits,
 }
 
-impl Store {
+handle! {
+    /// Recording usage events.
+    UsageEvents
+}
+
+impl UsageEvents<'_> {
     /// Records the jobs' events in one transaction: inserts the events not recorded before,
     /// then locks every org involved and books one usage transfer per new event with a cost.
     ///
@@ -151,7 +156,7 @@ impl Store {
         // Book the transfers of the inserted events only, in request order, down to each org's
         // overdraft floor: an event that would go below it is refused and its row removed.
         let org_ids: Vec<Uuid> = jobs.iter().map(|j| j.org_id).collect();
-        let mut locked = self.lock_orgs(&mut tx, &org_ids).await?;
+        let mut locked = self.ledger().lock_orgs(&mut tx, &org_ids).await?;
         let mut running: HashMap<Uuid, Credits> = HashMap::new();
         let mut refused: HashSet<Uuid> = HashSet::new();
         let mut booked: HashSet<Uuid> = HashSet::new();
@@ -189,7 +194,8 @@ impl Store {
         if !refused.is_empty() {
             record_refusals(&mut tx, &refused, &refusals).await?;
         }
-        self.book_locked(&mut tx, &mut locked, &new_transfers, false)
+        self.ledger()
+            .book_locked(&mut tx, &mut locked, &new_transfers, false)
             .await?;
         // The monthly rollups summaries read, from the events that stay recorded.
         crate::rollups::add(
@@ -239,70 +245,10 @@ impl Store {
         tx.commit().await?;
         Ok(results)
     }
-
-    /// Replaces an org's thresholds of one purpose (`auto_topup` or `alert`).
-    pub async fn set_thresholds(
-        &self,
-        org_id: Uuid,
-        purpose: &str,
-        thresholds: &[Credits],
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        replace_thresholds(&mut tx, org_id, purpose, thresholds).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Deletes up to `limit` outbox rows dispatched longer than `retention` ago; returns how
-    /// many. Pending rows are never touched.
-    pub async fn prune_outbox(
-        &self,
-        retention: std::time::Duration,
-        limit: i64,
-    ) -> Result<u64, StoreError> {
-        let secs = retention.as_secs_f64();
-        Ok(sqlx::query!(
-            "DELETE FROM outbox WHERE id IN (
-                 SELECT id FROM outbox
-                  WHERE dispatched_at < now() - make_interval(secs => $1)
-                  ORDER BY id LIMIT $2)",
-            secs,
-            limit
-        )
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
-    }
-
-    /// Outbox rows not yet dispatched, oldest first, at most `limit`.
-    pub async fn pending_outbox(&self, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
-        Ok(sqlx::query_as!(
-            OutboxRow,
-            "SELECT id, org_id, topic, payload, created_at, attempts FROM outbox
-              WHERE dispatched_at IS NULL ORDER BY id LIMIT $1",
-            limit
-        )
-        .fetch_all(&self.pool)
-        .await?)
-    }
 }
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutboxRow {
-    pub id: i64,
-    pub org_id: Uuid,
-    pub topic: String,
-    pub payload: serde_json::Value,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    /// Earlier tries that could not dispatch it.
-    pub attempts: i32,
-}
-
-/// The topic of the outbox rows that ask for a stored month to be revised (late usage).
-pub const SUMMARY_REVISION: &str = "summary.revision_due";
 
 /// The advisory lock key of a month's summaries: late usage of that month takes it shared,
-/// summary generation exclusive (see [`Store::generate_summaries`]).
+/// summary generation exclusive (see [`Summaries::generate_summaries`]).
 pub(crate) fn month_lock_key(month: Month) -> i64 {
     // A fixed tag in the high bits keeps these keys apart from every other advisory lock.
     let index = i64::from(month.first_day().year()) * 12 + i64::from(month.first_day().month0());
@@ -314,7 +260,7 @@ pub(crate) fn month_lock_key(month: Month) -> i64 {
 ///
 /// Late usage is accepted (up to `ingest.late_usage_max_days` old), never dropped, and a
 /// stored month it lands in is regenerated as the next revision, with the later stored months
-/// re-chained (the revision chain of [`Store::generate_summaries`]). The month's lock makes the
+/// re-chained (the revision chain of [`Summaries::generate_summaries`]). The month's lock makes the
 /// two exclusive: generation holds it while it reads and stores, so an event commits either
 /// before (and is in the summary) or after (and sees the summary, and asks for a revision).
 async fn revisions_due(
@@ -347,19 +293,26 @@ async fn revisions_due(
     }
     let orgs: Vec<Uuid> = late.iter().map(|(o, _)| *o).collect();
     let firsts: Vec<chrono::NaiveDate> = late.iter().map(|(_, m)| m.first_day()).collect();
-    sqlx::query!(
-        "INSERT INTO outbox (org_id, topic, payload)
-         SELECT q.org_id, $3, jsonb_build_object('org_id', q.org_id, 'month', to_char(q.month, 'YYYY-MM'))
-           FROM UNNEST($1::uuid[], $2::date[]) AS q(org_id, month)
-          WHERE EXISTS (SELECT 1 FROM monthly_summaries s
-                         WHERE s.org_id = q.org_id AND s.month = q.month)",
+    // Only months already stored need a revision; a month not stored yet is left to its
+    // generation, which will see these events.
+    let stored = sqlx::query!(
+        r#"SELECT q.org_id AS "org_id!", q.month AS "month!"
+             FROM UNNEST($1::uuid[], $2::date[]) AS q(org_id, month)
+            WHERE EXISTS (SELECT 1 FROM monthly_summaries s
+                           WHERE s.org_id = q.org_id AND s.month = q.month)"#,
         &orgs,
-        &firsts,
-        SUMMARY_REVISION
+        &firsts
     )
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(())
+    let due: Vec<(Uuid, OutboxEvent)> = stored
+        .into_iter()
+        .map(|r| {
+            let month = Month::of_date(r.month);
+            (r.org_id, OutboxEvent::SummaryRevisionDue { month })
+        })
+        .collect();
+    outbox::write(tx, &due).await
 }
 
 /// Removes the rows of events refused at the overdraft floor and counts them per org and day.
@@ -543,33 +496,4 @@ impl EventRows {
         .fetch_all(&mut **tx)
         .await?)
     }
-}
-
-/// Makes an org's thresholds of one purpose exactly `thresholds`, keeping the rows (and ids)
-/// of those that stay, so workflows keyed by a threshold id keep their meaning.
-pub(crate) async fn replace_thresholds(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    org_id: Uuid,
-    purpose: &str,
-    thresholds: &[Credits],
-) -> Result<(), StoreError> {
-    let values: Vec<Decimal> = thresholds.iter().map(|t| t.as_decimal()).collect();
-    sqlx::query!(
-        "DELETE FROM org_thresholds WHERE org_id = $1 AND purpose = $2 AND NOT threshold = ANY($3)",
-        org_id,
-        purpose,
-        &values
-    )
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query!(
-        "INSERT INTO org_thresholds (org_id, purpose, threshold)
-         SELECT $1, $2, t FROM UNNEST($3::numeric[]) AS t ON CONFLICT DO NOTHING",
-        org_id,
-        purpose,
-        &values
-    )
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }

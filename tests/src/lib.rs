@@ -819,7 +819,7 @@ impl TestApp {
 
     /// Asserts the ledger invariants over this test's whole database.
     pub async fn assert_invariants(&self) {
-        let violations = self.store.check_invariants().await.unwrap();
+        let violations = self.store.ledger().check_invariants().await.unwrap();
         assert!(
             violations.is_empty(),
             "ledger invariants violated: {violations:#?}"

@@ -170,7 +170,7 @@ async fn assert_exact(db_url: &str, base: &str, org: &str, key: &str, events: i6
     );
     let store = store::Store::from_pool(pool).await.unwrap();
     assert_eq!(
-        store.check_invariants().await.unwrap(),
+        store.ledger().check_invariants().await.unwrap(),
         Vec::<String>::new()
     );
 }

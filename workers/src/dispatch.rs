@@ -9,14 +9,10 @@
 //! auto-topup while the org's previous one still runs) waits with a backoff; the rows behind it
 //! go on.
 
-use billing::PurchaseState;
 use std::time::Duration;
 
-use serde_json::Value;
-use store::{
-    OutboxRow, PURCHASE_START, REFUND_START, SUMMARY_ORG_RETRY, SUMMARY_REVISION, Store,
-    THRESHOLD_CROSSED,
-};
+use billing::{PurchaseState, ThresholdPurpose, summary::Month};
+use store::{Crossed, OutboxEvent, OutboxRow, Store};
 use temporalio_client::{
     Client, WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowStartOptions,
     errors::WorkflowStartError,
@@ -85,7 +81,12 @@ impl Dispatcher {
         loop {
             if pruned_at.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                 pruned_at = Some(std::time::Instant::now());
-                match self.store.prune_outbox(OUTBOX_RETENTION, PRUNE_BATCH).await {
+                match self
+                    .store
+                    .outbox()
+                    .prune(OUTBOX_RETENTION, PRUNE_BATCH)
+                    .await
+                {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(rows = n, "dispatched outbox rows pruned"),
                     Err(e) => tracing::warn!(error = %e, "outbox pruning failed; later"),
@@ -110,31 +111,32 @@ impl Dispatcher {
     /// Dispatches up to one batch; returns how many rows it handled.
     pub async fn round(&self) -> anyhow::Result<usize> {
         let mut tx = self.store.pool().begin().await?;
-        let rows = self.store.claim_outbox(&mut tx, BATCH_ROWS).await?;
+        let rows = self.store.outbox().claim(&mut tx, BATCH_ROWS).await?;
         for row in &rows {
-            let dispatched = match row.topic.as_str() {
-                THRESHOLD_CROSSED => self.crossing(row).await,
-                PURCHASE_START => self.start_purchase(row).await,
-                REFUND_START => self.start_refund(row).await,
-                SUMMARY_REVISION => self.revise_summary(row).await,
-                SUMMARY_ORG_RETRY => self.retry_org_summary(row).await,
-                other => {
-                    tracing::warn!(topic = %other, id = row.id, "unknown outbox topic; skipped");
+            let dispatched = match row.event() {
+                Ok(Some(event)) => self.dispatch(row, event).await,
+                Ok(None) => {
+                    tracing::warn!(topic = %row.topic, id = row.id, "unknown outbox topic; skipped");
                     Ok(Dispatched::Done)
                 }
+                Err(e) => Err(e.into()),
             };
             match dispatched {
-                Ok(Dispatched::Done) => self.store.mark_dispatched(&mut tx, row.id).await?,
+                Ok(Dispatched::Done) => {
+                    self.store.outbox().mark_dispatched(&mut tx, row.id).await?
+                }
                 Ok(Dispatched::Later(after, why)) => {
                     self.store
-                        .defer_outbox(&mut tx, row.id, after, &why)
+                        .outbox()
+                        .defer(&mut tx, row.id, after, &why)
                         .await?
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, id = row.id, topic = %row.topic, "outbox row not dispatched; retrying later");
                     let after = backoff(row.attempts);
                     self.store
-                        .defer_outbox(&mut tx, row.id, after, &e.to_string())
+                        .outbox()
+                        .defer(&mut tx, row.id, after, &e.to_string())
                         .await?
                 }
             }
@@ -143,18 +145,40 @@ impl Dispatcher {
         Ok(rows.len())
     }
 
+    async fn dispatch(&self, row: &OutboxRow, event: OutboxEvent) -> anyhow::Result<Dispatched> {
+        match event {
+            OutboxEvent::ThresholdCrossed(c) => self.crossing(row, c).await,
+            OutboxEvent::PurchaseStart {
+                purchase_id,
+                expires_after_secs,
+            } => {
+                self.start_purchase(row, purchase_id, expires_after_secs)
+                    .await
+            }
+            OutboxEvent::RefundStart { refund_id } => self.start_refund(row, refund_id).await,
+            OutboxEvent::SummaryRevisionDue { month } => self.revise_summary(row, month).await,
+            OutboxEvent::SummaryGenerateOrg { month } => self.retry_org_summary(row, month).await,
+        }
+    }
+
     /// A purchase's workflow, unless the purchase already ended; a purchase whose checkout
     /// would have expired before its workflow could start ends `failed` instead.
-    async fn start_purchase(&self, row: &OutboxRow) -> anyhow::Result<Dispatched> {
-        let id: Uuid = serde_json::from_value(row.payload["purchase_id"].clone())?;
-        let expires_after = row.payload["expires_after_secs"].as_u64().unwrap_or(1800);
-        let p = self.store.purchase(id).await?;
+    async fn start_purchase(
+        &self,
+        row: &OutboxRow,
+        id: Uuid,
+        expires_after: u64,
+    ) -> anyhow::Result<Dispatched> {
+        let p = self.store.purchases().purchase(id).await?;
         if p.state != PurchaseState::AwaitingPayment || p.checkout_session_id.is_some() {
             return Ok(Dispatched::Done);
         }
         if chrono::Utc::now() >= p.expires_at {
             tracing::warn!(purchase = %id, "the purchase's workflow never started before its expiry; failed");
-            self.store.end_purchase(id, PurchaseState::Failed).await?;
+            self.store
+                .purchases()
+                .end_purchase(id, PurchaseState::Failed)
+                .await?;
             return Ok(Dispatched::Done);
         }
         let left = (p.expires_at - chrono::Utc::now()).num_seconds().max(1) as u64;
@@ -174,13 +198,12 @@ impl Dispatcher {
     }
 
     /// Late usage landed in a stored month: its next revision, and the later months re-chained.
-    async fn revise_summary(&self, row: &OutboxRow) -> anyhow::Result<Dispatched> {
-        let month: billing::summary::Month = row.payload["month"]
-            .as_str()
-            .unwrap_or_default()
-            .parse()
-            .map_err(|e| anyhow::anyhow!("summary revision row {}: {e}", row.id))?;
-        let page = self.store.revise_summaries(row.org_id, month).await?;
+    async fn revise_summary(&self, row: &OutboxRow, month: Month) -> anyhow::Result<Dispatched> {
+        let page = self
+            .store
+            .summaries()
+            .revise_summaries(row.org_id, month)
+            .await?;
         tracing::info!(org_id = %row.org_id, %month, revisions = page.revisions_written,
                        later = page.later_revisions_written, "summary revised after late usage");
         Ok(Dispatched::Done)
@@ -188,13 +211,13 @@ impl Dispatcher {
 
     /// An org that failed in its month's page, tried alone; while it fails the row waits with
     /// the dispatcher's backoff (and `summary_failures` says why), never blocking other rows.
-    async fn retry_org_summary(&self, row: &OutboxRow) -> anyhow::Result<Dispatched> {
-        let month: billing::summary::Month = row.payload["month"]
-            .as_str()
-            .unwrap_or_default()
-            .parse()
-            .map_err(|e| anyhow::anyhow!("summary retry row {}: {e}", row.id))?;
-        match self.store.generate_org_summary(month, row.org_id).await {
+    async fn retry_org_summary(&self, row: &OutboxRow, month: Month) -> anyhow::Result<Dispatched> {
+        match self
+            .store
+            .summaries()
+            .generate_org_summary(month, row.org_id)
+            .await
+        {
             Ok(_) => {
                 tracing::info!(org_id = %row.org_id, %month, "an org's failed summary is stored");
                 Ok(Dispatched::Done)
@@ -203,8 +226,7 @@ impl Dispatcher {
         }
     }
 
-    async fn start_refund(&self, row: &OutboxRow) -> anyhow::Result<Dispatched> {
-        let id: Uuid = serde_json::from_value(row.payload["refund_id"].clone())?;
+    async fn start_refund(&self, row: &OutboxRow, id: Uuid) -> anyhow::Result<Dispatched> {
         match api::starts::start_refund(
             &self.temporal,
             &self.task_queue,
@@ -219,13 +241,12 @@ impl Dispatcher {
         }
     }
 
-    async fn crossing(&self, row: &OutboxRow) -> anyhow::Result<Dispatched> {
+    async fn crossing(&self, row: &OutboxRow, c: Crossed) -> anyhow::Result<Dispatched> {
         let org = row.org_id.to_string();
-        let p = &row.payload;
-        let seq = p["crossing_seq"].as_i64().unwrap_or_default();
+        let seq = c.crossing_seq;
         let attrs = || SearchAttributes::new([workflows::ORG_ID.value_set(org.clone())]);
-        let started = match p["purpose"].as_str() {
-            Some("auto_topup") => {
+        let started = match c.purpose {
+            ThresholdPurpose::AutoTopup => {
                 let input = TopupInput {
                     org_id: org.clone(),
                     crossing_seq: seq,
@@ -260,14 +281,14 @@ impl Dispatcher {
                     Err(e) => Err(e.into()),
                 };
             }
-            Some("alert") => {
-                let threshold_id = p["threshold_id"].as_i64().unwrap_or_default();
+            ThresholdPurpose::Alert => {
+                let threshold_id = c.threshold_id;
                 let input = AlertInput {
                     org_id: org.clone(),
                     threshold_id,
                     crossing_seq: seq,
-                    threshold: text(&p["threshold"]),
-                    balance: text(&p["balance"]),
+                    threshold: c.threshold.to_string(),
+                    balance: c.balance.to_string(),
                     repeat_after_secs: self.topup.alert_repeat_after_secs,
                 };
                 let options = WorkflowStartOptions::new(
@@ -287,20 +308,10 @@ impl Dispatcher {
                 api::metrics::record_workflow_start("low_balance_alert", &started);
                 started.map(|_| ())
             }
-            other => {
-                tracing::warn!(purpose = ?other, id = row.id, "unknown threshold purpose; skipped");
-                Ok(())
-            }
         };
         match started {
             Ok(()) | Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(Dispatched::Done),
             Err(e) => Err(e.into()),
         }
     }
-}
-
-fn text(v: &Value) -> String {
-    v.as_str()
-        .map(String::from)
-        .unwrap_or_else(|| v.to_string())
 }

@@ -21,19 +21,25 @@ const BATCH_EVENTS: i64 = 50;
 /// Hands on up to one batch of due events; returns how many it looked at.
 pub async fn round(d: &Dispatcher) -> anyhow::Result<usize> {
     let mut tx = d.store.pool().begin().await?;
-    let events = d.store.claim_stripe_events(&mut tx, BATCH_EVENTS).await?;
+    let events = d
+        .store
+        .inbox()
+        .claim_stripe_events(&mut tx, BATCH_EVENTS)
+        .await?;
     for event in &events {
         match dispatch(d, event).await {
-            Ok(Dispatched::Done) => d.store.event_dispatched(&mut tx, &event.id).await?,
+            Ok(Dispatched::Done) => d.store.inbox().event_dispatched(&mut tx, &event.id).await?,
             Ok(Dispatched::Later(after, why)) => {
                 tracing::warn!(event = %event.id, kind = %event.kind, reason = %why, "event not handed on yet; retrying later");
                 d.store
+                    .inbox()
                     .event_retry_later(&mut tx, &event.id, after, &why)
                     .await?
             }
             Err(e) => {
                 tracing::warn!(event = %event.id, error = %e, "event not handed on; retrying later");
                 d.store
+                    .inbox()
                     .event_retry_later(&mut tx, &event.id, backoff(event.attempts), &e.to_string())
                     .await?
             }
@@ -104,7 +110,7 @@ async fn dispatch(d: &Dispatcher, event: &InboxEvent) -> anyhow::Result<Dispatch
                 // A purchase that has not ended still needs it (its workflow is about to be
                 // started by the outbox); one that ended, or is not ours, does not.
                 Ok(match reference.parse::<Uuid>() {
-                    Ok(id) => match d.store.purchase(id).await {
+                    Ok(id) => match d.store.purchases().purchase(id).await {
                         Ok(p) => !p.state.is_final(),
                         Err(store::StoreError::NotFound(_)) => false,
                         Err(e) => return Err(e.into()),
@@ -142,7 +148,7 @@ async fn dispatch(d: &Dispatcher, event: &InboxEvent) -> anyhow::Result<Dispatch
             let Ok(topup_id) = text(&object["metadata"]["topup_id"]).parse::<Uuid>() else {
                 return Ok(Dispatched::Done);
             };
-            let org = match d.store.topup_org(topup_id).await {
+            let org = match d.store.topups().topup_org(topup_id).await {
                 Ok(org) => org,
                 Err(store::StoreError::NotFound(_)) => return Ok(Dispatched::Done),
                 Err(e) => return Err(e.into()),
@@ -163,7 +169,8 @@ async fn dispatch(d: &Dispatcher, event: &InboxEvent) -> anyhow::Result<Dispatch
             )
             .await;
             settle(signalled, event.attempts, async || {
-                Ok(d.store.topup_state(topup_id).await? == billing::topup::TopupState::Running)
+                Ok(d.store.topups().topup_state(topup_id).await?
+                    == billing::topup::TopupState::Running)
             })
             .await
         }
@@ -172,7 +179,7 @@ async fn dispatch(d: &Dispatcher, event: &InboxEvent) -> anyhow::Result<Dispatch
         // processor's list of the payment's refunds is the truth, the event only the hint.
         ("charge.refunded", _) => {
             let pi = text(&object["payment_intent"]);
-            if d.store.payment_of(&pi).await?.is_none() {
+            if d.store.refunds().payment_of(&pi).await?.is_none() {
                 return Ok(Dispatched::Done);
             }
             let refunds = match d.payments.refunds_of(&pi).await {
@@ -192,7 +199,7 @@ async fn dispatch(d: &Dispatcher, event: &InboxEvent) -> anyhow::Result<Dispatch
                     payment_intent_id: pi.clone(),
                     amount_minor: r.amount_minor,
                 };
-                if let Some(recorded) = d.store.record_processor_refund(&report).await? {
+                if let Some(recorded) = d.store.refunds().record_processor_refund(&report).await? {
                     tracing::info!(refund = %recorded.id, processor_refund = %r.id,
                         credits = %recorded.credits, bonus = %recorded.bonus_credits,
                         "a refund made at the processor took its credits back");
@@ -213,7 +220,7 @@ async fn dispatch(d: &Dispatcher, event: &InboxEvent) -> anyhow::Result<Dispatch
             if report.id.is_empty() || report.payment_intent_id.is_empty() {
                 return Ok(Dispatched::Done);
             }
-            d.store.open_dispute(&report).await?;
+            d.store.disputes().open_dispute(&report).await?;
             notify_dispute(d, event, &report).await
         }
         ("charge.dispute.closed", _) => {
@@ -223,10 +230,11 @@ async fn dispatch(d: &Dispatcher, event: &InboxEvent) -> anyhow::Result<Dispatch
                 _ => return Ok(Dispatched::Done),
             };
             let id = text(&object["id"]);
-            if d.store.close_dispute(&id, outcome).await? {
+            if d.store.disputes().close_dispute(&id, outcome).await? {
                 Ok(Dispatched::Done)
             } else if d
                 .store
+                .disputes()
                 .dispute_of_ours(&text(&object["payment_intent"]))
                 .await?
             {
@@ -250,7 +258,9 @@ async fn notify_dispute(
     event: &InboxEvent,
     report: &store::DisputeReport,
 ) -> anyhow::Result<Dispatched> {
-    let Some((org, clawed, recipients, name)) = d.store.dispute_notice(&report.id).await? else {
+    let Some((org, clawed, recipients, name)) =
+        d.store.disputes().dispute_notice(&report.id).await?
+    else {
         return Ok(Dispatched::Done);
     };
     let body = format!(

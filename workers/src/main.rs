@@ -210,13 +210,14 @@ async fn main() -> anyhow::Result<()> {
                 !name.is_empty() && name.chars().count() <= 200,
                 "--name: 1 to 200 characters"
             );
-            let (org, key) = store.create_org(name, "operator:cli").await?;
+            let (org, key) = store.orgs().create_org(name, "operator:cli").await?;
             println!("{}", serde_json::json!({ "org": org, "api_key": key }));
         }
         Command::Orgs(OrgsCommand::Show { org, last }) => {
             let store = app::connect_store(&settings).await?;
-            let b = store.balance(org).await?;
+            let b = store.ledger().balance(org).await?;
             let page = store
+                .ledger()
                 .transfers(&store::TransferQuery {
                     org_id: org,
                     kinds: None,
@@ -252,6 +253,7 @@ async fn main() -> anyhow::Result<()> {
             // Printed first: a retry after an error must reuse it to adjust only once.
             eprintln!("idempotency key: {key}");
             let t = store
+                .ledger()
                 .post_adjustment(
                     org,
                     amount,
@@ -306,7 +308,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Refunds(RefundsCommand::Show { id }) => {
             let store = app::connect_store(&settings).await?;
-            println!("{}", api::purchases::refund_json(&store.refund(id).await?));
+            println!(
+                "{}",
+                api::purchases::refund_json(&store.refunds().refund(id).await?)
+            );
         }
         Command::Prices(PricesCommand::Publish { file, operator }) => {
             let store = app::connect_store(&settings).await?;
@@ -317,6 +322,7 @@ async fn main() -> anyhow::Result<()> {
             let lead = chrono::Duration::milliseconds(settings.pricing.publish_lead_ms as i64);
             let new = api::prices::new_version(body, chrono::Utc::now(), lead).map_err(problem)?;
             let version = store
+                .prices()
                 .publish_prices(&new, &format!("operator:{operator}"))
                 .await?;
             eprintln!(
@@ -330,7 +336,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Prices(PricesCommand::Show { at }) => {
             let store = app::connect_store(&settings).await?;
-            let catalog = store.price_catalog().await?;
+            let catalog = store.prices().price_catalog().await?;
             let at = at.unwrap_or_else(chrono::Utc::now);
             let book = catalog
                 .at(at)
@@ -371,7 +377,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::VerifyLedger => {
             let store = app::connect_store(&settings).await?;
-            let violations = store.check_invariants().await?;
+            let violations = store.ledger().check_invariants().await?;
             for v in &violations {
                 eprintln!("violation: {v}");
             }
@@ -407,7 +413,7 @@ async fn wait_for_refund(
             refund.id
         );
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        let now = store.refund(refund.id).await?;
+        let now = store.refunds().refund(refund.id).await?;
         if now.state != refund.state {
             eprintln!("refund {}: {}", now.id, now.state);
         }

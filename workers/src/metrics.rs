@@ -102,7 +102,7 @@ pub async fn bind(addr: &str) -> anyhow::Result<Option<TcpListener>> {
 }
 
 async fn scrape(State(s): State<Scrape>) -> impl IntoResponse {
-    match tokio::time::timeout(SCRAPE_TIMEOUT, s.store.outbox_backlog()).await {
+    match tokio::time::timeout(SCRAPE_TIMEOUT, s.store.outbox().backlog()).await {
         Ok(Ok(b)) => {
             OUTBOX_BACKLOG.set(b.rows);
             OUTBOX_OLDEST_AGE_SECONDS.set(b.oldest_age_secs);
@@ -110,7 +110,7 @@ async fn scrape(State(s): State<Scrape>) -> impl IntoResponse {
         Ok(Err(e)) => tracing::warn!(error = %e, "metrics: outbox backlog unreadable"),
         Err(_) => tracing::warn!("metrics: outbox backlog query timed out"),
     }
-    match tokio::time::timeout(SCRAPE_TIMEOUT, s.store.inbox_backlog()).await {
+    match tokio::time::timeout(SCRAPE_TIMEOUT, s.store.inbox().inbox_backlog()).await {
         Ok(Ok(b)) => {
             INBOX_BACKLOG.set(b.rows);
             INBOX_OLDEST_AGE_SECONDS.set(b.oldest_age_secs);

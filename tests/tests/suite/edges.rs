@@ -617,6 +617,7 @@ async fn events_recorded_before_sources_still_hold_their_ids() {
             .await
             .unwrap();
         let r = store
+            .usage()
             .record_usage(&[UsageJob {
                 org_id: org.id,
                 actor: "test".into(),
@@ -988,10 +989,15 @@ async fn late_usage_in_a_stored_month_revises_it_and_the_months_still_chain() {
     )
     .await;
     app.store
+        .summaries()
         .generate_summaries(before, None, 100)
         .await
         .unwrap();
-    app.store.generate_summaries(last, None, 100).await.unwrap();
+    app.store
+        .summaries()
+        .generate_summaries(last, None, 100)
+        .await
+        .unwrap();
 
     // The last microsecond of the month before last, and the first of the current month (no
     // stored summary: nothing to revise).
@@ -1016,14 +1022,36 @@ async fn late_usage_in_a_stored_month_revises_it_and_the_months_still_chain() {
         "both stored months revised",
         std::time::Duration::from_secs(30),
         || async {
-            let b = app.store.summary_revisions(org.id, before).await.unwrap();
-            let l = app.store.summary_revisions(org.id, last).await.unwrap();
+            let b = app
+                .store
+                .summaries()
+                .summary_revisions(org.id, before)
+                .await
+                .unwrap();
+            let l = app
+                .store
+                .summaries()
+                .summary_revisions(org.id, last)
+                .await
+                .unwrap();
             (b == [1, 2] && l == [1, 2]).then_some(())
         },
     )
     .await;
-    let revised = app.store.latest_summaries(&[org.id], before).await.unwrap()[&org.id].clone();
-    let next = app.store.latest_summaries(&[org.id], last).await.unwrap()[&org.id].clone();
+    let revised = app
+        .store
+        .summaries()
+        .latest_summaries(&[org.id], before)
+        .await
+        .unwrap()[&org.id]
+        .clone();
+    let next = app
+        .store
+        .summaries()
+        .latest_summaries(&[org.id], last)
+        .await
+        .unwrap()[&org.id]
+        .clone();
     assert_eq!(revised.movements.used.to_string(), "2.000000");
     assert_eq!(revised.closing, next.movements.opening);
     app.assert_invariants().await;
@@ -1047,7 +1075,8 @@ async fn dispatched_outbox_rows_are_pruned_after_the_retention() {
 
     let pruned = app
         .store
-        .prune_outbox(workers::dispatch::OUTBOX_RETENTION, 100)
+        .outbox()
+        .prune(workers::dispatch::OUTBOX_RETENTION, 100)
         .await
         .unwrap();
 

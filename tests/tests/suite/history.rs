@@ -91,6 +91,7 @@ async fn csv_streams_the_same_rows_across_chunks() {
     // More rows than one CSV chunk (1,000), booked straight through the store to keep it fast.
     for i in 0..1205 {
         app.store
+            .ledger()
             .post_adjustment(
                 org.id,
                 billing::Credits::whole(1),

@@ -104,6 +104,7 @@ fn random_movements_hold_the_ledger_invariants() {
                         Op::Adjust { org, micros } => {
                             let r = app
                                 .store
+                                .ledger()
                                 .post_adjustment(
                                     orgs[org].id,
                                     credits(micros),
@@ -126,7 +127,7 @@ fn random_movements_hold_the_ledger_invariants() {
                     }
                 }
                 for (i, org) in orgs.iter().enumerate() {
-                    let b = app.store.balance(org.id).await.unwrap();
+                    let b = app.store.ledger().balance(org.id).await.unwrap();
                     assert_eq!(b.balance.as_decimal(), model[i], "org {i} after {ops:?}");
                 }
                 app.assert_invariants().await;
@@ -161,11 +162,12 @@ async fn book_one(
     );
     let mut tx = app.store.pool().begin().await?;
     app.store
+        .ledger()
         .book(&mut tx, org_id, std::slice::from_ref(&t))
         .await?;
     tx.commit().await?;
     let mut tx = app.store.pool().begin().await?;
-    let again = app.store.book(&mut tx, org_id, &[t]).await?;
+    let again = app.store.ledger().book(&mut tx, org_id, &[t]).await?;
     tx.commit().await?;
     assert!(matches!(again[0], store::BookOutcome::AlreadyBooked(_)));
     Ok(())

@@ -425,9 +425,15 @@ async fn another_orgs_purchase_is_not_visible() {
     let app = TestApp::spawn().await.unwrap();
     let a = app.create_org("a").await;
     let b = app.create_org("b").await;
-    let package = app.store.package(GROWTH.parse().unwrap()).await.unwrap();
+    let package = app
+        .store
+        .packages()
+        .package(GROWTH.parse().unwrap())
+        .await
+        .unwrap();
     let p = app
         .store
+        .purchases()
         .create_purchase(a.id, &package, "ana", None, chrono::Utc::now(), None, None)
         .await
         .unwrap()
@@ -461,9 +467,15 @@ async fn another_orgs_purchase_is_not_visible() {
 async fn granting_a_purchase_twice_books_it_once() {
     let app = TestApp::spawn().await.unwrap();
     let org = app.create_org("retry").await;
-    let package = app.store.package(GROWTH.parse().unwrap()).await.unwrap();
+    let package = app
+        .store
+        .packages()
+        .package(GROWTH.parse().unwrap())
+        .await
+        .unwrap();
     let p = app
         .store
+        .purchases()
         .create_purchase(
             org.id,
             &package,
@@ -477,8 +489,8 @@ async fn granting_a_purchase_twice_books_it_once() {
         .unwrap()
         .0;
 
-    let first = app.store.grant_purchase(p.id).await.unwrap();
-    let again = app.store.grant_purchase(p.id).await.unwrap();
+    let first = app.store.purchases().grant_purchase(p.id).await.unwrap();
+    let again = app.store.purchases().grant_purchase(p.id).await.unwrap();
 
     assert!(first.newly_booked);
     assert!(!again.newly_booked);
@@ -820,11 +832,17 @@ async fn a_payment_whose_amount_differs_from_the_purchase_grants_nothing() {
 async fn a_completion_for_an_unfinished_purchase_without_its_workflow_waits_in_the_inbox() {
     let app = TestApp::spawn().await.unwrap();
     let org = app.create_org("no-workflow").await;
-    let package = app.store.package(GROWTH.parse().unwrap()).await.unwrap();
+    let package = app
+        .store
+        .packages()
+        .package(GROWTH.parse().unwrap())
+        .await
+        .unwrap();
     // A purchase whose workflow does not exist (nothing starts it), with the dispatcher running.
     let _worker = TestWorker::start(&app).unwrap();
     let (p, _) = app
         .store
+        .purchases()
         .create_purchase(
             org.id,
             &package,
@@ -881,6 +899,7 @@ async fn a_completion_for_an_unfinished_purchase_without_its_workflow_waits_in_t
     assert!(error.unwrap().contains("not running"));
     // An ended purchase (or none at all) has nothing left to do with it: marked handled.
     app.store
+        .purchases()
         .end_purchase(p.id, billing::PurchaseState::Expired)
         .await
         .unwrap();

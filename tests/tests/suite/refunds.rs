@@ -168,11 +168,13 @@ async fn refunds_are_for_operators_and_need_a_credited_purchase() {
     let org = app.create_org("no-refund").await;
     let package = app
         .store
+        .packages()
         .package("01970000-0000-7000-8000-000000000001".parse().unwrap())
         .await
         .unwrap();
     let (p, _) = app
         .store
+        .purchases()
         .create_purchase(
             org.id,
             &package,
@@ -212,14 +214,16 @@ async fn credited(
 ) -> uuid::Uuid {
     let (p, _) = app
         .store
+        .purchases()
         .create_purchase(org.id, package, "ana", None, chrono::Utc::now(), None, None)
         .await
         .unwrap();
     app.store
+        .purchases()
         .mark_purchase_paid(p.id, payment_intent)
         .await
         .unwrap();
-    app.store.grant_purchase(p.id).await.unwrap();
+    app.store.purchases().grant_purchase(p.id).await.unwrap();
     p.id
 }
 
@@ -240,6 +244,7 @@ async fn uneven_package(app: &TestApp) -> billing::packages::Package {
         .await;
     assert_eq!(a.status, 201, "{}", a.text);
     app.store
+        .packages()
         .package(a.body["id"].as_str().unwrap().parse().unwrap())
         .await
         .unwrap()
@@ -431,6 +436,7 @@ async fn refund_parts_never_exceed_the_grant_and_add_up_to_it_when_all_is_refund
                 let store = app.store.clone();
                 async move {
                     store
+                        .refunds()
                         .request_refund(
                             store::RefundOf::Purchase(purchase),
                             *amount,
@@ -445,6 +451,7 @@ async fn refund_parts_never_exceed_the_grant_and_add_up_to_it_when_all_is_refund
             futures::future::join_all(requests).await;
             let refunds = app
                 .store
+                .refunds()
                 .refunds_of(store::RefundOf::Purchase(purchase))
                 .await
                 .unwrap();
@@ -461,6 +468,7 @@ async fn refund_parts_never_exceed_the_grant_and_add_up_to_it_when_all_is_refund
         }
         let refunds = app
             .store
+            .refunds()
             .refunds_of(store::RefundOf::Purchase(purchase))
             .await
             .unwrap();

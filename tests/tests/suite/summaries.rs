@@ -137,6 +137,7 @@ async fn generating_a_month_twice_stores_one_summary_and_a_late_event_a_new_revi
     tests::eventually("May revised", Duration::from_secs(30), || async {
         let revisions = app
             .store
+            .summaries()
             .summary_revisions(org.id, month.next())
             .await
             .unwrap();
@@ -147,7 +148,11 @@ async fn generating_a_month_twice_stores_one_summary_and_a_late_event_a_new_revi
     assert_eq!(revised["revision"], 2);
     assert_eq!(revised["used_credits"], "3.000000");
     assert_eq!(
-        app.store.summary_revisions(org.id, month).await.unwrap(),
+        app.store
+            .summaries()
+            .summary_revisions(org.id, month)
+            .await
+            .unwrap(),
         [1, 2]
     );
     let june = summary(&app, &org, "2024-06").await;
@@ -156,6 +161,7 @@ async fn generating_a_month_twice_stores_one_summary_and_a_late_event_a_new_revi
     assert_eq!(june["opening_credits"], revised["closing_credits"]);
     assert_eq!(
         app.store
+            .summaries()
             .summary_revisions(org.id, month.next())
             .await
             .unwrap(),
@@ -165,6 +171,7 @@ async fn generating_a_month_twice_stores_one_summary_and_a_late_event_a_new_revi
     // changes nothing anywhere.
     assert!(
         app.store
+            .summaries()
             .summary_revisions(org.id, month.next().next())
             .await
             .unwrap()
@@ -652,11 +659,13 @@ async fn book_step(
         Movement::Purchase { growth } => {
             let package = app
                 .store
+                .packages()
                 .package((if growth { GROWTH } else { STARTER }).parse().unwrap())
                 .await
                 .unwrap();
             let (purchase, _) = app
                 .store
+                .purchases()
                 .create_purchase(
                     org.id,
                     &package,
@@ -669,10 +678,15 @@ async fn book_step(
                 .await
                 .unwrap();
             app.store
+                .purchases()
                 .mark_purchase_paid(purchase.id, &format!("pi_c{case}s{i}"))
                 .await
                 .unwrap();
-            app.store.grant_purchase(purchase.id).await.unwrap();
+            app.store
+                .purchases()
+                .grant_purchase(purchase.id)
+                .await
+                .unwrap();
             backdate(app, &format!("purchase:{}:%", purchase.id), at).await;
             purchases[step.org].push(purchase.id);
         }
@@ -687,6 +701,7 @@ async fn book_step(
             let purchase_id = bought[purchase % bought.len()];
             let requested = app
                 .store
+                .refunds()
                 .request_refund(
                     store::RefundOf::Purchase(purchase_id),
                     amount_minor,
@@ -701,16 +716,18 @@ async fn book_step(
                 Err(e) => panic!("refund of {purchase_id}: {e}"),
             };
             app.store
+                .refunds()
                 .refund_refunded(refund.id, &format!("re_c{case}s{i}"))
                 .await
                 .unwrap();
-            app.store.reverse_refund(refund.id).await.unwrap();
+            app.store.refunds().reverse_refund(refund.id).await.unwrap();
             backdate(app, &format!("refund:{}:%", refund.id), at).await;
         }
         Movement::Adjust { micros } => {
             let key = format!("c{case}-s{i}");
             let adjusted = app
                 .store
+                .ledger()
                 .post_adjustment(
                     org.id,
                     Credits::from_stored(Decimal::new(micros, 6)),
@@ -783,6 +800,7 @@ async fn assert_summaries_reconcile(app: &TestApp, orgs: &[TestOrg], context: &s
             let month: Month = m.parse().unwrap();
             let s = app
                 .store
+                .summaries()
                 .latest_summaries(&[org.id], month)
                 .await
                 .unwrap()
@@ -830,7 +848,7 @@ async fn assert_summaries_reconcile(app: &TestApp, orgs: &[TestOrg], context: &s
         }
         // Everything in the ledger is attributed to the generated months, so the last one
         // closes at today's balance.
-        let balance = app.store.balance(org.id).await.unwrap().balance;
+        let balance = app.store.ledger().balance(org.id).await.unwrap().balance;
         assert_eq!(
             previous_closing,
             Some(balance),
@@ -875,6 +893,7 @@ fn random_months_of_movements_reconcile_with_the_ledger() {
                     }
                     for month in &months {
                         app.store
+                            .summaries()
                             .generate_summaries(*month, None, 10_000)
                             .await
                             .unwrap();
@@ -891,6 +910,7 @@ fn random_months_of_movements_reconcile_with_the_ledger() {
                         let month: Month = PROP_MONTHS[late.month].parse().unwrap();
                         let page = app
                             .store
+                            .summaries()
                             .generate_summaries(month, None, 10_000)
                             .await
                             .unwrap();
@@ -992,10 +1012,15 @@ async fn a_failing_org_is_reported_and_retried_alone_while_the_month_goes_on() {
     assert!(done.contains("5 orgs, 4 summaries written"), "{done}");
     let month: Month = "2024-09".parse().unwrap();
     for org in &orgs {
-        let revisions = app.store.summary_revisions(org.id, month).await.unwrap();
+        let revisions = app
+            .store
+            .summaries()
+            .summary_revisions(org.id, month)
+            .await
+            .unwrap();
         assert_eq!(revisions.is_empty(), org.id == bad, "{}", org.id);
     }
-    let failures = app.store.summary_failures(month).await.unwrap();
+    let failures = app.store.summaries().summary_failures(month).await.unwrap();
     assert_eq!(failures.len(), 1);
     assert_eq!(failures[0].0, bad);
     assert!(failures[0].1.contains("injected failure"), "{failures:?}");
@@ -1006,11 +1031,23 @@ async fn a_failing_org_is_reported_and_retried_alone_while_the_month_goes_on() {
         .await
         .unwrap();
     tests::eventually("the failed org stored", Duration::from_secs(60), || async {
-        let r = app.store.summary_revisions(bad, month).await.unwrap();
+        let r = app
+            .store
+            .summaries()
+            .summary_revisions(bad, month)
+            .await
+            .unwrap();
         (r == [1]).then_some(())
     })
     .await;
-    assert!(app.store.summary_failures(month).await.unwrap().is_empty());
+    assert!(
+        app.store
+            .summaries()
+            .summary_failures(month)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     app.assert_invariants().await;
 }
 
@@ -1031,6 +1068,7 @@ async fn breakdowns_keep_the_costliest_entries_and_add_up_the_rest() {
 
     let bounded = app.store.clone().with_breakdown_max(2);
     let s = bounded
+        .summaries()
         .compute_summaries(&[org.id], month)
         .await
         .unwrap()

@@ -212,7 +212,7 @@ async fn a_hard_decline_stops_at_once_pauses_and_a_new_card_resumes() {
     })
     .await;
     eventually("the outbox dispatched", Duration::from_secs(10), || async {
-        (app.store.outbox_backlog().await.unwrap().rows == 0).then_some(())
+        (app.store.outbox().backlog().await.unwrap().rows == 0).then_some(())
     })
     .await;
 
@@ -241,7 +241,7 @@ async fn a_hard_decline_stops_at_once_pauses_and_a_new_card_resumes() {
         )
         .await;
     assert_eq!(again.status, 200, "{}", again.text);
-    assert_eq!(app.store.outbox_backlog().await.unwrap().rows, 0);
+    assert_eq!(app.store.outbox().backlog().await.unwrap().rows, 0);
     app.assert_invariants().await;
 }
 
@@ -369,7 +369,7 @@ async fn dip_recover_dip_alerts_once_within_the_hour_and_records_the_repeat_supp
         "{alerts:?}"
     );
     assert_eq!(mails_with(&app, "Low credit balance"), 1);
-    assert_eq!(app.store.outbox_backlog().await.unwrap().rows, 0);
+    assert_eq!(app.store.outbox().backlog().await.unwrap().rows, 0);
 }
 
 // Multi-threaded: the SMTP server runs on the test's runtime, and the worker's pooled SMTP
@@ -721,7 +721,7 @@ async fn turning_auto_topup_on_below_the_threshold_tops_up_once() {
 
     assert_eq!(topup["state"], "succeeded", "{topup}");
     assert_eq!(app.balance(&org).await, "1040.000000");
-    assert_eq!(app.store.outbox_backlog().await.unwrap().rows, 0);
+    assert_eq!(app.store.outbox().backlog().await.unwrap().rows, 0);
     assert_eq!(
         topups(&app, &org).await.len(),
         1,

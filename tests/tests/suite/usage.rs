@@ -679,22 +679,28 @@ async fn a_booking_writes_one_outbox_row_per_purpose_at_the_lowest_threshold_cro
     let org = app.create_org("thresholds").await;
     app.adjust(org.id, "120", "seed", "seed").await;
     app.store
+        .settings()
         .set_thresholds(
             org.id,
-            "alert",
+            billing::ThresholdPurpose::Alert,
             &["100".parse().unwrap(), "50".parse().unwrap()],
         )
         .await
         .unwrap();
     app.store
-        .set_thresholds(org.id, "auto_topup", &["30".parse().unwrap()])
+        .settings()
+        .set_thresholds(
+            org.id,
+            billing::ThresholdPurpose::AutoTopup,
+            &["30".parse().unwrap()],
+        )
         .await
         .unwrap();
 
     // 120 → 45: crosses 100 and 50 in one event, one row for 50; 45 → 44: crosses nothing.
     send(&app, &org, json!([ai("big", 300_000, 0, 0)])).await;
     send(&app, &org, json!([ai("small", 4000, 0, 0)])).await;
-    let first = app.store.pending_outbox(100).await.unwrap();
+    let first = app.store.outbox().pending(100).await.unwrap();
     // Back above 100, then down below 100 and 30 in one batch of two events.
     app.adjust(org.id, "60", "top up", "up").await;
     send(
@@ -703,7 +709,7 @@ async fn a_booking_writes_one_outbox_row_per_purpose_at_the_lowest_threshold_cro
         json!([ai("d1", 80_000, 0, 0), ai("d2", 300_000, 0, 0)]),
     )
     .await;
-    let all = app.store.pending_outbox(100).await.unwrap();
+    let all = app.store.outbox().pending(100).await.unwrap();
 
     let thresholds = |rows: &[store::OutboxRow]| -> Vec<(String, String)> {
         rows.iter()
@@ -717,7 +723,7 @@ async fn a_booking_writes_one_outbox_row_per_purpose_at_the_lowest_threshold_cro
     };
     assert_eq!(thresholds(&first), [("alert".into(), "50.000000".into())]);
     assert_eq!(first[0].payload["balance"], "45.000000");
-    assert_eq!(first[0].topic, store::THRESHOLD_CROSSED);
+    assert_eq!(first[0].topic, "balance.threshold_crossed");
     // 104 → 84 crosses 100; 84 → 9 crosses 50 and 30: one alert (for 50, the lowest) and
     // one topup crossing for the batch.
     assert_eq!(
