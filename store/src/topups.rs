@@ -1,4 +1,7 @@
-//! Auto-topup and alert settings, topups and their attempts, alerts, and the outbox's claim.
+//! Auto-topups: one per crossing, from its decision (charge, skip, cap) through its attempts
+//! to its grant or failure, and the crossing written when auto-topup is switched on below its
+//! threshold. Over 400 lines because it is one aggregate's whole life, each step idempotent on
+//! the topup's id; the settings it reads are in `settings`, its alerts' twin in `alerts`.
 
 use billing::{
     Credits, Entry, Posting, Refs, ThresholdPurpose, packages::Package, topup::TopupState,

@@ -1,0 +1,150 @@
+//! The ledger's invariant check (`creditflow verify-ledger`): every identity the design
+//! promises, over every org, reported rather than assumed.
+
+use rust_decimal::Decimal;
+
+use super::*;
+use crate::StoreError;
+
+impl Ledger<'_> {
+    /// Checks the ledger's invariants over the whole database and returns every violation:
+    /// each account's stored totals equal the sums over its transfers; total debits equal total
+    /// credits; per-org kind totals and positions match the transfers; each org's last
+    /// `balance_after` equals its balance.
+    pub async fn check_invariants(&self) -> Result<Vec<String>, StoreError> {
+        let mut violations = Vec::new();
+        let accounts = sqlx::query!(
+            r#"SELECT a.code, a.debits_posted, a.credits_posted,
+                      COALESCE((SELECT sum(amount) FROM transfers WHERE debit_account_id = a.id), 0)
+                        AS "debit_sum!",
+                      COALESCE((SELECT sum(amount) FROM transfers WHERE credit_account_id = a.id), 0)
+                        AS "credit_sum!"
+                 FROM accounts a"#
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let (mut all_debits, mut all_credits) = (Decimal::ZERO, Decimal::ZERO);
+        for a in &accounts {
+            all_debits += a.debits_posted;
+            all_credits += a.credits_posted;
+            if a.debits_posted != a.debit_sum || a.credits_posted != a.credit_sum {
+                violations.push(format!(
+                    "account {}: stored debits/credits {}/{} but transfers sum to {}/{}",
+                    a.code, a.debits_posted, a.credits_posted, a.debit_sum, a.credit_sum
+                ));
+            }
+        }
+        if all_debits != all_credits {
+            violations.push(format!(
+                "total debits {all_debits} differ from total credits {all_credits}"
+            ));
+        }
+        let kinds = sqlx::query!(
+            r#"WITH sums AS (
+                 SELECT t.org_id, t.kind,
+                        COALESCE(sum(t.amount) FILTER (WHERE t.credit_account_id = a.id), 0) AS credits,
+                        COALESCE(sum(t.amount) FILTER (WHERE t.debit_account_id = a.id), 0) AS debits
+                   FROM transfers t JOIN accounts a ON a.org_id = t.org_id
+                  GROUP BY t.org_id, t.kind)
+               SELECT COALESCE(s.org_id, k.org_id) AS "org_id!", COALESCE(s.kind, k.kind) AS "kind!",
+                      s.credits, s.debits, k.credits_posted AS "stored_credits?",
+                      k.debits_posted AS "stored_debits?"
+                 FROM sums s FULL JOIN org_kind_totals k ON k.org_id = s.org_id AND k.kind = s.kind
+                WHERE s.credits IS DISTINCT FROM k.credits_posted
+                   OR s.debits IS DISTINCT FROM k.debits_posted"#
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for k in kinds {
+            violations.push(format!(
+                "org {} kind {}: stored {:?}/{:?}, transfers {:?}/{:?}",
+                k.org_id, k.kind, k.stored_credits, k.stored_debits, k.credits, k.debits
+            ));
+        }
+        let orphans = sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!" FROM transfers t
+                WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = t.debit_account_id)
+                   OR NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = t.credit_account_id)
+                   OR NOT EXISTS (SELECT 1 FROM accounts a
+                                   WHERE a.org_id = t.org_id
+                                     AND a.id IN (t.debit_account_id, t.credit_account_id))"#
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if orphans > 0 {
+            violations.push(format!(
+                "{orphans} transfers name an unknown account or do not move their org's account"
+            ));
+        }
+        let orgs = sqlx::query!(
+            r#"SELECT a.code, a.transfer_seq, a.credits_posted - a.debits_posted AS "balance!",
+                      (SELECT count(*) FROM transfers t WHERE t.org_id = a.org_id) AS "count!",
+                      (SELECT t.balance_after FROM transfers t WHERE t.org_id = a.org_id
+                        ORDER BY t.org_seq DESC LIMIT 1) AS last_balance_after
+                 FROM accounts a WHERE a.org_id IS NOT NULL"#
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for o in orgs {
+            if o.count != o.transfer_seq {
+                violations.push(format!(
+                    "{}: {} transfers but transfer_seq {}",
+                    o.code, o.count, o.transfer_seq
+                ));
+            }
+            if o.last_balance_after.unwrap_or_default() != o.balance {
+                violations.push(format!(
+                    "{}: balance {} but last balance_after {:?}",
+                    o.code, o.balance, o.last_balance_after
+                ));
+            }
+        }
+        // The totals' identity: every kind is one term of it, so the balance is the sum of the
+        // org's per-kind nets (see `Totals::balance`).
+        let unreconciled = sqlx::query!(
+            r#"SELECT a.code, a.credits_posted - a.debits_posted AS "balance!",
+                      COALESCE((SELECT sum(k.credits_posted - k.debits_posted) FROM org_kind_totals k
+                                 WHERE k.org_id = a.org_id), 0) AS "totals!"
+                 FROM accounts a WHERE a.org_id IS NOT NULL"#
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for o in unreconciled.into_iter().filter(|o| o.balance != o.totals) {
+            violations.push(format!(
+                "{}: balance {} but {} gives {}",
+                o.code,
+                o.balance,
+                Totals::IDENTITY,
+                o.totals
+            ));
+        }
+        // Stored months chain: each org's latest revision of a month opens with the latest
+        // revision of the month before closed, where both are stored.
+        let unchained = sqlx::query!(
+            r#"WITH latest AS (
+                   SELECT DISTINCT ON (org_id, month) org_id, month, opening, closing
+                     FROM monthly_summaries ORDER BY org_id, month, revision DESC),
+               paired AS (
+                   SELECT org_id, month, opening,
+                          lag(month) OVER (PARTITION BY org_id ORDER BY month) AS prev_month,
+                          lag(closing) OVER (PARTITION BY org_id ORDER BY month) AS prev_closing
+                     FROM latest)
+               SELECT org_id, month, opening, prev_closing AS "prev_closing!"
+                 FROM paired
+                WHERE prev_month = (month - interval '1 month')::date
+                  AND opening <> prev_closing"#
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for u in unchained {
+            violations.push(format!(
+                "org {} month {}: opening {} but the month before closed {}",
+                u.org_id, u.month, u.opening, u.prev_closing
+            ));
+        }
+        // The monthly usage rollups summaries read add up exactly the recorded events.
+        let mut conn = self.pool.acquire().await?;
+        violations.extend(crate::rollups::mismatches(&mut conn).await?);
+        Ok(violations)
+    }
+}

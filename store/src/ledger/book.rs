@@ -1,0 +1,366 @@
+//! Booking: locking the orgs, applying a batch (`billing::Batch::apply`) and writing it, with
+//! the check that Postgres agrees; operator adjustments.
+
+use std::collections::{BTreeMap, HashMap};
+
+use billing::{
+    Account, Batch, Credits, Posting, Refs, ThresholdPurpose,
+    booking::{OrgLedger, Threshold},
+};
+use chrono::Utc;
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use super::{rows::NewRows, *};
+use crate::{Claim, Crossed, OutboxEvent, StoreError, idempotency, outbox};
+
+/// The organizations a transaction has locked, with their running balances. Booking goes
+/// through this so every path locks orgs the same way: all at once, in `org_id` order, before
+/// any system account (which are updated last, in id order). One lock order, no deadlocks.
+pub struct LockedOrgs {
+    ledgers: BTreeMap<Uuid, OrgLedger>,
+    accounts: HashMap<Uuid, LockedAccount>,
+}
+
+struct LockedAccount {
+    id: i64,
+    /// The org's own overdraft limit, if it has one.
+    overdraft_limit: Option<Credits>,
+}
+
+impl LockedOrgs {
+    /// The org's balance as booked so far in this transaction.
+    pub fn balance(&self, org_id: Uuid) -> Option<Credits> {
+        self.ledgers.get(&org_id).map(|o| o.balance)
+    }
+
+    /// How far below zero usage may take the org, if it has a limit of its own.
+    pub fn overdraft_limit(&self, org_id: Uuid) -> Option<Credits> {
+        self.accounts.get(&org_id).and_then(|o| o.overdraft_limit)
+    }
+
+    /// The org's highest threshold for `purpose`: its id and level.
+    pub fn threshold(&self, org_id: Uuid, purpose: ThresholdPurpose) -> Option<(i64, Credits)> {
+        let t = self.ledgers.get(&org_id)?.threshold(purpose)?;
+        Some((t.id, t.level))
+    }
+}
+
+impl Ledger<'_> {
+    /// Locks the accounts of these organizations (and reads their thresholds) for booking.
+    pub async fn lock_orgs(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        org_ids: &[Uuid],
+    ) -> Result<LockedOrgs, StoreError> {
+        let mut ids = org_ids.to_vec();
+        ids.sort();
+        ids.dedup();
+        let rows = sqlx::query!(
+            r#"SELECT a.id, a.org_id AS "org_id!", a.credits_posted - a.debits_posted AS "balance!",
+                      a.transfer_seq, o.overdraft_limit
+                 FROM accounts a JOIN orgs o ON o.id = a.org_id
+                WHERE a.org_id = ANY($1) ORDER BY a.org_id FOR UPDATE OF a"#,
+            &ids
+        )
+        .fetch_all(&mut **tx)
+        .await?;
+        if rows.len() != ids.len() {
+            return Err(StoreError::OrgNotFound);
+        }
+        let mut locked = LockedOrgs {
+            ledgers: BTreeMap::new(),
+            accounts: HashMap::new(),
+        };
+        for r in rows {
+            locked.ledgers.insert(
+                r.org_id,
+                OrgLedger {
+                    balance: Credits::from_stored(r.balance),
+                    seq: r.transfer_seq,
+                    thresholds: Vec::new(),
+                },
+            );
+            locked.accounts.insert(
+                r.org_id,
+                LockedAccount {
+                    id: r.id,
+                    overdraft_limit: r.overdraft_limit.map(Credits::from_stored),
+                },
+            );
+        }
+        for t in sqlx::query!(
+            "SELECT id, org_id, purpose, threshold FROM org_thresholds WHERE org_id = ANY($1)",
+            &ids
+        )
+        .fetch_all(&mut **tx)
+        .await?
+        {
+            let purpose: ThresholdPurpose = t.purpose.parse()?;
+            if let Some(ledger) = locked.ledgers.get_mut(&t.org_id) {
+                ledger.thresholds.push(Threshold {
+                    id: t.id,
+                    purpose,
+                    level: Credits::from_stored(t.threshold),
+                });
+            }
+        }
+        Ok(locked)
+    }
+
+    /// Books transfers for one organization in an open transaction; see [`Ledger::book_locked`].
+    pub async fn book(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        org_id: Uuid,
+        transfers: &[NewTransfer],
+    ) -> Result<Vec<BookOutcome>, StoreError> {
+        let mut locked = self.lock_orgs(tx, &[org_id]).await?;
+        self.book_locked(tx, &mut locked, transfers, true).await
+    }
+
+    /// Books transfers, in order, for organizations locked by [`Ledger::lock_orgs`] in this
+    /// transaction, with one statement per table whatever the number of transfers or orgs.
+    ///
+    /// With `check_keys`, a transfer whose idempotency key was booked before is not booked
+    /// again (its outcome is [`BookOutcome::AlreadyBooked`]); callers whose keys are fresh by
+    /// construction skip that lookup. The rules (balances, the overdraft rule, crossings, each
+    /// account's sums) are [`Batch::apply`]'s; this writes what it computed and checks that
+    /// Postgres agrees: every org account's balance and sequence after the update must be the
+    /// batch's, or the transaction fails (someone wrote an account without its lock).
+    pub async fn book_locked(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        locked: &mut LockedOrgs,
+        transfers: &[NewTransfer],
+        check_keys: bool,
+    ) -> Result<Vec<BookOutcome>, StoreError> {
+        let existing = if check_keys {
+            let keys: Vec<String> = transfers
+                .iter()
+                .map(|t| t.idempotency_key.clone())
+                .collect();
+            self.transfers_by_key(tx, &keys).await?
+        } else {
+            BTreeMap::new()
+        };
+        let fresh: Vec<&NewTransfer> = transfers
+            .iter()
+            .filter(|t| !existing.contains_key(&t.idempotency_key))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(transfers
+                .iter()
+                .map(|t| BookOutcome::AlreadyBooked(existing[&t.idempotency_key].clone()))
+                .collect());
+        }
+        let batch = Batch::apply(&mut locked.ledgers, fresh.iter().map(|t| &t.posting))?;
+
+        let mut rows = NewRows::default();
+        let mut booked = Vec::with_capacity(fresh.len());
+        for (t, a) in fresh.iter().zip(&batch.applied) {
+            let p = &t.posting;
+            let org_account = self.org_account(locked, a.org)?;
+            let debit_id = self.account_id(&p.debit, a.org, org_account)?;
+            let credit_id = self.account_id(&p.credit, a.org, org_account)?;
+            rows.push(
+                t.id, a.org, a.seq, debit_id, credit_id, p.amount, p.kind, a.after, t,
+            );
+            booked.push(Transfer {
+                id: t.id,
+                org_id: a.org,
+                seq: a.seq,
+                kind: p.kind,
+                amount: p.amount,
+                org_amount: a.delta,
+                counterparty: a.counterparty.code().to_string(),
+                balance_after: a.after,
+                idempotency_key: t.idempotency_key.clone(),
+                actor: t.actor.clone(),
+                reason: t.reason.clone(),
+                refs: t.refs.clone(),
+                created_at: Utc::now(),
+            });
+        }
+        let created_at = rows.insert(tx).await?;
+        let mut booked = booked.into_iter();
+        let outcomes = transfers
+            .iter()
+            .map(|t| match existing.get(&t.idempotency_key) {
+                Some(found) => BookOutcome::AlreadyBooked(found.clone()),
+                None => {
+                    let mut b = booked.next().expect("one booked transfer per fresh entry");
+                    b.created_at = created_at;
+                    BookOutcome::Booked(b)
+                }
+            })
+            .collect();
+
+        let (mut ids, mut credits, mut debits, mut seqs) = (vec![], vec![], vec![], vec![]);
+        for (org, sides) in &batch.orgs {
+            ids.push(self.org_account(locked, *org)?);
+            credits.push(sides.credits);
+            debits.push(sides.debits);
+            seqs.push(locked.ledgers[org].seq);
+        }
+        let stored = sqlx::query!(
+            r#"UPDATE accounts a SET credits_posted = a.credits_posted + u.credits,
+                                   debits_posted = a.debits_posted + u.debits,
+                                   transfer_seq = u.seq
+                 FROM UNNEST($1::bigint[], $2::numeric[], $3::numeric[], $4::bigint[])
+                   AS u(id, credits, debits, seq)
+                WHERE a.id = u.id
+            RETURNING a.org_id AS "org_id!", a.credits_posted - a.debits_posted AS "balance!",
+                      a.transfer_seq"#,
+            &ids,
+            &credits,
+            &debits,
+            &seqs
+        )
+        .fetch_all(&mut **tx)
+        .await?;
+        // The pair assertion: Postgres's balance after the update is the one the batch computed.
+        // Not a panic: this runs in the shared writer; failing the transaction keeps the ledger
+        // as it was and says loudly why.
+        for r in &stored {
+            let want = &locked.ledgers[&r.org_id];
+            if Credits::from_stored(r.balance) != want.balance || r.transfer_seq != want.seq {
+                tracing::error!(org_id = %r.org_id, stored = %r.balance, computed = %want.balance,
+                                "booking: stored balance differs from the computed one");
+                return Err(StoreError::Invariant(format!(
+                    "org {}: stored balance {} (seq {}), computed {} (seq {})",
+                    r.org_id, r.balance, r.transfer_seq, want.balance, want.seq
+                )));
+            }
+        }
+        if stored.len() != batch.orgs.len() {
+            return Err(StoreError::Invariant(
+                "an org account vanished under its lock".into(),
+            ));
+        }
+        let (mut k_orgs, mut k_kinds, mut k_credits, mut k_debits) =
+            (vec![], vec![], vec![], vec![]);
+        for ((org, kind), sides) in &batch.kinds {
+            k_orgs.push(*org);
+            k_kinds.push(kind.as_str().to_string());
+            k_credits.push(sides.credits);
+            k_debits.push(sides.debits);
+        }
+        sqlx::query!(
+            "INSERT INTO org_kind_totals (org_id, kind, credits_posted, debits_posted)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::numeric[], $4::numeric[])
+             ON CONFLICT (org_id, kind) DO UPDATE
+               SET credits_posted = org_kind_totals.credits_posted + EXCLUDED.credits_posted,
+                   debits_posted = org_kind_totals.debits_posted + EXCLUDED.debits_posted",
+            &k_orgs,
+            &k_kinds,
+            &k_credits,
+            &k_debits
+        )
+        .execute(&mut **tx)
+        .await?;
+        let crossings: Vec<(Uuid, OutboxEvent)> = batch
+            .crossings
+            .iter()
+            .map(|c| {
+                let crossed = Crossed {
+                    threshold_id: c.threshold_id,
+                    purpose: c.purpose,
+                    threshold: c.threshold,
+                    balance: c.balance,
+                    crossing_seq: c.crossing_seq,
+                    transfer_id: Some(fresh[c.posting].id),
+                    cause: None,
+                };
+                (c.org, OutboxEvent::ThresholdCrossed(crossed))
+            })
+            .collect();
+        outbox::write(tx, &crossings).await?;
+        // System accounts last and in id order: they are shared by every org, so their row
+        // locks are held for the shortest time, always taken in the same order.
+        let systems: BTreeMap<i64, _> = batch
+            .systems
+            .iter()
+            .map(|(s, sides)| {
+                Ok((
+                    self.account_id(&Account::System(*s), Uuid::nil(), 0)?,
+                    *sides,
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        for (id, sides) in systems {
+            sqlx::query!(
+                "UPDATE accounts SET debits_posted = debits_posted + $2,
+                                     credits_posted = credits_posted + $3
+                  WHERE id = $1",
+                id,
+                sides.debits,
+                sides.credits
+            )
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(outcomes)
+    }
+
+    fn org_account(&self, locked: &LockedOrgs, org: Uuid) -> Result<i64, StoreError> {
+        locked
+            .accounts
+            .get(&org)
+            .map(|a| a.id)
+            .ok_or_else(|| StoreError::Invariant(format!("org {org} is not locked")))
+    }
+
+    fn account_id(
+        &self,
+        account: &Account,
+        org_id: Uuid,
+        org_account_id: i64,
+    ) -> Result<i64, StoreError> {
+        match account {
+            Account::Org(id) if *id == org_id => Ok(org_account_id),
+            Account::Org(_) => Err(StoreError::Schema("a transfer between two orgs".into())),
+            Account::System(s) => Ok(self.system_account_id(*s)),
+        }
+    }
+
+    /// Books one operator adjustment, idempotent on the caller's key: the same key and body
+    /// return the first result; the same key with another body is a conflict.
+    pub async fn post_adjustment(
+        &self,
+        org_id: Uuid,
+        signed_amount: Credits,
+        reason: &str,
+        actor: &str,
+        idempotency_key: &str,
+    ) -> Result<Transfer, StoreError> {
+        let posting = Posting::adjustment(org_id, signed_amount)?;
+        let scope = format!("adjustment:{org_id}");
+        let hash =
+            idempotency::request_hash(&[signed_amount.to_string().as_bytes(), reason.as_bytes()]);
+        let mut tx = self.pool.begin().await?;
+        if let Claim::Replay(t) =
+            idempotency::claim(&mut tx, &scope, idempotency_key, &hash).await?
+        {
+            return Ok(t);
+        }
+        let new = NewTransfer {
+            id: Uuid::now_v7(),
+            posting,
+            idempotency_key: format!("{scope}:{idempotency_key}"),
+            actor: actor.to_string(),
+            reason: reason.to_string(),
+            refs: Refs {
+                idempotency_key: Some(idempotency_key.to_string()),
+                ..Refs::default()
+            },
+        };
+        let outcome = self
+            .book(&mut tx, org_id, std::slice::from_ref(&new))
+            .await?;
+        let transfer = outcome[0].transfer().clone();
+        idempotency::finish(&mut tx, &scope, idempotency_key, &transfer).await?;
+        tx.commit().await?;
+        Ok(transfer)
+    }
+}

@@ -1,0 +1,308 @@
+//! Reading the ledger: an org's balance and totals, its history, its recent usage.
+
+use std::collections::BTreeMap;
+
+use billing::{Credits, TransferKind};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use super::*;
+use crate::StoreError;
+
+/// An org's balance and what moved it, per kind.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Balance {
+    pub org_id: Uuid,
+    pub balance: Credits,
+    /// Credits and debits posted per transfer kind, from the org's side.
+    pub by_kind: BTreeMap<TransferKind, KindTotals>,
+    /// The number of transfers booked on the org so far.
+    pub transfer_count: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct KindTotals {
+    pub credits: Credits,
+    pub debits: Credits,
+}
+
+impl Balance {
+    fn credits_of(&self, kind: TransferKind) -> Credits {
+        self.by_kind
+            .get(&kind)
+            .map(|t| t.credits)
+            .unwrap_or_default()
+    }
+    fn debits_of(&self, kind: TransferKind) -> Credits {
+        self.by_kind
+            .get(&kind)
+            .map(|t| t.debits)
+            .unwrap_or_default()
+    }
+    fn net_of(&self, kind: TransferKind) -> Result<Credits, StoreError> {
+        Ok(self.credits_of(kind).checked_sub(self.debits_of(kind))?)
+    }
+    /// What moved the balance, one term per transfer kind, named so that
+    /// [`Totals::IDENTITY`] holds.
+    pub fn totals(&self) -> Result<Totals, StoreError> {
+        Ok(Totals {
+            purchased_credits: self.net_of(TransferKind::Purchase)?,
+            topup_credits: self.net_of(TransferKind::Topup)?,
+            bonus_credits: self.net_of(TransferKind::Bonus)?,
+            adjusted_credits: self.net_of(TransferKind::Adjustment)?,
+            used_credits: self.net_of(TransferKind::Usage)?.checked_neg(),
+            refunded_credits: self.net_of(TransferKind::Refund)?.checked_neg(),
+            reversed_credits: self.net_of(TransferKind::Reversal)?.checked_neg(),
+        })
+    }
+}
+
+/// An org's totals by what moved its balance. Every transfer kind is one term, so
+/// `balance = purchased + topup + bonus + adjusted − used − refunded − reversed` holds
+/// exactly ([`Totals::IDENTITY`]; checked by `creditflow verify-ledger`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Credits bought through checkouts.
+    pub purchased_credits: Credits,
+    /// Credits bought by auto-topup.
+    pub topup_credits: Credits,
+    /// Bonus credits that came with packages.
+    pub bonus_credits: Credits,
+    /// Net manual adjustments (negative when operators took credits away).
+    pub adjusted_credits: Credits,
+    /// Credits consumed by usage.
+    pub used_credits: Credits,
+    /// Purchased or topup credits taken back by refunds and dispute clawbacks (net of
+    /// restorations).
+    pub refunded_credits: Credits,
+    /// Bonus credits taken back by refunds (net of restorations).
+    pub reversed_credits: Credits,
+}
+
+impl Totals {
+    pub const IDENTITY: &'static str =
+        "balance = purchased + topup + bonus + adjusted - used - refunded - reversed";
+
+    /// The right-hand side of [`Totals::IDENTITY`].
+    pub fn balance(&self) -> Result<Credits, StoreError> {
+        Ok(self
+            .purchased_credits
+            .checked_add(self.topup_credits)?
+            .checked_add(self.bonus_credits)?
+            .checked_add(self.adjusted_credits)?
+            .checked_sub(self.used_credits)?
+            .checked_sub(self.refunded_credits)?
+            .checked_sub(self.reversed_credits)?)
+    }
+}
+
+/// A page of an org's history, newest first.
+#[derive(Debug, Clone)]
+pub struct TransferQuery {
+    pub org_id: Uuid,
+    pub kinds: Option<Vec<TransferKind>>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// Only transfers older than this position (the cursor of the previous page).
+    pub before_seq: Option<i64>,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TransferPage {
+    pub transfers: Vec<Transfer>,
+    /// Pass as `before_seq` for the next page; `None` when this was the last one.
+    pub next_before_seq: Option<i64>,
+}
+
+impl Ledger<'_> {
+    pub(crate) async fn transfers_by_key(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        keys: &[String],
+    ) -> Result<BTreeMap<String, Transfer>, StoreError> {
+        let rows = sqlx::query_as!(
+            TransferRow,
+            r#"SELECT t.id, t.org_id, t.org_seq, t.kind, t.amount,
+                      CASE WHEN t.credit_account_id = o.id THEN t.amount ELSE -t.amount END
+                        AS "org_amount!",
+                      c.code AS counterparty, t.balance_after, t.idempotency_key, t.actor,
+                      t.reason, t.refs, t.created_at
+                 FROM transfers t
+                 JOIN accounts o ON o.org_id = t.org_id
+                 JOIN accounts c ON c.id = CASE WHEN t.credit_account_id = o.id
+                                                THEN t.debit_account_id ELSE t.credit_account_id END
+                WHERE t.idempotency_key = ANY($1)"#,
+            keys
+        )
+        .fetch_all(&mut **tx)
+        .await?;
+        rows.into_iter()
+            .map(|r| r.into_transfer().map(|t| (t.idempotency_key.clone(), t)))
+            .collect()
+    }
+
+    /// The org's balance and per-kind totals, in one round trip.
+    pub async fn balance(&self, org_id: Uuid) -> Result<Balance, StoreError> {
+        let rows = sqlx::query!(
+            r#"SELECT a.credits_posted - a.debits_posted AS "balance!", a.transfer_seq,
+                      k.kind AS "kind?", k.credits_posted AS "kind_credits?",
+                      k.debits_posted AS "kind_debits?"
+                 FROM accounts a
+                 LEFT JOIN org_kind_totals k ON k.org_id = a.org_id
+                WHERE a.org_id = $1"#,
+            org_id
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let first = rows.first().ok_or(StoreError::OrgNotFound)?;
+        let mut balance = Balance {
+            org_id,
+            balance: Credits::from_stored(first.balance),
+            by_kind: BTreeMap::new(),
+            transfer_count: first.transfer_seq,
+        };
+        for r in &rows {
+            if let (Some(kind), Some(c), Some(d)) = (&r.kind, r.kind_credits, r.kind_debits) {
+                balance.by_kind.insert(
+                    kind.parse()?,
+                    KindTotals {
+                        credits: Credits::from_stored(c),
+                        debits: Credits::from_stored(d),
+                    },
+                );
+            }
+        }
+        Ok(balance)
+    }
+
+    /// One page of an org's transfers, newest first, with optional filters.
+    pub async fn transfers(&self, q: &TransferQuery) -> Result<TransferPage, StoreError> {
+        let kinds: Option<Vec<String>> = q
+            .kinds
+            .as_ref()
+            .map(|ks| ks.iter().map(|k| k.as_str().to_string()).collect());
+        let rows = sqlx::query_as!(
+            TransferRow,
+            r#"WITH org AS (SELECT id FROM accounts WHERE org_id = $1)
+               SELECT t.id, t.org_id, t.org_seq, t.kind, t.amount,
+                      CASE WHEN t.credit_account_id = org.id THEN t.amount ELSE -t.amount END
+                        AS "org_amount!",
+                      c.code AS counterparty, t.balance_after, t.idempotency_key, t.actor,
+                      t.reason, t.refs, t.created_at
+                 FROM transfers t
+                 CROSS JOIN org
+                 JOIN accounts c ON c.id = CASE WHEN t.credit_account_id = org.id
+                                                THEN t.debit_account_id ELSE t.credit_account_id END
+                WHERE t.org_id = $1
+                  AND ($2::text[] IS NULL OR t.kind = ANY($2))
+                  AND ($3::timestamptz IS NULL OR t.created_at >= $3)
+                  AND ($4::timestamptz IS NULL OR t.created_at < $4)
+                  AND ($5::bigint IS NULL OR t.org_seq < $5)
+                ORDER BY t.org_seq DESC
+                LIMIT $6"#,
+            q.org_id,
+            kinds.as_deref(),
+            q.from,
+            q.to,
+            q.before_seq,
+            q.limit + 1
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut transfers = rows
+            .into_iter()
+            .map(TransferRow::into_transfer)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_before_seq = if transfers.len() as i64 > q.limit {
+            transfers.truncate(q.limit as usize);
+            transfers.last().map(|t| t.seq)
+        } else {
+            None
+        };
+        Ok(TransferPage {
+            transfers,
+            next_before_seq,
+        })
+    }
+
+    /// Credits used by the org in the last 24 hours (its burn rate).
+    pub async fn usage_last_24h(&self, org_id: Uuid) -> Result<Credits, StoreError> {
+        let used = sqlx::query_scalar!(
+            r#"SELECT COALESCE(sum(amount), 0) AS "n!" FROM transfers
+                WHERE org_id = $1 AND kind = 'usage' AND created_at > now() - interval '24 hours'"#,
+            org_id
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Credits::from_stored(used))
+    }
+}
+
+struct TransferRow {
+    id: Uuid,
+    org_id: Uuid,
+    org_seq: i64,
+    kind: String,
+    amount: Decimal,
+    org_amount: Decimal,
+    counterparty: String,
+    balance_after: Decimal,
+    idempotency_key: String,
+    actor: String,
+    reason: String,
+    refs: serde_json::Value,
+    created_at: DateTime<Utc>,
+}
+
+impl TransferRow {
+    fn into_transfer(self) -> Result<Transfer, StoreError> {
+        Ok(Transfer {
+            id: self.id,
+            org_id: self.org_id,
+            seq: self.org_seq,
+            kind: self.kind.parse()?,
+            amount: Credits::from_stored(self.amount),
+            org_amount: Credits::from_stored(self.org_amount),
+            counterparty: self.counterparty,
+            balance_after: Credits::from_stored(self.balance_after),
+            idempotency_key: self.idempotency_key,
+            actor: self.actor,
+            reason: self.reason,
+            refs: serde_json::from_value(self.refs)
+                .map_err(|e| StoreError::Decode(format!("transfer refs: {e}")))?,
+            created_at: self.created_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod totals_tests {
+    use super::*;
+
+    /// Every transfer kind is a term of the identity: with any per-kind totals, the totals'
+    /// right-hand side is the sum of the kinds' nets (which is the balance).
+    #[test]
+    fn the_identity_covers_every_kind() {
+        let mut by_kind = BTreeMap::new();
+        let mut net = Credits::ZERO;
+        for (i, kind) in TransferKind::ALL.into_iter().enumerate() {
+            let credits = Credits::from_stored(Decimal::new(1000 + i as i64 * 37, 3));
+            let debits = Credits::from_stored(Decimal::new(400 + i as i64 * 91, 3));
+            net = net
+                .checked_add(credits.checked_sub(debits).unwrap())
+                .unwrap();
+            by_kind.insert(kind, KindTotals { credits, debits });
+        }
+        let b = Balance {
+            org_id: Uuid::nil(),
+            balance: net,
+            by_kind,
+            transfer_count: 0,
+        };
+        assert_eq!(b.totals().unwrap().balance().unwrap(), b.balance);
+    }
+}

@@ -1,0 +1,92 @@
+//! The transfers of one booking as column arrays: one `INSERT … SELECT FROM UNNEST` whatever
+//! their number.
+
+use billing::{Credits, TransferKind};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use super::NewTransfer;
+use crate::StoreError;
+
+/// Column-wise rows for one bulk insert.
+#[derive(Default)]
+pub(super) struct NewRows {
+    ids: Vec<Uuid>,
+    orgs: Vec<Uuid>,
+    seqs: Vec<i64>,
+    debits: Vec<i64>,
+    credits: Vec<i64>,
+    amounts: Vec<Decimal>,
+    kinds: Vec<String>,
+    balances: Vec<Decimal>,
+    keys: Vec<String>,
+    actors: Vec<String>,
+    reasons: Vec<String>,
+    refs: Vec<serde_json::Value>,
+}
+
+impl NewRows {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn push(
+        &mut self,
+        id: Uuid,
+        org: Uuid,
+        seq: i64,
+        debit: i64,
+        credit: i64,
+        amount: Credits,
+        kind: TransferKind,
+        balance_after: Credits,
+        t: &NewTransfer,
+    ) {
+        self.ids.push(id);
+        self.orgs.push(org);
+        self.seqs.push(seq);
+        self.debits.push(debit);
+        self.credits.push(credit);
+        self.amounts.push(amount.as_decimal());
+        self.kinds.push(kind.as_str().to_string());
+        self.balances.push(balance_after.as_decimal());
+        self.keys.push(t.idempotency_key.clone());
+        self.actors.push(t.actor.clone());
+        self.reasons.push(t.reason.clone());
+        self.refs
+            .push(serde_json::to_value(&t.refs).expect("refs serialize to JSON"));
+    }
+
+    /// Inserts all rows in one statement and returns their common `created_at` (the
+    /// transaction's start, which is what the column's default records).
+    pub(super) async fn insert(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+    ) -> Result<DateTime<Utc>, StoreError> {
+        let created_at = sqlx::query_scalar!(
+            r#"WITH inserted AS (
+                 INSERT INTO transfers (id, org_id, org_seq, debit_account_id, credit_account_id,
+                                        amount, kind, balance_after, idempotency_key, actor,
+                                        reason, refs)
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::bigint[],
+                                      $5::bigint[], $6::numeric[], $7::text[], $8::numeric[],
+                                      $9::text[], $10::text[], $11::text[], $12::jsonb[])
+                 RETURNING 1)
+               SELECT now() AS "created_at!""#,
+            &self.ids,
+            &self.orgs,
+            &self.seqs,
+            &self.debits,
+            &self.credits,
+            &self.amounts,
+            &self.kinds,
+            &self.balances,
+            &self.keys,
+            &self.actors,
+            &self.reasons,
+            &self.refs
+        )
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(created_at)
+    }
+}
