@@ -133,7 +133,21 @@ impl From<StoreError> for ApiError {
                 "insufficient_balance",
                 e.to_string(),
             ),
-            StoreError::Conflict(detail) => ApiError::new(StatusCode::CONFLICT, "conflict", detail),
+            StoreError::PaymentNotRefundable { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "payment_not_refundable",
+                e.to_string(),
+            ),
+            StoreError::RefundExceedsPayment { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "refund_exceeds_payment",
+                e.to_string(),
+            ),
+            StoreError::PriceVersionNotAfterNewest => ApiError::new(
+                StatusCode::CONFLICT,
+                "price_version_not_after_newest",
+                e.to_string(),
+            ),
             StoreError::IdempotencyConflict => {
                 ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", e.to_string())
             }
@@ -151,6 +165,7 @@ impl From<StoreError> for ApiError {
             StoreError::Schema(_)
             | StoreError::Decode(_)
             | StoreError::Invariant(_)
+            | StoreError::WriterUnavailable(_)
             | StoreError::Db(_) => {
                 tracing::error!(error = %e, "store error");
                 ApiError::internal()

@@ -648,8 +648,9 @@ pub async fn start_refund(
         .request_refund(payment, amount, &reason, actor, key)
         .await
         .map_err(|e| match e {
-            store::StoreError::Conflict(m) => {
-                ApiError::invalid("amount_minor", "refund_not_allowed", m)
+            e @ (store::StoreError::PaymentNotRefundable { .. }
+            | store::StoreError::RefundExceedsPayment { .. }) => {
+                ApiError::invalid("amount_minor", "refund_not_allowed", e.to_string())
             }
             other => other.into(),
         })?;

@@ -10,8 +10,25 @@ pub enum StoreError {
     NotFound(&'static str),
     #[error("insufficient balance: the balance is {balance}, this would take it to {would_be}")]
     InsufficientBalance { balance: Credits, would_be: Credits },
-    #[error("{0}")]
-    Conflict(String),
+    /// Only a paid payment (a credited purchase, a succeeded topup charge) can be refunded.
+    #[error("only a paid {what} can be refunded (this one is {state})")]
+    PaymentNotRefundable { what: &'static str, state: String },
+    /// The refund asks for more money than is left of the payment.
+    #[error(
+        "a refund of {asked_minor} would exceed what is left of the payment ({left_minor} of {paid_minor})"
+    )]
+    RefundExceedsPayment {
+        asked_minor: i64,
+        left_minor: i64,
+        paid_minor: i64,
+    },
+    /// A new price version must take effect after the newest one.
+    #[error("effective_from must be after the newest version's effective_from")]
+    PriceVersionNotAfterNewest,
+    /// The usage writer stopped or dropped the request (the process is shutting down); nothing
+    /// of the request was committed.
+    #[error("the usage writer is unavailable: {0}")]
+    WriterUnavailable(&'static str),
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyConflict,
     #[error(transparent)]
@@ -49,6 +66,7 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Db(e) => db_unavailable(e),
+            StoreError::WriterUnavailable(_) => true,
             _ => false,
         }
     }

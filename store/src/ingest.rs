@@ -242,7 +242,7 @@ impl Ingestor {
             .slots_of(job.org_id)
             .acquire_owned()
             .await
-            .map_err(|_| StoreError::Schema("the usage writer has stopped".into()))?;
+            .map_err(|_| StoreError::WriterUnavailable("it has stopped"))?;
         let (reply, answer) = oneshot::channel();
         self.shared.push(
             job.org_id,
@@ -254,7 +254,7 @@ impl Ingestor {
         );
         answer
             .await
-            .map_err(|_| StoreError::Schema("the usage writer dropped a request".into()))?
+            .map_err(|_| StoreError::WriterUnavailable("it dropped the request"))?
     }
 
     /// Whether the writers can commit now: a transaction that takes a transaction id, on a
@@ -264,7 +264,7 @@ impl Ingestor {
         self.shared.push(Uuid::nil(), Work::Probe(reply));
         answer
             .await
-            .map_err(|_| StoreError::Schema("the usage writer dropped a probe".into()))?
+            .map_err(|_| StoreError::WriterUnavailable("it dropped a probe"))?
     }
 }
 

@@ -97,9 +97,7 @@ impl Prices<'_> {
             .fetch_one(&mut *tx)
             .await?;
         if newest.is_some_and(|n| v.effective_from <= n) {
-            return Err(StoreError::Conflict(
-                "effective_from must be after the newest version's effective_from".into(),
-            ));
+            return Err(StoreError::PriceVersionNotAfterNewest);
         }
         let id = sqlx::query_scalar!(
             "INSERT INTO price_versions (effective_from, note, created_by) VALUES ($1, $2, $3)

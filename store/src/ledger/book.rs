@@ -319,7 +319,7 @@ impl Ledger<'_> {
     ) -> Result<i64, StoreError> {
         match account {
             Account::Org(id) if *id == org_id => Ok(org_account_id),
-            Account::Org(_) => Err(StoreError::Schema("a transfer between two orgs".into())),
+            Account::Org(_) => Err(StoreError::Invariant("a transfer between two orgs".into())),
             Account::System(s) => Ok(self.system_account_id(*s)),
         }
     }

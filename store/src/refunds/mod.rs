@@ -165,11 +165,10 @@ impl Refunds<'_> {
             return self.refund(first.id).await;
         }
         let Some(package) = &p.package else {
-            return Err(StoreError::Conflict(format!(
-                "only a paid {} can be refunded (this one is {})",
-                payment.noun(),
-                p.state
-            )));
+            return Err(StoreError::PaymentNotRefundable {
+                what: payment.noun(),
+                state: p.state.clone(),
+            });
         };
         let shares = refund_shares(&mut tx, payment, package, amount_minor, false).await?;
         let (credits, bonus) = (shares.credits, shares.bonus);

@@ -141,10 +141,11 @@ pub(super) async fn refund_shares(
         });
     }
     if amount_minor <= 0 || refunded + amount_minor > paid {
-        return Err(StoreError::Conflict(format!(
-            "a refund of {amount_minor} would exceed what is left of the payment ({} of {paid})",
-            paid - refunded
-        )));
+        return Err(StoreError::RefundExceedsPayment {
+            asked_minor: amount_minor,
+            left_minor: paid - refunded,
+            paid_minor: paid,
+        });
     }
     let share_after = Decimal::from(refunded + amount_minor) / Decimal::from(paid);
     let part = |granted: Credits, taken: Decimal| -> Result<Credits, StoreError> {

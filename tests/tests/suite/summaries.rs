@@ -712,7 +712,11 @@ async fn book_step(
                 .await;
             let refund = match requested {
                 Ok(r) => r,
-                Err(StoreError::Conflict(_) | StoreError::InsufficientBalance { .. }) => return,
+                Err(
+                    StoreError::RefundExceedsPayment { .. }
+                    | StoreError::PaymentNotRefundable { .. }
+                    | StoreError::InsufficientBalance { .. },
+                ) => return,
                 Err(e) => panic!("refund of {purchase_id}: {e}"),
             };
             app.store
