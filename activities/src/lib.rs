@@ -1,6 +1,7 @@
 //! Activity implementations: the I/O behind the workflows' steps. Every activity is idempotent,
 //! because Temporal retries it.
 
+pub mod errors;
 pub mod health;
 pub mod mail;
 pub mod metrics;
@@ -13,7 +14,6 @@ pub mod topup;
 
 use std::sync::Arc;
 
-use temporalio_common::error::ApplicationFailure;
 use temporalio_sdk::activities::ActivityError;
 
 use store::Store;
@@ -88,23 +88,6 @@ pub fn message_id(key: &str) -> String {
     format!("{local}@creditflow")
 }
 
-/// An error Temporal should retry (the database or a service was unavailable).
-pub(crate) fn retryable(e: impl std::fmt::Display) -> ActivityError {
-    ActivityError::from(anyhow::anyhow!("{e}"))
-}
-
-/// A payment error as an activity error: a refused request is not retried.
-pub(crate) fn payment_error(e: payments::PaymentError) -> ActivityError {
-    match e {
-        payments::PaymentError::Refused(m) => {
-            ActivityError::application(ApplicationFailure::non_retryable(m))
-        }
-        payments::PaymentError::Unavailable(m) | payments::PaymentError::ServerError(m) => {
-            retryable(m)
-        }
-    }
-}
-
 /// Runs a processor call under its operation's Idempotency-Key (`base`: ours, from our ids), by
 /// the processor's replay rules. The processor saves the answer to a key once its endpoint ran,
 /// a 5xx too, and replays it for 24 hours, so a key that got a 5xx can only get that 5xx again.
@@ -124,7 +107,7 @@ pub(crate) async fn processor_call<T>(
         .processor_keys()
         .processor_key(base)
         .await
-        .map_err(retryable)?;
+        .map_err(errors::classify)?;
     if key.server_error || key.stale {
         match find().await {
             Ok(Some(found)) => return Ok(Ok(found)),
@@ -133,7 +116,7 @@ pub(crate) async fn processor_call<T>(
                     .processor_keys()
                     .next_processor_key(base, key.generation)
                     .await
-                    .map_err(retryable)?;
+                    .map_err(errors::classify)?;
             }
             Ok(None) => {}
             Err(e) => return Ok(Err(e)),
@@ -145,7 +128,7 @@ pub(crate) async fn processor_call<T>(
             .processor_keys()
             .processor_server_error(base, key.generation, m)
             .await
-            .map_err(retryable)?;
+            .map_err(errors::classify)?;
     }
     Ok(answer)
 }
@@ -209,7 +192,7 @@ pub async fn mail_once(
         .mail()
         .claim_email(key, &to.join(","), subject)
         .await
-        .map_err(retryable)?
+        .map_err(errors::classify)?
     {
         store::EmailClaim::Done { state, detail } => {
             let detail = detail.unwrap_or_default();
@@ -223,7 +206,11 @@ pub async fn mail_once(
     }
     match mailer.send(&message_id(key), to, subject, body).await {
         Ok(()) => {
-            store.mail().email_sent(key).await.map_err(retryable)?;
+            store
+                .mail()
+                .email_sent(key)
+                .await
+                .map_err(errors::classify)?;
             Ok(Mailed::Sent)
         }
         Err(e @ (mail::MailError::Invalid(_) | mail::MailError::Refused(_))) => {
@@ -232,7 +219,7 @@ pub async fn mail_once(
                 .mail()
                 .email_ended(key, "failed", &detail)
                 .await
-                .map_err(retryable)?;
+                .map_err(errors::classify)?;
             Ok(Mailed::Failed(detail))
         }
         Err(e @ mail::MailError::Timeout(_)) => {
@@ -241,7 +228,7 @@ pub async fn mail_once(
                 .mail()
                 .email_ended(key, "unknown", &detail)
                 .await
-                .map_err(retryable)?;
+                .map_err(errors::classify)?;
             Ok(Mailed::Unknown(detail))
         }
         Err(e @ mail::MailError::Smtp(_)) if attempt >= MAIL_TRIES => {
@@ -250,7 +237,7 @@ pub async fn mail_once(
                 .mail()
                 .email_ended(key, "failed", &detail)
                 .await
-                .map_err(retryable)?;
+                .map_err(errors::classify)?;
             Ok(Mailed::Failed(detail))
         }
         Err(e) => {
@@ -258,8 +245,8 @@ pub async fn mail_once(
                 .mail()
                 .email_not_sent(key, &e.to_string())
                 .await
-                .map_err(retryable)?;
-            Err(retryable(e))
+                .map_err(errors::classify)?;
+            Err(errors::retryable(e))
         }
     }
 }

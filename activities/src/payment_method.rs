@@ -1,17 +1,15 @@
+use crate::errors;
 use std::sync::Arc;
 
 use store::Store;
-use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
-use uuid::Uuid;
 use workflows::{
     payment_method::{SaveSetup, SetupExpiry, SetupInput},
     purchase::CheckoutSession,
 };
 
 use crate::{
-    payment_error,
     payments::{Expired, Payments},
     purchase::CheckoutUrls,
 };
@@ -22,12 +20,6 @@ pub struct SetupActivitiesImpl {
     pub urls: CheckoutUrls,
 }
 
-fn org(s: &str) -> Result<Uuid, ActivityError> {
-    s.parse().map_err(|_| {
-        ActivityError::application(ApplicationFailure::non_retryable(format!("bad org id {s}")))
-    })
-}
-
 #[activities]
 impl SetupActivitiesImpl {
     #[activity(definition = workflows::payment_method::markers::CreateSetupSession)]
@@ -36,7 +28,7 @@ impl SetupActivitiesImpl {
         _ctx: ActivityContext,
         input: SetupInput,
     ) -> Result<CheckoutSession, ActivityError> {
-        let org_id = org(&input.org_id)?;
+        let org_id = errors::id("org", &input.org_id)?;
         let settings = self
             .store
             .settings()
@@ -55,7 +47,7 @@ impl SetupActivitiesImpl {
                 self.payments
                     .create_customer(&input.org_id, &o.name)
                     .await
-                    .map_err(payment_error)?
+                    .map_err(errors::classify)?
             }
         };
         let s = crate::processor_call(
@@ -75,7 +67,7 @@ impl SetupActivitiesImpl {
             },
         )
         .await?
-        .map_err(payment_error)?;
+        .map_err(errors::classify)?;
         Ok(CheckoutSession {
             id: s.id,
             url: s.url,
@@ -92,16 +84,15 @@ impl SetupActivitiesImpl {
             .payments
             .expire_checkout_session(&checkout_session_id)
             .await
-            .map_err(payment_error)?
+            .map_err(errors::classify)?
         {
             Expired::Expired => Ok(SetupExpiry::Expired),
             Expired::AlreadySetUp { setup_intent_id } => {
                 Ok(SetupExpiry::AlreadySetUp { setup_intent_id })
             }
-            Expired::AlreadyPaid { .. } => Err(ActivityError::application(
-                ApplicationFailure::non_retryable(format!(
-                    "{checkout_session_id} is a payment session, not a setup"
-                )),
+            Expired::AlreadyPaid { .. } => Err(errors::refuse(
+                "WrongSessionKind",
+                format!("{checkout_session_id} is a payment session, not a setup"),
             )),
         }
     }
@@ -116,10 +107,15 @@ impl SetupActivitiesImpl {
             .payments
             .setup_intent_payment_method(&s.setup_intent_id)
             .await
-            .map_err(payment_error)?;
+            .map_err(errors::classify)?;
         self.store
             .settings()
-            .save_payment_method(org(&s.org_id)?, customer.as_deref(), &pm, &s.user)
+            .save_payment_method(
+                errors::id("org", &s.org_id)?,
+                customer.as_deref(),
+                &pm,
+                &s.user,
+            )
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(pm)

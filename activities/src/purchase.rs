@@ -1,7 +1,7 @@
+use crate::errors;
 use std::sync::Arc;
 
 use store::Store;
-use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use uuid::Uuid;
@@ -11,7 +11,6 @@ use workflows::purchase::{
 
 use crate::{
     mail::Mailer,
-    payment_error,
     payments::{CheckoutRequest, Expired, Payments, SessionPayment},
 };
 
@@ -77,18 +76,6 @@ pub struct PurchaseActivitiesImpl {
     pub urls: CheckoutUrls,
 }
 
-fn purchase_id(s: &str) -> Result<Uuid, ActivityError> {
-    s.parse().map_err(|_| {
-        ActivityError::application(ApplicationFailure::non_retryable(format!(
-            "bad purchase id {s}"
-        )))
-    })
-}
-
-fn store_error(e: store::StoreError) -> ActivityError {
-    ActivityError::from(anyhow::anyhow!("store: {e}"))
-}
-
 #[activities]
 impl PurchaseActivitiesImpl {
     #[activity(definition = workflows::purchase::markers::CreateCheckoutSession)]
@@ -100,9 +87,9 @@ impl PurchaseActivitiesImpl {
         let p = self
             .store
             .purchases()
-            .purchase(purchase_id(&id)?)
+            .purchase(errors::id("purchase", &id)?)
             .await
-            .map_err(store_error)?;
+            .map_err(errors::classify)?;
         if let (Some(sid), Some(url)) = (&p.checkout_session_id, &p.checkout_url) {
             return Ok(CheckoutSession {
                 id: sid.clone(),
@@ -134,12 +121,12 @@ impl PurchaseActivitiesImpl {
             },
         )
         .await?
-        .map_err(payment_error)?;
+        .map_err(errors::classify)?;
         self.store
             .purchases()
             .set_checkout_session(p.id, &session.id, &session.url)
             .await
-            .map_err(store_error)?;
+            .map_err(errors::classify)?;
         Ok(CheckoutSession {
             id: session.id,
             url: session.url,
@@ -155,15 +142,15 @@ impl PurchaseActivitiesImpl {
         let p = self
             .store
             .purchases()
-            .purchase(purchase_id(&id)?)
+            .purchase(errors::id("purchase", &id)?)
             .await
-            .map_err(store_error)?;
+            .map_err(errors::classify)?;
         let outcome = match &p.checkout_session_id {
             Some(sid) => self
                 .payments
                 .expire_checkout_session(sid)
                 .await
-                .map_err(payment_error)?,
+                .map_err(errors::classify)?,
             None => Expired::Expired,
         };
         Ok(match outcome {
@@ -172,17 +159,16 @@ impl PurchaseActivitiesImpl {
                     .purchases()
                     .end_purchase(p.id, billing::PurchaseState::Expired)
                     .await
-                    .map_err(store_error)?;
+                    .map_err(errors::classify)?;
                 ExpireOutcome::Expired
             }
             Expired::AlreadyPaid { payment_intent_id } => {
                 ExpireOutcome::AlreadyPaid { payment_intent_id }
             }
             Expired::AlreadySetUp { .. } => {
-                return Err(ActivityError::application(
-                    ApplicationFailure::non_retryable(format!(
-                        "the checkout session of purchase {id} is a setup session"
-                    )),
+                return Err(errors::refuse(
+                    "WrongSessionKind",
+                    format!("the checkout session of purchase {id} is a setup session"),
                 ));
             }
         })
@@ -197,9 +183,9 @@ impl PurchaseActivitiesImpl {
         let p = self
             .store
             .purchases()
-            .purchase(purchase_id(&id)?)
+            .purchase(errors::id("purchase", &id)?)
             .await
-            .map_err(store_error)?;
+            .map_err(errors::classify)?;
         // The purchase's own session, whatever session a hint named.
         let Some(sid) = &p.checkout_session_id else {
             return Ok(PaymentCheck::NotPaid {
@@ -210,7 +196,7 @@ impl PurchaseActivitiesImpl {
             .payments
             .session_payment(sid)
             .await
-            .map_err(payment_error)?;
+            .map_err(errors::classify)?;
         let check = judge_payment(p.id, p.package.price, &session);
         match &check {
             PaymentCheck::Pending => self
@@ -221,7 +207,7 @@ impl PurchaseActivitiesImpl {
                     session.payment_intent_id.as_deref().unwrap_or(""),
                 )
                 .await
-                .map_err(store_error)?,
+                .map_err(errors::classify)?,
             PaymentCheck::NotPaid { reason } => {
                 tracing::warn!(purchase = %p.id, session = %sid, %reason, "a payment hint that is not a payment")
             }
@@ -239,9 +225,9 @@ impl PurchaseActivitiesImpl {
         let p = self
             .store
             .purchases()
-            .purchase(purchase_id(&m.purchase_id)?)
+            .purchase(errors::id("purchase", &m.purchase_id)?)
             .await
-            .map_err(store_error)?;
+            .map_err(errors::classify)?;
         let Some(to) = p.receipt_email.clone() else {
             return Ok(());
         };
@@ -273,9 +259,12 @@ impl PurchaseActivitiesImpl {
     ) -> Result<(), ActivityError> {
         self.store
             .purchases()
-            .mark_purchase_paid(purchase_id(&m.purchase_id)?, &m.payment_intent_id)
+            .mark_purchase_paid(
+                errors::id("purchase", &m.purchase_id)?,
+                &m.payment_intent_id,
+            )
             .await
-            .map_err(store_error)
+            .map_err(errors::classify)
     }
 
     #[activity(definition = workflows::purchase::markers::MarkFailed)]
@@ -284,14 +273,14 @@ impl PurchaseActivitiesImpl {
         _ctx: ActivityContext,
         m: MarkFailed,
     ) -> Result<(), ActivityError> {
-        let id = purchase_id(&m.purchase_id)?;
+        let id = errors::id("purchase", &m.purchase_id)?;
         // The purchases table keeps no reason; the log does, for whoever looks into it.
         tracing::warn!(purchase = %id, reason = %m.reason, "purchase failed");
         self.store
             .purchases()
             .end_purchase(id, billing::PurchaseState::Failed)
             .await
-            .map_err(store_error)
+            .map_err(errors::classify)
     }
 
     #[activity(definition = workflows::purchase::markers::GrantCredits)]
@@ -303,9 +292,9 @@ impl PurchaseActivitiesImpl {
         let grant = self
             .store
             .purchases()
-            .grant_purchase(purchase_id(&id)?)
+            .grant_purchase(errors::id("purchase", &id)?)
             .await
-            .map_err(store_error)?;
+            .map_err(errors::classify)?;
         Ok(GrantResult {
             balance_credits: grant.balance.to_string(),
             newly_booked: grant.newly_booked,
@@ -321,9 +310,9 @@ impl PurchaseActivitiesImpl {
         let p = self
             .store
             .purchases()
-            .purchase(purchase_id(&id)?)
+            .purchase(errors::id("purchase", &id)?)
             .await
-            .map_err(store_error)?;
+            .map_err(errors::classify)?;
         let Some(to) = p.receipt_email.clone() else {
             return Ok(());
         };
@@ -333,7 +322,7 @@ impl PurchaseActivitiesImpl {
             .ledger()
             .balance(p.org_id)
             .await
-            .map_err(store_error)?
+            .map_err(errors::classify)?
             .balance;
         use billing::money::display::{credits, money};
         let org = self
@@ -341,7 +330,7 @@ impl PurchaseActivitiesImpl {
             .orgs()
             .get_org(p.org_id)
             .await
-            .map_err(store_error)?;
+            .map_err(errors::classify)?;
         let body = format!(
             "Thank you for your purchase.\n\nOrganization: {} ({})\nPackage: {}\nCredits: {}\nBonus: {}\nPrice: {}\nNew balance: {}\nPurchase: {}\n",
             org.name,

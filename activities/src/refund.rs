@@ -1,30 +1,20 @@
+use crate::errors;
 use std::sync::Arc;
 
 use store::Store;
-use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
-use uuid::Uuid;
 use workflows::refund::ProcessorRefund;
 
 use crate::{
     mail::Mailer,
     payments::{PaymentError, Payments},
-    retryable,
 };
 
 pub struct RefundActivitiesImpl {
     pub store: Store,
     pub payments: Payments,
     pub mailer: Mailer,
-}
-
-fn id(s: &str) -> Result<Uuid, ActivityError> {
-    s.parse().map_err(|_| {
-        ActivityError::application(ApplicationFailure::non_retryable(format!(
-            "bad refund id {s}"
-        )))
-    })
 }
 
 #[activities]
@@ -38,9 +28,9 @@ impl RefundActivitiesImpl {
         let r = self
             .store
             .refunds()
-            .refund(id(&refund_id)?)
+            .refund(errors::id("refund", &refund_id)?)
             .await
-            .map_err(retryable)?;
+            .map_err(errors::classify)?;
         if let Some(done) = r.stripe_refund_id.clone() {
             return Ok(ProcessorRefund::Refunded {
                 stripe_refund_id: done,
@@ -54,7 +44,7 @@ impl RefundActivitiesImpl {
                 .refunds()
                 .refund_failed(r.id, &reason)
                 .await
-                .map_err(retryable)?;
+                .map_err(errors::classify)?;
             return Ok(ProcessorRefund::Refused { reason });
         };
         // A 5xx answer may hide a refund that was made: it is found by our id in its metadata.
@@ -81,7 +71,7 @@ impl RefundActivitiesImpl {
                     .refunds()
                     .refund_refunded(r.id, &stripe_refund_id)
                     .await
-                    .map_err(retryable)?;
+                    .map_err(errors::classify)?;
                 Ok(ProcessorRefund::Refunded { stripe_refund_id })
             }
             Err(PaymentError::Refused(reason)) => {
@@ -89,11 +79,11 @@ impl RefundActivitiesImpl {
                     .refunds()
                     .refund_failed(r.id, &reason)
                     .await
-                    .map_err(retryable)?;
+                    .map_err(errors::classify)?;
                 Ok(ProcessorRefund::Refused { reason })
             }
             Err(e @ (PaymentError::Unavailable(_) | PaymentError::ServerError(_))) => {
-                Err(retryable(e))
+                Err(errors::retryable(e))
             }
         }
     }
@@ -107,9 +97,9 @@ impl RefundActivitiesImpl {
         let balance = self
             .store
             .refunds()
-            .reverse_refund(id(&refund_id)?)
+            .reverse_refund(errors::id("refund", &refund_id)?)
             .await
-            .map_err(retryable)?;
+            .map_err(errors::classify)?;
         Ok(balance.to_string())
     }
 
@@ -122,9 +112,9 @@ impl RefundActivitiesImpl {
         let r = self
             .store
             .refunds()
-            .refund(id(&refund_id)?)
+            .refund(errors::id("refund", &refund_id)?)
             .await
-            .map_err(retryable)?;
+            .map_err(errors::classify)?;
         // A purchase's buyer gets the notice at the receipt address; a topup's at the
         // billing contacts of the org.
         let (to, what) = match (r.purchase_id, r.topup_id) {
@@ -134,7 +124,7 @@ impl RefundActivitiesImpl {
                     .purchases()
                     .purchase(purchase)
                     .await
-                    .map_err(retryable)?;
+                    .map_err(errors::classify)?;
                 (
                     p.receipt_email.into_iter().collect::<Vec<_>>(),
                     format!("purchase {purchase}"),
@@ -146,15 +136,14 @@ impl RefundActivitiesImpl {
                     .settings()
                     .billing_settings(r.org_id)
                     .await
-                    .map_err(retryable)?;
+                    .map_err(errors::classify)?;
                 (s.recipients, format!("auto-topup {topup}"))
             }
             (None, None) => return Ok(()),
         };
-        let currency: billing::Currency = r
-            .currency
-            .parse()
-            .map_err(|_| retryable(format!("refund {} has currency {}", r.id, r.currency)))?;
+        let currency: billing::Currency = r.currency.parse().map_err(|_| {
+            errors::retryable(format!("refund {} has currency {}", r.id, r.currency))
+        })?;
         use billing::money::display::{credits, money};
         let body = format!(
             "We refunded {} of {what}.\nCredits taken back: {} (bonus {}).\nReason: {}\n",

@@ -1,8 +1,8 @@
+use crate::errors;
 use std::sync::Arc;
 
 use billing::summary::Month;
 use store::Store;
-use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use workflows::summary::{PageDone, PageRequest};
@@ -19,17 +19,14 @@ impl SummaryActivitiesImpl {
         _ctx: ActivityContext,
         p: PageRequest,
     ) -> Result<PageDone, ActivityError> {
-        let bad = |what: &str| {
-            ActivityError::application(ApplicationFailure::non_retryable(format!("bad {what}")))
-        };
+        let bad = errors::bad_input;
         let month: Month = p.month.parse().map_err(|_| bad("month"))?;
         // However the workflow was started (the Schedule, the CLI, the Temporal UI), a stored
         // summary is final, so a month that is not over is never stored.
         if !month.is_closed_at(chrono::Utc::now()) {
-            return Err(ActivityError::application(
-                ApplicationFailure::non_retryable(format!(
-                    "{month} is not over yet: only past months are summarised"
-                )),
+            return Err(errors::refuse(
+                "MonthNotOver",
+                format!("{month} is not over yet: only past months are summarised"),
             ));
         }
         let after = p
@@ -43,7 +40,7 @@ impl SummaryActivitiesImpl {
             .summaries()
             .generate_summaries_isolated(month, after, i64::from(p.page_size))
             .await
-            .map_err(|e| ActivityError::from(anyhow::anyhow!("{e}")))?;
+            .map_err(errors::classify)?;
         Ok(PageDone {
             orgs: done.orgs as u32,
             revisions_written: done.revisions_written as u32,

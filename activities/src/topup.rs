@@ -1,3 +1,4 @@
+use crate::errors;
 use std::sync::Arc;
 
 use billing::{
@@ -5,7 +6,6 @@ use billing::{
     topup::{AttemptOutcome, DeclineClass},
 };
 use store::{Store, TopupStart};
-use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use uuid::Uuid;
@@ -17,23 +17,12 @@ use workflows::topup::{
 use crate::{
     mail::Mailer,
     payments::{Charge, PaymentError, Payments},
-    retryable,
 };
 
 pub struct TopupActivitiesImpl {
     pub store: Store,
     pub payments: Payments,
     pub mailer: Mailer,
-}
-
-fn bad_input(what: &str) -> ActivityError {
-    ActivityError::application(ApplicationFailure::non_retryable(format!(
-        "bad input: {what}"
-    )))
-}
-
-fn uuid(s: &str) -> Result<Uuid, ActivityError> {
-    s.parse().map_err(|_| bad_input(s))
 }
 
 #[activities]
@@ -48,9 +37,13 @@ impl TopupActivitiesImpl {
             match self
                 .store
                 .topups()
-                .begin_topup(uuid(&b.org_id)?, b.crossing_seq, b.daily_max)
+                .begin_topup(
+                    errors::id("topup or org", &b.org_id)?,
+                    b.crossing_seq,
+                    b.daily_max,
+                )
                 .await
-                .map_err(retryable)?
+                .map_err(errors::classify)?
             {
                 TopupStart::Charge {
                     topup_id,
@@ -78,8 +71,11 @@ impl TopupActivitiesImpl {
         _ctx: ActivityContext,
         c: ChargeInput,
     ) -> Result<ChargeOutcome, ActivityError> {
-        let topup_id = uuid(&c.topup_id)?;
-        let currency: Currency = c.currency.parse().map_err(|_| bad_input(&c.currency))?;
+        let topup_id = errors::id("topup or org", &c.topup_id)?;
+        let currency: Currency = c
+            .currency
+            .parse()
+            .map_err(|_| errors::bad_input(&c.currency))?;
         // A 5xx answer may hide a charge that was made: it is found by its metadata.
         let charged = crate::processor_call(
             &self.store,
@@ -119,7 +115,7 @@ impl TopupActivitiesImpl {
                         Some(&payment_intent_id),
                     )
                     .await
-                    .map_err(retryable)?;
+                    .map_err(errors::classify)?;
                 ChargeOutcome::Succeeded { payment_intent_id }
             }
             Ok(Charge::Processing { payment_intent_id }) => {
@@ -134,7 +130,7 @@ impl TopupActivitiesImpl {
                         Some(&payment_intent_id),
                     )
                     .await
-                    .map_err(retryable)?;
+                    .map_err(errors::classify)?;
                 ChargeOutcome::Processing { payment_intent_id }
             }
             Ok(Charge::RequiresAction { payment_intent_id }) => {
@@ -149,7 +145,7 @@ impl TopupActivitiesImpl {
                         Some(&payment_intent_id),
                     )
                     .await
-                    .map_err(retryable)?;
+                    .map_err(errors::classify)?;
                 ChargeOutcome::RequiresAction { payment_intent_id }
             }
             Ok(Charge::Declined {
@@ -169,7 +165,7 @@ impl TopupActivitiesImpl {
                         payment_intent_id.as_deref(),
                     )
                     .await
-                    .map_err(retryable)?;
+                    .map_err(errors::classify)?;
                 let code = decline_code.or(code).unwrap_or_else(|| "declined".into());
                 match class {
                     DeclineClass::Soft => ChargeOutcome::SoftDecline { code },
@@ -189,7 +185,7 @@ impl TopupActivitiesImpl {
                         None,
                     )
                     .await
-                    .map_err(retryable)?;
+                    .map_err(errors::classify)?;
                 ChargeOutcome::HardDecline { code: m }
             }
             // No answer from the processor: the charge may have gone through. Temporal retries
@@ -197,7 +193,7 @@ impl TopupActivitiesImpl {
             // so an unanswered charge is never taken for a failed one (nor made twice). A 5xx
             // answer is retried too, by `processor_call`'s rules (find, then a fresh key).
             Err(e @ (PaymentError::Unavailable(_) | PaymentError::ServerError(_))) => {
-                return Err(retryable(e));
+                return Err(errors::retryable(e));
             }
         })
     }
@@ -208,12 +204,12 @@ impl TopupActivitiesImpl {
         _ctx: ActivityContext,
         c: CheckCharge,
     ) -> Result<ChargeOutcome, ActivityError> {
-        let topup_id = uuid(&c.topup_id)?;
+        let topup_id = errors::id("topup or org", &c.topup_id)?;
         let charge = self
             .payments
             .payment_intent_charge(&c.payment_intent_id)
             .await
-            .map_err(crate::payment_error)?;
+            .map_err(errors::classify)?;
         let (outcome, code, decline_code, result) = match charge {
             Charge::Processing { payment_intent_id } => {
                 return Ok(ChargeOutcome::Processing { payment_intent_id });
@@ -256,7 +252,7 @@ impl TopupActivitiesImpl {
                 decline_code.as_deref(),
             )
             .await
-            .map_err(retryable)?;
+            .map_err(errors::classify)?;
         Ok(result)
     }
 
@@ -268,10 +264,13 @@ impl TopupActivitiesImpl {
     ) -> Result<(), ActivityError> {
         self.store
             .topups()
-            .grant_topup(uuid(&g.topup_id)?, &g.payment_intent_id)
+            .grant_topup(
+                errors::id("topup or org", &g.topup_id)?,
+                &g.payment_intent_id,
+            )
             .await
             .map(|_| ())
-            .map_err(retryable)
+            .map_err(errors::classify)
     }
 
     #[activity(definition = workflows::topup::markers::Fail)]
@@ -283,9 +282,9 @@ impl TopupActivitiesImpl {
         let recipients = self
             .store
             .topups()
-            .fail_topup(uuid(&f.topup_id)?, &f.reason)
+            .fail_topup(errors::id("topup or org", &f.topup_id)?, &f.reason)
             .await
-            .map_err(retryable)?;
+            .map_err(errors::classify)?;
         let body = format!(
             "Auto-topup could not charge your saved payment method: {}.\n\n\
              Auto-topup is paused until the payment method is updated. Your balance is not \
@@ -317,7 +316,7 @@ impl TopupActivitiesImpl {
             .settings()
             .billing_settings(row)
             .await
-            .map_err(retryable)?;
+            .map_err(errors::classify)?;
         let body = format!(
             "Your balance fell below the auto-topup threshold, but charging again would exceed \
              the monthly auto-topup cap ({} minor units), so nothing was charged.\n\nTopup: {topup_id}\n",
@@ -342,15 +341,21 @@ impl TopupActivitiesImpl {
         ctx: ActivityContext,
         a: AlertInput,
     ) -> Result<(), ActivityError> {
-        let org = uuid(&a.org_id)?;
+        let org = errors::id("topup or org", &a.org_id)?;
         let settings = self
             .store
             .settings()
             .billing_settings(org)
             .await
-            .map_err(retryable)?;
-        let threshold: Credits = a.threshold.parse().map_err(|_| bad_input(&a.threshold))?;
-        let balance: Credits = a.balance.parse().map_err(|_| bad_input(&a.balance))?;
+            .map_err(errors::classify)?;
+        let threshold: Credits = a
+            .threshold
+            .parse()
+            .map_err(|_| errors::bad_input(&a.threshold))?;
+        let balance: Credits = a
+            .balance
+            .parse()
+            .map_err(|_| errors::bad_input(&a.balance))?;
         let claim = self
             .store
             .alerts()
@@ -364,7 +369,7 @@ impl TopupActivitiesImpl {
                 repeat_after_secs: a.repeat_after_secs,
             })
             .await
-            .map_err(retryable)?;
+            .map_err(errors::classify)?;
         if let store::AlertClaim::Done(state) = claim {
             tracing::info!(org = %org, state, "low-balance alert not mailed");
             return Ok(());
@@ -374,8 +379,13 @@ impl TopupActivitiesImpl {
             .ledger()
             .usage_last_24h(org)
             .await
-            .map_err(retryable)?;
-        let org_row = self.store.orgs().get_org(org).await.map_err(retryable)?;
+            .map_err(errors::classify)?;
+        let org_row = self
+            .store
+            .orgs()
+            .get_org(org)
+            .await
+            .map_err(errors::classify)?;
         let until_zero = if burn.is_positive() && balance.is_positive() {
             let hours = balance.as_decimal() / burn.as_decimal() * rust_decimal::Decimal::from(24);
             format!("about {} hours at that rate", hours.round_dp(1))
@@ -421,12 +431,12 @@ impl TopupActivitiesImpl {
                 mailed.detail(),
             )
             .await
-            .map_err(retryable)
+            .map_err(errors::classify)
     }
 }
 
 /// The org a topup belongs to.
 async fn org_of(store: &Store, topup_id: &str) -> Result<Uuid, ActivityError> {
-    let id = uuid(topup_id)?;
-    store.topups().topup_org(id).await.map_err(retryable)
+    let id = errors::id("topup or org", topup_id)?;
+    store.topups().topup_org(id).await.map_err(errors::classify)
 }

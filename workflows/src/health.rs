@@ -1,10 +1,8 @@
 //! A probe workflow: proves a worker is polling the task queue and can reach its dependencies.
 
-use std::time::Duration;
-
 use temporalio_common::ActivityError;
 use temporalio_macros::{activity_definitions, workflow, workflow_methods};
-use temporalio_sdk::{ActivityOptions, WorkflowContext, WorkflowResult};
+use temporalio_sdk::{WorkflowContext, WorkflowResult};
 
 pub struct HealthActivities;
 
@@ -32,11 +30,7 @@ impl PingWorkflow {
     #[run(name = "ping")]
     pub async fn run(ctx: &mut WorkflowContext<Self>, message: String) -> WorkflowResult<String> {
         let answer = ctx
-            .execute_activity(
-                HealthActivities::ping,
-                message,
-                ActivityOptions::start_to_close_timeout(Duration::from_secs(10)),
-            )
+            .execute_activity(HealthActivities::ping, message, crate::steps::probe())
             .await?;
         Ok(answer)
     }
