@@ -1,5 +1,9 @@
 //! Outcomes of the calls activities make to the outside world, in the process-wide Prometheus
 //! registry that `creditflow` serves (see `workers::metrics`).
+#![allow(
+    clippy::expect_used,
+    reason = "metric definitions are constants: registering one can fail only by a typo, at start"
+)]
 
 use std::sync::LazyLock;
 

@@ -93,7 +93,10 @@ impl KeyCache {
 
     fn get(&self, secret: &str) -> Option<Principal> {
         let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-        let entries = self.entries.lock().expect("key cache lock");
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         entries
             .get(&hash)
             .filter(|(_, at)| at.elapsed() < self.ttl)
@@ -102,7 +105,10 @@ impl KeyCache {
 
     fn put(&self, secret: &str, p: Principal) {
         let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-        let mut entries = self.entries.lock().expect("key cache lock");
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if entries.len() >= KEY_CACHE_MAX {
             entries.clear();
         }
@@ -111,7 +117,10 @@ impl KeyCache {
 
     /// Forgets every cached key (after a revocation).
     pub fn clear(&self) {
-        self.entries.lock().expect("key cache lock").clear();
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
     }
 }
 

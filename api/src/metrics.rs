@@ -1,6 +1,10 @@
 //! The API's Prometheus metrics, kept in the process-wide default registry; `creditflow` serves
 //! that registry on a port of its own (see `workers::metrics`). Recording is a few atomic adds,
 //! cheap enough for the usage hot path.
+#![allow(
+    clippy::expect_used,
+    reason = "metric definitions are constants: registering one can fail only by a typo, at start"
+)]
 
 use std::sync::LazyLock;
 

@@ -46,14 +46,17 @@ impl PriceCache {
     pub fn current(&self) -> Arc<PriceCatalog> {
         self.cached
             .read()
-            .expect("price cache lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .catalog
             .clone()
     }
 
     /// The catalog with the time its last check began.
     pub fn current_checked(&self) -> (Arc<PriceCatalog>, DateTime<Utc>) {
-        let c = self.cached.read().expect("price cache lock");
+        let c = self
+            .cached
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         (c.catalog.clone(), c.checked_at)
     }
 
@@ -61,7 +64,11 @@ impl PriceCache {
     pub async fn refresh(&self, store: &Store) -> Result<(), StoreError> {
         let checked_at = Utc::now();
         let latest = store.prices().latest_price_version().await?;
-        let known = self.cached.read().expect("price cache lock").version;
+        let known = self
+            .cached
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .version;
         let catalog = if latest != known {
             let catalog = Arc::new(store.prices().price_catalog().await?);
             tracing::info!(version = latest, "price catalog reloaded");
@@ -69,7 +76,10 @@ impl PriceCache {
         } else {
             None
         };
-        let mut c = self.cached.write().expect("price cache lock");
+        let mut c = self
+            .cached
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(catalog) = catalog {
             c.version = latest;
             c.catalog = catalog;

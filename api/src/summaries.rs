@@ -96,15 +96,15 @@ async fn summaries_for(
             .await?
     };
     let mut live = live.into_iter();
-    Ok(orgs
-        .iter()
+    orgs.iter()
         .map(|o| {
-            stored
-                .remove(o)
-                .or_else(|| live.next())
-                .expect("one summary per org")
+            stored.remove(o).or_else(|| live.next()).ok_or_else(|| {
+                ApiError::from(store::StoreError::Invariant(format!(
+                    "no summary computed for org {o}"
+                )))
+            })
         })
-        .collect())
+        .collect()
 }
 
 #[derive(Deserialize)]

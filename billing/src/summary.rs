@@ -46,11 +46,16 @@ impl Month {
         }
     }
 
+    #[allow(
+        clippy::expect_used,
+        reason = "a Month is valid by construction (Month::new)"
+    )]
     pub fn first_day(&self) -> NaiveDate {
         NaiveDate::from_ymd_opt(self.year, self.month, 1).expect("a valid month")
     }
 
     /// The first instant of the month.
+    #[allow(clippy::expect_used, reason = "midnight exists on every day")]
     pub fn start(&self) -> DateTime<Utc> {
         Utc.from_utc_datetime(&self.first_day().and_hms_opt(0, 0, 0).expect("midnight"))
     }

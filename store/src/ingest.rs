@@ -13,7 +13,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
-        Arc, Mutex as StdMutex,
+        Arc, Mutex as StdMutex, PoisonError,
         atomic::{AtomicUsize, Ordering},
     },
 };
@@ -79,7 +79,7 @@ struct Shared {
 
 impl Shared {
     fn push(&self, org: Uuid, work: Work) {
-        let mut q = self.queues.lock().expect("ingest queues");
+        let mut q = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
         let queue = q.waiting.entry(org).or_default();
         let first = queue.is_empty();
         queue.push_back(work);
@@ -92,7 +92,7 @@ impl Shared {
 
     /// Work for one transaction: round-robin over the orgs waiting, up to `events_max` events.
     fn take(&self, events_max: usize) -> Vec<Work> {
-        let mut q = self.queues.lock().expect("ingest queues");
+        let mut q = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
         let mut batch = Vec::new();
         let mut events = 0;
         while events < events_max {
@@ -126,7 +126,7 @@ impl Shared {
     }
 
     fn slots_of(&self, org: Uuid) -> Arc<Semaphore> {
-        let mut q = self.queues.lock().expect("ingest queues");
+        let mut q = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
         if q.slots.len() >= SLOTS_KEPT_MAX {
             // Forget the orgs with nothing in flight; they get a fresh semaphore next time.
             let per_org = self.per_org;
@@ -195,6 +195,7 @@ impl Ingestor {
                         // Below the threads that answer reads: a batch may wait a moment, a
                         // balance read should not.
                         // SAFETY: setpriority only changes this thread's nice value.
+                        #[allow(unsafe_code, reason = "the one FFI call: a thread's nice value")]
                         unsafe {
                             libc::setpriority(libc::PRIO_PROCESS, 0, 5);
                         }

@@ -3,6 +3,7 @@
 //!
 //! The services come from the local stack (`scripts/up` writes `.env.local`); each test gets
 //! its own database and, when it runs workflows, its own task queue, so tests run in parallel.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 pub mod proxy;
 pub mod smtp;
@@ -51,7 +52,10 @@ fn load_env() {
                 && std::env::var_os(k).is_none()
             {
                 // SAFETY: runs once, before any test reads the environment.
-                unsafe { std::env::set_var(k, v) };
+                #[allow(unsafe_code, reason = "set_var before the tests' threads read it")]
+                unsafe {
+                    std::env::set_var(k, v)
+                };
             }
         }
     });

@@ -1,6 +1,7 @@
 //! The fault suite: its own binary, whose tests start `creditflow` processes of their own and
 //! break them (SIGKILL), with bounded loops and deadlines. `scripts/test` runs it with the rest.
 //! Needs the local stack (Postgres, Temporal) and the built `creditflow` binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 use std::{
     process::Stdio,

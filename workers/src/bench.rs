@@ -172,6 +172,7 @@ fn accepted_count(reply: &str) -> u64 {
 /// must not outrank the server and Postgres they measure.
 fn lower_priority() {
     // SAFETY: setpriority only changes this thread's nice value.
+    #[allow(unsafe_code, reason = "the one FFI call: a thread's nice value")]
     unsafe {
         libc::setpriority(libc::PRIO_PROCESS, 0, 10);
     }

@@ -3,6 +3,10 @@
 //! and balance-read latency, workflow starts, Stripe and SMTP outcomes), the outbox and webhook
 //! inbox backlogs read at scrape time, and, in a worker, the Temporal SDK's own worker metrics (workflows
 //! completed and failed by type, activity outcomes, poll latency).
+#![allow(
+    clippy::expect_used,
+    reason = "metric definitions are constants: registering one can fail only by a typo, at start"
+)]
 
 use std::{net::SocketAddr, sync::LazyLock, time::Duration};
 
@@ -63,7 +67,10 @@ pub struct MetricsHandle {
 
 impl MetricsHandle {
     pub fn add_sdk_exporter(&self, addr: SocketAddr) {
-        self.sdk.lock().expect("metrics lock").push(addr);
+        self.sdk
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(addr);
     }
 }
 
@@ -122,7 +129,11 @@ async fn scrape(State(s): State<Scrape>) -> impl IntoResponse {
     if let Err(e) = TextEncoder::new().encode(&prometheus::gather(), &mut body) {
         tracing::warn!(error = %e, "metrics: encoding failed");
     }
-    let sdk: Vec<SocketAddr> = s.sdk.lock().expect("metrics lock").clone();
+    let sdk: Vec<SocketAddr> = s
+        .sdk
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     for addr in sdk {
         match s.http.get(format!("http://{addr}/metrics")).send().await {
             Ok(r) => {

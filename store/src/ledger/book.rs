@@ -184,17 +184,19 @@ impl Ledger<'_> {
         }
         let created_at = rows.insert(tx).await?;
         let mut booked = booked.into_iter();
-        let outcomes = transfers
-            .iter()
-            .map(|t| match existing.get(&t.idempotency_key) {
+        let mut outcomes = Vec::with_capacity(transfers.len());
+        for t in transfers {
+            outcomes.push(match existing.get(&t.idempotency_key) {
                 Some(found) => BookOutcome::AlreadyBooked(found.clone()),
                 None => {
-                    let mut b = booked.next().expect("one booked transfer per fresh entry");
+                    let mut b = booked.next().ok_or_else(|| {
+                        StoreError::Invariant("fewer transfers booked than entries".into())
+                    })?;
                     b.created_at = created_at;
                     BookOutcome::Booked(b)
                 }
-            })
-            .collect();
+            });
+        }
 
         let (mut ids, mut credits, mut debits, mut seqs) = (vec![], vec![], vec![], vec![]);
         for (org, sides) in &batch.orgs {

@@ -52,6 +52,7 @@ impl NewRows {
         self.keys.push(t.idempotency_key.clone());
         self.actors.push(t.actor.clone());
         self.reasons.push(t.reason.clone());
+        #[allow(clippy::expect_used, reason = "Refs is plain strings and ids")]
         self.refs
             .push(serde_json::to_value(&t.refs).expect("refs serialize to JSON"));
     }

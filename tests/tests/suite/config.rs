@@ -54,11 +54,20 @@ fn settings_layer_base_then_env_file_then_environment() {
 
     // SAFETY: the variable is set and removed only here; no other test reads or writes it, and
     // the standard library serializes its own environment reads and writes.
-    unsafe { std::env::set_var(FROM_VARIABLE, FROM_ENVIRONMENT) };
+    #[allow(
+        unsafe_code,
+        reason = "one variable, set and removed by this test alone"
+    )]
+    unsafe {
+        std::env::set_var(FROM_VARIABLE, FROM_ENVIRONMENT)
+    };
     let with_env_file = Settings::load(&dir.0, "layering");
     let without_env_file = Settings::load(&dir.0, "no-such-env");
     // SAFETY: as above.
-    unsafe { std::env::remove_var(FROM_VARIABLE) };
+    #[allow(unsafe_code, reason = "as above")]
+    unsafe {
+        std::env::remove_var(FROM_VARIABLE)
+    };
     let settings = with_env_file.unwrap();
     let base_only = without_env_file.unwrap();
 

@@ -1,5 +1,6 @@
 //! The integration suite, one binary (linking the Temporal SDK once is much faster than once per
 //! file). Needs the local stack: `scripts/test` brings it up.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 mod adjustments;
 mod bad_input;

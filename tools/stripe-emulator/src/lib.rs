@@ -6,6 +6,11 @@
 //! both run: the second replays the first's answer. It serves a hosted checkout page per
 //! session, and delivers events to the webhook URL signed as Stripe signs them
 //! (`Stripe-Signature: t=…,v1=…`), retrying on non-2xx. For development and tests only.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "a test double: a poisoned lock or a fixture that does not serialize should crash it"
+)]
 
 use std::{
     collections::HashMap,

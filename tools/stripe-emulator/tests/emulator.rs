@@ -1,5 +1,6 @@
 //! The emulator over real HTTP: `Idempotency-Key` applied once under concurrency, and webhook
 //! deliveries retried until the endpoint answers 2xx.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 use std::{
     sync::{Arc, Mutex},
