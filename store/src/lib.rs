@@ -21,6 +21,7 @@ macro_rules! handle {
 }
 
 pub mod alerts;
+mod clock;
 pub mod disputes;
 mod error;
 pub mod idempotency;
@@ -51,6 +52,7 @@ use sqlx::{
 };
 
 pub use alerts::{AlertClaim, AlertRecord, Alerts, NewAlert};
+pub use clock::Clock;
 pub use disputes::{DisputeReport, Disputes, OpenedDispute};
 pub use error::StoreError;
 pub use idempotency::{Claim, request_hash};
@@ -88,6 +90,8 @@ pub struct Store {
     overdraft_limit: Credits,
     /// Entries of a summary's per-line and per-user breakdowns at most (the rest as `other`).
     breakdown_max: usize,
+    /// The time bookings are made at.
+    clock: Clock,
 }
 
 /// A summary breakdown's entries at most, unless configured otherwise.
@@ -147,6 +151,7 @@ impl Store {
             events_before_sources,
             overdraft_limit: Credits::whole(DEFAULT_OVERDRAFT_LIMIT_CREDITS),
             breakdown_max: DEFAULT_BREAKDOWN_MAX,
+            clock: Clock::Database,
         })
     }
 
@@ -158,7 +163,14 @@ impl Store {
             events_before_sources: self.events_before_sources,
             overdraft_limit: self.overdraft_limit,
             breakdown_max: self.breakdown_max,
+            clock: self.clock.clone(),
         }
+    }
+
+    /// The same store booking at `clock`'s time.
+    pub fn with_clock(mut self, clock: Clock) -> Store {
+        self.clock = clock;
+        self
     }
 
     /// The same store with summary breakdowns of at most `max` entries (the rest as `other`).

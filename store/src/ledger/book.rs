@@ -182,7 +182,7 @@ impl Ledger<'_> {
                 created_at: Utc::now(),
             });
         }
-        let created_at = rows.insert(tx).await?;
+        let created_at = rows.insert(tx, self.clock.booking_time()).await?;
         let mut booked = booked.into_iter();
         let mut outcomes = Vec::with_capacity(transfers.len());
         for t in transfers {

@@ -57,22 +57,24 @@ impl NewRows {
             .push(serde_json::to_value(&t.refs).expect("refs serialize to JSON"));
     }
 
-    /// Inserts all rows in one statement and returns their common `created_at` (the
-    /// transaction's start, which is what the column's default records).
+    /// Inserts all rows in one statement, booked at `at` (the transaction's start when
+    /// `None`), and returns their common `created_at`.
     pub(super) async fn insert(
         &self,
         tx: &mut Transaction<'_, Postgres>,
+        at: Option<DateTime<Utc>>,
     ) -> Result<DateTime<Utc>, StoreError> {
         let created_at = sqlx::query_scalar!(
             r#"WITH inserted AS (
                  INSERT INTO transfers (id, org_id, org_seq, debit_account_id, credit_account_id,
                                         amount, kind, balance_after, idempotency_key, actor,
-                                        reason, refs)
-                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::bigint[],
-                                      $5::bigint[], $6::numeric[], $7::text[], $8::numeric[],
-                                      $9::text[], $10::text[], $11::text[], $12::jsonb[])
+                                        reason, refs, created_at)
+                 SELECT u.*, COALESCE($13, now())
+                   FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::bigint[],
+                               $5::bigint[], $6::numeric[], $7::text[], $8::numeric[],
+                               $9::text[], $10::text[], $11::text[], $12::jsonb[]) AS u
                  RETURNING 1)
-               SELECT now() AS "created_at!""#,
+               SELECT COALESCE($13, now()) AS "created_at!""#,
             &self.ids,
             &self.orgs,
             &self.seqs,
@@ -84,7 +86,8 @@ impl NewRows {
             &self.keys,
             &self.actors,
             &self.reasons,
-            &self.refs
+            &self.refs,
+            at
         )
         .fetch_one(&mut **tx)
         .await?;

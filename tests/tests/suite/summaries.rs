@@ -601,39 +601,14 @@ fn at_text(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// Moves the transfers whose idempotency key matches `key_pattern` (SQL LIKE) to `at`, as if
-/// they had been booked then: the test needs purchases, refunds and adjustments in past months,
-/// and the ledger books at the transaction's time. Transfers are immutable, so the trigger is
-/// lifted for this one UPDATE, inside one transaction of this test's own database, and is back
-/// before it commits.
-async fn backdate(app: &TestApp, key_pattern: &str, at: DateTime<Utc>) {
-    let mut tx = app.store.pool().begin().await.unwrap();
-    sqlx::query("ALTER TABLE transfers DISABLE TRIGGER transfers_no_update_delete")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    let moved = sqlx::query("UPDATE transfers SET created_at = $1 WHERE idempotency_key LIKE $2")
-        .bind(at)
-        .bind(key_pattern)
-        .execute(&mut *tx)
-        .await
-        .unwrap()
-        .rows_affected();
-    sqlx::query("ALTER TABLE transfers ENABLE TRIGGER transfers_no_update_delete")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    assert!(moved > 0, "no transfer matches {key_pattern}");
-}
-
 /// Books one step's movement the way the service does (usage through the API; purchases,
 /// refunds and adjustments through the store functions their workflows and routes call, with
-/// the processor's part skipped) and moves non-usage transfers to the step's time. Movements
+/// the processor's part skipped), non-usage transfers at the step's time on a manual clock. Movements
 /// the ledger refuses (a refund beyond what was paid, or anything but usage taking the balance
 /// below zero) are left out: the expected figures come from the ledger, not from the steps.
 async fn book_step(
     app: &TestApp,
+    clock: &store::Clock,
     orgs: &[TestOrg],
     purchases: &mut [Vec<uuid::Uuid>],
     case: u32,
@@ -641,6 +616,8 @@ async fn book_step(
     step: &Step,
 ) {
     let at = instant(PROP_MONTHS[step.month], step.when);
+    clock.set(at);
+    let booking = app.store.clone().with_clock(clock.clone());
     let org = &orgs[step.org];
     let user = format!("user-{}", i % 3);
     match step.movement {
@@ -663,8 +640,7 @@ async fn book_step(
                 .package((if growth { GROWTH } else { STARTER }).parse().unwrap())
                 .await
                 .unwrap();
-            let (purchase, _) = app
-                .store
+            let (purchase, _) = booking
                 .purchases()
                 .create_purchase(
                     org.id,
@@ -677,17 +653,16 @@ async fn book_step(
                 )
                 .await
                 .unwrap();
-            app.store
+            booking
                 .purchases()
                 .mark_purchase_paid(purchase.id, &format!("pi_c{case}s{i}"))
                 .await
                 .unwrap();
-            app.store
+            booking
                 .purchases()
                 .grant_purchase(purchase.id)
                 .await
                 .unwrap();
-            backdate(app, &format!("purchase:{}:%", purchase.id), at).await;
             purchases[step.org].push(purchase.id);
         }
         Movement::Refund {
@@ -699,8 +674,7 @@ async fn book_step(
                 return;
             }
             let purchase_id = bought[purchase % bought.len()];
-            let requested = app
-                .store
+            let requested = booking
                 .refunds()
                 .request_refund(
                     store::RefundOf::Purchase(purchase_id),
@@ -719,18 +693,16 @@ async fn book_step(
                 ) => return,
                 Err(e) => panic!("refund of {purchase_id}: {e}"),
             };
-            app.store
+            booking
                 .refunds()
                 .refund_refunded(refund.id, &format!("re_c{case}s{i}"))
                 .await
                 .unwrap();
-            app.store.refunds().reverse_refund(refund.id).await.unwrap();
-            backdate(app, &format!("refund:{}:%", refund.id), at).await;
+            booking.refunds().reverse_refund(refund.id).await.unwrap();
         }
         Movement::Adjust { micros } => {
             let key = format!("c{case}-s{i}");
-            let adjusted = app
-                .store
+            let adjusted = booking
                 .ledger()
                 .post_adjustment(
                     org.id,
@@ -741,7 +713,7 @@ async fn book_step(
                 )
                 .await;
             match adjusted {
-                Ok(_) => backdate(app, &format!("adjustment:{}:{key}", org.id), at).await,
+                Ok(_) => {}
                 Err(StoreError::InsufficientBalance { .. }) => {}
                 Err(e) => panic!("adjustment: {e}"),
             }
@@ -889,11 +861,12 @@ fn random_months_of_movements_reconcile_with_the_ledger() {
                         app.create_org(&format!("sum-{n}-b")).await,
                     ];
                     let mut purchases: Vec<Vec<uuid::Uuid>> = vec![Vec::new(), Vec::new()];
+                    let clock = store::Clock::manual(Utc::now());
                     // In time order, so balances move as they would have.
                     let mut ordered: Vec<(usize, &Step)> = steps.iter().enumerate().collect();
                     ordered.sort_by_key(|(_, s)| instant(PROP_MONTHS[s.month], s.when));
                     for (i, s) in ordered {
-                        book_step(&app, &orgs, &mut purchases, n, i, s).await;
+                        book_step(&app, &clock, &orgs, &mut purchases, n, i, s).await;
                     }
                     for month in &months {
                         app.store
