@@ -28,7 +28,7 @@ impl SetupActivitiesImpl {
         _ctx: ActivityContext,
         input: SetupInput,
     ) -> Result<CheckoutSession, ActivityError> {
-        let org_id = errors::id("org", &input.org_id)?;
+        let org_id = input.org_id;
         let settings = self
             .store
             .settings()
@@ -45,7 +45,7 @@ impl SetupActivitiesImpl {
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
                 self.payments
-                    .create_customer(&input.org_id, &o.name)
+                    .create_customer(&input.org_id.to_string(), &o.name)
                     .await
                     .map_err(errors::classify)?
             }
@@ -110,12 +110,7 @@ impl SetupActivitiesImpl {
             .map_err(errors::classify)?;
         self.store
             .settings()
-            .save_payment_method(
-                errors::id("org", &s.org_id)?,
-                customer.as_deref(),
-                &pm,
-                &s.user,
-            )
+            .save_payment_method(s.org_id, customer.as_deref(), &pm, &s.user)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(pm)

@@ -82,12 +82,12 @@ impl PurchaseActivitiesImpl {
     pub async fn create_checkout_session(
         self: Arc<Self>,
         _ctx: ActivityContext,
-        id: String,
+        id: Uuid,
     ) -> Result<CheckoutSession, ActivityError> {
         let p = self
             .store
             .purchases()
-            .purchase(errors::id("purchase", &id)?)
+            .purchase(id)
             .await
             .map_err(errors::classify)?;
         if let (Some(sid), Some(url)) = (&p.checkout_session_id, &p.checkout_url) {
@@ -106,14 +106,14 @@ impl PurchaseActivitiesImpl {
                 self.payments
                     .create_checkout_session(&CheckoutRequest {
                         idempotency_key: key,
-                        client_reference_id: &id,
+                        client_reference_id: &id.to_string(),
                         product_name: &format!("{} credits", p.package.name),
                         price: p.package.price,
                         expires_at_unix: session_expires_at(p.expires_at, chrono::Utc::now()),
                         success_url: &self.urls.success_url,
                         cancel_url: &self.urls.cancel_url,
                         metadata: vec![
-                            ("purchase_id".into(), id.clone()),
+                            ("purchase_id".into(), id.to_string()),
                             ("org_id".into(), p.org_id.to_string()),
                         ],
                     })
@@ -137,12 +137,12 @@ impl PurchaseActivitiesImpl {
     pub async fn expire_checkout_session(
         self: Arc<Self>,
         _ctx: ActivityContext,
-        id: String,
+        id: Uuid,
     ) -> Result<ExpireOutcome, ActivityError> {
         let p = self
             .store
             .purchases()
-            .purchase(errors::id("purchase", &id)?)
+            .purchase(id)
             .await
             .map_err(errors::classify)?;
         let outcome = match &p.checkout_session_id {
@@ -178,12 +178,12 @@ impl PurchaseActivitiesImpl {
     pub async fn check_payment(
         self: Arc<Self>,
         _ctx: ActivityContext,
-        id: String,
+        id: Uuid,
     ) -> Result<PaymentCheck, ActivityError> {
         let p = self
             .store
             .purchases()
-            .purchase(errors::id("purchase", &id)?)
+            .purchase(id)
             .await
             .map_err(errors::classify)?;
         // The purchase's own session, whatever session a hint named.
@@ -225,7 +225,7 @@ impl PurchaseActivitiesImpl {
         let p = self
             .store
             .purchases()
-            .purchase(errors::id("purchase", &m.purchase_id)?)
+            .purchase(m.purchase_id)
             .await
             .map_err(errors::classify)?;
         let Some(to) = p.receipt_email.clone() else {
@@ -259,10 +259,7 @@ impl PurchaseActivitiesImpl {
     ) -> Result<(), ActivityError> {
         self.store
             .purchases()
-            .mark_purchase_paid(
-                errors::id("purchase", &m.purchase_id)?,
-                &m.payment_intent_id,
-            )
+            .mark_purchase_paid(m.purchase_id, &m.payment_intent_id)
             .await
             .map_err(errors::classify)
     }
@@ -273,7 +270,7 @@ impl PurchaseActivitiesImpl {
         _ctx: ActivityContext,
         m: MarkFailed,
     ) -> Result<(), ActivityError> {
-        let id = errors::id("purchase", &m.purchase_id)?;
+        let id = m.purchase_id;
         // The purchases table keeps no reason; the log does, for whoever looks into it.
         tracing::warn!(purchase = %id, reason = %m.reason, "purchase failed");
         self.store
@@ -287,16 +284,16 @@ impl PurchaseActivitiesImpl {
     pub async fn grant_credits(
         self: Arc<Self>,
         _ctx: ActivityContext,
-        id: String,
+        id: Uuid,
     ) -> Result<GrantResult, ActivityError> {
         let grant = self
             .store
             .purchases()
-            .grant_purchase(errors::id("purchase", &id)?)
+            .grant_purchase(id)
             .await
             .map_err(errors::classify)?;
         Ok(GrantResult {
-            balance_credits: grant.balance.to_string(),
+            balance_credits: grant.balance,
             newly_booked: grant.newly_booked,
         })
     }
@@ -305,12 +302,12 @@ impl PurchaseActivitiesImpl {
     pub async fn send_receipt(
         self: Arc<Self>,
         ctx: ActivityContext,
-        id: String,
+        id: Uuid,
     ) -> Result<(), ActivityError> {
         let p = self
             .store
             .purchases()
-            .purchase(errors::id("purchase", &id)?)
+            .purchase(id)
             .await
             .map_err(errors::classify)?;
         let Some(to) = p.receipt_email.clone() else {

@@ -1,5 +1,6 @@
 use crate::errors;
 use std::sync::Arc;
+use uuid::Uuid;
 
 use store::Store;
 use temporalio_macros::activities;
@@ -23,12 +24,12 @@ impl RefundActivitiesImpl {
     pub async fn refund_payment(
         self: Arc<Self>,
         _ctx: ActivityContext,
-        refund_id: String,
+        refund_id: Uuid,
     ) -> Result<ProcessorRefund, ActivityError> {
         let r = self
             .store
             .refunds()
-            .refund(errors::id("refund", &refund_id)?)
+            .refund(refund_id)
             .await
             .map_err(errors::classify)?;
         if let Some(done) = r.stripe_refund_id.clone() {
@@ -55,12 +56,12 @@ impl RefundActivitiesImpl {
                 let listed = self.payments.refunds_of(&pi).await?;
                 Ok(listed
                     .into_iter()
-                    .find(|l| l.ours.as_deref() == Some(refund_id.as_str()))
+                    .find(|l| l.ours.as_deref() == Some(refund_id.to_string().as_str()))
                     .map(|l| l.id))
             },
             async |key: &str| {
                 self.payments
-                    .refund(key, &refund_id, &pi, r.amount_minor)
+                    .refund(key, &refund_id.to_string(), &pi, r.amount_minor)
                     .await
             },
         )
@@ -92,12 +93,12 @@ impl RefundActivitiesImpl {
     pub async fn reverse_credits(
         self: Arc<Self>,
         _ctx: ActivityContext,
-        refund_id: String,
+        refund_id: Uuid,
     ) -> Result<String, ActivityError> {
         let balance = self
             .store
             .refunds()
-            .reverse_refund(errors::id("refund", &refund_id)?)
+            .reverse_refund(refund_id)
             .await
             .map_err(errors::classify)?;
         Ok(balance.to_string())
@@ -107,12 +108,12 @@ impl RefundActivitiesImpl {
     pub async fn notify(
         self: Arc<Self>,
         ctx: ActivityContext,
-        refund_id: String,
+        refund_id: Uuid,
     ) -> Result<(), ActivityError> {
         let r = self
             .store
             .refunds()
-            .refund(errors::id("refund", &refund_id)?)
+            .refund(refund_id)
             .await
             .map_err(errors::classify)?;
         // A purchase's buyer gets the notice at the receipt address; a topup's at the

@@ -1,7 +1,6 @@
 use crate::errors;
 use std::sync::Arc;
 
-use billing::summary::Month;
 use store::Store;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
@@ -19,8 +18,7 @@ impl SummaryActivitiesImpl {
         _ctx: ActivityContext,
         p: PageRequest,
     ) -> Result<PageDone, ActivityError> {
-        let bad = errors::bad_input;
-        let month: Month = p.month.parse().map_err(|_| bad("month"))?;
+        let month = p.month;
         // However the workflow was started (the Schedule, the CLI, the Temporal UI), a stored
         // summary is final, so a month that is not over is never stored.
         if !month.is_closed_at(chrono::Utc::now()) {
@@ -29,12 +27,7 @@ impl SummaryActivitiesImpl {
                 format!("{month} is not over yet: only past months are summarised"),
             ));
         }
-        let after = p
-            .after_org
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(|_| bad("org id"))?;
+        let after = p.after_org;
         let done = self
             .store
             .summaries()
@@ -45,8 +38,8 @@ impl SummaryActivitiesImpl {
             orgs: done.orgs as u32,
             revisions_written: done.revisions_written as u32,
             later_revisions_written: done.later_revisions_written as u32,
-            last_org: done.last_org.map(|o| o.to_string()),
-            failed_orgs: done.failed_orgs.iter().map(|o| o.to_string()).collect(),
+            last_org: done.last_org,
+            failed_orgs: done.failed_orgs,
         })
     }
 }

@@ -2,7 +2,7 @@ use crate::errors;
 use std::sync::Arc;
 
 use billing::{
-    Credits, Currency, Money,
+    Currency, Money,
     topup::{AttemptOutcome, DeclineClass},
 };
 use store::{Store, TopupStart};
@@ -37,11 +37,7 @@ impl TopupActivitiesImpl {
             match self
                 .store
                 .topups()
-                .begin_topup(
-                    errors::id("topup or org", &b.org_id)?,
-                    b.crossing_seq,
-                    b.daily_max,
-                )
+                .begin_topup(b.org_id, b.crossing_seq, b.daily_max)
                 .await
                 .map_err(errors::classify)?
             {
@@ -51,16 +47,14 @@ impl TopupActivitiesImpl {
                     customer,
                     payment_method,
                 } => TopupPlan::Charge {
-                    topup_id: topup_id.to_string(),
+                    topup_id,
                     amount_minor: package.price.amount_minor,
                     currency: package.price.currency.code().to_string(),
                     customer,
                     payment_method,
                 },
                 TopupStart::Skipped { reason, .. } => TopupPlan::Skipped { reason },
-                TopupStart::Capped { topup_id, .. } => TopupPlan::Capped {
-                    topup_id: topup_id.to_string(),
-                },
+                TopupStart::Capped { topup_id, .. } => TopupPlan::Capped { topup_id },
             },
         )
     }
@@ -71,7 +65,7 @@ impl TopupActivitiesImpl {
         _ctx: ActivityContext,
         c: ChargeInput,
     ) -> Result<ChargeOutcome, ActivityError> {
-        let topup_id = errors::id("topup or org", &c.topup_id)?;
+        let topup_id = c.topup_id;
         let currency: Currency = c
             .currency
             .parse()
@@ -82,7 +76,7 @@ impl TopupActivitiesImpl {
             &format!("topup-{}-{}", c.topup_id, c.attempt),
             async || {
                 self.payments
-                    .find_topup_charge(c.customer.as_deref(), &c.topup_id, c.attempt)
+                    .find_topup_charge(c.customer.as_deref(), &c.topup_id.to_string(), c.attempt)
                     .await
             },
             async |key: &str| {
@@ -93,7 +87,7 @@ impl TopupActivitiesImpl {
                         c.customer.as_deref(),
                         &c.payment_method,
                         vec![
-                            ("topup_id".into(), c.topup_id.clone()),
+                            ("topup_id".into(), c.topup_id.to_string()),
                             ("attempt".into(), c.attempt.to_string()),
                         ],
                     )
@@ -204,7 +198,7 @@ impl TopupActivitiesImpl {
         _ctx: ActivityContext,
         c: CheckCharge,
     ) -> Result<ChargeOutcome, ActivityError> {
-        let topup_id = errors::id("topup or org", &c.topup_id)?;
+        let topup_id = c.topup_id;
         let charge = self
             .payments
             .payment_intent_charge(&c.payment_intent_id)
@@ -264,10 +258,7 @@ impl TopupActivitiesImpl {
     ) -> Result<(), ActivityError> {
         self.store
             .topups()
-            .grant_topup(
-                errors::id("topup or org", &g.topup_id)?,
-                &g.payment_intent_id,
-            )
+            .grant_topup(g.topup_id, &g.payment_intent_id)
             .await
             .map(|_| ())
             .map_err(errors::classify)
@@ -282,7 +273,7 @@ impl TopupActivitiesImpl {
         let recipients = self
             .store
             .topups()
-            .fail_topup(errors::id("topup or org", &f.topup_id)?, &f.reason)
+            .fail_topup(f.topup_id, &f.reason)
             .await
             .map_err(errors::classify)?;
         let body = format!(
@@ -308,9 +299,9 @@ impl TopupActivitiesImpl {
     pub async fn notify_capped(
         self: Arc<Self>,
         ctx: ActivityContext,
-        topup_id: String,
+        topup_id: Uuid,
     ) -> Result<(), ActivityError> {
-        let row = org_of(&self.store, &topup_id).await?;
+        let row = org_of(&self.store, topup_id).await?;
         let settings = self
             .store
             .settings()
@@ -341,21 +332,14 @@ impl TopupActivitiesImpl {
         ctx: ActivityContext,
         a: AlertInput,
     ) -> Result<(), ActivityError> {
-        let org = errors::id("topup or org", &a.org_id)?;
+        let org = a.org_id;
         let settings = self
             .store
             .settings()
             .billing_settings(org)
             .await
             .map_err(errors::classify)?;
-        let threshold: Credits = a
-            .threshold
-            .parse()
-            .map_err(|_| errors::bad_input(&a.threshold))?;
-        let balance: Credits = a
-            .balance
-            .parse()
-            .map_err(|_| errors::bad_input(&a.balance))?;
+        let (threshold, balance) = (a.threshold, a.balance);
         let claim = self
             .store
             .alerts()
@@ -436,7 +420,10 @@ impl TopupActivitiesImpl {
 }
 
 /// The org a topup belongs to.
-async fn org_of(store: &Store, topup_id: &str) -> Result<Uuid, ActivityError> {
-    let id = errors::id("topup or org", topup_id)?;
-    store.topups().topup_org(id).await.map_err(errors::classify)
+async fn org_of(store: &Store, topup_id: Uuid) -> Result<Uuid, ActivityError> {
+    store
+        .topups()
+        .topup_org(topup_id)
+        .await
+        .map_err(errors::classify)
 }

@@ -464,7 +464,7 @@ pub async fn start_payment_method_setup(
     let setup_id = Uuid::now_v7().to_string();
     let input = SetupInput {
         setup_id: setup_id.clone(),
-        org_id: org_id.to_string(),
+        org_id,
         user,
         expires_after_secs: state.checkout_expiry.as_secs().max(1),
     };

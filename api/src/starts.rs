@@ -47,17 +47,19 @@ pub async fn start_purchase(
     limit: Duration,
 ) -> Result<(), String> {
     let input = PurchaseInput {
-        purchase_id: purchase_id.to_string(),
-        org_id: org_id.to_string(),
+        purchase_id,
+        org_id,
         expires_after_secs: expires_after_secs.max(1),
         funds_recheck_secs: None,
     };
-    let options =
-        WorkflowStartOptions::new(task_queue.to_string(), workflow_id(&input.purchase_id))
-            .search_attributes(SearchAttributes::new([
-                workflows::ORG_ID.value_set(input.org_id.clone())
-            ]))
-            .build();
+    let options = WorkflowStartOptions::new(
+        task_queue.to_string(),
+        workflow_id(&input.purchase_id.to_string()),
+    )
+    .search_attributes(SearchAttributes::new([
+        workflows::ORG_ID.value_set(input.org_id.to_string())
+    ]))
+    .build();
     bounded(limit, async {
         started(
             "purchase_checkout",
@@ -90,11 +92,7 @@ pub async fn start_refund(
         started(
             "refund",
             temporal
-                .start_workflow(
-                    workflows::refund::RefundWorkflow::run,
-                    refund_id.to_string(),
-                    options,
-                )
+                .start_workflow(workflows::refund::RefundWorkflow::run, refund_id, options)
                 .await
                 .map(|_| ()),
         )

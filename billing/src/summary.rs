@@ -224,3 +224,18 @@ mod tests {
         assert_eq!(m.closing().unwrap(), Credits::whole(102));
     }
 }
+
+/// `Month` as `YYYY-MM` text, for payloads that carry it so (`#[serde(with = "month_text")]`).
+pub mod month_text {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use super::Month;
+
+    pub fn serialize<S: Serializer>(m: &Month, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(m)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Month, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+}

@@ -248,7 +248,7 @@ impl Dispatcher {
         let started = match c.purpose {
             ThresholdPurpose::AutoTopup => {
                 let input = TopupInput {
-                    org_id: org.clone(),
+                    org_id: row.org_id,
                     crossing_seq: seq,
                     attempts_max: self.topup.attempts_max,
                     backoff_initial_secs: self.topup.backoff_initial_secs,
@@ -284,11 +284,11 @@ impl Dispatcher {
             ThresholdPurpose::Alert => {
                 let threshold_id = c.threshold_id;
                 let input = AlertInput {
-                    org_id: org.clone(),
+                    org_id: row.org_id,
                     threshold_id,
                     crossing_seq: seq,
-                    threshold: c.threshold.to_string(),
-                    balance: c.balance.to_string(),
+                    threshold: c.threshold,
+                    balance: c.balance,
                     repeat_after_secs: self.topup.alert_repeat_after_secs,
                 };
                 let options = WorkflowStartOptions::new(

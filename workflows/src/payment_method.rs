@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use temporalio_common::ActivityError;
 use temporalio_macros::{activity_definitions, workflow, workflow_methods};
 use temporalio_sdk::{SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult};
+use uuid::Uuid;
 
 use crate::purchase::CheckoutSession;
 
@@ -19,7 +20,7 @@ pub fn workflow_id(setup_id: &str) -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SetupInput {
     pub setup_id: String,
-    pub org_id: String,
+    pub org_id: Uuid,
     /// Who consents to off-session charges.
     pub user: String,
     pub expires_after_secs: u64,
@@ -34,7 +35,7 @@ pub struct SetupCompleted {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SaveSetup {
-    pub org_id: String,
+    pub org_id: Uuid,
     pub user: String,
     pub setup_intent_id: String,
 }

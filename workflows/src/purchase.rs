@@ -6,7 +6,7 @@
 use crate::steps;
 use std::time::Duration;
 
-use billing::PurchaseState;
+use billing::{Credits, PurchaseState};
 use serde::{Deserialize, Serialize};
 use temporalio_common::{
     ActivityError,
@@ -14,6 +14,7 @@ use temporalio_common::{
 };
 use temporalio_macros::{activity_definitions, workflow, workflow_methods};
 use temporalio_sdk::{SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult};
+use uuid::Uuid;
 
 /// The workflow id of a purchase: one workflow per purchase, so a start is idempotent.
 pub fn workflow_id(purchase_id: &str) -> String {
@@ -22,8 +23,8 @@ pub fn workflow_id(purchase_id: &str) -> String {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PurchaseInput {
-    pub purchase_id: String,
-    pub org_id: String,
+    pub purchase_id: Uuid,
+    pub org_id: Uuid,
     /// How long the buyer has to pay before the session is expired.
     pub expires_after_secs: u64,
     /// How long a payment that settles later (bank debits) is waited for before the processor
@@ -65,14 +66,14 @@ pub enum ExpireOutcome {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MarkPaid {
-    pub purchase_id: String,
+    pub purchase_id: Uuid,
     pub payment_intent_id: String,
 }
 
 /// Ends a purchase that cannot go on as `failed`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MarkFailed {
-    pub purchase_id: String,
+    pub purchase_id: Uuid,
     /// Which step failed and why (for the log; the purchase keeps only its state).
     pub reason: String,
 }
@@ -94,7 +95,7 @@ pub enum PaymentCheck {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GrantResult {
-    pub balance_credits: String,
+    pub balance_credits: Credits,
     pub newly_booked: bool,
 }
 
@@ -104,13 +105,13 @@ pub struct PurchaseActivities;
 impl PurchaseActivities {
     /// Creates (or finds) the purchase's Checkout Session and records its URL.
     #[activity(name = "purchase.create_checkout_session")]
-    pub fn create_checkout_session(_purchase_id: String) -> Result<CheckoutSession, ActivityError> {
+    pub fn create_checkout_session(_purchase_id: Uuid) -> Result<CheckoutSession, ActivityError> {
         unimplemented!()
     }
 
     /// Expires the session; reports a payment that beat the expiry.
     #[activity(name = "purchase.expire_checkout_session")]
-    pub fn expire_checkout_session(_purchase_id: String) -> Result<ExpireOutcome, ActivityError> {
+    pub fn expire_checkout_session(_purchase_id: Uuid) -> Result<ExpireOutcome, ActivityError> {
         unimplemented!()
     }
 
@@ -121,13 +122,13 @@ impl PurchaseActivities {
 
     /// Books base credits and bonus in one transaction, idempotent on the purchase.
     #[activity(name = "purchase.grant_credits")]
-    pub fn grant_credits(_purchase_id: String) -> Result<GrantResult, ActivityError> {
+    pub fn grant_credits(_purchase_id: Uuid) -> Result<GrantResult, ActivityError> {
         unimplemented!()
     }
 
     /// E-mails the receipt once.
     #[activity(name = "purchase.send_receipt")]
-    pub fn send_receipt(_purchase_id: String) -> Result<(), ActivityError> {
+    pub fn send_receipt(_purchase_id: Uuid) -> Result<(), ActivityError> {
         unimplemented!()
     }
 
@@ -135,7 +136,7 @@ impl PurchaseActivities {
     /// names) and checks status, amount, currency and reference against the purchase; a pending
     /// payment moves the purchase to `awaiting_funds`.
     #[activity(name = "purchase.check_payment")]
-    pub fn check_payment(_purchase_id: String) -> Result<PaymentCheck, ActivityError> {
+    pub fn check_payment(_purchase_id: Uuid) -> Result<PaymentCheck, ActivityError> {
         unimplemented!()
     }
 
@@ -175,7 +176,7 @@ pub struct PurchaseWorkflow {
 /// cancellation is passed on as is.
 async fn end_failed(
     ctx: &WorkflowContext<PurchaseWorkflow>,
-    purchase_id: &str,
+    purchase_id: Uuid,
     what: &str,
     error: ActivityExecutionError,
 ) -> WorkflowResult<PurchaseState> {
@@ -183,7 +184,7 @@ async fn end_failed(
         return Err(error.into());
     }
     let mark = MarkFailed {
-        purchase_id: purchase_id.to_string(),
+        purchase_id,
         reason: format!("{what}: {error}"),
     };
     ctx.execute_activity(PurchaseActivities::mark_failed, mark, steps::store())
@@ -200,17 +201,17 @@ impl PurchaseWorkflow {
         input: PurchaseInput,
     ) -> WorkflowResult<PurchaseState> {
         ctx.state_mut(|s| s.state = Some(PurchaseState::AwaitingPayment));
-        let id = input.purchase_id.clone();
+        let id = input.purchase_id;
         if let Err(e) = ctx
             .execute_activity(
                 PurchaseActivities::create_checkout_session,
-                id.clone(),
+                id,
                 steps::processor(),
             )
             .await
         {
             // No session, so no money can have moved: the purchase ends here, as failed.
-            return end_failed(ctx, &id, "creating the checkout session", e).await;
+            return end_failed(ctx, id, "creating the checkout session", e).await;
         }
 
         if ctx.patched(VERIFY_PATCH) {
@@ -228,7 +229,7 @@ impl PurchaseWorkflow {
             match ctx
                 .execute_activity(
                     PurchaseActivities::expire_checkout_session,
-                    id.clone(),
+                    id,
                     steps::processor(),
                 )
                 .await?
@@ -278,7 +279,7 @@ async fn checked_payment(
     ctx: &mut WorkflowContext<PurchaseWorkflow>,
     input: &PurchaseInput,
 ) -> WorkflowResult<PurchaseState> {
-    let id = input.purchase_id.clone();
+    let id = input.purchase_id;
     let expires_at = now_secs(ctx) + input.expires_after_secs;
     let recheck = input
         .funds_recheck_secs
@@ -305,7 +306,7 @@ async fn checked_payment(
             match ctx
                 .execute_activity(
                     PurchaseActivities::expire_checkout_session,
-                    id.clone(),
+                    id,
                     steps::processor(),
                 )
                 .await?
@@ -318,11 +319,7 @@ async fn checked_payment(
             }
         }
         match ctx
-            .execute_activity(
-                PurchaseActivities::check_payment,
-                id.clone(),
-                steps::processor(),
-            )
+            .execute_activity(PurchaseActivities::check_payment, id, steps::processor())
             .await?
         {
             PaymentCheck::Paid { payment_intent_id } => break payment_intent_id,
@@ -332,7 +329,7 @@ async fn checked_payment(
             }
             PaymentCheck::Failed { reason } => {
                 let failed = MarkFailed {
-                    purchase_id: id.clone(),
+                    purchase_id: id,
                     reason,
                 };
                 ctx.execute_activity(
@@ -374,22 +371,18 @@ async fn checked_payment(
 /// be fixed and the workflow reset.
 async fn credit_paid(
     ctx: &mut WorkflowContext<PurchaseWorkflow>,
-    id: String,
+    id: Uuid,
     payment_intent_id: String,
 ) -> WorkflowResult<PurchaseState> {
     let mark = MarkPaid {
-        purchase_id: id.clone(),
+        purchase_id: id,
         payment_intent_id,
     };
     ctx.execute_activity(PurchaseActivities::mark_paid, mark, steps::store())
         .await?;
     ctx.state_mut(|s| s.state = Some(PurchaseState::Paid));
-    ctx.execute_activity(
-        PurchaseActivities::grant_credits,
-        id.clone(),
-        steps::store(),
-    )
-    .await?;
+    ctx.execute_activity(PurchaseActivities::grant_credits, id, steps::store())
+        .await?;
     ctx.state_mut(|s| s.state = Some(PurchaseState::Credited));
     ctx.execute_activity(PurchaseActivities::send_receipt, id, steps::notice())
         .await?;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use temporalio_common::ActivityError;
 use temporalio_macros::{activity_definitions, workflow, workflow_methods};
 use temporalio_sdk::{WorkflowContext, WorkflowResult};
+use uuid::Uuid;
 
 pub fn workflow_id(refund_id: &str) -> String {
     format!("refund-{refund_id}")
@@ -24,19 +25,19 @@ pub struct RefundActivities;
 impl RefundActivities {
     /// Refunds through the processor (idempotency key from the refund id).
     #[activity(name = "refund.processor")]
-    pub fn refund_payment(_refund_id: String) -> Result<ProcessorRefund, ActivityError> {
+    pub fn refund_payment(_refund_id: Uuid) -> Result<ProcessorRefund, ActivityError> {
         unimplemented!()
     }
 
     /// Reverses the credits in the ledger (idempotent on the refund).
     #[activity(name = "refund.reverse_credits")]
-    pub fn reverse_credits(_refund_id: String) -> Result<String, ActivityError> {
+    pub fn reverse_credits(_refund_id: Uuid) -> Result<String, ActivityError> {
         unimplemented!()
     }
 
     /// Tells the buyer, once.
     #[activity(name = "refund.notify")]
-    pub fn notify(_refund_id: String) -> Result<(), ActivityError> {
+    pub fn notify(_refund_id: Uuid) -> Result<(), ActivityError> {
         unimplemented!()
     }
 }
@@ -53,11 +54,11 @@ pub struct RefundWorkflow;
 #[workflow_methods]
 impl RefundWorkflow {
     #[run(name = "refund")]
-    pub async fn run(ctx: &mut WorkflowContext<Self>, refund_id: String) -> WorkflowResult<String> {
+    pub async fn run(ctx: &mut WorkflowContext<Self>, refund_id: Uuid) -> WorkflowResult<String> {
         match ctx
             .execute_activity(
                 RefundActivities::refund_payment,
-                refund_id.clone(),
+                refund_id,
                 steps::processor(),
             )
             .await?
@@ -65,12 +66,8 @@ impl RefundWorkflow {
             ProcessorRefund::Refused { reason } => return Ok(format!("failed: {reason}")),
             ProcessorRefund::Refunded { .. } => {}
         }
-        ctx.execute_activity(
-            RefundActivities::reverse_credits,
-            refund_id.clone(),
-            steps::store(),
-        )
-        .await?;
+        ctx.execute_activity(RefundActivities::reverse_credits, refund_id, steps::store())
+            .await?;
         ctx.execute_activity(RefundActivities::notify, refund_id, steps::notice())
             .await?;
         Ok("reversed".into())

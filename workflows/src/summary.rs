@@ -5,10 +5,12 @@
 
 use crate::steps;
 
+use billing::summary::Month;
 use serde::{Deserialize, Serialize};
-use temporalio_common::ActivityError;
+use temporalio_common::{ActivityError, error::ApplicationFailure};
 use temporalio_macros::{activity_definitions, workflow, workflow_methods};
 use temporalio_sdk::{ContinueAsNewOptions, WorkflowContext, WorkflowContextView, WorkflowResult};
+use uuid::Uuid;
 
 pub const SCHEDULE_ID: &str = "monthly-summaries";
 
@@ -21,7 +23,7 @@ pub struct SummaryInput {
     /// `YYYY-MM`; empty means the month before the one the workflow started in (the schedule).
     pub month: String,
     /// Resume after this org id (set by continue-as-new).
-    pub after_org: Option<String>,
+    pub after_org: Option<Uuid>,
     pub page_size: u32,
     pub pages_per_run: u32,
     /// Totals carried across continue-as-new.
@@ -34,8 +36,9 @@ pub struct SummaryInput {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PageRequest {
-    pub month: String,
-    pub after_org: Option<String>,
+    #[serde(with = "billing::summary::month_text")]
+    pub month: Month,
+    pub after_org: Option<Uuid>,
     pub page_size: u32,
 }
 
@@ -46,11 +49,11 @@ pub struct PageDone {
     /// New revisions of later months already stored, so their openings follow this month.
     #[serde(default)]
     pub later_revisions_written: u32,
-    pub last_org: Option<String>,
+    pub last_org: Option<Uuid>,
     /// Orgs of the page that failed alone: recorded in `summary_failures` and retried alone
     /// through the outbox, so the month goes on without waiting for them.
     #[serde(default)]
-    pub failed_orgs: Vec<String>,
+    pub failed_orgs: Vec<Uuid>,
 }
 
 pub struct SummaryActivities;
@@ -112,9 +115,12 @@ impl MonthlySummaryWorkflow {
         }
         let page_size = input.page_size.max(1);
         for _ in 0..input.pages_per_run.max(1) {
+            let month: Month = input.month.parse().map_err(|e| {
+                ApplicationFailure::non_retryable(format!("month {:?}: {e}", input.month))
+            })?;
             let page = PageRequest {
-                month: input.month.clone(),
-                after_org: input.after_org.clone(),
+                month,
+                after_org: input.after_org,
                 page_size,
             };
             let done = ctx

@@ -4,11 +4,12 @@
 use crate::steps;
 use std::time::Duration;
 
-use billing::topup::TopupState;
+use billing::{Credits, topup::TopupState};
 use serde::{Deserialize, Serialize};
 use temporalio_common::ActivityError;
 use temporalio_macros::{activity_definitions, workflow, workflow_methods};
 use temporalio_sdk::{SyncWorkflowContext, WorkflowContext, WorkflowResult};
+use uuid::Uuid;
 
 pub fn topup_workflow_id(org_id: &str) -> String {
     format!("auto-topup-{org_id}")
@@ -20,7 +21,7 @@ pub fn alert_workflow_id(org_id: &str, threshold_id: i64, crossing_seq: i64) -> 
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TopupInput {
-    pub org_id: String,
+    pub org_id: Uuid,
     pub crossing_seq: i64,
     /// Charge attempts at most (soft declines are retried up to this).
     pub attempts_max: u32,
@@ -45,7 +46,7 @@ pub const SETTLE_GIVE_UP_SECS: u64 = 21 * 24 * 3600;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BeginTopup {
-    pub org_id: String,
+    pub org_id: Uuid,
     pub crossing_seq: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daily_max: Option<u32>,
@@ -62,7 +63,7 @@ pub struct ChargeSettled {
 /// A processing charge to look at again.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckCharge {
-    pub topup_id: String,
+    pub topup_id: Uuid,
     pub attempt: u32,
     pub payment_intent_id: String,
 }
@@ -70,7 +71,7 @@ pub struct CheckCharge {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum TopupPlan {
     Charge {
-        topup_id: String,
+        topup_id: Uuid,
         amount_minor: i64,
         currency: String,
         customer: Option<String>,
@@ -80,13 +81,13 @@ pub enum TopupPlan {
         reason: String,
     },
     Capped {
-        topup_id: String,
+        topup_id: Uuid,
     },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChargeInput {
-    pub topup_id: String,
+    pub topup_id: Uuid,
     pub attempt: u32,
     pub amount_minor: i64,
     pub currency: String,
@@ -117,23 +118,23 @@ pub enum ChargeOutcome {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GrantTopup {
-    pub topup_id: String,
+    pub topup_id: Uuid,
     pub payment_intent_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FailTopup {
-    pub topup_id: String,
+    pub topup_id: Uuid,
     pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AlertInput {
-    pub org_id: String,
+    pub org_id: Uuid,
     pub threshold_id: i64,
     pub crossing_seq: i64,
-    pub threshold: String,
-    pub balance: String,
+    pub threshold: Credits,
+    pub balance: Credits,
     /// See the worker's `alerts.repeat_after_secs` (absent in older histories: no limit).
     #[serde(default)]
     pub repeat_after_secs: u64,
@@ -174,7 +175,7 @@ impl TopupActivities {
 
     /// E-mails the recipients once that the monthly cap stopped a charge.
     #[activity(name = "topup.notify_capped")]
-    pub fn notify_capped(_topup_id: String) -> Result<(), ActivityError> {
+    pub fn notify_capped(_topup_id: Uuid) -> Result<(), ActivityError> {
         unimplemented!()
     }
 
@@ -205,7 +206,7 @@ impl AutoTopupWorkflow {
         input: TopupInput,
     ) -> WorkflowResult<TopupState> {
         let begin = BeginTopup {
-            org_id: input.org_id.clone(),
+            org_id: input.org_id,
             crossing_seq: input.crossing_seq,
             daily_max: input.daily_max,
         };
@@ -232,7 +233,7 @@ impl AutoTopupWorkflow {
         let mut last = String::new();
         for attempt in 1..=attempts_max {
             let charge = ChargeInput {
-                topup_id: topup_id.clone(),
+                topup_id,
                 attempt,
                 amount_minor,
                 currency: currency.clone(),
@@ -263,7 +264,7 @@ impl AutoTopupWorkflow {
                 };
                 seen = ctx.state(|s| s.hints);
                 let check = CheckCharge {
-                    topup_id: topup_id.clone(),
+                    topup_id,
                     attempt,
                     payment_intent_id: payment_intent_id.clone(),
                 };
