@@ -173,3 +173,9 @@ impl From<StoreError> for ApiError {
         }
     }
 }
+
+impl From<billing::BillingError> for ApiError {
+    fn from(e: billing::BillingError) -> Self {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string())
+    }
+}

@@ -8,14 +8,18 @@ mod health;
 mod ledger;
 pub mod metrics;
 mod orgs;
+mod packages;
 mod pages;
+pub mod payment_method;
 pub mod prices;
 pub mod pricing;
 pub mod purchases;
+pub mod refunds;
 mod settings;
 pub mod starts;
 mod summaries;
 pub mod usage;
+pub mod webhooks;
 
 use std::time::Duration;
 
@@ -283,15 +287,15 @@ pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
         )
         .route(
             "/v1/packages",
-            get(purchases::list_packages).post(purchases::create_package),
+            get(packages::list_packages).post(packages::create_package),
         )
         .route(
             "/v1/packages/{id}",
-            axum::routing::put(purchases::put_package),
+            axum::routing::put(packages::put_package),
         )
         .route("/v1/purchases", post(purchases::create_purchase))
         .route("/v1/purchases/{id}", get(purchases::get_purchase))
-        .route("/v1/webhooks/stripe", post(purchases::stripe_webhook))
+        .route("/v1/webhooks/stripe", post(webhooks::stripe_webhook))
         .route(
             "/v1/orgs/{org}/billing-settings",
             get(settings::get_settings).put(settings::put_settings),
@@ -302,18 +306,18 @@ pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
         )
         .route(
             "/v1/orgs/{org}/payment-method/setup",
-            post(purchases::start_payment_method_setup),
+            post(payment_method::start_payment_method_setup),
         )
         .route("/v1/orgs/{org}/topups", get(settings::topups))
         .route("/v1/orgs/{org}/alerts", get(settings::alerts))
         .route("/v1/summaries", get(summaries::list))
         .route(
             "/v1/purchases/{id}/refunds",
-            get(purchases::list_refunds).post(purchases::create_refund),
+            get(refunds::list_refunds).post(refunds::create_refund),
         )
         .route(
             "/v1/topups/{id}/refunds",
-            get(purchases::list_topup_refunds).post(purchases::create_topup_refund),
+            get(refunds::list_topup_refunds).post(refunds::create_topup_refund),
         )
         .route("/v1/orgs/{org}/summaries/{month}", get(summaries::one))
         .fallback(|| async { ApiError::not_found("no_route", "no such route") })

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use api::{purchases::parse_webhook, usage::validate};
+use api::{usage::validate, webhooks::parse_webhook};
 use axum::http::{HeaderMap, HeaderValue};
 use billing::Credits;
 use hmac::{Hmac, Mac};

@@ -279,11 +279,11 @@ async fn main() -> anyhow::Result<()> {
             let key = key.unwrap_or_else(|| format!("cli-{}", uuid::Uuid::now_v7()));
             // Printed first: a retry after an error must reuse it (--key) to refund only once.
             eprintln!("idempotency key: {key}");
-            let body = api::purchases::RefundBody {
+            let body = api::refunds::RefundBody {
                 amount_minor: Some(amount_minor),
                 reason: Some(reason),
             };
-            let refund = api::purchases::start_refund(
+            let refund = api::refunds::start_refund(
                 &store,
                 &temporal,
                 &settings.temporal.task_queue,
@@ -304,13 +304,13 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 refund
             };
-            println!("{}", api::purchases::refund_json(&refund));
+            println!("{}", api::refunds::refund_json(&refund));
         }
         Command::Refunds(RefundsCommand::Show { id }) => {
             let store = app::connect_store(&settings).await?;
             println!(
                 "{}",
-                api::purchases::refund_json(&store.refunds().refund(id).await?)
+                api::refunds::refund_json(&store.refunds().refund(id).await?)
             );
         }
         Command::Prices(PricesCommand::Publish { file, operator }) => {

@@ -1,263 +1,23 @@
-//! `POST /v1/usage`: a batch of 1 to 1,000 usage events from an org key with `usage:write`, as
-//! JSON (`{"events": [...]}`) or as CloudEvents in any content mode ([`crate::cloudevents`]).
-//!
-//! An event is identified by (org, source, id). JSON events may name their `source`; one that
-//! does not is recorded under the key's default source (the first of its sources, or
-//! `default` for a key not limited to sources). A key limited to sources may report only for
-//! them, so one key cannot take another's ids, while a retry through a rotated key of the same
-//! source is still a duplicate.
-//!
-//! Each event is validated and rated here, with no database work; the valid ones go to the
-//! coalescing writer ([`store::Ingestor`]) and are committed with other requests' events in
-//! one transaction. Valid events are recorded even when others in the batch are refused.
+//! Reading a usage request: JSON batches and CloudEvents (batch, structured, binary) into
+//! events, each judged on its own (a rejection names its field and code).
 
 use std::collections::BTreeMap;
 
-use axum::{
-    Json as AxumJson,
-    body::Body,
-    extract::State,
-    http::{HeaderMap, StatusCode, header},
-};
+use axum::http::{HeaderMap, StatusCode, header};
 use billing::{
     Credits,
-    pricing::{PriceCatalog, Resource},
+    pricing::Resource,
     usage::{self, AiTokens, InfraUsage, Rejection, Usage, UsageEvent, limits},
 };
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
-use serde_json::{Map, Value, json};
-use store::{EventOutcome, Principal, RatedEvent, Recorded, Scope, UsageJob};
+use serde_json::{Map, Value};
+use store::Principal;
 
 use crate::{
-    AppState, Caller,
     cloudevents::{self, Mapped},
     error::ApiError,
-    metrics,
 };
-
-/// The body limit of this route: 1,000 events with labels fit well inside it.
-pub const USAGE_BODY_LIMIT_BYTES: usize = 4 * 1024 * 1024;
-
-/// The unit in which usage bytes in flight are counted.
-pub const BYTES_PER_PERMIT: usize = 1024;
-
-/// Batches parsed at once (each on a blocking thread).
-const PARSE_THREADS: usize = 1;
-static PARSE_PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PARSE_THREADS);
-
-pub async fn ingest(
-    State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
-    let principal = match &caller {
-        Caller::Org(p) => {
-            caller.require_scope(Scope::UsageWrite)?;
-            p.clone()
-        }
-        Caller::Operator { .. } => {
-            return Err(ApiError::forbidden(
-                "org_key_required",
-                "usage is reported with the organization's own API key",
-            ));
-        }
-    };
-    let _timer = metrics::USAGE_BATCH_SECONDS.start_timer();
-    // The body is held (read, parsed, waiting on the writer) under the bytes-in-flight bound,
-    // counted by its declared length (or the route's limit when it declares none) before it is
-    // read, so a flood of bodies waits outside memory, answered 429 at once.
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(USAGE_BODY_LIMIT_BYTES);
-    if declared > USAGE_BODY_LIMIT_BYTES {
-        return Err(too_large());
-    }
-    let permits = declared.div_ceil(BYTES_PER_PERMIT).max(1) as u32;
-    let _in_flight = state
-        .usage_bytes
-        .clone()
-        .try_acquire_many_owned(permits)
-        .map_err(|_| {
-            metrics::USAGE_OVERLOADED.inc();
-            ApiError {
-                retry_after_secs: Some(1),
-                ..ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "usage_overloaded",
-                    "too much usage is being recorded at once; retry this request shortly",
-                )
-            }
-        })?;
-    let body = axum::body::to_bytes(body, USAGE_BODY_LIMIT_BYTES)
-        .await
-        .map_err(|e| {
-            let too_big = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if too_big {
-                too_large()
-            } else {
-                ApiError::bad_request("malformed_body", format!("the body could not be read: {e}"))
-            }
-        })?;
-    let org_id = principal.org_id;
-    // Parsing and rating are pure CPU work: they run off the async workers, so a flood of
-    // large batches does not delay light requests such as balance reads.
-    // At most `PARSE_THREADS` batches are parsed at once, so ingestion cannot crowd the two
-    // cores with runnable threads.
-    let (catalog, checked_at) = state.prices.current_checked();
-    // The clock is read with the catalog, not after waiting for a permit. A version this
-    // catalog does not know was published after `checked_at`, so it starts at or after
-    // `checked_at + lead`; events stamped before `checked_at + lead - refresh` (the margin
-    // covers a publication in flight during the check) are out of its reach, however late the
-    // last refresh was. Never below now: usage that already happened is always recorded.
-    let now = Utc::now();
-    let max_ahead = (checked_at + state.usage_future_skew - now).max(chrono::Duration::zero());
-    let rules = Rules {
-        now,
-        max_ahead,
-        max_late: state.usage.late_usage_max,
-        max_cost: state.usage.max_event_cost,
-    };
-    let permit = PARSE_PERMITS
-        .acquire()
-        .await
-        .map_err(|_| ApiError::internal())?;
-    let Prepared {
-        mut results,
-        slots,
-        valid,
-    } = tokio::task::spawn_blocking(move || prepare(&headers, &body, &principal, &catalog, &rules))
-        .await
-        .map_err(|_| ApiError::internal())??;
-    drop(permit);
-
-    let balance = if valid.is_empty() {
-        state.store.ledger().balance(org_id).await?.balance
-    } else {
-        let ids: Vec<String> = valid.iter().map(|e| e.event.id.clone()).collect();
-        let job = UsageJob {
-            org_id,
-            actor: caller.actor(),
-            events: valid,
-        };
-        let done = state.ingestor.submit(job).await?;
-        for ((slot, id), outcome) in slots.into_iter().zip(ids).zip(done.outcomes) {
-            results[slot] = match outcome {
-                EventOutcome::Accepted(r) => recorded(&id, "accepted", &r),
-                EventOutcome::Duplicate(r) => recorded(&id, "duplicate", &r),
-                EventOutcome::Conflict => rejected(
-                    Some(&Value::String(id)),
-                    &Rejection::new(
-                        "id_conflict",
-                        "this id was already recorded with a different payload",
-                    ),
-                ),
-                EventOutcome::OverdraftLimit => rejected(
-                    Some(&Value::String(id)),
-                    &Rejection::new(
-                        "overdraft_limit",
-                        "this event would take the balance below the organization's overdraft \
-                         limit; nothing was recorded, send it again once credits are added",
-                    ),
-                ),
-            };
-        }
-        done.balance
-    };
-    let (mut accepted, mut duplicates, mut rejected) = (0u64, 0u64, 0u64);
-    for r in &results {
-        match r["status"].as_str() {
-            Some("accepted") => accepted += 1,
-            Some("duplicate") => duplicates += 1,
-            _ => {
-                rejected += 1;
-                let code = r["code"].as_str().unwrap_or("unknown");
-                metrics::USAGE_EVENTS
-                    .with_label_values(&["rejected", code])
-                    .inc();
-            }
-        }
-    }
-    metrics::USAGE_EVENTS
-        .with_label_values(&["accepted", ""])
-        .inc_by(accepted);
-    metrics::USAGE_EVENTS
-        .with_label_values(&["duplicate", ""])
-        .inc_by(duplicates);
-    let summary = json!({
-        "accepted": accepted,
-        "duplicates": duplicates,
-        "rejected": rejected,
-        "balance_credits": balance,
-        "negative": balance.is_negative(),
-        "results": results,
-    });
-    Ok((StatusCode::OK, AxumJson(summary)))
-}
-
-/// A batch parsed and rated: a result slot per event (rejections filled in), and the valid
-/// events with the slot each one's outcome goes to.
-struct Prepared {
-    results: Vec<Value>,
-    slots: Vec<usize>,
-    valid: Vec<RatedEvent>,
-}
-
-fn prepare(
-    headers: &HeaderMap,
-    body: &[u8],
-    reporter: &Principal,
-    catalog: &PriceCatalog,
-    rules: &Rules,
-) -> Result<Prepared, ApiError> {
-    let events = parse_batch(headers, body)?;
-    let mut p = Prepared {
-        results: Vec::with_capacity(events.len()),
-        slots: Vec::new(),
-        valid: Vec::new(),
-    };
-    for raw in &events {
-        let raw = match raw {
-            Mapped::Event(v) => v,
-            Mapped::Refused(id, r) => {
-                p.results.push(rejected(id.as_ref(), r));
-                continue;
-            }
-        };
-        match rate(raw, reporter, rules, catalog) {
-            Ok(rated) => {
-                p.slots.push(p.results.len());
-                p.results.push(Value::Null);
-                p.valid.push(rated);
-            }
-            Err(r) => p.results.push(rejected(raw.get("id"), &r)),
-        }
-    }
-    Ok(p)
-}
-
-fn recorded(id: &str, status: &str, r: &Recorded) -> Value {
-    json!({
-        "id": id,
-        "status": status,
-        "cost_credits": r.cost,
-        "price_version": r.price_version,
-        "transfer_id": r.transfer_id,
-        "usage_event_id": r.usage_id,
-    })
-}
-
-fn rejected(id: Option<&Value>, r: &Rejection) -> Value {
-    let mut v = json!({ "id": id, "status": "rejected", "code": r.code, "message": r.message });
-    if let Some(field) = &r.field {
-        v["field"] = json!(field);
-    }
-    v
-}
 
 /// The request's events as JSON objects in our own shape (CloudEvents mapped onto it), or
 /// their refusals; a request that is no batch at all is refused whole.
@@ -432,6 +192,7 @@ const AI_FIELDS: &[&str] = &[
     "output_tokens",
     "cached_input_tokens",
 ];
+
 const INFRA_FIELDS: &[&str] = &[
     "id",
     "source",
@@ -468,17 +229,21 @@ pub fn validate(
 }
 
 /// What one request's events are judged by.
-struct Rules {
-    now: DateTime<Utc>,
+pub(super) struct Rules {
+    pub(super) now: DateTime<Utc>,
     /// How far after `now` an event may be stamped.
-    max_ahead: Duration,
+    pub(super) max_ahead: Duration,
     /// How far before `now` an event may be stamped (`ingest.late_usage_max_days`).
-    max_late: Duration,
-    max_cost: Credits,
+    pub(super) max_late: Duration,
+    pub(super) max_cost: Credits,
 }
 
 /// Validates one event from its JSON, reported by `reporter`, by `rules`.
-fn parse_event(v: &Value, reporter: &Principal, rules: &Rules) -> Result<UsageEvent, Rejection> {
+pub(super) fn parse_event(
+    v: &Value,
+    reporter: &Principal,
+    rules: &Rules,
+) -> Result<UsageEvent, Rejection> {
     let Value::Object(o) = v else {
         return Err(Rejection::new("invalid_event", "an event is a JSON object"));
     };
@@ -583,39 +348,4 @@ fn parse_event(v: &Value, reporter: &Principal, rules: &Rules) -> Result<UsageEv
         labels,
         usage,
     })
-}
-
-/// Validates and rates one event with the version effective when it occurred.
-fn rate(
-    v: &Value,
-    reporter: &Principal,
-    rules: &Rules,
-    catalog: &PriceCatalog,
-) -> Result<RatedEvent, Rejection> {
-    let event = parse_event(v, reporter, rules)?;
-    let max_cost = rules.max_cost;
-    let (cost, price_version): (Credits, i64) = catalog
-        .rate(event.occurred_at, &event.usage)
-        .map_err(|e| Rejection::new(e.code(), e.message()))?;
-    if cost > max_cost {
-        return Err(Rejection::new(
-            "event_cost_too_high",
-            format!("this event costs {cost} credits; one event may cost at most {max_cost}"),
-        ));
-    }
-    let payload_hash = store::request_hash(&[event.canonical_text().as_bytes()]);
-    Ok(RatedEvent {
-        event,
-        cost,
-        price_version,
-        payload_hash,
-    })
-}
-
-fn too_large() -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
-        format!("a usage request body is at most {USAGE_BODY_LIMIT_BYTES} bytes"),
-    )
 }
