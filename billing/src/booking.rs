@@ -318,15 +318,8 @@ mod properties {
             5 => Posting::refund(org, amount),
             6 => Posting::reversal(org, amount),
             7 => Posting::refund(org, amount).reversed(),
-            _ => Posting::adjustment(
-                org,
-                if micros % 2 == 0 {
-                    amount
-                } else {
-                    amount.checked_neg()
-                },
-            )
-            .expect("non-zero"),
+            _ => Posting::adjustment(org, if micros % 2 == 0 { amount } else { -amount })
+                .expect("non-zero"),
         }
     }
 

@@ -56,6 +56,11 @@ impl Credits {
 
     /// Wraps a value read back from storage (already at scale, sums may exceed MAX_AMOUNT).
     pub fn from_stored(value: Decimal) -> Self {
+        debug_assert!(
+            value.round_dp(Self::SCALE) == value,
+            "a stored amount is exact at {} decimals: {value}",
+            Self::SCALE
+        );
         let mut v = value;
         v.rescale(Self::SCALE);
         if v.is_zero() {
@@ -118,14 +123,6 @@ impl Credits {
             .map(Credits)
             .ok_or(BillingError::Overflow)
     }
-
-    pub fn checked_neg(self) -> Credits {
-        if self.is_zero() {
-            Credits::ZERO
-        } else {
-            Credits(-self.0)
-        }
-    }
 }
 
 impl FromStr for Credits {
@@ -170,6 +167,18 @@ impl FromStr for Credits {
 
 fn truncate(s: &str) -> String {
     s.chars().take(40).collect()
+}
+
+/// Negation is exact (the range is symmetric); a zero stays a plain zero.
+impl std::ops::Neg for Credits {
+    type Output = Credits;
+    fn neg(self) -> Credits {
+        if self.is_zero() {
+            Credits::ZERO
+        } else {
+            Credits(-self.0)
+        }
+    }
 }
 
 impl fmt::Display for Credits {

@@ -242,7 +242,7 @@ impl Posting {
         if self.credit == Account::Org(self.org) {
             self.amount
         } else {
-            self.amount.checked_neg()
+            -self.amount
         }
     }
 

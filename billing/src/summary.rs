@@ -10,7 +10,7 @@ use std::{fmt, str::FromStr};
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{BillingError, Credits};
+use crate::{BillingError, Credits, TransferKind};
 
 /// A calendar month in UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -138,6 +138,21 @@ pub struct Movements {
 }
 
 impl Movements {
+    /// Records a month's net movement of one kind, signed from the org's side (a refund's
+    /// credits left the org, so they are stored positive in `refunded`). Usage is not booked
+    /// here: it belongs to the month it occurred in, from the rollups.
+    pub fn record(&mut self, kind: TransferKind, org_net: Credits) {
+        match kind {
+            TransferKind::Purchase => self.purchased = org_net,
+            TransferKind::Bonus => self.bonus = org_net,
+            TransferKind::Topup => self.topup = org_net,
+            TransferKind::Refund => self.refunded = -org_net,
+            TransferKind::Adjustment => self.adjusted = org_net,
+            TransferKind::Reversal => self.reversed = org_net,
+            TransferKind::Usage => self.used = -org_net,
+        }
+    }
+
     /// Closing = opening + credits in − credits out.
     pub fn closing(&self) -> Result<Credits, BillingError> {
         self.opening

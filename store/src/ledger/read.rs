@@ -53,9 +53,9 @@ impl Balance {
             topup_credits: self.net_of(TransferKind::Topup)?,
             bonus_credits: self.net_of(TransferKind::Bonus)?,
             adjusted_credits: self.net_of(TransferKind::Adjustment)?,
-            used_credits: self.net_of(TransferKind::Usage)?.checked_neg(),
-            refunded_credits: self.net_of(TransferKind::Refund)?.checked_neg(),
-            reversed_credits: self.net_of(TransferKind::Reversal)?.checked_neg(),
+            used_credits: -self.net_of(TransferKind::Usage)?,
+            refunded_credits: -self.net_of(TransferKind::Refund)?,
+            reversed_credits: -self.net_of(TransferKind::Reversal)?,
         })
     }
 }

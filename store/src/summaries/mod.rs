@@ -155,15 +155,7 @@ impl Summaries<'_> {
             let m = movements.entry(r.org_id).or_default();
             m.opening = m.opening.checked_add(dec(r.before))?;
             let during = dec(r.during);
-            match r.kind.as_str() {
-                "purchase" => m.purchased = during,
-                "bonus" => m.bonus = during,
-                "topup" => m.topup = during,
-                "refund" => m.refunded = during.checked_neg(),
-                "adjustment" => m.adjusted = during,
-                "reversal" => m.reversed = during,
-                other => return Err(StoreError::Decode(format!("kind {other}"))),
-            }
+            m.record(r.kind.parse()?, during);
         }
         // Usage by the month it happened in, from the monthly rollups (`crate::rollups`): the
         // months before (opening) and this one (used), a handful of rows per org and month.

@@ -761,10 +761,10 @@ async fn ledger_movements(app: &TestApp, org: uuid::Uuid, month: Month) -> Movem
         purchased: of("purchase"),
         bonus: of("bonus"),
         topup: of("topup"),
-        refunded: of("refund").checked_neg(),
+        refunded: -of("refund"),
         adjusted: of("adjustment"),
         reversed: of("reversal"),
-        used: of("usage").checked_neg(),
+        used: -of("usage"),
     }
 }
 
