@@ -121,12 +121,16 @@ impl Batch {
         orgs: &mut BTreeMap<Uuid, OrgLedger>,
         postings: impl IntoIterator<Item = &'a Posting>,
     ) -> Result<Batch, BookError> {
-        let mut running: BTreeMap<Uuid, (Credits, i64)> = BTreeMap::new();
+        // Per org: the running balance and sequence, and how many postings moved it.
+        let mut running: BTreeMap<Uuid, (Credits, i64, i64)> = BTreeMap::new();
         let mut batch = Batch::default();
         let mut lowest: BTreeMap<(Uuid, ThresholdPurpose), Crossing> = BTreeMap::new();
         for (index, p) in postings.into_iter().enumerate() {
             let ledger = orgs.get(&p.org).ok_or(BookError::NotLocked(p.org))?;
-            let (before, seq) = *running.entry(p.org).or_insert((ledger.balance, ledger.seq));
+            let (before, seq, moved) =
+                *running
+                    .entry(p.org)
+                    .or_insert((ledger.balance, ledger.seq, 0));
             let amount = p.amount.positive()?;
             let delta = p.org_delta();
             let after = before.checked_add(delta)?;
@@ -137,7 +141,7 @@ impl Batch {
                 });
             }
             let seq = seq + 1;
-            running.insert(p.org, (after, seq));
+            running.insert(p.org, (after, seq, moved + 1));
             let (counterparty, org_side) = match (p.debit, p.credit) {
                 (Account::System(s), Account::Org(o)) if o == p.org => (s, true),
                 (Account::Org(o), Account::System(s)) if o == p.org => (s, false),
@@ -191,7 +195,7 @@ impl Batch {
         }
         batch.crossings = lowest.into_values().collect();
         batch.assert_balanced();
-        for (org, (balance, seq)) in running {
+        for (org, (balance, seq, postings)) in running {
             let ledger = orgs.get_mut(&org).ok_or(BookError::NotLocked(org))?;
             let moved = batch.orgs.get(&org).copied().unwrap_or_default();
             assert_eq!(
@@ -200,7 +204,8 @@ impl Batch {
             );
             assert_eq!(
                 seq - ledger.seq,
-                batch.applied.iter().filter(|a| a.org == org).count() as i64
+                postings,
+                "one sequence number per transfer"
             );
             ledger.balance = balance;
             ledger.seq = seq;
