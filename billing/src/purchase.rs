@@ -39,14 +39,6 @@ impl PurchaseState {
             PurchaseState::Credited | PurchaseState::Expired | PurchaseState::Failed
         )
     }
-
-    /// Whether the purchase still waits for the customer's money.
-    pub fn is_unpaid(self) -> bool {
-        matches!(
-            self,
-            PurchaseState::AwaitingPayment | PurchaseState::AwaitingFunds
-        )
-    }
 }
 
 #[cfg(test)]

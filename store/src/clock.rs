@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 
 /// Where a booking's `created_at` comes from.
 #[derive(Clone, Debug, Default)]
@@ -35,14 +35,6 @@ impl Clock {
     pub fn set(&self, to: DateTime<Utc>) {
         if let Clock::Manual(at) = self {
             *at.lock().unwrap_or_else(PoisonError::into_inner) = to;
-        }
-    }
-
-    /// Moves a manual clock on by `by`.
-    pub fn advance(&self, by: TimeDelta) {
-        if let Clock::Manual(at) = self {
-            let mut at = at.lock().unwrap_or_else(PoisonError::into_inner);
-            *at += by;
         }
     }
 }

@@ -32,13 +32,13 @@ pub enum OutboxEvent {
     /// Late usage landed in a stored month: store its next revision.
     #[serde(rename = "summary.revision_due")]
     SummaryRevisionDue {
-        #[serde(with = "month_text")]
+        #[serde(with = "billing::summary::month_text")]
         month: Month,
     },
     /// An org failed in its month's page: generate its month alone.
     #[serde(rename = "summary.generate_org")]
     SummaryGenerateOrg {
-        #[serde(with = "month_text")]
+        #[serde(with = "billing::summary::month_text")]
         month: Month,
     },
 }
@@ -250,23 +250,40 @@ impl Outbox<'_> {
     }
 }
 
-/// `Month` as `YYYY-MM` in payloads.
-mod month_text {
-    use billing::summary::Month;
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-
-    pub fn serialize<S: Serializer>(m: &Month, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(m)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Month, D::Error> {
-        String::deserialize(d)?.parse().map_err(D::Error::custom)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_event_encodes_to_a_topic_this_build_dispatches() {
+        let month = Month::new(2026, 10).unwrap();
+        let crossed = Crossed {
+            threshold_id: 1,
+            purpose: ThresholdPurpose::Alert,
+            threshold: Credits::whole(10),
+            balance: Credits::whole(9),
+            crossing_seq: 3,
+            transfer_id: None,
+            cause: None,
+        };
+        let events = [
+            OutboxEvent::ThresholdCrossed(crossed),
+            OutboxEvent::PurchaseStart {
+                purchase_id: Uuid::nil(),
+                expires_after_secs: 60,
+            },
+            OutboxEvent::RefundStart {
+                refund_id: Uuid::nil(),
+            },
+            OutboxEvent::SummaryRevisionDue { month },
+            OutboxEvent::SummaryGenerateOrg { month },
+        ];
+        for e in events {
+            let (topic, payload) = e.encode();
+            assert!(OutboxEvent::TOPICS.contains(&topic.as_str()), "{topic}");
+            assert_eq!(OutboxEvent::decode(&topic, &payload).unwrap(), Some(e));
+        }
+    }
 
     #[test]
     fn events_keep_the_stored_topics_and_payloads() {

@@ -12,21 +12,17 @@ use std::time::Duration;
 use temporalio_common::RetryPolicy;
 use temporalio_sdk::ActivityOptions;
 
-/// A health probe (the `ping` workflow): a few quick tries, then the probe reports failure; it
+/// A health probe (the `ping` workflow): three quick tries, then the probe reports failure; it
 /// moves no money and the caller asks again.
 pub fn probe() -> ActivityOptions {
-    let mut options = ActivityOptions::start_to_close_timeout(Duration::from_secs(10));
-    options.retry_policy = Some(
-        RetryPolicy::builder()
-            .initial_interval(Duration::from_secs(1))
-            .backoff_coefficient(2.0)
-            .maximum_interval(Duration::from_secs(4))
-            .maximum_attempts(3)
-            .build(),
-    );
+    let mut options = with(10, 1, 4);
+    if let Some(policy) = options.retry_policy.as_mut() {
+        policy.set_maximum_attempts(3);
+    }
     options
 }
 
+/// Retries every `initial_secs`, doubling to `max_secs`, without an attempt limit.
 fn with(timeout_secs: u64, initial_secs: u64, max_secs: u64) -> ActivityOptions {
     let mut options = ActivityOptions::start_to_close_timeout(Duration::from_secs(timeout_secs));
     options.retry_policy = Some(

@@ -283,13 +283,8 @@ impl Ledger<'_> {
         let systems: BTreeMap<i64, _> = batch
             .systems
             .iter()
-            .map(|(s, sides)| {
-                Ok((
-                    self.account_id(&Account::System(*s), Uuid::nil(), 0)?,
-                    *sides,
-                ))
-            })
-            .collect::<Result<_, StoreError>>()?;
+            .map(|(s, sides)| (self.system_account_id(*s), *sides))
+            .collect();
         for (id, sides) in systems {
             sqlx::query!(
                 "UPDATE accounts SET debits_posted = debits_posted + $2,

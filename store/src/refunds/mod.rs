@@ -83,7 +83,7 @@ fn refund_transfers(r: &Refund, restore: bool) -> Vec<NewTransfer> {
     let refs = Refs {
         refund_id: Some(r.id),
         topup_id: r.topup_id,
-        purchase_id: r.topup_id.is_none().then_some(r.purchase_id).flatten(),
+        purchase_id: r.purchase_id,
         ..Refs::default()
     };
     let reason = if restore {
