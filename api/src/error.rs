@@ -6,13 +6,14 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use billing::BillingError;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use store::StoreError;
 
 /// `Retry-After` of a `database_unavailable` answer.
 pub const DATABASE_RETRY_AFTER_SECS: u32 = 2;
 
-/// An error answer. `code` is stable and documented; `detail` is for people.
+/// An error answer. `code` is stable and in the catalog ([`crate::codes`]); `detail` is for
+/// people.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -22,16 +23,49 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Seconds after which a retry may succeed (`Retry-After`), for 503s and 429s.
     pub retry_after_secs: Option<u32>,
+    /// What went wrong inside, for the log (never shown): logged once, when the answer is made.
+    pub cause: Option<String>,
+}
+
+/// The body of an error answer (RFC 9457 problem details, with a stable `code`).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `/problems/{code}`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The HTTP status's reason phrase.
+    pub title: String,
+    pub status: u16,
+    #[schema(value_type = crate::codes::ErrorCode)]
+    pub code: String,
+    /// What went wrong, for people.
+    pub detail: String,
+    /// The request field the problem is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        debug_assert!(
+            crate::codes::lookup(code).is_some(),
+            "`{code}` is not in the error-code catalog"
+        );
         ApiError {
             status,
             code,
             detail: detail.into(),
             field: None,
             retry_after_secs: None,
+            cause: None,
+        }
+    }
+
+    /// The same answer, with what went wrong inside for the log.
+    pub fn caused_by(self, cause: impl std::fmt::Display) -> Self {
+        ApiError {
+            cause: Some(cause.to_string()),
+            ..self
         }
     }
 
@@ -98,16 +132,27 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({
-            "type": format!("/problems/{}", self.code),
-            "title": self.status.canonical_reason().unwrap_or("Error"),
-            "status": self.status.as_u16(),
-            "code": self.code,
-            "detail": self.detail,
-        });
-        if let Some(field) = &self.field {
-            body["field"] = json!(field);
+        // The one place errors are logged: server-side failures with their cause.
+        if self.status.is_server_error() {
+            let cause = self.cause.as_deref().unwrap_or("");
+            if self.status == StatusCode::INTERNAL_SERVER_ERROR {
+                tracing::error!(code = self.code, cause, "request failed");
+            } else {
+                tracing::warn!(code = self.code, detail = %self.detail, cause, "request refused");
+            }
         }
+        let body = Problem {
+            kind: format!("/problems/{}", self.code),
+            title: self
+                .status
+                .canonical_reason()
+                .unwrap_or("Error")
+                .to_string(),
+            status: self.status.as_u16(),
+            code: self.code.to_string(),
+            detail: self.detail,
+            field: self.field,
+        };
         let mut res = (self.status, Json(body)).into_response();
         res.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -154,22 +199,17 @@ impl From<StoreError> for ApiError {
             StoreError::Billing(b) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, b.code(), b.to_string())
             }
-            e if e.is_unavailable() => {
-                tracing::warn!(error = %e, "database unavailable");
-                ApiError::unavailable(
-                    "database_unavailable",
-                    "the database is not answering; nothing of this request was recorded, try again",
-                    DATABASE_RETRY_AFTER_SECS,
-                )
-            }
+            e if e.is_unavailable() => ApiError::unavailable(
+                "database_unavailable",
+                "the database is not answering; nothing of this request was recorded, try again",
+                DATABASE_RETRY_AFTER_SECS,
+            )
+            .caused_by(e),
             StoreError::Schema(_)
             | StoreError::Decode(_)
             | StoreError::Invariant(_)
             | StoreError::WriterUnavailable(_)
-            | StoreError::Db(_) => {
-                tracing::error!(error = %e, "store error");
-                ApiError::internal()
-            }
+            | StoreError::Db(_) => ApiError::internal().caused_by(e),
         }
     }
 }

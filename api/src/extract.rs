@@ -154,3 +154,35 @@ pub fn decimal_text(n: &serde_json::Number) -> String {
         _ => n.to_string(),
     }
 }
+
+/// A trimmed text field: required or not, at most `max_chars`, no control characters.
+pub fn text_field(
+    value: Option<String>,
+    field: &'static str,
+    max_chars: usize,
+    required: bool,
+) -> Result<String, ApiError> {
+    let v = value.map(|s| s.trim().to_string()).unwrap_or_default();
+    if required && v.is_empty() {
+        return Err(ApiError::invalid(
+            field,
+            "missing_field",
+            format!("`{field}` is required"),
+        ));
+    }
+    if v.chars().count() > max_chars {
+        return Err(ApiError::invalid(
+            field,
+            "field_too_long",
+            format!("`{field}` is longer than {max_chars} characters"),
+        ));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            "invalid_characters",
+            format!("`{field}` contains control characters"),
+        ));
+    }
+    Ok(v)
+}

@@ -1,12 +1,15 @@
-//! The HTTP API: axum routes under `/v1`, API-key auth, problem+json errors, OpenAPI.
+//! The HTTP API: axum routes under `/v1`, API-key auth, problem+json errors, and the OpenAPI
+//! document generated from the same routes.
 
 pub mod auth;
 pub mod cloudevents;
+pub mod codes;
 pub mod error;
 pub mod extract;
 mod health;
 mod ledger;
 pub mod metrics;
+pub mod openapi;
 mod orgs;
 mod packages;
 mod pages;
@@ -19,20 +22,17 @@ mod settings;
 pub mod starts;
 mod summaries;
 pub mod usage;
+pub mod usecases;
 pub mod webhooks;
 
 use std::time::Duration;
 
-use axum::{
-    Router,
-    extract::DefaultBodyLimit,
-    http::{StatusCode, header},
-    response::IntoResponse,
-    routing::{get, post},
-};
+use axum::{Router, extract::DefaultBodyLimit, http::StatusCode};
 use pricing::PriceCache;
 use store::{IngestConfig, Ingestor, Store};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, router::UtoipaMethodRouterExt, routes};
 
 pub use auth::{Caller, OperatorKeys};
 pub use error::ApiError;
@@ -214,112 +214,47 @@ impl AppState {
     }
 }
 
-/// The OpenAPI document, kept in the repo beside this crate.
-pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
-
-/// Every route, for the test that checks the OpenAPI document documents them all.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("get", "/healthz"),
-    ("get", "/checkout/success"),
-    ("get", "/checkout/cancel"),
-    ("get", "/readyz"),
-    ("get", "/v1/openapi.json"),
-    ("post", "/v1/orgs"),
-    ("get", "/v1/orgs/{org}"),
-    ("get", "/v1/orgs/{org}/api-keys"),
-    ("post", "/v1/orgs/{org}/api-keys"),
-    ("delete", "/v1/orgs/{org}/api-keys/{key_id}"),
-    ("get", "/v1/orgs/{org}/balance"),
-    ("get", "/v1/orgs/{org}/transactions"),
-    ("post", "/v1/orgs/{org}/adjustments"),
-    ("get", "/v1/prices"),
-    ("post", "/v1/prices"),
-    ("post", "/v1/usage"),
-    ("get", "/v1/packages"),
-    ("post", "/v1/packages"),
-    ("put", "/v1/packages/{id}"),
-    ("post", "/v1/purchases"),
-    ("get", "/v1/purchases/{id}"),
-    ("post", "/v1/webhooks/stripe"),
-    ("get", "/v1/orgs/{org}/billing-settings"),
-    ("put", "/v1/orgs/{org}/billing-settings"),
-    ("post", "/v1/orgs/{org}/payment-method"),
-    ("post", "/v1/orgs/{org}/payment-method/setup"),
-    ("get", "/v1/orgs/{org}/topups"),
-    ("get", "/v1/orgs/{org}/alerts"),
-    ("get", "/v1/summaries"),
-    ("post", "/v1/purchases/{id}/refunds"),
-    ("get", "/v1/purchases/{id}/refunds"),
-    ("post", "/v1/topups/{id}/refunds"),
-    ("get", "/v1/topups/{id}/refunds"),
-    ("get", "/v1/orgs/{org}/summaries/{month}"),
-    ("put", "/v1/orgs/{org}/overdraft-limit"),
-];
+/// Every route with its OpenAPI description: the router and the document are built from this
+/// one list ([`openapi::document`]).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::openapi_json))
+        .routes(routes!(pages::success))
+        .routes(routes!(pages::cancel))
+        .routes(routes!(orgs::create_org))
+        .routes(routes!(orgs::get_org))
+        .routes(routes!(orgs::list_keys, orgs::create_key))
+        .routes(routes!(orgs::revoke_key))
+        .routes(routes!(orgs::put_overdraft_limit))
+        .routes(routes!(ledger::balance))
+        .routes(routes!(ledger::transactions))
+        .routes(routes!(ledger::adjust))
+        .routes(routes!(prices::current, prices::publish))
+        .routes(routes!(usage::ingest).layer(DefaultBodyLimit::max(usage::USAGE_BODY_LIMIT_BYTES)))
+        .routes(routes!(packages::list_packages, packages::create_package))
+        .routes(routes!(packages::put_package))
+        .routes(routes!(purchases::create_purchase))
+        .routes(routes!(purchases::get_purchase))
+        .routes(routes!(webhooks::stripe_webhook))
+        .routes(routes!(settings::get_settings, settings::put_settings))
+        .routes(routes!(settings::save_payment_method))
+        .routes(routes!(payment_method::start_payment_method_setup))
+        .routes(routes!(settings::topups))
+        .routes(routes!(settings::alerts))
+        .routes(routes!(summaries::list))
+        .routes(routes!(summaries::one))
+        .routes(routes!(refunds::list_refunds, refunds::create_refund))
+        .routes(routes!(
+            refunds::list_topup_refunds,
+            refunds::create_topup_refund
+        ))
+}
 
 pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/checkout/success", get(pages::success))
-        .route("/checkout/cancel", get(pages::cancel))
-        .route("/readyz", get(health::readyz))
-        .route("/v1/openapi.json", get(openapi))
-        .route("/v1/orgs", post(orgs::create_org))
-        .route("/v1/orgs/{org}", get(orgs::get_org))
-        .route(
-            "/v1/orgs/{org}/api-keys",
-            get(orgs::list_keys).post(orgs::create_key),
-        )
-        .route(
-            "/v1/orgs/{org}/api-keys/{key_id}",
-            axum::routing::delete(orgs::revoke_key),
-        )
-        .route(
-            "/v1/orgs/{org}/overdraft-limit",
-            axum::routing::put(orgs::put_overdraft_limit),
-        )
-        .route("/v1/orgs/{org}/balance", get(ledger::balance))
-        .route("/v1/orgs/{org}/transactions", get(ledger::transactions))
-        .route("/v1/orgs/{org}/adjustments", post(ledger::adjust))
-        .route("/v1/prices", get(prices::current).post(prices::publish))
-        .route(
-            "/v1/usage",
-            post(usage::ingest).layer(DefaultBodyLimit::max(usage::USAGE_BODY_LIMIT_BYTES)),
-        )
-        .route(
-            "/v1/packages",
-            get(packages::list_packages).post(packages::create_package),
-        )
-        .route(
-            "/v1/packages/{id}",
-            axum::routing::put(packages::put_package),
-        )
-        .route("/v1/purchases", post(purchases::create_purchase))
-        .route("/v1/purchases/{id}", get(purchases::get_purchase))
-        .route("/v1/webhooks/stripe", post(webhooks::stripe_webhook))
-        .route(
-            "/v1/orgs/{org}/billing-settings",
-            get(settings::get_settings).put(settings::put_settings),
-        )
-        .route(
-            "/v1/orgs/{org}/payment-method",
-            post(settings::save_payment_method),
-        )
-        .route(
-            "/v1/orgs/{org}/payment-method/setup",
-            post(payment_method::start_payment_method_setup),
-        )
-        .route("/v1/orgs/{org}/topups", get(settings::topups))
-        .route("/v1/orgs/{org}/alerts", get(settings::alerts))
-        .route("/v1/summaries", get(summaries::list))
-        .route(
-            "/v1/purchases/{id}/refunds",
-            get(refunds::list_refunds).post(refunds::create_refund),
-        )
-        .route(
-            "/v1/topups/{id}/refunds",
-            get(refunds::list_topup_refunds).post(refunds::create_topup_refund),
-        )
-        .route("/v1/orgs/{org}/summaries/{month}", get(summaries::one))
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(|| async { ApiError::not_found("no_route", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -331,8 +266,4 @@ pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
         .layer(DefaultBodyLimit::max(body_limit_bytes))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
-}
-
-async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
 }

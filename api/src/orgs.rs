@@ -1,9 +1,12 @@
 //! Organizations and their API keys.
 
 use axum::{Json as AxumJson, extract::State, http::StatusCode};
-use serde::Deserialize;
-use serde_json::{Value, json};
-use store::{ApiKey, KeyGrant, NewApiKey, Org, Scope, Scopes};
+use billing::{Credits, openapi::CreditsInput};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use store::{KeyGrant, Scope, Scopes};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
@@ -12,13 +15,66 @@ use crate::{
     extract::{Json, Path},
 };
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrg {
+    /// 1 to 200 characters.
+    #[schema(required)]
     name: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+/// An organization.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Org {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    /// How far usage may take the balance below zero.
+    pub overdraft_limit_credits: Credits,
+    /// Whether the limit is the configured default (none set for this org).
+    pub overdraft_limit_is_default: bool,
+}
+
+/// An API key, without its secret.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    /// The key's first characters, to recognise it.
+    pub prefix: String,
+    pub label: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Scope names.
+    pub scopes: Vec<String>,
+    /// The only sources it may report usage for, the first its default; `null`: any source.
+    pub sources: Option<Vec<String>>,
+}
+
+/// A new key: the only answer that holds its secret.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct NewApiKey {
+    #[serde(flatten)]
+    pub key: ApiKey,
+    /// The key itself (`cf_…`); shown once.
+    pub secret: String,
+}
+
+/// A new organization and its first key.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreatedOrg {
+    pub org: Org,
+    pub api_key: NewApiKey,
+}
+
+/// An org's keys, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyList {
+    pub data: Vec<ApiKey>,
+}
+
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     #[serde(default)]
@@ -109,81 +165,67 @@ fn key_grant(caller: &Caller, body: &CreateKey) -> Result<KeyGrant, ApiError> {
     Ok(KeyGrant { scopes, sources })
 }
 
-fn text_field(
-    value: Option<String>,
-    field: &'static str,
-    max_chars: usize,
-    required: bool,
-) -> Result<String, ApiError> {
-    let v = value.map(|s| s.trim().to_string()).unwrap_or_default();
-    if required && v.is_empty() {
-        return Err(ApiError::invalid(
-            field,
-            "missing_field",
-            format!("`{field}` is required"),
-        ));
+impl From<store::ApiKey> for ApiKey {
+    fn from(k: store::ApiKey) -> Self {
+        ApiKey {
+            id: k.id,
+            org_id: k.org_id,
+            prefix: k.prefix,
+            label: k.label,
+            created_by: k.created_by,
+            created_at: k.created_at,
+            revoked_at: k.revoked_at,
+            scopes: k.scopes,
+            sources: k.sources,
+        }
     }
-    if v.chars().count() > max_chars {
-        return Err(ApiError::invalid(
-            field,
-            "field_too_long",
-            format!("`{field}` is longer than {max_chars} characters"),
-        ));
+}
+
+impl From<store::NewApiKey> for NewApiKey {
+    fn from(k: store::NewApiKey) -> Self {
+        NewApiKey {
+            key: k.key.into(),
+            secret: k.secret,
+        }
     }
-    if v.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            field,
-            "invalid_characters",
-            format!("`{field}` contains control characters"),
-        ));
+}
+
+impl Org {
+    fn of(o: store::Org, state: &AppState) -> Org {
+        Org {
+            id: o.id,
+            name: o.name,
+            created_at: o.created_at,
+            overdraft_limit_credits: o.overdraft_limit.unwrap_or(state.usage.overdraft_limit),
+            overdraft_limit_is_default: o.overdraft_limit.is_none(),
+        }
     }
-    Ok(v)
 }
 
-fn key_json(k: &ApiKey) -> Value {
-    json!({
-        "id": k.id,
-        "org_id": k.org_id,
-        "prefix": k.prefix,
-        "label": k.label,
-        "created_by": k.created_by,
-        "created_at": k.created_at,
-        "revoked_at": k.revoked_at,
-        "scopes": k.scopes,
-        "sources": k.sources,
-    })
-}
-
-fn new_key_json(k: &NewApiKey) -> Value {
-    let mut v = key_json(&k.key);
-    v["secret"] = json!(k.secret);
-    v
-}
-
-fn org_json(o: &Org, state: &AppState) -> Value {
-    json!({
-        "id": o.id,
-        "name": o.name,
-        "created_at": o.created_at,
-        "overdraft_limit_credits": o.overdraft_limit.unwrap_or(state.usage.overdraft_limit),
-        "overdraft_limit_is_default": o.overdraft_limit.is_none(),
-    })
-}
-
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OverdraftLimitBody {
-    /// Credits, or `null` for the configured default.
+    /// Credits (zero or more), or `null` for the configured default.
+    #[schema(value_type = Option<CreditsInput>, required)]
     overdraft_limit_credits: Option<Value>,
 }
 
-/// `PUT /v1/orgs/{org}/overdraft-limit` (operator): how far usage may take the org below zero.
+/// How far usage may take the org below zero (operator).
+#[utoipa::path(put, path = "/v1/orgs/{org}/overdraft-limit", tag = "orgs",
+    params(("org" = Uuid, Path, description = "The organization")),
+    request_body = OverdraftLimitBody,
+    responses(
+        (status = 200, description = "The organization with its new limit", body = Org),
+        (status = 403, description = "`operator_only`"),
+        (status = 404, description = "`org_not_found`"),
+        (status = 422, description = "`negative_limit`, `invalid_amount`, `too_many_decimals`, `amount_out_of_range`"),
+    ))]
 pub async fn put_overdraft_limit(
     State(state): State<AppState>,
     caller: Caller,
     Path(org_id): Path<Uuid>,
     Json(body): Json<OverdraftLimitBody>,
-) -> Result<AxumJson<Value>, ApiError> {
+) -> Result<AxumJson<Org>, ApiError> {
     caller.require_operator()?;
     let limit = match &body.overdraft_limit_credits {
         None => None,
@@ -205,17 +247,24 @@ pub async fn put_overdraft_limit(
         .set_overdraft_limit(org_id, limit)
         .await?;
     tracing::info!(org_id = %org_id, limit = ?limit, actor = %caller.actor(), "overdraft limit set");
-    Ok(AxumJson(org_json(&org, &state)))
+    Ok(AxumJson(Org::of(org, &state)))
 }
 
-/// `POST /v1/orgs` (operator): the org and its first API key, whose secret is shown only here.
+/// Creates an organization and its first API key, whose secret is shown only here (operator).
+#[utoipa::path(post, path = "/v1/orgs", tag = "orgs",
+    request_body = CreateOrg,
+    responses(
+        (status = 201, description = "The organization and its first key", body = CreatedOrg),
+        (status = 403, description = "`operator_only`"),
+        (status = 422, description = "`missing_field`, `field_too_long`, `invalid_characters`"),
+    ))]
 pub async fn create_org(
     State(state): State<AppState>,
     caller: Caller,
     Json(body): Json<CreateOrg>,
-) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
+) -> Result<(StatusCode, AxumJson<CreatedOrg>), ApiError> {
     caller.require_operator()?;
-    let name = text_field(body.name, "name", 200, true)?;
+    let name = crate::extract::text_field(body.name, "name", 200, true)?;
     let (org, key) = state
         .store
         .orgs()
@@ -224,60 +273,100 @@ pub async fn create_org(
     tracing::info!(org_id = %org.id, "organization created");
     Ok((
         StatusCode::CREATED,
-        AxumJson(json!({ "org": org_json(&org, &state), "api_key": new_key_json(&key) })),
+        AxumJson(CreatedOrg {
+            org: Org::of(org, &state),
+            api_key: key.into(),
+        }),
     ))
 }
 
+/// An organization (its own key, or an operator).
+#[utoipa::path(get, path = "/v1/orgs/{org}", tag = "orgs",
+    params(("org" = Uuid, Path, description = "The organization")),
+    responses(
+        (status = 200, description = "The organization", body = Org),
+        (status = 403, description = "`wrong_org`"),
+        (status = 404, description = "`org_not_found`"),
+    ))]
 pub async fn get_org(
     State(state): State<AppState>,
     caller: Caller,
     Path(org_id): Path<Uuid>,
-) -> Result<AxumJson<Value>, ApiError> {
+) -> Result<AxumJson<Org>, ApiError> {
     caller.authorize_org(org_id)?;
-    Ok(AxumJson(org_json(
-        &state.store.orgs().get_org(org_id).await?,
+    Ok(AxumJson(Org::of(
+        state.store.orgs().get_org(org_id).await?,
         &state,
     )))
 }
 
+/// The org's API keys, revoked ones included (`keys:manage`).
+#[utoipa::path(get, path = "/v1/orgs/{org}/api-keys", tag = "orgs",
+    params(("org" = Uuid, Path, description = "The organization")),
+    responses(
+        (status = 200, description = "The keys", body = ApiKeyList),
+        (status = 403, description = "`wrong_org`, `missing_scope`"),
+        (status = 404, description = "`org_not_found`"),
+    ))]
 pub async fn list_keys(
     State(state): State<AppState>,
     caller: Caller,
     Path(org_id): Path<Uuid>,
-) -> Result<AxumJson<Value>, ApiError> {
+) -> Result<AxumJson<ApiKeyList>, ApiError> {
     caller.authorize(org_id, Scope::KeysManage)?;
     state.store.orgs().get_org(org_id).await?;
     let keys = state.store.orgs().list_api_keys(org_id).await?;
-    Ok(AxumJson(
-        json!({ "data": keys.iter().map(key_json).collect::<Vec<_>>() }),
-    ))
+    Ok(AxumJson(ApiKeyList {
+        data: keys.into_iter().map(ApiKey::from).collect(),
+    }))
 }
 
+/// A new API key, at most the creating key's scopes and sources (`keys:manage`).
+#[utoipa::path(post, path = "/v1/orgs/{org}/api-keys", tag = "orgs",
+    params(("org" = Uuid, Path, description = "The organization")),
+    request_body = CreateKey,
+    responses(
+        (status = 201, description = "The key with its secret, shown only here", body = NewApiKey),
+        (status = 403, description = "`wrong_org`, `missing_scope`, `source_not_allowed`"),
+        (status = 404, description = "`org_not_found`"),
+        (status = 422, description = "`invalid_scopes`, `unknown_scope`, `invalid_sources`, `field_too_long`"),
+    ))]
 pub async fn create_key(
     State(state): State<AppState>,
     caller: Caller,
     Path(org_id): Path<Uuid>,
     Json(body): Json<CreateKey>,
-) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
+) -> Result<(StatusCode, AxumJson<NewApiKey>), ApiError> {
     caller.authorize(org_id, Scope::KeysManage)?;
     let grant = key_grant(&caller, &body)?;
-    let label = text_field(body.label, "label", 200, false)?;
+    let label = crate::extract::text_field(body.label, "label", 200, false)?;
     let key = state
         .store
         .orgs()
         .create_api_key(org_id, &label, &grant, &caller.actor())
         .await?;
-    Ok((StatusCode::CREATED, AxumJson(new_key_json(&key))))
+    Ok((StatusCode::CREATED, AxumJson(key.into())))
 }
 
+/// Revokes a key at once (`keys:manage`).
+#[utoipa::path(delete, path = "/v1/orgs/{org}/api-keys/{key_id}", tag = "orgs",
+    params(
+        ("org" = Uuid, Path, description = "The organization"),
+        ("key_id" = Uuid, Path, description = "The key"),
+    ),
+    responses(
+        (status = 200, description = "The revoked key", body = ApiKey),
+        (status = 403, description = "`wrong_org`, `missing_scope`"),
+        (status = 404, description = "`not_found`: no such key in this org"),
+    ))]
 pub async fn revoke_key(
     State(state): State<AppState>,
     caller: Caller,
     Path((org_id, key_id)): Path<(Uuid, Uuid)>,
-) -> Result<AxumJson<Value>, ApiError> {
+) -> Result<AxumJson<ApiKey>, ApiError> {
     caller.authorize(org_id, Scope::KeysManage)?;
     let key = state.store.orgs().revoke_api_key(org_id, key_id).await?;
     state.keys.clear();
     tracing::info!(org_id = %org_id, key_id = %key_id, "API key revoked");
-    Ok(AxumJson(key_json(&key)))
+    Ok(AxumJson(key.into()))
 }

@@ -3,10 +3,12 @@
 use axum::{Json as AxumJson, extract::State, http::StatusCode};
 use billing::{
     Credits, Currency, Money,
+    openapi::CreditsInput,
     packages::{self, Package},
 };
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
@@ -16,33 +18,68 @@ use crate::{
     ledger::credits_field,
 };
 
-fn package_json(p: &Package, reference: Option<&Package>) -> Result<Value, ApiError> {
-    let major = rust_decimal::Decimal::new(p.price.amount_minor, p.price.currency.minor_digits());
-    Ok(json!({
-        "id": p.id,
-        "name": p.name,
-        "price_minor": p.price.amount_minor,
-        "price": major.to_string(),
-        "currency": p.price.currency,
-        "base_credits": p.base_credits,
-        "bonus_credits": p.bonus_credits,
-        "effective_credits": p.effective_credits()?,
-        "cost_per_credit": p.cost_per_credit()?.to_string(),
-        "saving_percent": match reference {
-            Some(r) if r.price.currency == p.price.currency => Some(p.saving_percent(r)?.to_string()),
-            _ => None,
-        },
-        "active": p.active,
-    }))
+/// A credit package for sale.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Package)]
+pub struct PackageView {
+    pub id: Uuid,
+    pub name: String,
+    /// The price in minor units (cents; yen for JPY).
+    pub price_minor: i64,
+    /// The price in major units, as decimal text.
+    pub price: String,
+    pub currency: Currency,
+    pub base_credits: Credits,
+    pub bonus_credits: Credits,
+    /// Base plus bonus.
+    pub effective_credits: Credits,
+    /// Price per effective credit, in major units.
+    pub cost_per_credit: String,
+    /// Saving against the smallest package of the currency, in percent (listings only).
+    pub saving_percent: Option<String>,
+    pub active: bool,
+}
+
+impl PackageView {
+    fn of(p: &Package, reference: Option<&Package>) -> Result<PackageView, ApiError> {
+        let major =
+            rust_decimal::Decimal::new(p.price.amount_minor, p.price.currency.minor_digits());
+        Ok(PackageView {
+            id: p.id,
+            name: p.name.clone(),
+            price_minor: p.price.amount_minor,
+            price: major.to_string(),
+            currency: p.price.currency,
+            base_credits: p.base_credits,
+            bonus_credits: p.bonus_credits,
+            effective_credits: p.effective_credits()?,
+            cost_per_credit: p.cost_per_credit()?.to_string(),
+            saving_percent: match reference {
+                Some(r) if r.price.currency == p.price.currency => {
+                    Some(p.saving_percent(r)?.to_string())
+                }
+                _ => None,
+            },
+            active: p.active,
+        })
+    }
+}
+
+/// Packages on sale.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PackageList {
+    pub data: Vec<PackageView>,
 }
 
 /// `GET /v1/packages`: active packages, cheapest first, each with its effective credits, cost
 /// per credit and saving against the smallest package (fewest effective credits) of its
 /// currency.
+#[utoipa::path(get, path = "/v1/packages", tag = "packages",
+    responses((status = 200, description = "Active packages", body = PackageList)))]
 pub async fn list_packages(
     State(state): State<AppState>,
     _caller: Caller,
-) -> Result<AxumJson<Value>, ApiError> {
+) -> Result<AxumJson<PackageList>, ApiError> {
     let all = state.store.packages().packages(true).await?;
     let mut out = Vec::with_capacity(all.len());
     for p in &all {
@@ -50,20 +87,27 @@ pub async fn list_packages(
             .iter()
             .filter(|o| o.price.currency == p.price.currency)
             .min_by_key(|o| o.effective_credits().unwrap_or_default());
-        out.push(package_json(p, smallest)?);
+        out.push(PackageView::of(p, smallest)?);
     }
-    Ok(AxumJson(json!({ "data": out })))
+    Ok(AxumJson(PackageList { data: out }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PackageBody {
     name: String,
+    /// The price in minor units, more than zero.
     price_minor: i64,
+    #[schema(value_type = Currency)]
     currency: String,
+    /// More than zero.
+    #[schema(value_type = CreditsInput)]
     base_credits: Value,
+    /// Zero or more (default 0).
     #[serde(default)]
+    #[schema(value_type = Option<CreditsInput>)]
     bonus_credits: Option<Value>,
+    /// Default true.
     #[serde(default = "yes")]
     active: bool,
 }
@@ -95,27 +139,43 @@ fn package_from(id: Uuid, b: PackageBody) -> Result<Package, ApiError> {
 }
 
 /// `POST /v1/packages` (operator).
+#[utoipa::path(post, path = "/v1/packages", tag = "packages",
+    request_body = PackageBody,
+    responses(
+        (status = 201, description = "The package", body = PackageView),
+        (status = 403, description = "`operator_only`"),
+        (status = 422, description = "`invalid_package`, `unknown_currency`, `invalid_amount`, `too_many_decimals`, `amount_out_of_range`"),
+    ))]
 pub async fn create_package(
     State(state): State<AppState>,
     caller: Caller,
     Json(body): Json<PackageBody>,
-) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
+) -> Result<(StatusCode, AxumJson<PackageView>), ApiError> {
     caller.require_operator()?;
     let p = state
         .store
         .packages()
         .put_package(&package_from(Uuid::now_v7(), body)?)
         .await?;
-    Ok((StatusCode::CREATED, AxumJson(package_json(&p, None)?)))
+    Ok((StatusCode::CREATED, AxumJson(PackageView::of(&p, None)?)))
 }
 
 /// `PUT /v1/packages/{id}` (operator): change or deactivate; purchases keep their snapshot.
+#[utoipa::path(put, path = "/v1/packages/{id}", tag = "packages",
+    params(("id" = Uuid, Path, description = "The package")),
+    request_body = PackageBody,
+    responses(
+        (status = 200, description = "The package", body = PackageView),
+        (status = 403, description = "`operator_only`"),
+        (status = 404, description = "`not_found`: no such package"),
+        (status = 422, description = "`invalid_package`, `unknown_currency`, `invalid_amount`, `too_many_decimals`, `amount_out_of_range`"),
+    ))]
 pub async fn put_package(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<Uuid>,
     Json(body): Json<PackageBody>,
-) -> Result<AxumJson<Value>, ApiError> {
+) -> Result<AxumJson<PackageView>, ApiError> {
     caller.require_operator()?;
     state.store.packages().package(id).await?;
     let p = state
@@ -123,5 +183,5 @@ pub async fn put_package(
         .packages()
         .put_package(&package_from(id, body)?)
         .await?;
-    Ok(AxumJson(package_json(&p, None)?))
+    Ok(AxumJson(PackageView::of(&p, None)?))
 }

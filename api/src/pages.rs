@@ -12,8 +12,10 @@ use serde::Deserialize;
 
 use crate::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Return {
+    /// The Checkout Session (`{CHECKOUT_SESSION_ID}` in the return URL).
     session_id: Option<String>,
 }
 
@@ -44,7 +46,21 @@ fn page(status: StatusCode, title: &str, body: &str, refresh: bool) -> Response 
 
 /// `GET /checkout/success` and `/checkout/cancel`.
 async fn returned(state: AppState, q: Return, cancelled: bool) -> Response {
-    let Some(session) = q.session_id.filter(|s| !s.is_empty() && s.len() <= 255) else {
+    // A session id is printable ASCII (`cs_…`); anything else names no checkout of ours (and a
+    // NUL would not even reach the database).
+    let named = q.session_id.filter(|s| !s.is_empty());
+    if named
+        .as_deref()
+        .is_some_and(|s| s.len() > 255 || !s.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return page(
+            StatusCode::NOT_FOUND,
+            "Checkout not found",
+            "<p>No purchase has this checkout.</p>",
+            false,
+        );
+    }
+    let Some(session) = named else {
         if cancelled {
             return page(
                 StatusCode::OK,
@@ -130,10 +146,26 @@ async fn returned(state: AppState, q: Return, cancelled: bool) -> Response {
     page(StatusCode::OK, title, &body, refresh)
 }
 
+/// Where Checkout returns the buyer after paying: what became of the purchase.
+#[utoipa::path(get, path = "/checkout/success", tag = "purchases",
+    params(Return),
+    responses(
+        (status = 200, description = "The purchase's state, for the buyer", content_type = "text/html", body = String),
+        (status = 400, description = "No checkout named", content_type = "text/html", body = String),
+        (status = 404, description = "No purchase has this checkout", content_type = "text/html", body = String),
+    ))]
 pub async fn success(State(state): State<AppState>, Query(q): Query<Return>) -> Response {
     returned(state, q, false).await
 }
 
+/// Where Checkout returns a buyer who cancelled.
+#[utoipa::path(get, path = "/checkout/cancel", tag = "purchases",
+    params(Return),
+    responses(
+        (status = 200, description = "The purchase's state, for the buyer", content_type = "text/html", body = String),
+        (status = 400, description = "No checkout named", content_type = "text/html", body = String),
+        (status = 404, description = "No purchase has this checkout", content_type = "text/html", body = String),
+    ))]
 pub async fn cancel(State(state): State<AppState>, Query(q): Query<Return>) -> Response {
     returned(state, q, true).await
 }

@@ -3,11 +3,11 @@
 use std::time::{Duration, Instant};
 
 use axum::{Json as AxumJson, extract::State, http::StatusCode};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use store::Scope;
 use temporalio_client::WorkflowStartOptions;
 use temporalio_common::search_attributes::SearchAttributes;
+use utoipa::ToSchema;
 use uuid::Uuid;
 use workflows::payment_method::{
     PaymentMethodSetupWorkflow, SetupInput, workflow_id as setup_workflow_id,
@@ -19,21 +19,42 @@ use crate::{
     extract::{Json, Path},
 };
 
-#[derive(Deserialize)]
+/// A card setup started.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Setup {
+    pub setup_id: String,
+    /// Where the person saves the card; `null` if not ready within a few seconds.
+    pub checkout_url: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetupBody {
     /// Who consents to off-session charges on the saved card.
+    #[schema(required)]
     user: Option<String>,
 }
 
 /// `POST /v1/orgs/{org}/payment-method/setup`: a setup-mode Checkout Session where a person
 /// saves a card for auto-topup; completing it records the card with their consent.
+#[utoipa::path(post, path = "/v1/orgs/{org}/payment-method/setup", tag = "billing",
+    params(("org" = Uuid, Path, description = "The organization")),
+    request_body = SetupBody,
+    responses(
+        (status = 201, description = "The setup with its checkout URL", body = Setup),
+        (status = 202, description = "The setup; its checkout URL is not ready yet", body = Setup),
+        (status = 403, description = "`wrong_org`, `missing_scope`"),
+        (status = 404, description = "`org_not_found`"),
+        (status = 422, description = "`missing_field`, `invalid_field`"),
+        (status = 429, description = "`rate_limited`"),
+        (status = 503, description = "`workflow_unavailable`"),
+    ))]
 pub async fn start_payment_method_setup(
     State(state): State<AppState>,
     caller: Caller,
     Path(org_id): Path<Uuid>,
     Json(body): Json<SetupBody>,
-) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
+) -> Result<(StatusCode, AxumJson<Setup>), ApiError> {
     caller.authorize(org_id, Scope::BillingManage)?;
     let user = body.user.map(|u| u.trim().to_string()).unwrap_or_default();
     billing::usage::check_name("user", &user, true)
@@ -64,12 +85,12 @@ pub async fn start_payment_method_setup(
     })
     .await
     .map_err(|e| {
-        tracing::error!(error = %e, "could not start the payment method setup");
         ApiError::unavailable(
             "workflow_unavailable",
             "the card setup could not be started now; try again",
             2,
         )
+        .caused_by(e)
     })?;
     let start = Instant::now();
     let mut url = None;
@@ -96,6 +117,9 @@ pub async fn start_payment_method_setup(
     };
     Ok((
         status,
-        AxumJson(json!({ "setup_id": setup_id, "checkout_url": url })),
+        AxumJson(Setup {
+            setup_id,
+            checkout_url: url,
+        }),
     ))
 }

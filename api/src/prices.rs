@@ -1,14 +1,15 @@
 //! `GET /v1/prices` (any key) and `POST /v1/prices` (operator): the versioned price book.
 
-use std::collections::BTreeMap;
-
 use axum::{Json as AxumJson, extract::State, http::StatusCode};
-use billing::pricing::{ModelPrice, PriceBook, Resource};
+use billing::{
+    openapi::CreditsInput,
+    pricing::{PriceBook, Resource},
+};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use serde::Deserialize;
-use serde_json::{Value, json};
-use store::NewPriceVersion;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::{
     AppState, Caller,
@@ -16,120 +17,151 @@ use crate::{
     extract::{Json, Query},
 };
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AtParams {
+    /// The version effective at this time (default: now).
     at: Option<DateTime<Utc>>,
 }
 
-pub fn book_json(b: &PriceBook) -> Value {
-    json!({
-        "version": b.version,
-        "effective_from": b.effective_from,
-        "ai_models": b.models.iter().map(|(m, p)| json!({
-            "model": m,
-            "input_per_mtok_credits": p.input_per_mtok.normalize().to_string(),
-            "output_per_mtok_credits": p.output_per_mtok.normalize().to_string(),
-            "cached_input_per_mtok_credits": p.cached_input_per_mtok.normalize().to_string(),
-        })).collect::<Vec<_>>(),
-        "infra": b.infra.iter().map(|(r, p)| json!({
-            "resource": r,
-            "unit": r.unit(),
-            "per_units": r.price_basis(),
-            "price_credits": p.normalize().to_string(),
-        })).collect::<Vec<_>>(),
-    })
+/// A price version: what each model and resource costs from `effective_from` on.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Prices {
+    pub version: i64,
+    pub effective_from: DateTime<Utc>,
+    pub ai_models: Vec<ModelPrices>,
+    pub infra: Vec<InfraPrice>,
+}
+
+/// Credits per million tokens of one model.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelPrices {
+    pub model: String,
+    /// Decimal text, up to 6 decimals.
+    pub input_per_mtok_credits: String,
+    pub output_per_mtok_credits: String,
+    pub cached_input_per_mtok_credits: String,
+}
+
+/// Credits per `per_units` units of one resource.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InfraPrice {
+    pub resource: Resource,
+    /// The unit quantities are metered in.
+    pub unit: String,
+    /// How many units `price_credits` is for (1, or 1000 for data operations).
+    #[schema(value_type = String)]
+    pub per_units: Decimal,
+    /// Decimal text, up to 9 decimals.
+    pub price_credits: String,
+}
+
+impl From<&PriceBook> for Prices {
+    fn from(b: &PriceBook) -> Self {
+        Prices {
+            version: b.version,
+            effective_from: b.effective_from,
+            ai_models: b
+                .models
+                .iter()
+                .map(|(m, p)| ModelPrices {
+                    model: m.clone(),
+                    input_per_mtok_credits: p.input_per_mtok.normalize().to_string(),
+                    output_per_mtok_credits: p.output_per_mtok.normalize().to_string(),
+                    cached_input_per_mtok_credits: p.cached_input_per_mtok.normalize().to_string(),
+                })
+                .collect(),
+            infra: b
+                .infra
+                .iter()
+                .map(|(r, p)| InfraPrice {
+                    resource: *r,
+                    unit: r.unit().to_string(),
+                    per_units: r.price_basis(),
+                    price_credits: p.normalize().to_string(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The version effective now, or at `?at=`.
+/// The price version effective now, or at `?at=` (any key).
+#[utoipa::path(get, path = "/v1/prices", tag = "prices",
+    params(AtParams),
+    responses(
+        (status = 200, description = "The effective version", body = Prices),
+        (status = 404, description = "`no_price`: no version is effective then"),
+    ))]
 pub async fn current(
     State(state): State<AppState>,
     _caller: Caller,
     Query(p): Query<AtParams>,
-) -> Result<AxumJson<Value>, ApiError> {
+) -> Result<AxumJson<Prices>, ApiError> {
     let at = p.at.unwrap_or_else(Utc::now);
     let catalog = state.prices.current();
     let book = catalog.at(at).ok_or_else(|| {
         ApiError::not_found("no_price", "no price version is effective at that time")
     })?;
-    Ok(AxumJson(book_json(book)))
+    Ok(AxumJson(Prices::from(&**book)))
 }
 
-#[derive(Deserialize)]
+/// A new price version: every resource, at least one model.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishBody {
-    effective_from: Option<DateTime<Utc>>,
+    /// At least the publish lead from now (default: exactly that).
+    pub(crate) effective_from: Option<DateTime<Utc>>,
     #[serde(default)]
-    note: String,
-    ai_models: Vec<ModelBody>,
-    infra: Vec<InfraBody>,
+    pub(crate) note: String,
+    pub(crate) ai_models: Vec<ModelBody>,
+    pub(crate) infra: Vec<InfraBody>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelBody {
-    model: String,
-    input_per_mtok_credits: Value,
-    output_per_mtok_credits: Value,
-    cached_input_per_mtok_credits: Value,
+    pub(crate) model: String,
+    /// Credits per million input tokens, zero or more, up to 6 decimals.
+    #[schema(value_type = CreditsInput)]
+    pub(crate) input_per_mtok_credits: Value,
+    #[schema(value_type = CreditsInput)]
+    pub(crate) output_per_mtok_credits: Value,
+    #[schema(value_type = CreditsInput)]
+    pub(crate) cached_input_per_mtok_credits: Value,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InfraBody {
-    resource: String,
-    price_credits: Value,
-}
-
-/// A price: a non-negative decimal with at most `scale` decimals, below 10^12.
-fn price(v: &Value, field: &'static str, scale: u32) -> Result<Decimal, ApiError> {
-    let text = match v {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => crate::extract::decimal_text(n),
-        _ => {
-            return Err(ApiError::invalid(
-                field,
-                "invalid_price",
-                format!("{field} must be a decimal"),
-            ));
-        }
-    };
-    let d = Decimal::from_str_exact(&text).map_err(|_| {
-        ApiError::invalid(field, "invalid_price", format!("{field} must be a decimal"))
-    })?;
-    if d.is_sign_negative() && !d.is_zero() {
-        return Err(ApiError::invalid(
-            field,
-            "negative_price",
-            format!("{field} must not be negative"),
-        ));
-    }
-    if d.normalize().scale() > scale {
-        return Err(ApiError::invalid(
-            field,
-            "too_many_decimals",
-            format!("{field} has more than {scale} decimals"),
-        ));
-    }
-    if d >= Decimal::from(1_000_000_000_000i64) {
-        return Err(ApiError::invalid(
-            field,
-            "amount_out_of_range",
-            format!("{field} is too large"),
-        ));
-    }
-    Ok(d.abs())
+    /// A metered resource.
+    #[schema(value_type = Resource)]
+    pub(crate) resource: String,
+    /// Credits per `per_units` units, zero or more, up to 9 decimals.
+    #[schema(value_type = CreditsInput)]
+    pub(crate) price_credits: Value,
 }
 
 /// Publishes a whole new price book version (operator). Every infra resource must be priced
 /// and at least one model; `effective_from` defaults to the earliest allowed time.
+/// Publishes a price version (operator). Versions never change once published; usage is rated
+/// with the version effective when it occurred.
+#[utoipa::path(post, path = "/v1/prices", tag = "prices",
+    request_body = PublishBody,
+    responses(
+        (status = 201, description = "The new version", body = Prices),
+        (status = 403, description = "`operator_only`"),
+        (status = 409, description = "`price_version_not_after_newest`"),
+        (status = 422, description = "`effective_too_soon`, `missing_field`, `duplicate_model`, `duplicate_resource`, `unknown_resource`, `invalid_price`, `negative_price`, `too_many_decimals`, `amount_out_of_range`, `invalid_field`"),
+    ))]
 pub async fn publish(
     State(state): State<AppState>,
     caller: Caller,
     Json(body): Json<PublishBody>,
-) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
+) -> Result<(StatusCode, AxumJson<Prices>), ApiError> {
     caller.require_operator()?;
-    let new = new_version(body, Utc::now(), state.price_publish_lead)?;
+    let new = crate::usecases::new_version(body, Utc::now(), state.price_publish_lead)?;
     let effective_from = new.effective_from;
     let version = state
         .store
@@ -143,88 +175,5 @@ pub async fn publish(
         .filter(|b| b.version == version)
         .ok_or_else(ApiError::internal)?;
     tracing::info!(version, %effective_from, "price version published");
-    Ok((StatusCode::CREATED, AxumJson(book_json(book))))
-}
-
-/// Checks a whole new price book version (the body of `POST /v1/prices`, or the operator CLI's
-/// file), starting at least `lead` after `now`: every infra resource priced, at least one model,
-/// each price a non-negative decimal within its scale.
-pub fn new_version(
-    body: PublishBody,
-    now: DateTime<Utc>,
-    lead: chrono::Duration,
-) -> Result<NewPriceVersion, ApiError> {
-    let earliest = now + lead;
-    let effective_from = body.effective_from.unwrap_or(earliest);
-    if effective_from < earliest {
-        return Err(ApiError::invalid(
-            "effective_from",
-            "effective_too_soon",
-            format!(
-                "effective_from must be at least {} s from now, so every server knows the version before it applies",
-                lead.num_seconds()
-            ),
-        ));
-    }
-    let mut models = BTreeMap::new();
-    for m in &body.ai_models {
-        billing::usage::check_name("model", &m.model, true)
-            .map_err(|r| ApiError::invalid("ai_models", r.code, r.message))?;
-        let p = ModelPrice {
-            input_per_mtok: price(&m.input_per_mtok_credits, "input_per_mtok_credits", 6)?,
-            output_per_mtok: price(&m.output_per_mtok_credits, "output_per_mtok_credits", 6)?,
-            cached_input_per_mtok: price(
-                &m.cached_input_per_mtok_credits,
-                "cached_input_per_mtok_credits",
-                6,
-            )?,
-        };
-        if models.insert(m.model.clone(), p).is_some() {
-            return Err(ApiError::invalid(
-                "ai_models",
-                "duplicate_model",
-                format!("model `{}` is listed twice", m.model),
-            ));
-        }
-    }
-    if models.is_empty() {
-        return Err(ApiError::invalid(
-            "ai_models",
-            "missing_field",
-            "price at least one model",
-        ));
-    }
-    let mut infra = BTreeMap::new();
-    for i in &body.infra {
-        let r: Resource = i.resource.parse().map_err(|_| {
-            ApiError::invalid(
-                "infra",
-                "unknown_resource",
-                format!("resource `{}` is not one we meter", i.resource),
-            )
-        })?;
-        if infra
-            .insert(r, price(&i.price_credits, "price_credits", 9)?)
-            .is_some()
-        {
-            return Err(ApiError::invalid(
-                "infra",
-                "duplicate_resource",
-                format!("resource `{r}` is listed twice"),
-            ));
-        }
-    }
-    if let Some(missing) = Resource::ALL.iter().find(|r| !infra.contains_key(r)) {
-        return Err(ApiError::invalid(
-            "infra",
-            "missing_field",
-            format!("resource `{missing}` has no price"),
-        ));
-    }
-    Ok(NewPriceVersion {
-        effective_from,
-        note: body.note.chars().take(1000).collect(),
-        models,
-        infra,
-    })
+    Ok((StatusCode::CREATED, AxumJson(Prices::from(&**book))))
 }

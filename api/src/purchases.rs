@@ -9,9 +9,11 @@ use axum::{
     http::{HeaderMap, StatusCode},
 };
 use billing::PurchaseState;
-use serde::Deserialize;
-use serde_json::{Value, json};
-use store::{Purchase, Scope};
+use billing::{Credits, Currency};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use store::Scope;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
@@ -23,45 +25,97 @@ use crate::{
 /// How long `POST /v1/purchases` waits for the workflow to create the checkout session.
 pub(crate) const CHECKOUT_URL_WAIT: Duration = Duration::from_secs(5);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PurchaseBody {
+    #[schema(required)]
     package_id: Option<Uuid>,
     /// The buying user (recorded on the transfers).
+    #[schema(required)]
     user: Option<String>,
     /// Where the receipt goes; defaults to `user` when that is an e-mail address.
     email: Option<String>,
 }
 
-fn purchase_json(p: &Purchase) -> Value {
-    json!({
-        "id": p.id,
-        "org_id": p.org_id,
-        "state": p.state,
-        "package": {
-            "id": p.package.id, "name": p.package.name,
-            "price_minor": p.package.price.amount_minor, "currency": p.package.price.currency,
-            "base_credits": p.package.base_credits, "bonus_credits": p.package.bonus_credits,
-        },
-        "user": p.buyer,
-        "checkout_url": p.checkout_url,
-        "checkout_session_id": p.checkout_session_id,
-        "payment_intent_id": p.payment_intent_id,
-        "expires_at": p.expires_at,
-        "created_at": p.created_at,
-        "paid_at": p.paid_at,
-        "credited_at": p.credited_at,
-    })
+/// A checkout purchase of a package.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Purchase {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub state: PurchaseState,
+    /// The package as it was when bought.
+    pub package: PurchasedPackage,
+    /// The buying user.
+    pub user: String,
+    /// Where the buyer pays; `null` until the checkout session exists.
+    pub checkout_url: Option<String>,
+    pub checkout_session_id: Option<String>,
+    pub payment_intent_id: Option<String>,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub credited_at: Option<DateTime<Utc>>,
+}
+
+/// The package of a purchase, as it was when bought.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PurchasedPackage {
+    pub id: Uuid,
+    pub name: String,
+    pub price_minor: i64,
+    pub currency: Currency,
+    pub base_credits: Credits,
+    pub bonus_credits: Credits,
+}
+
+impl From<&store::Purchase> for Purchase {
+    fn from(p: &store::Purchase) -> Self {
+        Purchase {
+            id: p.id,
+            org_id: p.org_id,
+            state: p.state,
+            package: PurchasedPackage {
+                id: p.package.id,
+                name: p.package.name.clone(),
+                price_minor: p.package.price.amount_minor,
+                currency: p.package.price.currency,
+                base_credits: p.package.base_credits,
+                bonus_credits: p.package.bonus_credits,
+            },
+            user: p.buyer.clone(),
+            checkout_url: p.checkout_url.clone(),
+            checkout_session_id: p.checkout_session_id.clone(),
+            payment_intent_id: p.payment_intent_id.clone(),
+            expires_at: p.expires_at,
+            created_at: p.created_at,
+            paid_at: p.paid_at,
+            credited_at: p.credited_at,
+        }
+    }
 }
 
 /// `POST /v1/purchases` (org key): records the purchase, starts its workflow, and answers with
 /// the checkout URL as soon as the workflow has created the session.
+#[utoipa::path(post, path = "/v1/purchases", tag = "purchases",
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "The same key again answers with the same purchase")),
+    request_body = PurchaseBody,
+    responses(
+        (status = 201, description = "The purchase with its checkout URL", body = Purchase),
+        (status = 202, description = "The purchase; the checkout URL is not ready yet (poll `GET /v1/purchases/{id}`)", body = Purchase),
+        (status = 400, description = "`invalid_idempotency_key`"),
+        (status = 403, description = "`org_key_required`, `missing_scope`"),
+        (status = 409, description = "`idempotency_conflict`: the key was used with another body"),
+        (status = 422, description = "`missing_field`, `invalid_field`, `invalid_email`, `unknown_package`, `package_inactive`"),
+        (status = 429, description = "`rate_limited`"),
+        (status = 503, description = "`workflow_unavailable`: Temporal did not take the purchase; retry with the same key"),
+    ))]
 pub async fn create_purchase(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
     Json(body): Json<PurchaseBody>,
-) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
+) -> Result<(StatusCode, AxumJson<Purchase>), ApiError> {
     // Optional here (nothing is charged until the buyer pays), but a retried request with the
     // same key gets the same purchase instead of a second checkout.
     let idempotency_key = match headers.get("idempotency-key") {
@@ -149,7 +203,6 @@ pub async fn create_purchase(
     )
     .await
     {
-        tracing::error!(error = %e, purchase = %purchase.id, "could not start the purchase workflow");
         if idempotency_key.is_none() {
             state
                 .store
@@ -161,7 +214,8 @@ pub async fn create_purchase(
             "workflow_unavailable",
             "the purchase could not be started now; try again (with the same Idempotency-Key to get this purchase)",
             2,
-        ));
+        )
+        .caused_by(format!("purchase {}: {e}", purchase.id)));
     }
     // The session is created by the workflow's first activity: wait for its URL, bounded. A
     // purchase that ended without one (`failed`: the processor refused the session) is final,
@@ -181,19 +235,27 @@ pub async fn create_purchase(
         } else {
             StatusCode::ACCEPTED
         };
-    Ok((status, AxumJson(purchase_json(&current))))
+    Ok((status, AxumJson(Purchase::from(&current))))
 }
 
+/// A purchase (`history:read` or `billing:manage`).
+#[utoipa::path(get, path = "/v1/purchases/{id}", tag = "purchases",
+    params(("id" = Uuid, Path, description = "The purchase")),
+    responses(
+        (status = 200, description = "The purchase", body = Purchase),
+        (status = 403, description = "`missing_scope`"),
+        (status = 404, description = "`not_found`: no such purchase (or another org's)"),
+    ))]
 pub async fn get_purchase(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<Uuid>,
-) -> Result<AxumJson<Value>, ApiError> {
+) -> Result<AxumJson<Purchase>, ApiError> {
     let p = state.store.purchases().purchase(id).await?;
     caller.authorize_object(
         p.org_id,
         &[Scope::HistoryRead, Scope::BillingManage],
         "purchase",
     )?;
-    Ok(AxumJson(purchase_json(&p)))
+    Ok(AxumJson(Purchase::from(&p)))
 }

@@ -2,9 +2,12 @@
 
 use axum::{Json as AxumJson, extract::State};
 use billing::Credits;
-use serde::Deserialize;
-use serde_json::{Value, json};
-use store::{BillingSettings, Scope};
+use billing::openapi::CreditsInput;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use store::{AlertRecord, BillingSettings, Scope, TopupRecord};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
@@ -18,60 +21,133 @@ use crate::{
 const THRESHOLDS_MAX: usize = 10;
 const RECIPIENTS_MAX: usize = 20;
 
-fn settings_json(s: &BillingSettings) -> Value {
-    json!({
-        "auto_topup": {
-            "enabled": s.topup_enabled,
-            "threshold_credits": s.topup_threshold,
-            "package_id": s.topup_package_id,
-            "monthly_cap_minor": s.topup_monthly_cap_minor,
-            "paused_reason": s.topup_paused_reason,
-            "payment_method": s.payment_method_id.as_ref().map(|pm| json!({
-                "id": pm,
-                "customer": s.stripe_customer_id,
-                "consented_at": s.payment_method_consent_at,
-                "consented_by": s.payment_method_consent_by,
-            })),
-        },
-        "alerts": {
-            "thresholds_credits": s.alert_thresholds,
-            "recipients": s.recipients,
-        },
-    })
+/// An org's auto-topup and low-balance alerts.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = BillingSettings)]
+pub struct Settings {
+    pub auto_topup: AutoTopup,
+    pub alerts: Alerts,
 }
 
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AutoTopup {
+    pub enabled: bool,
+    /// Buy `package_id` when the balance falls below this.
+    pub threshold_credits: Option<Credits>,
+    pub package_id: Option<Uuid>,
+    /// The most auto-topup may charge in a calendar month, in the package's minor units.
+    pub monthly_cap_minor: Option<i64>,
+    /// Why auto-topup is paused (a declined card, a dispute), if it is.
+    pub paused_reason: Option<String>,
+    /// The saved card charged off-session.
+    pub payment_method: Option<PaymentMethod>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PaymentMethod {
+    /// `pm_…`.
+    pub id: String,
+    /// `cus_…`.
+    pub customer: Option<String>,
+    pub consented_at: Option<DateTime<Utc>>,
+    pub consented_by: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Alerts {
+    /// An e-mail goes out when the balance falls below each.
+    pub thresholds_credits: Vec<Credits>,
+    pub recipients: Vec<String>,
+}
+
+impl From<BillingSettings> for Settings {
+    fn from(s: BillingSettings) -> Self {
+        Settings {
+            auto_topup: AutoTopup {
+                enabled: s.topup_enabled,
+                threshold_credits: s.topup_threshold,
+                package_id: s.topup_package_id,
+                monthly_cap_minor: s.topup_monthly_cap_minor,
+                paused_reason: s.topup_paused_reason,
+                payment_method: s.payment_method_id.map(|id| PaymentMethod {
+                    id,
+                    customer: s.stripe_customer_id,
+                    consented_at: s.payment_method_consent_at,
+                    consented_by: s.payment_method_consent_by,
+                }),
+            },
+            alerts: Alerts {
+                thresholds_credits: s.alert_thresholds,
+                recipients: s.recipients,
+            },
+        }
+    }
+}
+
+/// An org's latest auto-topups (at most 100), newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TopupList {
+    pub data: Vec<TopupRecord>,
+}
+
+/// An org's latest low-balance alerts (at most 100), newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AlertList {
+    pub data: Vec<AlertRecord>,
+}
+
+/// The org's auto-topup and alert settings (`billing:manage`).
+#[utoipa::path(get, path = "/v1/orgs/{org}/billing-settings", tag = "billing",
+    params(("org" = Uuid, Path, description = "The organization")),
+    responses(
+        (status = 200, description = "The settings", body = Settings),
+        (status = 403, description = "`wrong_org`, `missing_scope`"),
+        (status = 404, description = "`org_not_found`"),
+    ))]
 pub async fn get_settings(
     State(state): State<AppState>,
     caller: Caller,
     Path(org_id): Path<Uuid>,
-) -> Result<AxumJson<Value>, ApiError> {
+) -> Result<AxumJson<Settings>, ApiError> {
     caller.authorize(org_id, Scope::BillingManage)?;
-    Ok(AxumJson(settings_json(
-        &state.store.settings().billing_settings(org_id).await?,
-    )))
+    Ok(AxumJson(
+        state
+            .store
+            .settings()
+            .billing_settings(org_id)
+            .await?
+            .into(),
+    ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsBody {
     auto_topup: Option<TopupBody>,
     alerts: Option<AlertsBody>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TopupBody {
+    /// Enabling needs `threshold_credits`, `package_id`, `monthly_cap_minor` and a saved
+    /// payment method.
     enabled: bool,
+    /// Zero or more.
+    #[schema(value_type = Option<CreditsInput>)]
     threshold_credits: Option<Value>,
     package_id: Option<Uuid>,
     monthly_cap_minor: Option<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsBody {
+    /// At most 10, each zero or more.
     #[serde(default)]
+    #[schema(value_type = Vec<CreditsInput>)]
     thresholds_credits: Vec<Value>,
+    /// At most 20 e-mail addresses.
     #[serde(default)]
     recipients: Vec<String>,
 }
@@ -93,12 +169,21 @@ fn valid_email(e: &str) -> bool {
 }
 
 /// `PUT /v1/orgs/{org}/billing-settings`: the whole of auto-topup and alerts, validated.
+#[utoipa::path(put, path = "/v1/orgs/{org}/billing-settings", tag = "billing",
+    params(("org" = Uuid, Path, description = "The organization")),
+    request_body = SettingsBody,
+    responses(
+        (status = 200, description = "The settings as saved", body = Settings),
+        (status = 403, description = "`wrong_org`, `missing_scope`"),
+        (status = 404, description = "`org_not_found`"),
+        (status = 422, description = "`missing_field`, `payment_method_required`, `unknown_package`, `invalid_cap`, `negative_threshold`, `too_many`, `invalid_email`, `invalid_amount`, `too_many_decimals`, `amount_out_of_range`"),
+    ))]
 pub async fn put_settings(
     State(state): State<AppState>,
     caller: Caller,
     Path(org_id): Path<Uuid>,
     Json(body): Json<SettingsBody>,
-) -> Result<AxumJson<Value>, ApiError> {
+) -> Result<AxumJson<Settings>, ApiError> {
     caller.authorize(org_id, Scope::BillingManage)?;
     let mut s = state.store.settings().billing_settings(org_id).await?;
     if let Some(t) = body.auto_topup {
@@ -179,12 +264,17 @@ pub async fn put_settings(
         .settings()
         .put_billing_settings(org_id, &s)
         .await?;
-    Ok(AxumJson(settings_json(
-        &state.store.settings().billing_settings(org_id).await?,
-    )))
+    Ok(AxumJson(
+        state
+            .store
+            .settings()
+            .billing_settings(org_id)
+            .await?
+            .into(),
+    ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentMethodBody {
     /// The payment method saved by a setup-mode Checkout Session (`pm_…`).
@@ -200,12 +290,21 @@ pub struct PaymentMethodBody {
 /// the setup-mode checkout (`…/payment-method/setup`), where the processor itself vouches for
 /// the payment method; this route is for support staff recording one the customer saved with
 /// the processor by other means, so an org key may not point charges at an arbitrary id.
+#[utoipa::path(post, path = "/v1/orgs/{org}/payment-method", tag = "billing",
+    params(("org" = Uuid, Path, description = "The organization")),
+    request_body = PaymentMethodBody,
+    responses(
+        (status = 200, description = "The settings with the payment method", body = Settings),
+        (status = 403, description = "`operator_only`"),
+        (status = 404, description = "`org_not_found`"),
+        (status = 422, description = "`invalid_payment_method`, `invalid_customer`, `missing_field`, `invalid_field`"),
+    ))]
 pub async fn save_payment_method(
     State(state): State<AppState>,
     caller: Caller,
     Path(org_id): Path<Uuid>,
     Json(body): Json<PaymentMethodBody>,
-) -> Result<AxumJson<Value>, ApiError> {
+) -> Result<AxumJson<Settings>, ApiError> {
     caller.require_operator()?;
     let ok = |s: &str| !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic());
     if !ok(&body.payment_method_id) || !body.payment_method_id.starts_with("pm_") {
@@ -235,31 +334,52 @@ pub async fn save_payment_method(
             &body.user,
         )
         .await?;
-    Ok(AxumJson(settings_json(
-        &state.store.settings().billing_settings(org_id).await?,
-    )))
+    Ok(AxumJson(
+        state
+            .store
+            .settings()
+            .billing_settings(org_id)
+            .await?
+            .into(),
+    ))
 }
 
+/// The org's latest auto-topups with their attempts (`history:read`).
+#[utoipa::path(get, path = "/v1/orgs/{org}/topups", tag = "billing",
+    params(("org" = Uuid, Path, description = "The organization")),
+    responses(
+        (status = 200, description = "The topups", body = TopupList),
+        (status = 403, description = "`wrong_org`, `missing_scope`"),
+        (status = 404, description = "`org_not_found`"),
+    ))]
 pub async fn topups(
     State(state): State<AppState>,
     caller: Caller,
     Path(org_id): Path<Uuid>,
-) -> Result<AxumJson<Value>, ApiError> {
+) -> Result<AxumJson<TopupList>, ApiError> {
     caller.authorize(org_id, Scope::HistoryRead)?;
     state.store.orgs().get_org(org_id).await?;
-    Ok(AxumJson(
-        json!({ "data": state.store.topups().topups(org_id).await? }),
-    ))
+    Ok(AxumJson(TopupList {
+        data: state.store.topups().topups(org_id).await?,
+    }))
 }
 
+/// The org's latest low-balance alerts (`history:read`).
+#[utoipa::path(get, path = "/v1/orgs/{org}/alerts", tag = "billing",
+    params(("org" = Uuid, Path, description = "The organization")),
+    responses(
+        (status = 200, description = "The alerts", body = AlertList),
+        (status = 403, description = "`wrong_org`, `missing_scope`"),
+        (status = 404, description = "`org_not_found`"),
+    ))]
 pub async fn alerts(
     State(state): State<AppState>,
     caller: Caller,
     Path(org_id): Path<Uuid>,
-) -> Result<AxumJson<Value>, ApiError> {
+) -> Result<AxumJson<AlertList>, ApiError> {
     caller.authorize(org_id, Scope::HistoryRead)?;
     state.store.orgs().get_org(org_id).await?;
-    Ok(AxumJson(
-        json!({ "data": state.store.alerts().alerts(org_id).await? }),
-    ))
+    Ok(AxumJson(AlertList {
+        data: state.store.alerts().alerts(org_id).await?,
+    }))
 }

@@ -14,6 +14,7 @@ use crate::{BillingError, Credits};
 
 /// The kinds of credit movement. Stored as text; the names are part of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TransferKind {
     /// Credits bought through a checkout.
@@ -256,6 +257,7 @@ impl Posting {
 /// What a transfer points at: the purchase, topup, refund, dispute or usage event it books,
 /// and the payment behind it. Stored as the transfer's `refs` (JSON); absent fields are left out.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Refs {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purchase_id: Option<Uuid>,

@@ -9,6 +9,8 @@ pub mod email;
 pub mod error;
 pub mod ledger;
 pub mod money;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod packages;
 pub mod pricing;
 pub mod purchase;

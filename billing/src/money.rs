@@ -10,6 +10,7 @@ use crate::BillingError;
 
 /// An ISO 4217 currency the product sells in, with its number of minor-unit digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Currency {
     Usd,

@@ -14,6 +14,7 @@ use crate::{Credits, usage::Usage};
 
 /// Infrastructure resources and the unit each is metered in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Resource {
     /// vCPU-seconds.

@@ -29,6 +29,7 @@ pub enum AlertClaim {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AlertRecord {
     pub threshold: Credits,
     pub balance: Credits,

@@ -32,6 +32,7 @@ pub enum TopupStart {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TopupRecord {
     pub id: Uuid,
     pub org_id: Uuid,

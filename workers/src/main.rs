@@ -283,7 +283,7 @@ async fn main() -> anyhow::Result<()> {
                 amount_minor: Some(amount_minor),
                 reason: Some(reason),
             };
-            let refund = api::refunds::start_refund(
+            let refund = api::usecases::start_refund(
                 &store,
                 &temporal,
                 &settings.temporal.task_queue,
@@ -304,13 +304,18 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 refund
             };
-            println!("{}", api::refunds::refund_json(&refund));
+            println!(
+                "{}",
+                serde_json::to_string(&api::refunds::Refund::from(&refund))?
+            );
         }
         Command::Refunds(RefundsCommand::Show { id }) => {
             let store = app::connect_store(&settings).await?;
             println!(
                 "{}",
-                api::refunds::refund_json(&store.refunds().refund(id).await?)
+                serde_json::to_string(&api::refunds::Refund::from(
+                    &store.refunds().refund(id).await?
+                ))?
             );
         }
         Command::Prices(PricesCommand::Publish { file, operator }) => {
@@ -320,7 +325,8 @@ async fn main() -> anyhow::Result<()> {
             let body: api::prices::PublishBody = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not a price book", file.display()))?;
             let lead = chrono::Duration::milliseconds(settings.pricing.publish_lead_ms as i64);
-            let new = api::prices::new_version(body, chrono::Utc::now(), lead).map_err(problem)?;
+            let new =
+                api::usecases::new_version(body, chrono::Utc::now(), lead).map_err(problem)?;
             let version = store
                 .prices()
                 .publish_prices(&new, &format!("operator:{operator}"))
@@ -341,7 +347,10 @@ async fn main() -> anyhow::Result<()> {
             let book = catalog
                 .at(at)
                 .with_context(|| format!("no price version is effective at {at}"))?;
-            println!("{}", api::prices::book_json(book));
+            println!(
+                "{}",
+                serde_json::to_string(&api::prices::Prices::from(&**book))?
+            );
         }
         Command::Schedules(SchedulesCommand::Sync) => {
             let temporal = app::connect_temporal(&settings.temporal).await?;

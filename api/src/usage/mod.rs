@@ -12,9 +12,11 @@
 //! one transaction. Valid events are recorded even when others in the batch are refused.
 
 mod parse;
+mod schema;
 
 use parse::*;
 pub use parse::{parse_batch, validate};
+pub use schema::{CloudEvent, EventResult, EventStatus, UsageBatch, UsageEvent, UsageResult};
 
 use axum::{
     Json as AxumJson,
@@ -24,7 +26,7 @@ use axum::{
 };
 use billing::{Credits, pricing::PriceCatalog, usage::Rejection};
 use chrono::Utc;
-use serde_json::{Value, json};
+use serde_json::Value;
 use store::{EventOutcome, Principal, RatedEvent, Recorded, Scope, UsageJob};
 
 use crate::{AppState, Caller, cloudevents::Mapped, error::ApiError, metrics};
@@ -40,12 +42,28 @@ const PARSE_THREADS: usize = 1;
 
 static PARSE_PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PARSE_THREADS);
 
+/// Records a batch of 1 to 1,000 usage events (an org key with `usage:write`): each valid
+/// event is rated with the price version effective when it occurred and booked once per
+/// (org, source, id); invalid ones are rejected one by one, with a code.
+#[utoipa::path(post, path = "/v1/usage", tag = "usage",
+    request_body(content(
+        (UsageBatch = "application/json"),
+        (Vec<CloudEvent> = "application/cloudevents-batch+json"),
+        (CloudEvent = "application/cloudevents+json"),
+    )),
+    responses(
+        (status = 200, description = "Each event's result, in the order sent", body = UsageResult),
+        (status = 400, description = "`malformed_json`, `malformed_body`, `invalid_batch`, `invalid_cloudevent`"),
+        (status = 403, description = "`org_key_required`, `missing_scope`"),
+        (status = 415, description = "`unsupported_media_type`"),
+        (status = 429, description = "`usage_overloaded`: too much usage in flight; retry after `Retry-After`"),
+    ))]
 pub async fn ingest(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
+) -> Result<(StatusCode, AxumJson<UsageResult>), ApiError> {
     let principal = match &caller {
         Caller::Org(p) => {
             caller.require_scope(Scope::UsageWrite)?;
@@ -141,17 +159,17 @@ pub async fn ingest(
         let done = state.ingestor.submit(job).await?;
         for ((slot, id), outcome) in slots.into_iter().zip(ids).zip(done.outcomes) {
             results[slot] = match outcome {
-                EventOutcome::Accepted(r) => recorded(&id, "accepted", &r),
-                EventOutcome::Duplicate(r) => recorded(&id, "duplicate", &r),
+                EventOutcome::Accepted(r) => recorded(&id, EventStatus::Accepted, &r),
+                EventOutcome::Duplicate(r) => recorded(&id, EventStatus::Duplicate, &r),
                 EventOutcome::Conflict => rejected(
-                    Some(&Value::String(id)),
+                    Some(&Value::String(id.clone())),
                     &Rejection::new(
                         "id_conflict",
                         "this id was already recorded with a different payload",
                     ),
                 ),
                 EventOutcome::OverdraftLimit => rejected(
-                    Some(&Value::String(id)),
+                    Some(&Value::String(id.clone())),
                     &Rejection::new(
                         "overdraft_limit",
                         "this event would take the balance below the organization's overdraft \
@@ -164,12 +182,12 @@ pub async fn ingest(
     };
     let (mut accepted, mut duplicates, mut rejected) = (0u64, 0u64, 0u64);
     for r in &results {
-        match r["status"].as_str() {
-            Some("accepted") => accepted += 1,
-            Some("duplicate") => duplicates += 1,
-            _ => {
+        match r.status {
+            EventStatus::Accepted => accepted += 1,
+            EventStatus::Duplicate => duplicates += 1,
+            EventStatus::Rejected => {
                 rejected += 1;
-                let code = r["code"].as_str().unwrap_or("unknown");
+                let code = r.code.as_deref().unwrap_or("unknown");
                 metrics::USAGE_EVENTS
                     .with_label_values(&["rejected", code])
                     .inc();
@@ -182,21 +200,21 @@ pub async fn ingest(
     metrics::USAGE_EVENTS
         .with_label_values(&["duplicate", ""])
         .inc_by(duplicates);
-    let summary = json!({
-        "accepted": accepted,
-        "duplicates": duplicates,
-        "rejected": rejected,
-        "balance_credits": balance,
-        "negative": balance.is_negative(),
-        "results": results,
-    });
+    let summary = UsageResult {
+        accepted,
+        duplicates,
+        rejected,
+        balance_credits: balance,
+        negative: balance.is_negative(),
+        results,
+    };
     Ok((StatusCode::OK, AxumJson(summary)))
 }
 
 /// A batch parsed and rated: a result slot per event (rejections filled in), and the valid
 /// events with the slot each one's outcome goes to.
 struct Prepared {
-    results: Vec<Value>,
+    results: Vec<EventResult>,
     slots: Vec<usize>,
     valid: Vec<RatedEvent>,
 }
@@ -225,7 +243,9 @@ fn prepare(
         match rate(raw, reporter, rules, catalog) {
             Ok(rated) => {
                 p.slots.push(p.results.len());
-                p.results.push(Value::Null);
+                // A placeholder, replaced by the writer's outcome.
+                p.results
+                    .push(rejected(None, &Rejection::new("internal", "not recorded")));
                 p.valid.push(rated);
             }
             Err(r) => p.results.push(rejected(raw.get("id"), &r)),
@@ -234,23 +254,32 @@ fn prepare(
     Ok(p)
 }
 
-fn recorded(id: &str, status: &str, r: &Recorded) -> Value {
-    json!({
-        "id": id,
-        "status": status,
-        "cost_credits": r.cost,
-        "price_version": r.price_version,
-        "transfer_id": r.transfer_id,
-        "usage_event_id": r.usage_id,
-    })
+fn recorded(id: &str, status: EventStatus, r: &Recorded) -> EventResult {
+    EventResult {
+        id: Value::String(id.to_string()),
+        status,
+        cost_credits: Some(r.cost),
+        price_version: Some(r.price_version),
+        transfer_id: r.transfer_id,
+        usage_event_id: Some(r.usage_id),
+        code: None,
+        message: None,
+        field: None,
+    }
 }
 
-fn rejected(id: Option<&Value>, r: &Rejection) -> Value {
-    let mut v = json!({ "id": id, "status": "rejected", "code": r.code, "message": r.message });
-    if let Some(field) = &r.field {
-        v["field"] = json!(field);
+fn rejected(id: Option<&Value>, r: &Rejection) -> EventResult {
+    EventResult {
+        id: id.cloned().unwrap_or(Value::Null),
+        status: EventStatus::Rejected,
+        cost_credits: None,
+        price_version: None,
+        transfer_id: None,
+        usage_event_id: None,
+        code: Some(r.code.to_string()),
+        message: Some(r.message.clone()),
+        field: r.field.clone(),
     }
-    v
 }
 
 /// Validates and rates one event with the version effective when it occurred.

@@ -64,6 +64,7 @@ impl Balance {
 /// `balance = purchased + topup + bonus + adjusted − used − refunded − reversed` holds
 /// exactly ([`Totals::IDENTITY`]; checked by `creditflow verify-ledger`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Totals {
     /// Credits bought through checkouts.
     pub purchased_credits: Credits,

@@ -15,6 +15,7 @@ mod history;
 mod keys;
 mod ledger_invariants;
 mod metrics;
+mod openapi;
 mod outage;
 mod purchases;
 mod refunds;

@@ -1020,6 +1020,16 @@ async fn the_return_pages_show_what_was_bought_and_where_it_stands() {
     assert_eq!(get("/checkout/success".into()).await.0, 400);
     let (_, _, escaped) = get("/checkout/success?session_id=%3Cscript%3E".into()).await;
     assert!(!escaped.contains("<script>"), "{escaped}");
+    // A session id no processor issues (a NUL, a space) names no checkout: 404, not a 500
+    // from the database (schemathesis found it).
+    for odd in ["cs_%00x", "cs%20x", "%C3%A9"] {
+        let (status, kind, _) = get(format!("/checkout/cancel?session_id={odd}")).await;
+        assert_eq!(
+            (status, kind.as_str()),
+            (404, "text/html; charset=utf-8"),
+            "{odd}"
+        );
+    }
 }
 
 /// One answer of [`within_one_minute`]: status, Retry-After, and problem code.

@@ -1,18 +1,19 @@
 //! Balances, transaction history (JSON pages or streamed CSV) and operator adjustments.
 
+mod csv;
+
 use axum::{
     Json as AxumJson,
-    body::Body,
     extract::State,
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
-use billing::{Credits, TransferKind};
+use billing::{Credits, Refs, TransferKind, openapi::CreditsInput};
 use chrono::{DateTime, Utc};
-use futures::stream;
-use serde::Deserialize;
-use serde_json::{Value, json};
-use store::{Scope, Transfer, TransferQuery};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use store::{Scope, Totals, TransferQuery};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::{
@@ -20,6 +21,7 @@ use crate::{
     error::ApiError,
     extract::{Json, Path, Query},
 };
+use csv::csv_response;
 
 /// The most rows one JSON page may hold.
 pub const PAGE_LIMIT_MAX: i64 = 1000;
@@ -27,33 +29,106 @@ const PAGE_LIMIT_DEFAULT: i64 = 100;
 /// Rows fetched per database round trip while streaming CSV.
 const CSV_CHUNK_ROWS: i64 = 1000;
 
+/// An org's balance and what moved it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Balance {
+    pub org_id: Uuid,
+    pub balance_credits: Credits,
+    /// Whether usage took the balance below zero.
+    pub negative: bool,
+    pub totals: Totals,
+    /// How `totals` add up to the balance.
+    pub identity: String,
+    pub transfer_count: i64,
+}
+
+/// One credit movement, from the org's side.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Transfer {
+    pub id: Uuid,
+    /// Position in the org's history (1, 2, …).
+    pub seq: i64,
+    pub kind: TransferKind,
+    /// Signed: positive when credits came in.
+    pub amount_credits: Credits,
+    pub balance_after_credits: Credits,
+    /// The system account on the other side.
+    pub counterparty: String,
+    pub actor: String,
+    pub reason: String,
+    /// What it books: the purchase, topup, refund, dispute or usage event.
+    pub refs: Refs,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&store::Transfer> for Transfer {
+    fn from(t: &store::Transfer) -> Self {
+        Transfer {
+            id: t.id,
+            seq: t.seq,
+            kind: t.kind,
+            amount_credits: t.org_amount,
+            balance_after_credits: t.balance_after,
+            counterparty: t.counterparty.clone(),
+            actor: t.actor.clone(),
+            reason: t.reason.clone(),
+            refs: t.refs.clone(),
+            created_at: t.created_at,
+        }
+    }
+}
+
+/// A page of transfers, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TransferPage {
+    pub data: Vec<Transfer>,
+    /// Pass as `cursor` for the next (older) page; `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// The balance, with the totals by kind that add up to it (`balance:read`).
+#[utoipa::path(get, path = "/v1/orgs/{org}/balance", tag = "ledger",
+    params(("org" = Uuid, Path, description = "The organization")),
+    responses(
+        (status = 200, description = "The balance", body = Balance),
+        (status = 403, description = "`wrong_org`, `missing_scope`"),
+        (status = 404, description = "`org_not_found`"),
+    ))]
 pub async fn balance(
     State(state): State<AppState>,
     caller: Caller,
     Path(org_id): Path<Uuid>,
-) -> Result<AxumJson<Value>, ApiError> {
+) -> Result<AxumJson<Balance>, ApiError> {
     let _timer = crate::metrics::BALANCE_READ_SECONDS.start_timer();
     caller.authorize(org_id, Scope::BalanceRead)?;
     let b = state.store.ledger().balance(org_id).await?;
-    Ok(AxumJson(json!({
-        "org_id": b.org_id,
-        "balance_credits": b.balance,
-        "negative": b.balance.is_negative(),
-        "totals": b.totals()?,
-        "identity": store::Totals::IDENTITY,
-        "transfer_count": b.transfer_count,
-    })))
+    Ok(AxumJson(Balance {
+        org_id: b.org_id,
+        balance_credits: b.balance,
+        negative: b.balance.is_negative(),
+        totals: b.totals()?,
+        identity: Totals::IDENTITY.to_string(),
+        transfer_count: b.transfer_count,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryParams {
+    /// Rows per page, 1 to 1000 (default 100); with `format=csv`, the most rows exported.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
-    /// One kind or several, comma-separated.
+    /// One kind or several, comma-separated (`usage,purchase`).
     kind: Option<String>,
+    /// Transfers at or after this time.
     from: Option<DateTime<Utc>>,
+    /// Transfers at or before this time.
     to: Option<DateTime<Utc>>,
+    /// `json` (default) or `csv`.
+    #[param(pattern = "^(json|csv)$")]
     format: Option<String>,
 }
 
@@ -102,23 +177,19 @@ fn history_query(
     })
 }
 
-pub fn transfer_json(t: &Transfer) -> Value {
-    json!({
-        "id": t.id,
-        "seq": t.seq,
-        "kind": t.kind,
-        "amount_credits": t.org_amount,
-        "balance_after_credits": t.balance_after,
-        "counterparty": t.counterparty,
-        "actor": t.actor,
-        "reason": t.reason,
-        "refs": t.refs,
-        "created_at": t.created_at,
-    })
-}
-
-/// `GET /v1/orgs/{org}/transactions`: newest first. JSON pages with a cursor, or with
-/// `?format=csv` every matching row streamed as CSV (up to `limit` if one is given).
+/// The org's transfers, newest first: JSON pages with a cursor, or with `?format=csv` every
+/// matching row streamed as CSV (up to `limit` if one is given) (`history:read`).
+#[utoipa::path(get, path = "/v1/orgs/{org}/transactions", tag = "ledger",
+    params(("org" = Uuid, Path, description = "The organization"), HistoryParams),
+    responses(
+        (status = 200, description = "A page of transfers, or all of them as CSV", content(
+            (TransferPage = "application/json"),
+            (String = "text/csv"),
+        )),
+        (status = 400, description = "`invalid_limit`, `invalid_cursor`, `invalid_kind`, `invalid_range`, `invalid_format`"),
+        (status = 403, description = "`wrong_org`, `missing_scope`"),
+        (status = 404, description = "`org_not_found`"),
+    ))]
 pub async fn transactions(
     State(state): State<AppState>,
     caller: Caller,
@@ -131,10 +202,10 @@ pub async fn transactions(
         None | Some("json") => {
             let q = history_query(org_id, &params, PAGE_LIMIT_DEFAULT)?;
             let page = state.store.ledger().transfers(&q).await?;
-            Ok(AxumJson(json!({
-                "data": page.transfers.iter().map(transfer_json).collect::<Vec<_>>(),
-                "next_cursor": page.next_before_seq.map(|s| s.to_string()),
-            }))
+            Ok(AxumJson(TransferPage {
+                data: page.transfers.iter().map(Transfer::from).collect(),
+                next_cursor: page.next_before_seq.map(|s| s.to_string()),
+            })
             .into_response())
         }
         Some("csv") => {
@@ -148,117 +219,14 @@ pub async fn transactions(
     }
 }
 
-const CSV_HEADER: &str =
-    "id,seq,created_at,kind,amount_credits,balance_after_credits,counterparty,actor,reason,refs\n";
-
-/// One CSV cell. A text that a spreadsheet would take for a formula (it starts with `=`, `+`,
-/// `-`, `@`, a tab or a CR: reasons come from operators and package names) is prefixed with `'`
-/// so it stays text (audit L1); then quoted when it holds a separator, quote or line break.
-fn csv_field(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{s}")
-    } else {
-        s.to_string()
-    };
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s
-    }
-}
-
-#[cfg(test)]
-mod csv_tests {
-    use super::csv_field;
-
-    #[test]
-    fn cells_a_spreadsheet_would_run_are_text() {
-        assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
-        assert_eq!(csv_field("+100 welcome"), "'+100 welcome");
-        assert_eq!(csv_field("-5"), "'-5");
-        assert_eq!(csv_field("@SUM(A1)"), "'@SUM(A1)");
-        assert_eq!(csv_field("\tx"), "'\tx");
-        assert_eq!(csv_field("\rx"), "\"'\rx\"");
-        assert_eq!(csv_field("plain, text"), "\"plain, text\"");
-        assert_eq!(csv_field("user:ana"), "user:ana");
-    }
-}
-
-fn csv_row(t: &Transfer) -> String {
-    format!(
-        "{},{},{},{},{},{},{},{},{},{}\n",
-        t.id,
-        t.seq,
-        t.created_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        t.kind,
-        t.org_amount,
-        t.balance_after,
-        csv_field(&t.counterparty),
-        csv_field(&t.actor),
-        csv_field(&t.reason),
-        csv_field(&serde_json::to_string(&t.refs).unwrap_or_default()),
-    )
-}
-
-/// Streams pages of `CSV_CHUNK_ROWS` rows so memory stays bounded whatever the history's size.
-fn csv_response(state: AppState, first: TransferQuery, total_limit: Option<i64>) -> Response {
-    struct Cursor {
-        query: Option<TransferQuery>,
-        remaining: Option<i64>,
-        header_sent: bool,
-    }
-    let start = Cursor {
-        query: Some(TransferQuery {
-            limit: CSV_CHUNK_ROWS.min(total_limit.unwrap_or(CSV_CHUNK_ROWS)),
-            ..first
-        }),
-        remaining: total_limit,
-        header_sent: false,
-    };
-    let body = stream::unfold((state, start), |(state, mut cur)| async move {
-        if !cur.header_sent {
-            cur.header_sent = true;
-            return Some((Ok(CSV_HEADER.to_string()), (state, cur)));
-        }
-        let mut q = cur.query.take()?;
-        match state.store.ledger().transfers(&q).await {
-            Err(e) => {
-                tracing::error!(error = %e, "CSV export failed mid-stream");
-                Some((Err(std::io::Error::other("export failed")), (state, cur)))
-            }
-            Ok(page) => {
-                let chunk: String = page.transfers.iter().map(csv_row).collect();
-                let remaining = cur.remaining.map(|r| r - page.transfers.len() as i64);
-                if let Some(next) = page.next_before_seq
-                    && remaining.is_none_or(|r| r > 0)
-                {
-                    q.before_seq = Some(next);
-                    q.limit = CSV_CHUNK_ROWS.min(remaining.unwrap_or(CSV_CHUNK_ROWS));
-                    cur.query = Some(q);
-                }
-                cur.remaining = remaining;
-                Some((Ok(chunk), (state, cur)))
-            }
-        }
-    });
-    (
-        [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-            (
-                header::CONTENT_DISPOSITION,
-                "attachment; filename=\"transactions.csv\"",
-            ),
-        ],
-        Body::from_stream(body),
-    )
-        .into_response()
-}
-
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdjustmentBody {
+    /// Signed, not zero: positive adds credits.
+    #[schema(value_type = CreditsInput, required)]
     amount_credits: Option<Value>,
+    /// Why, 1 to 1000 characters.
+    #[schema(required)]
     reason: Option<String>,
 }
 
@@ -311,14 +279,28 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(key.to_string())
 }
 
-/// `POST /v1/orgs/{org}/adjustments` (operator): a signed manual correction with a reason.
+/// A signed manual correction with a reason (operator). The same `Idempotency-Key` books it once.
+#[utoipa::path(post, path = "/v1/orgs/{org}/adjustments", tag = "ledger",
+    params(
+        ("org" = Uuid, Path, description = "The organization"),
+        ("Idempotency-Key" = String, Header, description = "1 to 255 printable ASCII characters"),
+    ),
+    request_body = AdjustmentBody,
+    responses(
+        (status = 201, description = "The adjustment's transfer (the first one, on a retry)", body = Transfer),
+        (status = 400, description = "`missing_idempotency_key`, `invalid_idempotency_key`"),
+        (status = 403, description = "`operator_only`"),
+        (status = 404, description = "`org_not_found`"),
+        (status = 409, description = "`idempotency_conflict`: the key was used with another body"),
+        (status = 422, description = "`missing_field`, `amount_zero`, `invalid_amount`, `too_many_decimals`, `amount_out_of_range`, `field_too_long`, `insufficient_balance`"),
+    ))]
 pub async fn adjust(
     State(state): State<AppState>,
     caller: Caller,
     Path(org_id): Path<Uuid>,
     headers: HeaderMap,
     Json(body): Json<AdjustmentBody>,
-) -> Result<(StatusCode, AxumJson<Value>), ApiError> {
+) -> Result<(StatusCode, AxumJson<Transfer>), ApiError> {
     caller.require_operator()?;
     let key = idempotency_key(&headers)?;
     let amount = credits_field(body.amount_credits.as_ref(), "amount_credits")?;
@@ -352,5 +334,5 @@ pub async fn adjust(
         .ledger()
         .post_adjustment(org_id, amount, &reason, &caller.actor(), &key)
         .await?;
-    Ok((StatusCode::CREATED, AxumJson(transfer_json(&transfer))))
+    Ok((StatusCode::CREATED, AxumJson(Transfer::from(&transfer))))
 }

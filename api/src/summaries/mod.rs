@@ -1,19 +1,21 @@
 //! `GET /v1/summaries` and `GET /v1/orgs/{org}/summaries/{YYYY-MM}`: stored monthly summaries,
 //! or a live computation marked provisional for a month not generated yet (the current one).
 
+mod csv;
+
 use axum::{
     Json as AxumJson,
-    body::Body,
     extract::State,
     http::header,
     response::{IntoResponse, Response},
 };
+use billing::Credits;
 use billing::summary::Month;
-use chrono::Utc;
-use futures::stream;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use store::{Scope, Summary};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::{
@@ -21,57 +23,103 @@ use crate::{
     error::ApiError,
     extract::{Path, Query},
 };
+use csv::{CSV_HEADER, csv_every_org, csv_row};
 
 /// Orgs in one page of an operator's listing of every org for a month: the default and the
 /// most. A CSV export streams pages of this many orgs, so its memory stays bounded too.
 const ORGS_PAGE_MAX: i64 = 1000;
 
-const CSV_HEADER: &str = "org_id,month,revision,provisional,opening_credits,purchased_credits,bonus_credits,topup_credits,refunded_credits,adjusted_credits,reversed_credits,used_credits,closing_credits\n";
-
-fn csv_row(s: &Summary) -> String {
-    let m = &s.movements;
-    format!(
-        "{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
-        s.org_id,
-        s.month,
-        s.revision,
-        s.revision == 0,
-        m.opening,
-        m.purchased,
-        m.bonus,
-        m.topup,
-        m.refunded,
-        m.adjusted,
-        m.reversed,
-        m.used,
-        s.closing
-    )
+/// An org's month: what moved its balance, and its usage by line and by user.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MonthlySummary {
+    pub org_id: Uuid,
+    /// `YYYY-MM`.
+    #[schema(pattern = r"^[0-9]{4}-[0-9]{2}$")]
+    pub month: String,
+    /// The stored revision (1, 2, … as late usage revises a closed month); `null` when live.
+    pub revision: Option<i32>,
+    /// True for a month not closed yet (computed live).
+    pub provisional: bool,
+    pub opening_credits: Credits,
+    pub purchased_credits: Credits,
+    pub bonus_credits: Credits,
+    pub topup_credits: Credits,
+    pub refunded_credits: Credits,
+    pub adjusted_credits: Credits,
+    pub reversed_credits: Credits,
+    pub used_credits: Credits,
+    /// `opening + purchased + bonus + topup + adjusted - refunded - reversed - used`.
+    pub closing_credits: Credits,
+    /// Usage by type, model and operation (AI tokens) or resource (infrastructure).
+    #[schema(value_type = Vec<UsageLine>)]
+    pub usage: Value,
+    /// Usage cost and events per user.
+    #[schema(value_type = Vec<UserUsage>)]
+    pub users: Value,
+    pub computed_at: DateTime<Utc>,
 }
 
-fn summary_json(s: &Summary) -> Value {
-    let m = &s.movements;
-    json!({
-        "org_id": s.org_id,
-        "month": s.month.to_string(),
-        "revision": if s.revision > 0 { Some(s.revision) } else { None },
-        "provisional": s.revision == 0,
-        "opening_credits": m.opening,
-        "purchased_credits": m.purchased,
-        "bonus_credits": m.bonus,
-        "topup_credits": m.topup,
-        "refunded_credits": m.refunded,
-        "adjusted_credits": m.adjusted,
-        "reversed_credits": m.reversed,
-        "used_credits": m.used,
-        "closing_credits": s.closing,
-        "usage": s.lines,
-        "users": s.users,
-        "computed_at": s.computed_at,
-    })
+/// One line of a month's usage (the longest lists end in one `other` line).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UsageLine {
+    /// `ai_tokens`, `infra` or `other`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub model: Option<String>,
+    pub operation: Option<String>,
+    pub resource: Option<String>,
+    pub unit: Option<String>,
+    pub events: Option<i64>,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub cached_input_tokens: Option<i64>,
+    /// Decimal text.
+    pub quantity: Option<String>,
+    pub cost_credits: Option<Credits>,
+}
+
+/// One user's usage in a month.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserUsage {
+    pub user: Option<String>,
+    pub events: Option<i64>,
+    pub cost_credits: Option<Credits>,
+}
+
+impl From<&Summary> for MonthlySummary {
+    fn from(s: &Summary) -> Self {
+        let m = &s.movements;
+        MonthlySummary {
+            org_id: s.org_id,
+            month: s.month.to_string(),
+            revision: (s.revision > 0).then_some(s.revision),
+            provisional: s.revision == 0,
+            opening_credits: m.opening,
+            purchased_credits: m.purchased,
+            bonus_credits: m.bonus,
+            topup_credits: m.topup,
+            refunded_credits: m.refunded,
+            adjusted_credits: m.adjusted,
+            reversed_credits: m.reversed,
+            used_credits: m.used,
+            closing_credits: s.closing,
+            usage: s.lines.clone(),
+            users: s.users.clone(),
+            computed_at: s.computed_at,
+        }
+    }
+}
+
+/// A page of summaries.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SummaryPage {
+    pub data: Vec<MonthlySummary>,
+    /// For an operator's listing of every org: pass as `cursor` for the next page of orgs.
+    pub next_cursor: Option<String>,
 }
 
 /// The stored summaries of these orgs for a month, computing the missing ones live.
-async fn summaries_for(
+pub(super) async fn summaries_for(
     state: &AppState,
     orgs: &[Uuid],
     month: Month,
@@ -107,9 +155,11 @@ async fn summaries_for(
         .collect()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
+    /// One org (an operator's choice; an org key's own by default).
     org: Option<Uuid>,
     year: Option<i32>,
     month: Option<u32>,
@@ -129,6 +179,20 @@ enum Listing {
     Every { month: Month, after: Option<Uuid> },
 }
 
+/// Monthly summaries: an org key's own (or `org`'s), for one month (`year`, `month`), every
+/// month of a `year`, or this month; an operator without `org` lists every org for one month,
+/// paged. `format=csv` answers CSV (`history:read`).
+#[utoipa::path(get, path = "/v1/summaries", tag = "summaries",
+    params(Params),
+    responses(
+        (status = 200, description = "Summaries", content(
+            (SummaryPage = "application/json"),
+            (String = "text/csv"),
+        )),
+        (status = 400, description = "`invalid_month`, `invalid_limit`, `invalid_cursor`, `invalid_format`"),
+        (status = 403, description = "`wrong_org`, `missing_scope`"),
+        (status = 404, description = "`org_not_found`"),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -211,10 +275,10 @@ pub async fn list(
             for m in months {
                 all.extend(summaries_for(&state, &orgs, m).await?);
             }
-            Ok(AxumJson(json!({
-                "data": all.iter().map(summary_json).collect::<Vec<_>>(),
-                "next_cursor": next.map(|o| o.to_string()),
-            }))
+            Ok(AxumJson(SummaryPage {
+                data: all.iter().map(MonthlySummary::from).collect(),
+                next_cursor: next.map(|o| o.to_string()),
+            })
             .into_response())
         }
         Some("csv") => match listing {
@@ -236,81 +300,31 @@ pub async fn list(
     }
 }
 
-/// Streams every org's summary of `month` as CSV, from after `after`, up to `total_limit` orgs
-/// if one is given (as the transaction history's CSV export does), a page of orgs at a time.
-fn csv_every_org(
-    state: AppState,
-    month: Month,
-    after: Option<Uuid>,
-    total_limit: Option<i64>,
-) -> Response {
-    struct Cursor {
-        after: Option<Uuid>,
-        remaining: Option<i64>,
-        header_sent: bool,
-        done: bool,
-    }
-    let start = Cursor {
-        after,
-        remaining: total_limit,
-        header_sent: false,
-        done: false,
-    };
-    let body = stream::unfold((state, start), move |(state, mut cur)| async move {
-        if !cur.header_sent {
-            cur.header_sent = true;
-            return Some((Ok(CSV_HEADER.to_string()), (state, cur)));
-        }
-        if cur.done {
-            return None;
-        }
-        let page_limit = ORGS_PAGE_MAX.min(cur.remaining.unwrap_or(ORGS_PAGE_MAX));
-        let page = match state
-            .store
-            .summaries()
-            .org_ids_page(cur.after, page_limit)
-            .await
-        {
-            Ok((orgs, next)) => summaries_for(&state, &orgs, month)
-                .await
-                .map(|summaries| (summaries, next)),
-            Err(e) => Err(ApiError::from(e)),
-        };
-        match page {
-            Err(e) => {
-                tracing::error!(error = ?e, "summaries CSV export failed mid-stream");
-                cur.done = true;
-                Some((Err(std::io::Error::other("export failed")), (state, cur)))
-            }
-            Ok((summaries, next)) => {
-                let chunk: String = summaries.iter().map(csv_row).collect();
-                let remaining = cur.remaining.map(|r| r - summaries.len() as i64);
-                match next {
-                    Some(n) if remaining.is_none_or(|r| r > 0) => cur.after = Some(n),
-                    _ => cur.done = true,
-                }
-                cur.remaining = remaining;
-                Some((Ok(chunk), (state, cur)))
-            }
-        }
-    });
-    (
-        [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-        Body::from_stream(body),
-    )
-        .into_response()
-}
-
+/// One org's summary of one month (`history:read`).
+#[utoipa::path(get, path = "/v1/orgs/{org}/summaries/{month}", tag = "summaries",
+    params(
+        ("org" = Uuid, Path, description = "The organization"),
+        ("month" = String, Path, description = "`YYYY-MM`"),
+    ),
+    responses(
+        (status = 200, description = "The summary", body = MonthlySummary),
+        (status = 400, description = "`invalid_month`"),
+        (status = 403, description = "`wrong_org`, `missing_scope`"),
+        (status = 404, description = "`org_not_found`"),
+    ))]
 pub async fn one(
     State(state): State<AppState>,
     caller: Caller,
     Path((org, month)): Path<(Uuid, String)>,
-) -> Result<AxumJson<Value>, ApiError> {
+) -> Result<AxumJson<MonthlySummary>, ApiError> {
     caller.authorize(org, Scope::HistoryRead)?;
     let month: Month = month
         .parse()
         .map_err(|_| ApiError::bad_request("invalid_month", "months are YYYY-MM"))?;
     state.store.orgs().get_org(org).await?;
     let s = summaries_for(&state, &[org], month).await?;
-    Ok(AxumJson(summary_json(&s[0])))
+    let first = s.first().ok_or_else(|| {
+        ApiError::internal().caused_by(format!("no summary computed for org {org}"))
+    })?;
+    Ok(AxumJson(MonthlySummary::from(first)))
 }

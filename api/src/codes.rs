@@ -1,0 +1,168 @@
+//! The error-code catalog: every `code` the API answers, in a problem (`application/problem+json`)
+//! or in a usage event's result, with what it means. The OpenAPI document lists these as the
+//! values of `Problem.code` and `UsageResult.code`; an answer with a code missing here is a bug
+//! (debug builds assert it when the problem is made).
+
+/// One code and what it means to the caller.
+pub struct Code {
+    pub code: &'static str,
+    pub meaning: &'static str,
+}
+
+macro_rules! catalog {
+    ($( $code:literal => $meaning:literal, )+) => {
+        /// Every code, sorted by name.
+        pub const CATALOG: &[Code] = &[ $( Code { code: $code, meaning: $meaning } ),+ ];
+    };
+}
+
+catalog! {
+    "amount_not_positive" => "The amount must be greater than zero.",
+    "amount_out_of_range" => "The amount (or a cost computed from it) is outside the range credits can hold.",
+    "amount_zero" => "The amount must not be zero.",
+    "body_too_large" => "The request body is larger than this route accepts.",
+    "database_unavailable" => "The database did not answer; nothing of the request was recorded. Retry after `Retry-After` seconds.",
+    "duplicate_model" => "A model is listed twice in one price version.",
+    "duplicate_resource" => "A resource is listed twice in one price version.",
+    "effective_too_soon" => "A price version must start far enough ahead for every server to know it first.",
+    "event_cost_too_high" => "The event's cost is above the largest one event may have.",
+    "field_too_long" => "A text field is longer than allowed.",
+    "id_conflict" => "This event id was already recorded with a different payload.",
+    "idempotency_conflict" => "This Idempotency-Key was used with a different request body.",
+    "insufficient_balance" => "The balance does not cover the movement.",
+    "internal" => "An internal error; it has been logged. Retrying may help.",
+    "invalid_amount" => "The amount is not a decimal.",
+    "invalid_api_key" => "The API key is unknown or revoked.",
+    "invalid_batch" => "The usage batch is not a list of 1 to 1,000 events.",
+    "invalid_body" => "The body is JSON but not of the expected shape (unknown or mistyped field).",
+    "invalid_cap" => "The monthly cap must be positive.",
+    "invalid_characters" => "A text holds control characters.",
+    "invalid_cloudevent" => "A CloudEvent lacks a required attribute or has one of the wrong type.",
+    "invalid_cursor" => "The cursor is not one this API issued for this listing.",
+    "invalid_customer" => "The customer id is not a processor customer id.",
+    "invalid_email" => "The value is not an e-mail address.",
+    "invalid_event" => "The event is not an object with the attributes it needs.",
+    "invalid_field" => "A field has the wrong type or form.",
+    "invalid_format" => "`format` is `json` or `csv`.",
+    "invalid_id" => "The event id is not a string of allowed characters.",
+    "invalid_idempotency_key" => "The Idempotency-Key is not 1 to 255 printable ASCII characters.",
+    "invalid_kind" => "A transfer kind filter names no kind.",
+    "invalid_labels" => "Labels must be an object of at most 20 short string values.",
+    "invalid_limit" => "`limit` is outside the allowed range.",
+    "invalid_month" => "No such month, or a month without a year.",
+    "invalid_package" => "The package's name, price or credits are not valid.",
+    "invalid_payment_method" => "The payment method id is not a processor payment method id.",
+    "invalid_price" => "A price is not a decimal.",
+    "invalid_quantity" => "A quantity is not a non-negative number.",
+    "invalid_query" => "A query parameter is unknown, mistyped or holds control characters.",
+    "invalid_range" => "`from` is after `to`.",
+    "invalid_scopes" => "A key needs at least one scope.",
+    "invalid_signature" => "The webhook signature is missing, stale or wrong.",
+    "invalid_sources" => "Sources are 1 to 32 valid source names.",
+    "invalid_time" => "The time is not RFC 3339.",
+    "malformed_body" => "The body could not be read.",
+    "malformed_json" => "The body is not JSON.",
+    "method_not_allowed" => "This route does not accept that method.",
+    "missing_api_key" => "No `Authorization: Bearer <key>` header.",
+    "missing_field" => "A required field is absent.",
+    "missing_idempotency_key" => "This money write needs an `Idempotency-Key` header.",
+    "missing_scope" => "The key lacks the scope this needs (or cannot grant a scope it lacks).",
+    "negative_limit" => "The overdraft limit must be zero or more.",
+    "negative_price" => "A price must not be negative.",
+    "negative_quantity" => "A quantity must not be negative.",
+    "negative_threshold" => "A threshold must be zero or more.",
+    "no_price" => "No price version is effective at that time.",
+    "no_route" => "No such route.",
+    "not_found" => "No such object (or a path parameter of the wrong form).",
+    "not_ready" => "A dependency (Postgres, Temporal or the usage writers) is not answering.",
+    "occurred_in_future" => "The event is stamped further ahead than the clock allows.",
+    "occurred_too_long_ago" => "The event is stamped before the late-usage window.",
+    "operator_only" => "Only an operator key may do this.",
+    "org_key_required" => "This is done with the organization's own key, not an operator key.",
+    "org_not_found" => "No such organization.",
+    "overdraft_limit" => "The event would take the balance below the org's overdraft limit; nothing was recorded.",
+    "overflow" => "A computed amount is out of range.",
+    "package_inactive" => "The package is no longer sold.",
+    "payment_method_required" => "Auto-topup needs a saved payment method first.",
+    "payment_not_refundable" => "The payment is not in a state that can be refunded.",
+    "price_version_not_after_newest" => "A new price version must start after the newest one.",
+    "quantity_out_of_range" => "The quantity is out of range.",
+    "rate_limited" => "Over the org's per-minute limit for this action; retry after `Retry-After` seconds.",
+    "refund_exceeds_payment" => "The refund is more than what remains of the payment.",
+    "refund_not_allowed" => "The payment cannot be refunded by this amount.",
+    "source_not_allowed" => "The key may not report for (or grant) this source.",
+    "too_many" => "More thresholds or recipients than allowed.",
+    "too_many_decimals" => "More decimals than the amount may have; nothing is rounded.",
+    "unit_mismatch" => "The quantity's unit is not the resource's.",
+    "unknown_currency" => "A currency the product does not sell in.",
+    "unknown_field" => "A field the event type does not have.",
+    "unknown_kind" => "No such transfer kind.",
+    "unknown_model" => "The model has no price.",
+    "unknown_name" => "A name that is not one of the allowed values.",
+    "unknown_package" => "No such (active) package.",
+    "unknown_resource" => "A resource that is not metered.",
+    "unknown_scope" => "No such scope.",
+    "unknown_type" => "An event type that is not metered.",
+    "unsupported_media_type" => "The body's Content-Type is not one this route reads.",
+    "usage_overloaded" => "Too much usage is being recorded at once; retry after `Retry-After` seconds.",
+    "workflow_unavailable" => "Temporal did not take the workflow; retry (with the same Idempotency-Key).",
+    "wrong_org" => "The key belongs to another organization.",
+}
+
+/// The catalog entry of `code`.
+pub fn lookup(code: &str) -> Option<&'static Code> {
+    CATALOG.iter().find(|c| c.code == code)
+}
+
+/// The schema of a `code` field: one of the catalog's codes.
+pub struct ErrorCode;
+
+impl utoipa::PartialSchema for ErrorCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(CATALOG.iter().map(|c| c.code)))
+            .description(Some(
+                CATALOG
+                    .iter()
+                    .map(|c| format!("- `{}`: {}", c.code, c.meaning))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ErrorCode {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("ErrorCode")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CATALOG;
+
+    #[test]
+    fn the_catalog_is_sorted_and_has_each_code_once() {
+        for pair in CATALOG.windows(2) {
+            assert!(
+                pair[0].code < pair[1].code,
+                "{} before {}",
+                pair[0].code,
+                pair[1].code
+            );
+        }
+    }
+
+    #[test]
+    fn billing_codes_are_in_the_catalog() {
+        for e in [
+            billing::BillingError::Zero,
+            billing::BillingError::NotPositive,
+            billing::BillingError::Overflow,
+        ] {
+            assert!(super::lookup(e.code()).is_some(), "{}", e.code());
+        }
+    }
+}
