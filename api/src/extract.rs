@@ -23,6 +23,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
             Ok(axum::Json(v)) => v,
             Err(rejection) => return Err(json_rejection(rejection)),
         };
+        // Every body is an object: serde would otherwise read a struct from an array of its
+        // fields in order (`[null, null]`), which no client means.
+        if !value.is_object() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                "the body must be a JSON object",
+            ));
+        }
         if let Some(field) = control_character_at(&value, &mut String::new()) {
             return Err(ApiError::invalid(
                 field.clone(),

@@ -206,8 +206,15 @@ impl Org {
 #[serde(deny_unknown_fields)]
 pub struct OverdraftLimitBody {
     /// Credits (zero or more), or `null` for the configured default.
+    /// Required, so a body that forgot it does not reset the limit: `null` is said, not implied.
     #[schema(value_type = Option<CreditsInput>, required)]
+    #[serde(default, deserialize_with = "present")]
     overdraft_limit_credits: Option<Value>,
+}
+
+/// A field that is present, `null` included (`Some(Value::Null)`); absent is `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// How far usage may take the org below zero (operator).
@@ -218,7 +225,7 @@ pub struct OverdraftLimitBody {
         (status = 200, description = "The organization with its new limit", body = Org),
         (status = 403, description = "`operator_only`"),
         (status = 404, description = "`org_not_found`"),
-        (status = 422, description = "`negative_limit`, `invalid_amount`, `too_many_decimals`, `amount_out_of_range`"),
+        (status = 422, description = "`missing_field`, `negative_limit`, `invalid_amount`, `too_many_decimals`, `amount_out_of_range`"),
     ))]
 pub async fn put_overdraft_limit(
     State(state): State<AppState>,
@@ -228,7 +235,14 @@ pub async fn put_overdraft_limit(
 ) -> Result<AxumJson<Org>, ApiError> {
     caller.require_operator()?;
     let limit = match &body.overdraft_limit_credits {
-        None => None,
+        None => {
+            return Err(ApiError::invalid(
+                "overdraft_limit_credits",
+                "missing_field",
+                "`overdraft_limit_credits` is required (`null` for the configured default)",
+            ));
+        }
+        Some(Value::Null) => None,
         Some(v) => {
             let c = crate::ledger::credits_field(Some(v), "overdraft_limit_credits")?;
             if c.is_negative() {

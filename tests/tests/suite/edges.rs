@@ -753,6 +753,42 @@ fn max_cost(id: &str) -> Value {
            "quantity": "11111.111111", "unit": "gb"})
 }
 
+/// An overdraft limit is set, reset with an explicit `null`, and never reset by a body that
+/// forgot the field (schemathesis found `{}` taken as a reset).
+#[tokio::test]
+async fn an_overdraft_limit_is_reset_only_by_saying_null() {
+    let app = TestApp::spawn().await.unwrap();
+    let org = app.create_org("limits").await;
+    let put = |body: Value| {
+        let app = &app;
+        let path = format!("/v1/orgs/{}/overdraft-limit", org.id);
+        async move {
+            app.call(Method::PUT, &path, Some(OPERATOR_KEY), Some(&body), &[])
+                .await
+        }
+    };
+
+    let set = put(json!({"overdraft_limit_credits": "25"})).await;
+    let forgot = put(json!({})).await;
+    let array = put(json!(["25"])).await;
+    let still = app.get(&format!("/v1/orgs/{}", org.id), &org.key).await;
+    let reset = put(json!({"overdraft_limit_credits": null})).await;
+
+    assert_eq!(
+        set.body["overdraft_limit_credits"], "25.000000",
+        "{}",
+        set.text
+    );
+    forgot.assert_problem(422, "missing_field");
+    array.assert_problem(422, "invalid_body");
+    assert_eq!(still.body["overdraft_limit_credits"], "25.000000");
+    assert_eq!(
+        reset.body["overdraft_limit_is_default"], true,
+        "{}",
+        reset.text
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_at_the_largest_cost_stops_at_the_overdraft_floor_and_spares_other_orgs() {
     let app = TestApp::spawn().await.unwrap();
