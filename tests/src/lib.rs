@@ -261,6 +261,9 @@ pub struct TestApp {
     /// The proxy between the API and Postgres, when the test asked for one (the test's own
     /// `store` connects directly, so it can look while the API cannot).
     pub postgres_proxy: Option<proxy::TcpProxy>,
+    /// The settings this app runs with, as `creditflow serve` would load them; in-process
+    /// workers are wired from them too.
+    pub settings: workers::config::Settings,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -364,17 +367,30 @@ impl TestApp {
             None => temporal_url()?,
         };
         let temporal = connect_temporal_at(&temporal_url).await?;
-        let options = api::ApiOptions {
-            // Tests publish prices a moment ahead, refreshed faster than that.
-            price_refresh_every: Duration::from_millis(200),
-            price_publish_lead: Duration::from_secs(1),
-            task_queue: task_queue.clone(),
-            stripe_webhook_secret: WEBHOOK_SECRET.into(),
-            checkout_expiry: app_options.checkout_expiry,
-            limits: app_options.limits,
-            usage: app_options.usage,
-            ..api::ApiOptions::default()
-        };
+        // The settings `creditflow serve` would read with CREDITFLOW_ENV=test (config/base.toml,
+        // config/test.toml), with this test's own database, ports and task queue.
+        let mut settings = workers::config::Settings::load_with(
+            &workspace_root().join("config"),
+            "test",
+            &[
+                ("database.url", database_url.clone()),
+                ("temporal.url", temporal_url.clone()),
+                ("temporal.task_queue", task_queue.clone()),
+                ("stripe.api_base", stripe_url.clone()),
+                ("mail.smtp_port", smtp.port.to_string()),
+                // Tests publish prices a moment ahead, refreshed faster than that.
+                ("pricing.refresh_ms", "200".into()),
+                ("pricing.publish_lead_ms", "1000".into()),
+            ],
+        )?;
+        settings.checkout.expiry_secs = app_options.checkout_expiry.as_secs();
+        settings.limits.purchases_per_minute = app_options.limits.purchases_per_minute;
+        settings.limits.setups_per_minute = app_options.limits.setups_per_minute;
+        let u = app_options.usage;
+        settings.ingest.bytes_in_flight_max = u.bytes_in_flight_max;
+        settings.ingest.max_event_cost_credits = u.max_event_cost;
+        settings.ingest.overdraft_limit_credits = u.overdraft_limit;
+        settings.ingest.late_usage_max_days = u32::try_from(u.late_usage_max.num_days())?;
         let (api_store, postgres_proxy) = if app_options.postgres_proxy {
             let admin = admin_database_url()?;
             let upstream = admin
@@ -393,13 +409,7 @@ impl TestApp {
         } else {
             (store.clone(), None)
         };
-        let state = api::AppState::start(
-            api_store,
-            api::OperatorKeys::new([OPERATOR_KEY]),
-            temporal.clone(),
-            options,
-        )
-        .await?;
+        let state = workers::app::app_state(&settings, api_store, temporal.clone()).await?;
         let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let metrics_url = format!("http://{}/metrics", metrics_listener.local_addr()?);
         workers::metrics::spawn(metrics_listener, store.clone());
@@ -410,7 +420,7 @@ impl TestApp {
         tokio::spawn(workers::app::serve(
             listener,
             state,
-            BODY_LIMIT_BYTES,
+            settings.server.body_limit_bytes,
             async {
                 let _ = rx.await;
             },
@@ -430,6 +440,7 @@ impl TestApp {
             temporal_url,
             temporal_proxy,
             postgres_proxy,
+            settings,
             shutdown: Some(tx),
         })
     }

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{STRIPE_KEY, TestApp};
+use crate::TestApp;
 
 pub struct TestWorker {
     pub task_queue: String,
@@ -21,11 +21,10 @@ impl TestWorker {
     pub fn start(app: &TestApp) -> anyhow::Result<TestWorker> {
         let task_queue = app.task_queue.clone();
         let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<Box<dyn FnOnce() + Send>>>();
-        let (url, queue, stripe, smtp_port, temporal_url) = (
+        let (url, queue, settings, temporal_url) = (
             app.database_url.clone(),
             task_queue.clone(),
-            app.stripe_url.clone(),
-            app.smtp.port,
+            app.settings.clone(),
             app.temporal_url.clone(),
         );
         let thread = std::thread::spawn(move || {
@@ -37,19 +36,8 @@ impl TestWorker {
                 let setup = async {
                     let store = crate::connect_store(&url, 8).await?;
                     let temporal = crate::connect_temporal_at(&temporal_url).await?;
-                    let deps = activities::Deps {
-                        store,
-                        payments: activities::payments::Payments::new(&stripe, STRIPE_KEY)?,
-                        mailer: activities::mail::Mailer::new(
-                            "127.0.0.1",
-                            smtp_port,
-                            "billing@creditflow.test",
-                        )?,
-                        checkout_urls: activities::purchase::CheckoutUrls {
-                            success_url: "http://127.0.0.1/success".into(),
-                            cancel_url: "http://127.0.0.1/cancel".into(),
-                        },
-                    };
+                    // The production wiring, from the app's settings.
+                    let deps = workers::app::activity_deps(&settings, store)?;
                     anyhow::Ok((deps, temporal))
                 };
                 match setup.await {

@@ -197,16 +197,29 @@ fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D:
 impl Settings {
     /// Loads settings from `dir` for environment `env` (`dev`, `test`, `prod` …).
     pub fn load(dir: &Path, env: &str) -> anyhow::Result<Settings> {
-        let settings = config::Config::builder()
+        Settings::load_with(dir, env, &[])
+    }
+
+    /// [`Settings::load`], then `overrides` (dotted keys such as `database.url`) over files
+    /// and environment: how the test harness runs the production wiring in one process with a
+    /// database, ports and task queue per test (the environment is shared by every test).
+    pub fn load_with(
+        dir: &Path,
+        env: &str,
+        overrides: &[(&str, String)],
+    ) -> anyhow::Result<Settings> {
+        let mut builder = config::Config::builder()
             .add_source(config::File::from(dir.join("base.toml")))
             .add_source(config::File::from(dir.join(format!("{env}.toml"))).required(false))
             .add_source(
                 config::Environment::with_prefix("CREDITFLOW")
                     .prefix_separator("__")
                     .separator("__"),
-            )
-            .build()?;
-        Ok(settings.try_deserialize()?)
+            );
+        for (key, value) in overrides {
+            builder = builder.set_override(*key, value.clone())?;
+        }
+        Ok(builder.build()?.try_deserialize()?)
     }
 }
 
