@@ -200,3 +200,152 @@ fn price(v: &Value, field: &'static str, scale: u32) -> Result<Decimal, ApiError
     }
     Ok(d.abs())
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, TimeZone, Utc};
+    use serde_json::{Value, json};
+
+    use super::new_version;
+
+    fn body(models: Value, infra: Value, extra: Value) -> crate::prices::PublishBody {
+        let mut b = json!({ "ai_models": models, "infra": infra });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            b[k] = v.clone();
+        }
+        serde_json::from_value(b).unwrap()
+    }
+
+    fn model(input: Value) -> Value {
+        json!({"model": "m", "input_per_mtok_credits": input,
+               "output_per_mtok_credits": "1", "cached_input_per_mtok_credits": "1"})
+    }
+
+    fn infra(first_price: Value) -> Vec<Value> {
+        let mut all: Vec<Value> = billing::pricing::Resource::ALL
+            .iter()
+            .map(|r| json!({"resource": r.to_string(), "price_credits": "1"}))
+            .collect();
+        all[0]["price_credits"] = first_price;
+        all
+    }
+
+    /// Every way a price version is refused, with the code it is refused with; then what is
+    /// accepted (the rules behind `POST /v1/prices` and `creditflow prices publish`).
+    #[test]
+    fn a_price_version_is_refused_for_each_rule_it_breaks() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap();
+        let lead = Duration::seconds(300);
+        let ok_infra = json!(infra(json!("1")));
+        let cases: Vec<(&str, crate::prices::PublishBody)> = vec![
+            (
+                "effective_too_soon",
+                body(
+                    json!([model(json!("1"))]),
+                    ok_infra.clone(),
+                    json!({"effective_from": (now + Duration::seconds(299)).to_rfc3339()}),
+                ),
+            ),
+            (
+                "missing_field",
+                body(
+                    json!([model(json!("1"))]),
+                    json!(infra(json!("1"))[..4]),
+                    json!({}),
+                ),
+            ),
+            (
+                "missing_field",
+                body(json!([]), ok_infra.clone(), json!({})),
+            ),
+            (
+                "negative_price",
+                body(json!([model(json!("-1"))]), ok_infra.clone(), json!({})),
+            ),
+            (
+                "too_many_decimals",
+                body(
+                    json!([model(json!("0.0000001"))]),
+                    ok_infra.clone(),
+                    json!({}),
+                ),
+            ),
+            (
+                "too_many_decimals",
+                body(
+                    json!([model(json!("1"))]),
+                    json!(infra(json!("0.0000000001"))),
+                    json!({}),
+                ),
+            ),
+            (
+                "invalid_price",
+                body(json!([model(json!("abc"))]), ok_infra.clone(), json!({})),
+            ),
+            (
+                "invalid_price",
+                body(json!([model(json!(true))]), ok_infra.clone(), json!({})),
+            ),
+            (
+                "amount_out_of_range",
+                body(
+                    json!([model(json!("1000000000000"))]),
+                    ok_infra.clone(),
+                    json!({}),
+                ),
+            ),
+            (
+                "duplicate_model",
+                body(
+                    json!([model(json!("1")), model(json!("2"))]),
+                    ok_infra.clone(),
+                    json!({}),
+                ),
+            ),
+            (
+                "unknown_resource",
+                body(
+                    json!([model(json!("1"))]),
+                    json!([{"resource": "gpu", "price_credits": "1"}]),
+                    json!({}),
+                ),
+            ),
+            (
+                "duplicate_resource",
+                body(
+                    json!([model(json!("1"))]),
+                    json!([infra(json!("1")), vec![infra(json!("2"))[0].clone()]].concat()),
+                    json!({}),
+                ),
+            ),
+            (
+                "invalid_field",
+                body(
+                    json!([{"model": "m\u{7}", "input_per_mtok_credits": "1",
+                "output_per_mtok_credits": "1", "cached_input_per_mtok_credits": "1"}]),
+                    ok_infra.clone(),
+                    json!({}),
+                ),
+            ),
+        ];
+        for (code, b) in cases {
+            let e = new_version(b, now, lead).expect_err(code);
+            assert_eq!(e.code, code, "{}", e.detail);
+            assert_eq!(e.status.as_u16(), 422);
+        }
+
+        let accepted = new_version(
+            body(
+                json!([model(json!(0.5))]),
+                json!(infra(json!("0.000000001"))),
+                json!({}),
+            ),
+            now,
+            lead,
+        )
+        .unwrap();
+        assert_eq!(accepted.effective_from, now + lead);
+        assert_eq!(accepted.models["m"].input_per_mtok.to_string(), "0.5");
+        assert_eq!(accepted.infra.len(), billing::pricing::Resource::ALL.len());
+    }
+}

@@ -5,6 +5,7 @@
 //! its own database and, when it runs workflows, its own task queue, so tests run in parallel.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
+pub mod client;
 pub mod proxy;
 pub mod smtp;
 pub mod worker;
@@ -542,11 +543,7 @@ impl TestApp {
             )
             .await;
         assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
-        TestOrg {
-            id: a.body["org"]["id"].as_str().unwrap().parse().unwrap(),
-            key: a.body["api_key"]["secret"].as_str().unwrap().to_string(),
-            key_id: a.body["api_key"]["id"].as_str().unwrap().parse().unwrap(),
-        }
+        TestApp::created(&a)
     }
 
     /// An operator adjustment through the API.
@@ -645,11 +642,7 @@ impl TestApp {
     }
 
     pub async fn balance(&self, org: &TestOrg) -> String {
-        let a = self
-            .get(&format!("/v1/orgs/{}/balance", org.id), &org.key)
-            .await;
-        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
-        a.body["balance_credits"].as_str().unwrap().to_string()
+        self.balance_of(org).await.balance_credits.to_string()
     }
 
     /// Starts a purchase of `package` for `org`, bought by ana@acme.test.

@@ -2,6 +2,7 @@ use futures::future::join_all;
 use serde_json::json;
 use tests::TestApp;
 
+/// Sixty-four concurrent adjustments on one org are all counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixty_four_concurrent_adjustments_on_one_org_are_all_counted() {
     let app = TestApp::spawn().await.unwrap();
@@ -31,6 +32,7 @@ async fn sixty_four_concurrent_adjustments_on_one_org_are_all_counted() {
     app.assert_invariants().await;
 }
 
+/// Same idempotency key twice moves credits once and answers the same.
 #[tokio::test]
 async fn same_idempotency_key_twice_moves_credits_once_and_answers_the_same() {
     let app = TestApp::spawn().await.unwrap();
@@ -46,6 +48,7 @@ async fn same_idempotency_key_twice_moves_credits_once_and_answers_the_same() {
     app.assert_invariants().await;
 }
 
+/// Same idempotency key sent concurrently moves credits once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn same_idempotency_key_sent_concurrently_moves_credits_once() {
     let app = TestApp::spawn().await.unwrap();
@@ -59,6 +62,7 @@ async fn same_idempotency_key_sent_concurrently_moves_credits_once() {
     app.assert_invariants().await;
 }
 
+/// Same idempotency key with a different body is a conflict.
 #[tokio::test]
 async fn same_idempotency_key_with_a_different_body_is_a_conflict() {
     let app = TestApp::spawn().await.unwrap();
@@ -75,6 +79,7 @@ async fn same_idempotency_key_with_a_different_body_is_a_conflict() {
     assert_eq!(app.balance(&org).await, "10.000000");
 }
 
+/// The same key on two orgs is two adjustments.
 #[tokio::test]
 async fn the_same_key_on_two_orgs_is_two_adjustments() {
     let app = TestApp::spawn().await.unwrap();
@@ -88,6 +93,7 @@ async fn the_same_key_on_two_orgs_is_two_adjustments() {
     assert_eq!(app.balance(&b).await, "2.000000");
 }
 
+/// An adjustment never takes the balance below zero.
 #[tokio::test]
 async fn an_adjustment_never_takes_the_balance_below_zero() {
     let app = TestApp::spawn().await.unwrap();
@@ -105,6 +111,7 @@ async fn an_adjustment_never_takes_the_balance_below_zero() {
     app.assert_invariants().await;
 }
 
+/// A failed adjustment can be retried with its key.
 #[tokio::test]
 async fn a_failed_adjustment_can_be_retried_with_its_key() {
     let app = TestApp::spawn().await.unwrap();
@@ -120,6 +127,7 @@ async fn a_failed_adjustment_can_be_retried_with_its_key() {
     assert_eq!(app.balance(&org).await, "0.000000");
 }
 
+/// Balance reports totals by kind.
 #[tokio::test]
 async fn balance_reports_totals_by_kind() {
     let app = TestApp::spawn().await.unwrap();
@@ -150,4 +158,6 @@ async fn balance_reports_totals_by_kind() {
             "transfer_count": 2,
         })
     );
+    let typed: api::ledger::Balance = b.typed();
+    assert_eq!(typed.totals.balance().unwrap(), typed.balance_credits);
 }

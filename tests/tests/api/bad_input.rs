@@ -34,6 +34,7 @@ async fn assert_nothing_written(app: &TestApp, org: &TestOrg) {
     app.assert_invariants().await;
 }
 
+/// Bad amounts and fields are refused and nothing is written.
 #[tokio::test]
 async fn bad_amounts_and_fields_are_refused_and_nothing_is_written() {
     let app = TestApp::spawn().await.unwrap();
@@ -135,6 +136,7 @@ async fn bad_amounts_and_fields_are_refused_and_nothing_is_written() {
     assert_nothing_written(&app, &org).await;
 }
 
+/// Negative where positive is required is refused.
 #[tokio::test]
 async fn negative_where_positive_is_required_is_refused() {
     let app = TestApp::spawn().await.unwrap();
@@ -158,6 +160,7 @@ async fn negative_where_positive_is_required_is_refused() {
     .assert_problem(400, "invalid_cursor");
 }
 
+/// Malformed JSON and oversized bodies are refused.
 #[tokio::test]
 async fn malformed_json_and_oversized_bodies_are_refused() {
     let app = TestApp::spawn().await.unwrap();
@@ -201,6 +204,7 @@ async fn malformed_json_and_oversized_bodies_are_refused() {
     assert_nothing_written(&app, &org).await;
 }
 
+/// Missing or malformed idempotency key is refused.
 #[tokio::test]
 async fn missing_or_malformed_idempotency_key_is_refused() {
     let app = TestApp::spawn().await.unwrap();
@@ -226,6 +230,7 @@ async fn missing_or_malformed_idempotency_key_is_refused() {
     assert_nothing_written(&app, &org).await;
 }
 
+/// Unknown org missing revoked and foreign keys are refused.
 #[tokio::test]
 async fn unknown_org_missing_revoked_and_foreign_keys_are_refused() {
     let app = TestApp::spawn().await.unwrap();
@@ -304,6 +309,7 @@ async fn unknown_org_missing_revoked_and_foreign_keys_are_refused() {
     assert_eq!(count, 0);
 }
 
+/// Unknown routes and methods answer problem JSON.
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_problem_json() {
     let app = TestApp::spawn().await.unwrap();
@@ -332,6 +338,7 @@ fn usage_batch_of_size(id: &str, size: usize) -> Vec<u8> {
     body
 }
 
+/// An oversized usage body is refused with 413 and nothing is written.
 #[tokio::test]
 async fn an_oversized_usage_body_is_refused_with_413_and_nothing_is_written() {
     let app = TestApp::spawn().await.unwrap();

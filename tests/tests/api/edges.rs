@@ -50,6 +50,7 @@ async fn new_key(app: &TestApp, org: &TestOrg, by: &str, body: Value) -> tests::
     .await
 }
 
+/// Control characters in any event field refuse that event only naming the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_characters_in_any_event_field_refuse_that_event_only_naming_the_field() {
     let app = TestApp::spawn().await.unwrap();
@@ -203,6 +204,7 @@ async fn a_row_the_database_refuses_fails_only_its_own_request() {
     app.assert_invariants().await;
 }
 
+/// Control characters in any request body or query are a 422 naming the field.
 #[tokio::test]
 async fn control_characters_in_any_request_body_or_query_are_a_422_naming_the_field() {
     let app = TestApp::spawn().await.unwrap();
@@ -250,6 +252,7 @@ async fn control_characters_in_any_request_body_or_query_are_a_422_naming_the_fi
     assert_eq!(count(&app, "SELECT count(*) FROM orgs").await, 1);
 }
 
+/// A usage key reports and reads its balance and nothing else.
 #[tokio::test]
 async fn a_usage_key_reports_and_reads_its_balance_and_nothing_else() {
     let app = TestApp::spawn().await.unwrap();
@@ -362,6 +365,7 @@ fn with_source(mut e: Value, source: &str) -> Value {
     e
 }
 
+/// Ids are unique per source and a rotated key of the same source still dedupes.
 #[tokio::test]
 async fn ids_are_unique_per_source_and_a_rotated_key_of_the_same_source_still_dedupes() {
     let app = TestApp::spawn().await.unwrap();
@@ -468,6 +472,7 @@ async fn post_raw(
     tests::answer(req.send().await.unwrap()).await
 }
 
+/// CloudEvents in all three modes dedupe on source and id.
 #[tokio::test]
 async fn cloudevents_in_all_three_modes_dedupe_on_source_and_id() {
     let app = TestApp::spawn().await.unwrap();
@@ -643,6 +648,7 @@ async fn events_recorded_before_sources_still_hold_their_ids() {
     assert_eq!(app.balance(&org).await, "-1.000000");
 }
 
+/// Another org's purchase is not found like a missing one.
 #[tokio::test]
 async fn another_orgs_purchase_is_not_found_like_a_missing_one() {
     let app = TestApp::spawn().await.unwrap();
@@ -789,6 +795,7 @@ async fn an_overdraft_limit_is_reset_only_by_saying_null() {
     );
 }
 
+/// Usage at the largest cost stops at the overdraft floor and spares other orgs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_at_the_largest_cost_stops_at_the_overdraft_floor_and_spares_other_orgs() {
     let app = TestApp::spawn().await.unwrap();
@@ -1006,6 +1013,7 @@ async fn usage_may_be_at_most_35_days_late() {
     assert_eq!(a.body["results"][1]["field"], "occurred_at");
 }
 
+/// Late usage in a stored month revises it and the months still chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_usage_in_a_stored_month_revises_it_and_the_months_still_chain() {
     let app = TestApp::spawn().await.unwrap();

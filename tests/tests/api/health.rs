@@ -12,6 +12,7 @@ use temporalio_client::{
 };
 use tests::{Answer, BODY_LIMIT_BYTES, OPERATOR_KEY, TestApp};
 
+/// `/healthz` and `/readyz` answer when Postgres and Temporal do.
 #[tokio::test]
 async fn healthz_and_readyz_answer_when_postgres_and_temporal_do() {
     let app = TestApp::spawn().await.unwrap();
@@ -25,6 +26,7 @@ async fn healthz_and_readyz_answer_when_postgres_and_temporal_do() {
     assert_eq!(ready.body["temporal"], "ok");
 }
 
+/// `/readyz` is 503 when Postgres is gone.
 #[tokio::test]
 async fn readyz_is_503_when_postgres_is_gone() {
     let app = TestApp::spawn().await.unwrap();
@@ -135,6 +137,7 @@ async fn readyz_with(app: &TestApp, temporal: Client) -> (Answer, Duration) {
     (answer, elapsed)
 }
 
+/// `/readyz` is 503 when Temporal does not answer.
 #[tokio::test]
 async fn readyz_is_503_when_temporal_does_not_answer() {
     let app = TestApp::spawn().await.unwrap();
@@ -150,6 +153,7 @@ async fn readyz_is_503_when_temporal_does_not_answer() {
     assert!(elapsed < Duration::from_secs(10), "readyz took {elapsed:?}");
 }
 
+/// `/readyz` is 503 when Temporal refuses calls.
 #[tokio::test]
 async fn readyz_is_503_when_temporal_refuses_calls() {
     let app = TestApp::spawn().await.unwrap();

@@ -1,6 +1,7 @@
 use serde_json::Value;
 use tests::{OPERATOR_KEY, TestApp};
 
+/// History is newest first with cursor pages and balance after.
 #[tokio::test]
 async fn history_is_newest_first_with_cursor_pages_and_balance_after() {
     let app = TestApp::spawn().await.unwrap();
@@ -50,6 +51,7 @@ async fn history_is_newest_first_with_cursor_pages_and_balance_after() {
     assert!(newest["created_at"].is_string());
 }
 
+/// History filters by kind and time.
 #[tokio::test]
 async fn history_filters_by_kind_and_time() {
     let app = TestApp::spawn().await.unwrap();
@@ -84,6 +86,7 @@ async fn history_filters_by_kind_and_time() {
         .assert_problem(400, "invalid_format");
 }
 
+/// CSV streams the same rows across chunks.
 #[tokio::test]
 async fn csv_streams_the_same_rows_across_chunks() {
     let app = TestApp::spawn().await.unwrap();
@@ -147,6 +150,7 @@ async fn csv_streams_the_same_rows_across_chunks() {
     assert_eq!(ids, json_ids);
 }
 
+/// Operators read any org's history.
 #[tokio::test]
 async fn operators_read_any_orgs_history() {
     let app = TestApp::spawn().await.unwrap();

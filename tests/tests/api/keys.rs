@@ -2,6 +2,7 @@ use reqwest::Method;
 use serde_json::json;
 use tests::{OPERATOR_KEY, TestApp};
 
+/// Creating an org returns its first key once and stores only a hash.
 #[tokio::test]
 async fn creating_an_org_returns_its_first_key_once_and_stores_only_a_hash() {
     let app = TestApp::spawn().await.unwrap();
@@ -27,6 +28,7 @@ async fn creating_an_org_returns_its_first_key_once_and_stores_only_a_hash() {
     assert!(!String::from_utf8_lossy(&stored).contains(&org.key));
 }
 
+/// Keys can be created listed and revoked.
 #[tokio::test]
 async fn keys_can_be_created_listed_and_revoked() {
     let app = TestApp::spawn().await.unwrap();
@@ -77,6 +79,7 @@ async fn keys_can_be_created_listed_and_revoked() {
     assert_eq!(listed.body["data"].as_array().unwrap().len(), 2);
 }
 
+/// An org key cannot touch another org's keys.
 #[tokio::test]
 async fn an_org_key_cannot_touch_another_orgs_keys() {
     let app = TestApp::spawn().await.unwrap();
@@ -113,6 +116,7 @@ async fn an_org_key_cannot_touch_another_orgs_keys() {
     );
 }
 
+/// Only operators create orgs, and names are validated.
 #[tokio::test]
 async fn only_operators_create_orgs_and_names_are_validated() {
     let app = TestApp::spawn().await.unwrap();

@@ -7,6 +7,7 @@ use rust_decimal::Decimal;
 use store::{NewTransfer, StoreError};
 use tests::TestApp;
 
+/// Transfers cannot be updated deleted or truncated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_cannot_be_updated_deleted_or_truncated() {
     let app = TestApp::spawn().await.unwrap();

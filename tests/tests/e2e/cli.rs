@@ -65,6 +65,7 @@ fn json(s: &str) -> Value {
     serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("{e}: {s}"))
 }
 
+/// Operators create orgs, adjust credits and show balances from the CLI.
 #[tokio::test]
 async fn operators_create_orgs_adjust_credits_and_show_balances_from_the_cli() {
     let app = TestApp::spawn().await.unwrap();
@@ -123,6 +124,7 @@ async fn operators_create_orgs_adjust_credits_and_show_balances_from_the_cli() {
     assert!(ok && verified.contains("ledger invariants hold"), "{err}");
 }
 
+/// Operators refund from the CLI once per key and wait for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_refund_from_the_cli_once_per_key_and_wait_for_it() {
     let app = TestApp::spawn().await.unwrap();
@@ -184,6 +186,7 @@ async fn operators_refund_from_the_cli_once_per_key_and_wait_for_it() {
     app.assert_invariants().await;
 }
 
+/// Operators publish and read prices from the CLI.
 #[tokio::test]
 async fn operators_publish_and_read_prices_from_the_cli() {
     let app = TestApp::spawn().await.unwrap();
@@ -266,6 +269,7 @@ async fn operators_publish_and_read_prices_from_the_cli() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Operators generate a past month from the CLI and not an open one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_generate_a_past_month_from_the_cli_and_not_an_open_one() {
     let app = TestApp::spawn().await.unwrap();

@@ -48,6 +48,7 @@ webhook_secret = "whsec_layering_test_webhook_secret"
 url = "postgres://creditflow:layering-test-db-password@127.0.0.1:54329/creditflow"
 "#;
 
+/// Settings layer base then env file then environment.
 #[test]
 fn settings_layer_base_then_env_file_then_environment() {
     let dir = ConfigDir::new("layering", ENV_FILE);
@@ -94,6 +95,7 @@ fn settings_layer_base_then_env_file_then_environment() {
     assert_eq!(base_only.mail.from, FROM_ENVIRONMENT);
 }
 
+/// Settings debug output shows no secret.
 #[test]
 fn settings_debug_output_shows_no_secret() {
     let dir = ConfigDir::new("secrets", ENV_FILE);
@@ -139,6 +141,7 @@ const PROD_SETTINGS: [&str; 3] = [
     "CREDITFLOW__AUTH__OPERATOR_KEYS",
 ];
 
+/// A prod start without secrets exits naming each missing setting.
 #[test]
 fn a_prod_start_without_secrets_exits_naming_each_missing_setting() {
     let root = tests::workspace_root();
@@ -166,6 +169,7 @@ fn a_prod_start_without_secrets_exits_naming_each_missing_setting() {
     }
 }
 
+/// Public secrets are refused outside dev and test and explicit ones accepted.
 #[test]
 fn public_secrets_are_refused_outside_dev_and_test_and_explicit_ones_accepted() {
     let config = tests::workspace_root().join("config");

@@ -19,6 +19,7 @@ fn compose() -> Command {
     }
 }
 
+/// Docker compose file is valid and wires every service.
 #[test]
 fn docker_compose_file_is_valid_and_wires_every_service() {
     let root = tests::workspace_root();

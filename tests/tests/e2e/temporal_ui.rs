@@ -101,6 +101,7 @@ async fn buy(app: &TestApp, org: &TestOrg) -> String {
     workflows::purchase::workflow_id(id)
 }
 
+/// Temporal UI filters workflows by org and shows its purchase.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn temporal_ui_filters_workflows_by_org_and_shows_its_purchase() {
     assert!(

@@ -91,6 +91,7 @@ async fn dispute_row(
         .unwrap()
 }
 
+/// A dispute claws back what is unspent never below zero and pauses auto topup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispute_claws_back_what_is_unspent_never_below_zero_and_pauses_auto_topup() {
     let app = TestApp::spawn().await.unwrap();
@@ -179,6 +180,7 @@ async fn a_dispute_claws_back_what_is_unspent_never_below_zero_and_pauses_auto_t
     app.assert_invariants().await;
 }
 
+/// A dispute takes at most the purchases credits and a won one gives them back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispute_takes_at_most_the_purchases_credits_and_a_won_one_gives_them_back() {
     let app = TestApp::spawn().await.unwrap();

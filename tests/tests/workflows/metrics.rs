@@ -15,6 +15,7 @@ async fn scrape(app: &TestApp, url: &str) -> String {
     r.text().await.unwrap()
 }
 
+/// API metrics count usage outcomes latencies and the outbox.
 #[tokio::test]
 async fn api_metrics_count_usage_outcomes_latencies_and_the_outbox() {
     let app = TestApp::spawn().await.unwrap();
@@ -65,6 +66,7 @@ async fn api_metrics_count_usage_outcomes_latencies_and_the_outbox() {
     );
 }
 
+/// Worker metrics count workflows Stripe calls and emails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_metrics_count_workflows_stripe_calls_and_emails() {
     let app = TestApp::spawn().await.unwrap();

@@ -7,6 +7,7 @@ use reqwest::Method;
 use serde_json::json;
 use tests::{AppOptions, GROWTH, OPERATOR_KEY, TestApp, eventually, worker::TestWorker};
 
+/// A Temporal outage delays grants and starts but loses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_temporal_outage_delays_grants_and_starts_but_loses_nothing() {
     let app = TestApp::spawn_with(AppOptions {

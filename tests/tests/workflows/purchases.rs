@@ -79,6 +79,7 @@ async fn emulator_session(app: &TestApp, purchase_id: &str) -> Value {
     sessions[0].clone()
 }
 
+/// Packages show effective credits cost per credit and saving.
 #[tokio::test]
 async fn packages_show_effective_credits_cost_per_credit_and_saving() {
     let app = TestApp::spawn().await.unwrap();
@@ -101,6 +102,7 @@ async fn packages_show_effective_credits_cost_per_credit_and_saving() {
     assert_eq!(list.body["data"][0]["saving_percent"], "0.0");
 }
 
+/// Operators create change and deactivate packages.
 #[tokio::test]
 async fn operators_create_change_and_deactivate_packages() {
     let app = TestApp::spawn().await.unwrap();
@@ -166,6 +168,7 @@ async fn operators_create_change_and_deactivate_packages() {
         .assert_problem(422, "unknown_package");
 }
 
+/// Buying and paying grants base and bonus once with one receipt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buying_and_paying_grants_base_and_bonus_once_with_one_receipt() {
     let app = TestApp::spawn().await.unwrap();
@@ -240,6 +243,7 @@ async fn buying_and_paying_grants_base_and_bonus_once_with_one_receipt() {
     app.assert_invariants().await;
 }
 
+/// The completion webhook delivered again and early still grants once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_completion_webhook_delivered_again_and_early_still_grants_once() {
     let app = TestApp::spawn().await.unwrap();
@@ -320,6 +324,7 @@ async fn the_completion_webhook_delivered_again_and_early_still_grants_once() {
     );
 }
 
+/// An unpaid session expires without credits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unpaid_session_expires_without_credits() {
     let app = TestApp::spawn_with(AppOptions {
@@ -358,6 +363,7 @@ async fn an_unpaid_session_expires_without_credits() {
     .await;
 }
 
+/// A forged or stale signature is refused and changes nothing.
 #[tokio::test]
 async fn a_forged_or_stale_signature_is_refused_and_changes_nothing() {
     let app = TestApp::spawn().await.unwrap();
@@ -420,6 +426,7 @@ async fn a_forged_or_stale_signature_is_refused_and_changes_nothing() {
     assert_eq!(ok.status(), 200);
 }
 
+/// Another org's purchase is not visible.
 #[tokio::test]
 async fn another_orgs_purchase_is_not_visible() {
     let app = TestApp::spawn().await.unwrap();
@@ -463,6 +470,7 @@ async fn another_orgs_purchase_is_not_visible() {
     .assert_problem(422, "missing_field");
 }
 
+/// Granting a purchase twice books it once.
 #[tokio::test]
 async fn granting_a_purchase_twice_books_it_once() {
     let app = TestApp::spawn().await.unwrap();
@@ -499,6 +507,7 @@ async fn granting_a_purchase_twice_books_it_once() {
     app.assert_invariants().await;
 }
 
+/// A worker killed before the grant and restarted grants once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_before_the_grant_and_restarted_grants_once() {
     let app = TestApp::spawn().await.unwrap();
@@ -522,6 +531,7 @@ async fn a_worker_killed_before_the_grant_and_restarted_grants_once() {
     app.assert_invariants().await;
 }
 
+/// A worker killed mid grant after payment grants once after restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_grant_after_payment_grants_once_after_restart() {
     let app = TestApp::spawn().await.unwrap();
@@ -563,6 +573,7 @@ async fn a_worker_killed_mid_grant_after_payment_grants_once_after_restart() {
     app.assert_invariants().await;
 }
 
+/// The same purchase request twice makes one checkout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_purchase_request_twice_makes_one_checkout() {
     let app = TestApp::spawn().await.unwrap();
@@ -610,6 +621,7 @@ async fn the_same_purchase_request_twice_makes_one_checkout() {
     assert_eq!(purchases, 1);
 }
 
+/// A checkout the processor refuses ends failed at once without credits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkout_the_processor_refuses_ends_failed_at_once_without_credits() {
     let app = TestApp::spawn().await.unwrap();
@@ -701,6 +713,7 @@ async fn settle(app: &TestApp, session_id: &str) {
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
 }
 
+/// A bank debit grants nothing until the money arrives then grants once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bank_debit_grants_nothing_until_the_money_arrives_then_grants_once() {
     let app = TestApp::spawn().await.unwrap();
@@ -737,6 +750,7 @@ async fn a_bank_debit_grants_nothing_until_the_money_arrives_then_grants_once() 
     .await;
 }
 
+/// A bank debit that fails ends the purchase failed with a notice and no credits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bank_debit_that_fails_ends_the_purchase_failed_with_a_notice_and_no_credits() {
     let app = TestApp::spawn().await.unwrap();
@@ -766,6 +780,7 @@ async fn a_bank_debit_that_fails_ends_the_purchase_failed_with_a_notice_and_no_c
     assert_eq!(transfer_count(&app).await, 0);
 }
 
+/// A signed completion for an unpaid session grants nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_completion_for_an_unpaid_session_grants_nothing() {
     let app = TestApp::spawn().await.unwrap();
@@ -803,6 +818,7 @@ async fn a_signed_completion_for_an_unpaid_session_grants_nothing() {
     assert_eq!(app.balance(&org).await, "5250.000000");
 }
 
+/// A payment whose amount differs from the purchase grants nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_whose_amount_differs_from_the_purchase_grants_nothing() {
     let app = TestApp::spawn().await.unwrap();
@@ -828,6 +844,7 @@ async fn a_payment_whose_amount_differs_from_the_purchase_grants_nothing() {
     assert_eq!(transfer_count(&app).await, 0);
 }
 
+/// A completion for an unfinished purchase without its workflow waits in the inbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_for_an_unfinished_purchase_without_its_workflow_waits_in_the_inbox() {
     let app = TestApp::spawn().await.unwrap();
@@ -916,6 +933,7 @@ async fn a_completion_for_an_unfinished_purchase_without_its_workflow_waits_in_t
     }
 }
 
+/// A worker killed after SMTP took the receipt does not send it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_after_smtp_took_the_receipt_does_not_send_it_again() {
     let app = TestApp::spawn().await.unwrap();
@@ -967,6 +985,7 @@ async fn a_worker_killed_after_smtp_took_the_receipt_does_not_send_it_again() {
     assert_eq!(app.balance(&org).await, "5250.000000");
 }
 
+/// The return pages show what was bought and where it stands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_return_pages_show_what_was_bought_and_where_it_stands() {
     let app = TestApp::spawn().await.unwrap();
@@ -1081,6 +1100,7 @@ async fn in_one_window(
     panic!("no run of {n} requests within one minute");
 }
 
+/// Purchases and card setups are rate limited per org.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purchases_and_card_setups_are_rate_limited_per_org() {
     let app = TestApp::spawn_with(AppOptions {

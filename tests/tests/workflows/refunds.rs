@@ -63,6 +63,7 @@ async fn use_credits(app: &TestApp, org: &TestOrg, credits: u64) {
     app.spend(org, "spend", credits).await;
 }
 
+/// A refund that would overdraw is refused and a partial one reverses in proportion.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refund_that_would_overdraw_is_refused_and_a_partial_one_reverses_in_proportion() {
     let app = TestApp::spawn().await.unwrap();
@@ -107,6 +108,7 @@ async fn a_refund_that_would_overdraw_is_refused_and_a_partial_one_reverses_in_p
         .await;
 }
 
+/// The same refund request twice refunds once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_refund_request_twice_refunds_once() {
     let app = TestApp::spawn().await.unwrap();
@@ -127,6 +129,7 @@ async fn the_same_refund_request_twice_refunds_once() {
     app.assert_invariants().await;
 }
 
+/// A worker killed after the processor refund reverses once after restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_after_the_processor_refund_reverses_once_after_restart() {
     let app = TestApp::spawn().await.unwrap();
@@ -162,6 +165,7 @@ async fn a_worker_killed_after_the_processor_refund_reverses_once_after_restart(
     app.assert_invariants().await;
 }
 
+/// Refunds are for operators and need a credited purchase.
 #[tokio::test]
 async fn refunds_are_for_operators_and_need_a_credited_purchase() {
     let app = TestApp::spawn().await.unwrap();
@@ -254,6 +258,7 @@ fn credits(text: &str) -> rust_decimal::Decimal {
     text.parse().unwrap()
 }
 
+/// Usage while a refund waits at the processor cannot keep refunded credits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_while_a_refund_waits_at_the_processor_cannot_keep_refunded_credits() {
     let app = TestApp::spawn().await.unwrap();
@@ -283,6 +288,7 @@ async fn usage_while_a_refund_waits_at_the_processor_cannot_keep_refunded_credit
     app.assert_invariants().await;
 }
 
+/// Two refunds together cannot take more than the balance holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_refunds_together_cannot_take_more_than_the_balance_holds() {
     let app = TestApp::spawn().await.unwrap();
@@ -308,6 +314,7 @@ async fn two_refunds_together_cannot_take_more_than_the_balance_holds() {
     app.assert_invariants().await;
 }
 
+/// Eight concurrent same key refunds make one and another body is a conflict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_concurrent_same_key_refunds_make_one_and_another_body_is_a_conflict() {
     let app = TestApp::spawn().await.unwrap();
@@ -352,6 +359,7 @@ async fn eight_concurrent_same_key_refunds_make_one_and_another_body_is_a_confli
     app.assert_invariants().await;
 }
 
+/// A refund with no processor payment fails and gives the credits back exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refund_with_no_processor_payment_fails_and_gives_the_credits_back_exactly() {
     let app = TestApp::spawn().await.unwrap();
@@ -527,6 +535,7 @@ async fn reversed_refunds(app: &TestApp, org: &TestOrg, purchase: &str, n: usize
     .await
 }
 
+/// A refund made at the processor takes its credits back once like ours.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refund_made_at_the_processor_takes_its_credits_back_once_like_ours() {
     let app = TestApp::spawn().await.unwrap();
@@ -564,6 +573,7 @@ async fn a_refund_made_at_the_processor_takes_its_credits_back_once_like_ours() 
     app.assert_invariants().await;
 }
 
+/// A processor refund of spent credits takes what is left never below zero.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_processor_refund_of_spent_credits_takes_what_is_left_never_below_zero() {
     let app = TestApp::spawn().await.unwrap();

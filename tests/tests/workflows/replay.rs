@@ -44,6 +44,7 @@ async fn a_paid_purchase_keeps_its_history() {
     app.keep_history("purchase_checkout", &workflow_id).await;
 }
 
+/// Every recorded history replays against the current code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_recorded_history_replays_against_the_current_code() {
     let mut files: Vec<_> = std::fs::read_dir(tests::histories_dir())

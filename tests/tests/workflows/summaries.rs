@@ -74,6 +74,7 @@ async fn run_month(app: &TestApp, month: &str, page_size: u32, pages_per_run: u3
     .unwrap()
 }
 
+/// Month edges and leap days land in the right months.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn month_edges_and_leap_days_land_in_the_right_months() {
     let app = TestApp::spawn().await.unwrap();
@@ -106,6 +107,7 @@ async fn month_edges_and_leap_days_land_in_the_right_months() {
     assert_eq!(feb["users"][0]["user"], "ana");
 }
 
+/// Generating a month twice stores one summary and a late event a new revision.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generating_a_month_twice_stores_one_summary_and_a_late_event_a_new_revision() {
     let app = TestApp::spawn().await.unwrap();
@@ -182,6 +184,7 @@ async fn generating_a_month_twice_stores_one_summary_and_a_late_event_a_new_revi
     assert!(!again.contains("later months"), "{again}");
 }
 
+/// Summaries run refuses the current and a future month.
 #[tokio::test]
 async fn summaries_run_refuses_the_current_and_a_future_month() {
     let app = TestApp::spawn().await.unwrap();
@@ -205,6 +208,7 @@ async fn summaries_run_refuses_the_current_and_a_future_month() {
     assert_eq!(stored, 0);
 }
 
+/// Pages and continue as new cover every org once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_and_continue_as_new_cover_every_org_once() {
     let app = TestApp::spawn().await.unwrap();
@@ -239,6 +243,7 @@ async fn pages_and_continue_as_new_cover_every_org_once() {
     app.keep_history("monthly_summaries", &id).await;
 }
 
+/// Every month reconciles with the ledger.
 #[tokio::test]
 async fn every_month_reconciles_with_the_ledger() {
     let app = TestApp::spawn().await.unwrap();
@@ -304,6 +309,7 @@ async fn every_month_reconciles_with_the_ledger() {
     assert_eq!(used_total, d(&b.body["totals"]["used_credits"]));
 }
 
+/// Summaries are filtered by org year and month and exported as CSV.
 #[tokio::test]
 async fn summaries_are_filtered_by_org_year_and_month_and_exported_as_csv() {
     let app = TestApp::spawn().await.unwrap();
@@ -337,6 +343,7 @@ async fn summaries_are_filtered_by_org_year_and_month_and_exported_as_csv() {
         .assert_problem(400, "invalid_month");
 }
 
+/// Operators page through every org's summary of a month.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_page_through_every_orgs_summary_of_a_month() {
     let app = TestApp::spawn().await.unwrap();
@@ -414,6 +421,7 @@ async fn operators_page_through_every_orgs_summary_of_a_month() {
         .assert_problem(400, "invalid_cursor");
 }
 
+/// The schedule is created once and kept in sync.
 #[tokio::test]
 async fn the_schedule_is_created_once_and_kept_in_sync() {
     let app = TestApp::spawn().await.unwrap();
@@ -449,6 +457,7 @@ async fn the_schedule_is_created_once_and_kept_in_sync() {
     );
 }
 
+/// A worker killed mid run finishes with no duplicate and no gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_run_finishes_with_no_duplicate_and_no_gap() {
     let app = TestApp::spawn().await.unwrap();
@@ -905,6 +914,7 @@ fn random_months_of_movements_reconcile_with_the_ledger() {
         .unwrap();
 }
 
+/// A generation started for an open month stores nothing however it was started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generation_started_for_an_open_month_stores_nothing_however_it_was_started() {
     let app = TestApp::spawn().await.unwrap();

@@ -60,6 +60,7 @@ fn mails_with(app: &TestApp, subject: &str) -> usize {
         .count()
 }
 
+/// Fifty clients driving below the threshold charge grant and alert once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_clients_driving_below_the_threshold_charge_grant_and_alert_once() {
     let app = TestApp::spawn().await.unwrap();
@@ -110,6 +111,7 @@ async fn fifty_clients_driving_below_the_threshold_charge_grant_and_alert_once()
     app.keep_history("low_balance_alert", &alert).await;
 }
 
+/// Two soft declines then success grant once after three attempts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_soft_declines_then_success_grant_once_after_three_attempts() {
     let app = TestApp::spawn().await.unwrap();
@@ -143,6 +145,7 @@ async fn two_soft_declines_then_success_grant_once_after_three_attempts() {
     .await;
 }
 
+/// A hard decline stops at once pauses and a new card resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hard_decline_stops_at_once_pauses_and_a_new_card_resumes() {
     let app = TestApp::spawn().await.unwrap();
@@ -245,6 +248,7 @@ async fn a_hard_decline_stops_at_once_pauses_and_a_new_card_resumes() {
     app.assert_invariants().await;
 }
 
+/// A reached monthly cap charges nothing and says so once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reached_monthly_cap_charges_nothing_and_says_so_once() {
     let app = TestApp::spawn().await.unwrap();
@@ -263,6 +267,7 @@ async fn a_reached_monthly_cap_charges_nothing_and_says_so_once() {
     assert_eq!(app.balance(&org).await, "40.000000");
 }
 
+/// An alert while SMTP is down arrives exactly once when it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_while_smtp_is_down_arrives_exactly_once_when_it_is_back() {
     let app = TestApp::spawn().await.unwrap();
@@ -330,6 +335,7 @@ async fn an_alert_while_smtp_is_down_arrives_exactly_once_when_it_is_back() {
     );
 }
 
+/// Dip recover dip alerts once within the hour and records the repeat suppressed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dip_recover_dip_alerts_once_within_the_hour_and_records_the_repeat_suppressed() {
     let app = TestApp::spawn().await.unwrap();
@@ -374,6 +380,7 @@ async fn dip_recover_dip_alerts_once_within_the_hour_and_records_the_repeat_supp
 
 // Multi-threaded: the SMTP server runs on the test's runtime, and the worker's pooled SMTP
 // connection says QUIT to it when the worker is dropped at the end.
+/// Falling through several thresholds mails once and falling further mails again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn falling_through_several_thresholds_mails_once_and_falling_further_mails_again() {
     let app = TestApp::spawn().await.unwrap();
@@ -433,6 +440,7 @@ async fn emulator_payment_intents(app: &TestApp) -> Vec<Value> {
     app.emulator_list("/v1/payment_intents").await
 }
 
+/// A worker killed after the charge and restarted charges and grants once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_after_the_charge_and_restarted_charges_and_grants_once() {
     let app = TestApp::spawn().await.unwrap();
@@ -497,6 +505,7 @@ async fn a_worker_killed_after_the_charge_and_restarted_charges_and_grants_once(
     app.assert_invariants().await;
 }
 
+/// Settings are validated.
 #[tokio::test]
 async fn settings_are_validated() {
     let app = TestApp::spawn().await.unwrap();
@@ -583,6 +592,7 @@ async fn start_setup(app: &TestApp, org: &TestOrg) -> (String, String) {
     (setup_id, url)
 }
 
+/// A card saved through a setup checkout is recorded with its consent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_card_saved_through_a_setup_checkout_is_recorded_with_its_consent() {
     let app = TestApp::spawn().await.unwrap();
@@ -613,6 +623,7 @@ async fn a_card_saved_through_a_setup_checkout_is_recorded_with_its_consent() {
     assert_eq!(put.status, 200, "{}", put.text);
 }
 
+/// A setup not finished in time is expired at the processor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_setup_not_finished_in_time_is_expired_at_the_processor() {
     let app = TestApp::spawn_with(AppOptions {
@@ -672,6 +683,7 @@ async fn a_setup_not_finished_in_time_is_expired_at_the_processor() {
         .await;
 }
 
+/// An org key cannot point charges at a payment method of its choosing.
 #[tokio::test]
 async fn an_org_key_cannot_point_charges_at_a_payment_method_of_its_choosing() {
     let app = TestApp::spawn().await.unwrap();
@@ -698,6 +710,7 @@ async fn an_org_key_cannot_point_charges_at_a_payment_method_of_its_choosing() {
     );
 }
 
+/// Turning auto topup on below the threshold tops up once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turning_auto_topup_on_below_the_threshold_tops_up_once() {
     let app = TestApp::spawn().await.unwrap();
@@ -759,6 +772,7 @@ async fn topup_transfers(app: &TestApp) -> i64 {
     count(app, "SELECT count(*) FROM transfers WHERE kind = 'topup'").await
 }
 
+/// A processing debit grants only when it succeeds and crossings meanwhile are not lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_processing_debit_grants_only_when_it_succeeds_and_crossings_meanwhile_are_not_lost() {
     let app = TestApp::spawn().await.unwrap();
@@ -837,6 +851,7 @@ async fn a_processing_debit_grants_only_when_it_succeeds_and_crossings_meanwhile
     app.assert_invariants().await;
 }
 
+/// A debit that fails after processing grants nothing and pauses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_debit_that_fails_after_processing_grants_nothing_and_pauses() {
     let app = TestApp::spawn().await.unwrap();
@@ -864,6 +879,7 @@ async fn a_debit_that_fails_after_processing_grants_nothing_and_pauses() {
     .await;
 }
 
+/// A topup that leaves the balance below the threshold starts another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topup_that_leaves_the_balance_below_the_threshold_starts_another() {
     let app = TestApp::spawn().await.unwrap();
@@ -892,6 +908,7 @@ async fn a_topup_that_leaves_the_balance_below_the_threshold_starts_another() {
     assert_eq!(succeeded_charges(&app).await, 2);
 }
 
+/// The daily limit bounds topups that keep the balance below.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daily_limit_bounds_topups_that_keep_the_balance_below() {
     let app = TestApp::spawn().await.unwrap();
@@ -916,6 +933,7 @@ async fn the_daily_limit_bounds_topups_that_keep_the_balance_below() {
     assert_eq!(app.balance(&org).await, "-10000.000000");
 }
 
+/// An alert to a refused address is recorded failed and the topup still charges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_to_a_refused_address_is_recorded_failed_and_the_topup_still_charges() {
     let app = TestApp::spawn().await.unwrap();
@@ -950,6 +968,7 @@ async fn an_alert_to_a_refused_address_is_recorded_failed_and_the_topup_still_ch
     assert_eq!(app.balance(&org).await, "1040.000000");
 }
 
+/// An address the mailer refuses is refused by the API too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_address_the_mailer_refuses_is_refused_by_the_api_too() {
     let app = TestApp::spawn().await.unwrap();
@@ -971,6 +990,7 @@ async fn an_address_the_mailer_refuses_is_refused_by_the_api_too() {
     }
 }
 
+/// A topup charge can be refunded through the API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topup_charge_can_be_refunded_through_the_api() {
     let app = TestApp::spawn().await.unwrap();
@@ -1037,6 +1057,7 @@ async fn a_topup_charge_can_be_refunded_through_the_api() {
     app.assert_invariants().await;
 }
 
+/// A topup charge answered 500 after it ran is found not charged twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topup_charge_answered_500_after_it_ran_is_found_not_charged_twice() {
     let app = TestApp::spawn().await.unwrap();

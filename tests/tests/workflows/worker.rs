@@ -4,6 +4,7 @@ use temporalio_client::{WorkflowGetResultOptions, WorkflowStartOptions};
 use tests::{TestApp, worker::TestWorker};
 use workflows::health::PingWorkflow;
 
+/// The worker polls its task queue and runs a workflow with an activity.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_polls_its_task_queue_and_runs_a_workflow_with_an_activity() {
     let app = TestApp::spawn().await.unwrap();
