@@ -243,9 +243,18 @@ fn prepare(
         match rate(raw, reporter, rules, catalog) {
             Ok(rated) => {
                 p.slots.push(p.results.len());
-                // A placeholder, replaced by the writer's outcome.
-                p.results
-                    .push(rejected(None, &Rejection::new("internal", "not recorded")));
+                // A slot the writer's outcome fills (no allocation: this is per valid event).
+                p.results.push(EventResult {
+                    id: Value::Null,
+                    status: EventStatus::Accepted,
+                    cost_credits: None,
+                    price_version: None,
+                    transfer_id: None,
+                    usage_event_id: None,
+                    code: None,
+                    message: None,
+                    field: None,
+                });
                 p.valid.push(rated);
             }
             Err(r) => p.results.push(rejected(raw.get("id"), &r)),
