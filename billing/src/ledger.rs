@@ -10,7 +10,17 @@ use std::{fmt, str::FromStr};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{BillingError, Credits};
+use crate::{
+    BillingError, Credits,
+    grants::{Flow, GrantTerms},
+};
+
+/// The grants a package's purchase or topup makes: base and bonus terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackageGrant {
+    pub base: GrantTerms,
+    pub bonus: GrantTerms,
+}
 
 /// The kinds of credit movement. Stored as text; the names are part of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -31,10 +41,14 @@ pub enum TransferKind {
     Adjustment,
     /// The exact reverse of an earlier transfer.
     Reversal,
+    /// Promotional credits an operator granted.
+    Promo,
+    /// A grant's unspent credits leaving at its expiry (to breakage).
+    Expiry,
 }
 
 impl TransferKind {
-    pub const ALL: [TransferKind; 7] = [
+    pub const ALL: [TransferKind; 9] = [
         TransferKind::Purchase,
         TransferKind::Bonus,
         TransferKind::Topup,
@@ -42,6 +56,8 @@ impl TransferKind {
         TransferKind::Refund,
         TransferKind::Adjustment,
         TransferKind::Reversal,
+        TransferKind::Promo,
+        TransferKind::Expiry,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +69,8 @@ impl TransferKind {
             TransferKind::Refund => "refund",
             TransferKind::Adjustment => "adjustment",
             TransferKind::Reversal => "reversal",
+            TransferKind::Promo => "promo",
+            TransferKind::Expiry => "expiry",
         }
     }
 }
@@ -88,16 +106,19 @@ pub enum SystemAccount {
     Refunds,
     /// The counterpart of manual adjustments.
     Adjustments,
+    /// Where expired credits go.
+    Breakage,
 }
 
 impl SystemAccount {
-    pub const ALL: [SystemAccount; 6] = [
+    pub const ALL: [SystemAccount; 7] = [
         SystemAccount::Sales,
         SystemAccount::Promotions,
         SystemAccount::UsageAi,
         SystemAccount::UsageInfra,
         SystemAccount::Refunds,
         SystemAccount::Adjustments,
+        SystemAccount::Breakage,
     ];
 
     /// The account's code in the `accounts` table.
@@ -109,6 +130,7 @@ impl SystemAccount {
             SystemAccount::UsageInfra => "usage:infra",
             SystemAccount::Refunds => "refunds",
             SystemAccount::Adjustments => "adjustments",
+            SystemAccount::Breakage => "breakage",
         }
     }
 }
@@ -199,6 +221,16 @@ impl Posting {
             amount,
             TransferKind::Reversal,
         )
+    }
+
+    /// Promotional credits an operator grants: promotions → org.
+    pub fn promo(org: Uuid, amount: Credits) -> Posting {
+        Posting::into_org(org, SystemAccount::Promotions, amount, TransferKind::Promo)
+    }
+
+    /// A grant's unspent credits at its expiry: org → breakage.
+    pub fn expiry(org: Uuid, amount: Credits) -> Posting {
+        Posting::out_of_org(org, SystemAccount::Breakage, amount, TransferKind::Expiry)
     }
 
     /// The exact opposite movement, of the same kind: a refund the processor refused, a
@@ -299,6 +331,8 @@ pub struct Entry {
     pub actor: String,
     pub reason: String,
     pub refs: Refs,
+    /// Which grants it takes or makes (the burn-down order unless it says).
+    pub flow: Flow,
 }
 
 impl Entry {
@@ -316,11 +350,20 @@ impl Entry {
             actor: actor.to_string(),
             reason,
             refs,
+            flow: Flow::Order,
         }
+    }
+
+    /// The same entry, taking or making grants as `flow` says.
+    pub fn with_flow(mut self, flow: Flow) -> Entry {
+        self.flow = flow;
+        self
     }
 
     /// A package's grant: its base credits as `base` (of `kind`: purchase or topup) and its
     /// bonus, if any, keyed `{key}:base` and `{key}:bonus` so each is booked once.
+    /// Each makes a grant on the package's terms ([`PackageGrant`]): the bonus's parent is the
+    /// base's grant.
     pub fn package_grant(
         base: Posting,
         bonus_credits: Credits,
@@ -328,23 +371,28 @@ impl Entry {
         actor: &str,
         reasons: (String, String),
         refs: Refs,
+        terms: PackageGrant,
     ) -> Vec<Entry> {
         let org = base.org;
-        let mut entries = vec![Entry::new(
-            base,
-            format!("{key}:base"),
-            actor,
-            reasons.0,
-            refs.clone(),
-        )];
+        let base = Entry::new(base, format!("{key}:base"), actor, reasons.0, refs.clone())
+            .with_flow(Flow::New(terms.base));
+        let parent = base.id;
+        let mut entries = vec![base];
         if bonus_credits.is_positive() {
-            entries.push(Entry::new(
-                Posting::bonus(org, bonus_credits),
-                format!("{key}:bonus"),
-                actor,
-                reasons.1,
-                refs,
-            ));
+            let bonus = GrantTerms {
+                parent_grant_id: Some(parent),
+                ..terms.bonus
+            };
+            entries.push(
+                Entry::new(
+                    Posting::bonus(org, bonus_credits),
+                    format!("{key}:bonus"),
+                    actor,
+                    reasons.1,
+                    refs,
+                )
+                .with_flow(Flow::New(bonus)),
+            );
         }
         entries
     }

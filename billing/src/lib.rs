@@ -7,6 +7,7 @@ pub mod booking;
 pub mod credits;
 pub mod email;
 pub mod error;
+pub mod grants;
 pub mod ledger;
 pub mod money;
 #[cfg(feature = "openapi")]
@@ -23,7 +24,8 @@ pub mod usage;
 pub use booking::{Batch, BookError, ThresholdPurpose};
 pub use credits::Credits;
 pub use error::BillingError;
-pub use ledger::{Account, Entry, Posting, Refs, SystemAccount, TransferKind};
+pub use grants::{Flow, GrantCategory, GrantMove, GrantSource, GrantTerms, Wallet};
+pub use ledger::{Account, Entry, PackageGrant, Posting, Refs, SystemAccount, TransferKind};
 pub use money::{Currency, Money};
 pub use purchase::PurchaseState;
 pub use refund::RefundState;

@@ -14,9 +14,66 @@ pub struct Package {
     pub base_credits: Credits,
     pub bonus_credits: Credits,
     pub active: bool,
+    /// Days after the purchase the base credits expire; never when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_after_days: Option<u32>,
+    /// Days after the purchase the bonus credits expire; never when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bonus_expires_after_days: Option<u32>,
 }
 
+/// The longest expiry a package may set, in days (ten years).
+pub const EXPIRES_AFTER_DAYS_MAX: u32 = 3650;
+
 impl Package {
+    /// What one base credit cost, in minor units, to twelve decimals: the money a refund
+    /// returns per credit it takes back.
+    pub fn cost_basis_minor_per_credit(&self) -> Decimal {
+        if !self.base_credits.is_positive() {
+            return Decimal::ZERO;
+        }
+        (Decimal::from(self.price.amount_minor) / self.base_credits.as_decimal())
+            .round_dp_with_strategy(12, RoundingStrategy::MidpointAwayFromZero)
+    }
+
+    /// The grants a purchase (or, with `topup`, an auto-topup) of this package made at `at`
+    /// makes: base credits paid at the package's cost basis, bonus promotional; each expiring
+    /// as the package says.
+    pub fn grant_terms(
+        &self,
+        payment_id: Uuid,
+        topup: bool,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> crate::PackageGrant {
+        use crate::grants::{GrantSource, GrantTerms};
+        let after = |days: Option<u32>| days.map(|d| at + chrono::Duration::days(i64::from(d)));
+        let (purchase_id, topup_id) = if topup {
+            (None, Some(payment_id))
+        } else {
+            (Some(payment_id), None)
+        };
+        let source = if topup {
+            GrantSource::Topup
+        } else {
+            GrantSource::Purchase
+        };
+        crate::PackageGrant {
+            base: GrantTerms {
+                cost_basis_minor_per_credit: self.cost_basis_minor_per_credit(),
+                expires_at: after(self.expires_after_days),
+                purchase_id,
+                topup_id,
+                ..GrantTerms::plain(source)
+            },
+            bonus: GrantTerms {
+                expires_at: after(self.bonus_expires_after_days),
+                purchase_id,
+                topup_id,
+                ..GrantTerms::plain(GrantSource::Bonus)
+            },
+        }
+    }
+
     /// Credits the buyer receives: base plus bonus.
     pub fn effective_credits(&self) -> Result<Credits, BillingError> {
         self.base_credits.checked_add(self.bonus_credits)
@@ -88,6 +145,8 @@ mod tests {
             base_credits: Credits::whole(base),
             bonus_credits: Credits::whole(bonus),
             active: true,
+            expires_after_days: None,
+            bonus_expires_after_days: None,
         }
     }
 

@@ -1,7 +1,8 @@
 //! Monthly summaries: calendar months (UTC) and the reconciliation rule.
 //!
 //! Attribution: usage belongs to the month of its `occurred_at` (when it happened); every other
-//! movement (purchase, bonus, topup, refund, adjustment, reversal) to the month it was booked.
+//! movement (purchase, bonus, topup, refund, adjustment, reversal, promo) to the month it was booked,
+//! and an expiry to the month of its grant's `expires_at` (the instant it is booked at).
 //! Opening balance = every movement attributed before the month; closing = opening + credits in
 //! − credits out within it. So the closing of one month is the opening of the next, exactly.
 
@@ -135,6 +136,12 @@ pub struct Movements {
     pub reversed: Credits,
     /// Credits consumed by usage (positive).
     pub used: Credits,
+    /// Promotional credits operators granted.
+    #[serde(default)]
+    pub promo: Credits,
+    /// Unspent credits that left at their grant's expiry (positive).
+    #[serde(default)]
+    pub expired: Credits,
 }
 
 impl Movements {
@@ -150,6 +157,8 @@ impl Movements {
             TransferKind::Adjustment => self.adjusted = org_net,
             TransferKind::Reversal => self.reversed = org_net,
             TransferKind::Usage => self.used = -org_net,
+            TransferKind::Promo => self.promo = org_net,
+            TransferKind::Expiry => self.expired = -org_net,
         }
     }
 
@@ -162,6 +171,8 @@ impl Movements {
             .checked_sub(self.refunded)?
             .checked_add(self.adjusted)?
             .checked_add(self.reversed)?
+            .checked_add(self.promo)?
+            .checked_sub(self.expired)?
             .checked_sub(self.used)
     }
 }
@@ -235,8 +246,10 @@ mod tests {
             adjusted: Credits::whole(-3),
             reversed: Credits::ZERO,
             used: Credits::whole(40),
+            promo: Credits::whole(7),
+            expired: Credits::whole(4),
         };
-        assert_eq!(m.closing().unwrap(), Credits::whole(102));
+        assert_eq!(m.closing().unwrap(), Credits::whole(105));
     }
 }
 
