@@ -33,7 +33,9 @@ impl Classify for store::StoreError {
             E::InsufficientBalance { .. } => Class::Refuse("InsufficientBalance"),
             E::Billing(_) => Class::Refuse("BillingRule"),
             E::Decode(_) => Class::Refuse("Decode"),
-            E::PaymentNotRefundable { .. } | E::RefundExceedsPayment { .. } => {
+            E::PaymentNotRefundable { .. }
+            | E::RefundExceedsPayment { .. }
+            | E::RefundExceedsUnspent { .. } => {
                 Class::Refuse("RefundNotAllowed")
             }
             E::PriceVersionNotAfterNewest => Class::Refuse("PriceVersionNotAfterNewest"),

@@ -25,6 +25,8 @@ pub struct ApiError {
     pub retry_after_secs: Option<u32>,
     /// What went wrong inside, for the log (never shown): logged once, when the answer is made.
     pub cause: Option<String>,
+    /// Members a client can act on (`refundable_minor` …), shown beside the standard ones.
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The body of an error answer (RFC 9457 problem details, with a stable `code`).
@@ -43,6 +45,11 @@ pub struct Problem {
     /// The request field the problem is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// Members particular to the code (e.g. `refundable_minor` for
+    /// `refund_exceeds_unspent`).
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -58,7 +65,17 @@ impl ApiError {
             field: None,
             retry_after_secs: None,
             cause: None,
+            extra: serde_json::Map::new(),
         }
+    }
+
+    /// The same answer with a member a client can act on.
+    pub fn with(mut self, key: &str, value: impl Serialize) -> Self {
+        self.extra.insert(
+            key.to_string(),
+            serde_json::to_value(value).unwrap_or_default(),
+        );
+        self
     }
 
     /// The same answer, with what went wrong inside for the log.
@@ -152,6 +169,7 @@ impl IntoResponse for ApiError {
             code: self.code.to_string(),
             detail: self.detail,
             field: self.field,
+            extra: self.extra,
         };
         let mut res = (self.status, Json(body)).into_response();
         res.headers_mut().insert(
@@ -188,6 +206,17 @@ impl From<StoreError> for ApiError {
                 "refund_exceeds_payment",
                 e.to_string(),
             ),
+            StoreError::RefundExceedsUnspent {
+                refundable_minor,
+                refundable_credits,
+                ..
+            } => ApiError::new(
+                StatusCode::CONFLICT,
+                "refund_exceeds_unspent",
+                e.to_string(),
+            )
+            .with("refundable_minor", refundable_minor)
+            .with("refundable_credits", refundable_credits),
             StoreError::PriceVersionNotAfterNewest => ApiError::new(
                 StatusCode::CONFLICT,
                 "price_version_not_after_newest",

@@ -6,6 +6,7 @@ pub mod cloudevents;
 pub mod codes;
 pub mod error;
 pub mod extract;
+pub mod grants;
 pub mod health;
 pub mod ledger;
 pub mod metrics;
@@ -231,6 +232,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ledger::balance))
         .routes(routes!(ledger::transactions))
         .routes(routes!(ledger::adjust))
+        .routes(routes!(grants::list_grants, grants::grant_promo))
         .routes(routes!(prices::current, prices::publish))
         .routes(routes!(usage::ingest).layer(DefaultBodyLimit::max(usage::USAGE_BODY_LIMIT_BYTES)))
         .routes(routes!(packages::list_packages, packages::create_package))

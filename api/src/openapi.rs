@@ -33,6 +33,7 @@ stable `code` (the catalog is `ErrorCode`). Money writes take an `Idempotency-Ke
         (name = "health", description = "Liveness, readiness and this document"),
         (name = "orgs", description = "Organizations and their API keys"),
         (name = "ledger", description = "Balances, transaction history and adjustments"),
+        (name = "grants", description = "Credit grants: what a balance is made of, promotional credits"),
         (name = "prices", description = "Price versions of AI models and infrastructure"),
         (name = "usage", description = "Metered usage"),
         (name = "packages", description = "Credit packages for sale"),

@@ -38,6 +38,12 @@ pub struct PackageView {
     /// Saving against the smallest package of the currency, in percent (listings only).
     pub saving_percent: Option<String>,
     pub active: bool,
+    /// Days after a purchase its base credits expire; never when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_after_days: Option<u32>,
+    /// Days after a purchase its bonus credits expire; never when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bonus_expires_after_days: Option<u32>,
 }
 
 impl PackageView {
@@ -61,6 +67,8 @@ impl PackageView {
                 _ => None,
             },
             active: p.active,
+            expires_after_days: p.expires_after_days,
+            bonus_expires_after_days: p.bonus_expires_after_days,
         })
     }
 }
@@ -110,6 +118,12 @@ pub struct PackageBody {
     /// Default true.
     #[serde(default = "yes")]
     active: bool,
+    /// Days after a purchase its base credits expire (1 to 3650); never when absent.
+    #[serde(default)]
+    expires_after_days: Option<u32>,
+    /// Days after a purchase its bonus credits expire (1 to 3650); never when absent.
+    #[serde(default)]
+    bonus_expires_after_days: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -128,6 +142,18 @@ fn package_from(id: Uuid, b: PackageBody) -> Result<Package, ApiError> {
     };
     packages::check_package(&b.name, b.price_minor, base, bonus)
         .map_err(|(field, msg)| ApiError::invalid(field, "invalid_package", msg))?;
+    for (field, days) in [
+        ("expires_after_days", b.expires_after_days),
+        ("bonus_expires_after_days", b.bonus_expires_after_days),
+    ] {
+        if days.is_some_and(|d| d == 0 || d > packages::EXPIRES_AFTER_DAYS_MAX) {
+            return Err(ApiError::invalid(
+                field,
+                "invalid_package",
+                format!("{field} must be between 1 and 3650"),
+            ));
+        }
+    }
     Ok(Package {
         id,
         name: b.name.trim().to_string(),
@@ -135,6 +161,8 @@ fn package_from(id: Uuid, b: PackageBody) -> Result<Package, ApiError> {
         base_credits: base,
         bonus_credits: bonus,
         active: b.active,
+        expires_after_days: b.expires_after_days,
+        bonus_expires_after_days: b.bonus_expires_after_days,
     })
 }
 

@@ -374,7 +374,7 @@ mod properties {
                     .to_i64()
                     .expect("small");
                 let after = bal[o] + signed;
-                if signed < 0 && after < 0 && p.kind != TransferKind::Usage {
+                if signed < 0 && after < 0 && !p.may_overdraw() {
                     refused = Some((bal[o], after));
                     break;
                 }

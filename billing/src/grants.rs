@@ -176,7 +176,7 @@ impl GrantTerms {
     /// The source a credit of `kind` makes when its entry does not say.
     pub fn source_of(kind: TransferKind) -> GrantSource {
         match kind {
-            TransferKind::Purchase => GrantSource::Purchase,
+            TransferKind::Purchase | TransferKind::Refund => GrantSource::Purchase,
             TransferKind::Topup => GrantSource::Topup,
             TransferKind::Bonus | TransferKind::Reversal => GrantSource::Bonus,
             TransferKind::Promo => GrantSource::Promo,
@@ -239,6 +239,23 @@ pub enum Flow {
     Restore(Vec<(Uuid, Credits)>),
 }
 
+impl Flow {
+    /// The credit that gives back what a draw took (its moves): the same grants' terms, the
+    /// same amounts. A draw booked before grants (no moves) gives back a plain grant.
+    pub fn restoring(moves: &[GrantMove]) -> Flow {
+        let slices: Vec<(Uuid, Credits)> = moves
+            .iter()
+            .filter_map(|m| Some((m.grant_id?, -m.amount)))
+            .filter(|(_, a)| a.is_positive())
+            .collect();
+        if slices.is_empty() {
+            Flow::Order
+        } else {
+            Flow::Restore(slices)
+        }
+    }
+}
+
 /// One grant's share of a transfer, signed from the grant's side: positive when credits came
 /// in. `grant_id: None` is the org's overdraft.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,8 +287,8 @@ impl Effect {
 /// Why grants cannot move as asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GrantError {
-    /// The named grants hold less than the debit.
-    #[error("the grants named hold {available}, less than {asked}")]
+    /// The grants a debit may take hold less than it.
+    #[error("the grants hold {available}, less than {asked}")]
     Insufficient { available: Credits, asked: Credits },
     /// A grant the flow names is not the org's (or not loaded).
     #[error("grant {0} is not one of the org's")]
@@ -431,7 +448,9 @@ impl Wallet {
                         left = left.checked_sub(take)?;
                     }
                 }
-                if left.is_positive() && scope.is_none() {
+                // Usage already happened: what no grant may pay is overdraft. Any other debit
+                // in the order (an operator's negative adjustment) must be covered.
+                if left.is_positive() && scope.is_none() && kind != TransferKind::Usage {
                     let available = (-delta).checked_sub(left)?;
                     return Err(GrantError::Insufficient {
                         available,
@@ -477,6 +496,16 @@ impl Wallet {
             });
         }
         Ok(moves)
+    }
+
+    /// Adds a grant loaded later (one a flow names); no-op when it is there.
+    pub fn add(&mut self, held: Held) {
+        if self.grant(held.id).is_none() {
+            let at = self
+                .grants
+                .partition_point(|g| g.burn_order(&held) == Ordering::Less);
+            self.grants.insert(at, held);
+        }
     }
 
     /// Forgets grants with nothing left (after a batch; they stay stored).

@@ -279,10 +279,12 @@ impl Posting {
         }
     }
 
-    /// Whether this kind of movement may take the org's balance below zero. Only usage may:
-    /// it already happened, so it is always recorded (ARCHITECTURE.md §3).
+    /// Whether this kind of movement may take the org's balance below zero. Usage may: it
+    /// already happened, so it is always recorded (ARCHITECTURE.md §3). So may an expiry: it
+    /// removes credits a grant holds, and the balance below zero is the org's overdraft, which
+    /// credits restricted to other usage never paid.
     pub fn may_overdraw(&self) -> bool {
-        self.kind == TransferKind::Usage
+        matches!(self.kind, TransferKind::Usage | TransferKind::Expiry)
     }
 }
 

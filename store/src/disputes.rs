@@ -7,7 +7,7 @@
 //! its refunds reversed. Credits already spent stay spent (the balance never goes below zero by a
 //! clawback); a dispute won gives the clawed-back credits back.
 
-use billing::{Credits, Entry, Posting, Refs};
+use billing::{Credits, Entry, Flow, Posting, Refs};
 use uuid::Uuid;
 
 use crate::{NewTransfer, StoreError};
@@ -32,7 +32,14 @@ pub struct OpenedDispute {
     pub org_name: String,
 }
 
-fn clawback(dispute: &str, org: Uuid, amount: Credits, restore: bool, why: &str) -> NewTransfer {
+fn clawback(
+    dispute: &str,
+    org: Uuid,
+    amount: Credits,
+    restore: bool,
+    why: &str,
+    flow: Flow,
+) -> NewTransfer {
     let (posting, key) = if restore {
         (
             Posting::refund(org, amount).reversed(),
@@ -48,7 +55,7 @@ fn clawback(dispute: &str, org: Uuid, amount: Credits, restore: bool, why: &str)
         dispute_id: Some(dispute.to_string()),
         ..Refs::default()
     };
-    Entry::new(posting, key, "processor:dispute", why.to_string(), refs)
+    Entry::new(posting, key, "processor:dispute", why.to_string(), refs).with_flow(flow)
 }
 
 handle! {
@@ -67,7 +74,7 @@ impl Disputes<'_> {
         let mut tx = self.pool.begin().await?;
         // The payment: a purchase (locked first, as refunds and grants lock it) or a topup.
         let purchase = sqlx::query!(
-            "SELECT id, org_id, package FROM purchases WHERE payment_intent_id = $1
+            "SELECT id, org_id FROM purchases WHERE payment_intent_id = $1
                 AND state = 'credited' FOR UPDATE",
             d.payment_intent_id
         )
@@ -76,40 +83,36 @@ impl Disputes<'_> {
         let topup = match &purchase {
             Some(_) => None,
             None => sqlx::query!(
-                "SELECT t.id, t.org_id, t.package FROM topups t
+                "SELECT t.id, t.org_id FROM topups t
                    JOIN topup_attempts a ON a.topup_id = t.id
                   WHERE a.payment_intent_id = $1 AND t.state = 'succeeded'",
                 d.payment_intent_id
             )
             .fetch_optional(&mut *tx)
             .await?
-            .map(|t| (t.id, t.org_id, t.package.unwrap_or_default())),
+            .map(|t| (t.id, t.org_id)),
         };
-        let (org, purchase_id, topup_id, package) = match (&purchase, topup) {
-            (Some(p), _) => (p.org_id, Some(p.id), None, p.package.clone()),
-            (None, Some((id, org, package))) => (org, None, Some(id), package),
+        let (org, purchase_id, topup_id) = match (&purchase, topup) {
+            (Some(p), _) => (p.org_id, Some(p.id), None),
+            (None, Some((id, org))) => (org, None, Some(id)),
             (None, None) => return Ok(None),
         };
-        let package: billing::packages::Package =
-            serde_json::from_value(package).map_err(|e| StoreError::Decode(e.to_string()))?;
-        let granted = package.base_credits.checked_add(package.bonus_credits)?;
-        let taken: rust_decimal::Decimal = match purchase_id {
-            Some(p) => {
-                sqlx::query_scalar!(
-                    r#"SELECT COALESCE(sum(credits + bonus_credits), 0) AS "n!" FROM refunds
-                    WHERE purchase_id = $1 AND state <> 'failed'"#,
-                    p
-                )
-                .fetch_one(&mut *tx)
-                .await?
-            }
-            None => rust_decimal::Decimal::ZERO,
-        };
-        let unspent_share = granted.checked_sub(Credits::from_stored(taken))?;
+        let payment = purchase_id.or(topup_id);
         let mut locked = self.ledger().lock_orgs(&mut tx, &[org]).await?;
         let balance = locked.balance(org).ok_or(StoreError::OrgNotFound)?;
-        // What is unspent of this payment, never more than the balance holds.
-        let amount = unspent_share.min(balance).max(Credits::ZERO);
+        // What the payment's grants (paid and bonus) still hold, never more than the balance.
+        let now = locked.now();
+        let mut grants = Vec::new();
+        let mut unspent = Credits::ZERO;
+        for g in locked.wallet(org).map(|w| w.grants()).unwrap_or_default() {
+            let ours = payment.is_some()
+                && (g.terms.purchase_id == payment || g.terms.topup_id == payment);
+            if ours && g.usable(None, now) {
+                unspent = unspent.checked_add(g.remaining)?;
+                grants.push(g.id);
+            }
+        }
+        let amount = unspent.min(balance).max(Credits::ZERO);
         let inserted = sqlx::query!(
             "INSERT INTO disputes (id, org_id, purchase_id, topup_id, payment_intent_id,
                                    amount_minor, currency, reason, status, clawed_back)
@@ -141,7 +144,7 @@ impl Disputes<'_> {
                 .book_locked(
                     &mut tx,
                     &mut locked,
-                    &[clawback(&d.id, org, amount, false, &why)],
+                    &[clawback(&d.id, org, amount, false, &why, Flow::Grants(grants))],
                     true,
                 )
                 .await?;
@@ -233,6 +236,16 @@ impl Disputes<'_> {
         let clawed = Credits::from_stored(d.clawed_back);
         if outcome == "won" && clawed.is_positive() {
             let mut locked = self.ledger().lock_orgs(&mut tx, &[d.org_id]).await?;
+            // The grants it took come back on their terms.
+            let key = format!("dispute:{id}:clawback");
+            let took = self
+                .ledger()
+                .transfers_by_key(&mut tx, std::slice::from_ref(&key))
+                .await?;
+            let flow = took
+                .get(&key)
+                .map(|t| Flow::restoring(&t.grants))
+                .unwrap_or_default();
             self.ledger()
                 .book_locked(
                     &mut tx,
@@ -243,6 +256,7 @@ impl Disputes<'_> {
                         clawed,
                         true,
                         "dispute won: credits given back",
+                        flow,
                     )],
                     true,
                 )

@@ -22,6 +22,16 @@ pub enum StoreError {
         left_minor: i64,
         paid_minor: i64,
     },
+    /// The refund asks for more money than the payment's unspent credits are worth.
+    #[error(
+        "a refund of {asked_minor} exceeds what the payment's unspent credits are worth: \
+         {refundable_minor} ({refundable_credits} credits)"
+    )]
+    RefundExceedsUnspent {
+        asked_minor: i64,
+        refundable_minor: i64,
+        refundable_credits: Credits,
+    },
     /// A new price version must take effect after the newest one.
     #[error("effective_from must be after the newest version's effective_from")]
     PriceVersionNotAfterNewest,
@@ -60,6 +70,15 @@ impl From<billing::BookError> for StoreError {
 }
 
 impl StoreError {
+    /// A grant movement the booking could not make: the entry's caller checked what the
+    /// grants hold before (a refund its refundable credits), so this is a broken invariant.
+    pub(crate) fn from_grants(e: billing::grants::GrantError, kind: billing::TransferKind) -> Self {
+        match e {
+            billing::grants::GrantError::Billing(b) => StoreError::Billing(b),
+            other => StoreError::Invariant(format!("{kind}: {other}")),
+        }
+    }
+
     /// Whether the database could not be reached or is not accepting work (no connection in
     /// time, a dropped connection, a server shutting down or starting up): the request may
     /// succeed later, and nothing of it was committed.

@@ -24,6 +24,7 @@ pub mod alerts;
 mod clock;
 pub mod disputes;
 mod error;
+pub mod grants;
 pub mod idempotency;
 pub mod inbox;
 pub mod ingest;
@@ -55,6 +56,7 @@ pub use alerts::{AlertClaim, AlertRecord, Alerts, NewAlert};
 pub use clock::Clock;
 pub use disputes::{DisputeReport, Disputes, OpenedDispute};
 pub use error::StoreError;
+pub use grants::{CreditGrant, Expiring, GrantPage, GrantQuery, GrantState, Grants, NewPromo};
 pub use idempotency::{Claim, request_hash};
 pub use inbox::{Inbox, InboxEvent};
 pub use ingest::{IngestConfig, Ingestor};
@@ -190,7 +192,13 @@ impl Store {
         MIGRATOR
             .run(pool)
             .await
-            .map_err(|e| StoreError::Schema(e.to_string()))
+            .map_err(|e| StoreError::Schema(e.to_string()))?;
+        grants::backfill(pool).await
+    }
+
+    /// The time the store books at now: the manual clock's, or this machine's.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.booking_time().unwrap_or_else(chrono::Utc::now)
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -225,6 +233,9 @@ impl Store {
     }
     pub fn disputes(&self) -> Disputes<'_> {
         Disputes(self)
+    }
+    pub fn grants(&self) -> Grants<'_> {
+        Grants(self)
     }
     pub fn inbox(&self) -> Inbox<'_> {
         Inbox(self)

@@ -269,6 +269,11 @@ impl Purchases<'_> {
                 format!("bonus with {}", purchase.package.name),
             ),
             refs,
+            purchase.package.grant_terms(
+                id,
+                false,
+                self.clock.booking_time().unwrap_or_else(chrono::Utc::now),
+            ),
         );
         let mut tx = self.pool.begin().await?;
         // The purchase first, then the org: the order request_refund locks them in, so a grant

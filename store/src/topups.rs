@@ -314,6 +314,11 @@ impl Topups<'_> {
                 format!("auto-topup bonus: {}", package.name),
             ),
             refs,
+            package.grant_terms(
+                topup_id,
+                true,
+                self.clock.booking_time().unwrap_or_else(chrono::Utc::now),
+            ),
         );
         let mut tx = self.pool.begin().await?;
         let mut locked = self.ledger().lock_orgs(&mut tx, &[org]).await?;

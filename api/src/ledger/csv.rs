@@ -12,7 +12,7 @@ use super::CSV_CHUNK_ROWS;
 use crate::AppState;
 
 const CSV_HEADER: &str =
-    "id,seq,created_at,kind,amount_credits,balance_after_credits,counterparty,actor,reason,refs\n";
+    "id,seq,created_at,kind,amount_credits,balance_after_credits,counterparty,actor,reason,refs,grants\n";
 
 /// One CSV cell. A text that a spreadsheet would take for a formula (it starts with `=`, `+`,
 /// `-`, `@`, a tab or a CR: reasons come from operators and package names) is prefixed with `'`
@@ -32,7 +32,7 @@ fn csv_field(s: &str) -> String {
 
 pub(super) fn csv_row(t: &store::Transfer) -> String {
     format!(
-        "{},{},{},{},{},{},{},{},{},{}\n",
+        "{},{},{},{},{},{},{},{},{},{},{}\n",
         t.id,
         t.seq,
         t.created_at
@@ -44,6 +44,7 @@ pub(super) fn csv_row(t: &store::Transfer) -> String {
         csv_field(&t.actor),
         csv_field(&t.reason),
         csv_field(&serde_json::to_string(&t.refs).unwrap_or_default()),
+        csv_field(&serde_json::to_string(&t.grants).unwrap_or_default()),
     )
 }
 

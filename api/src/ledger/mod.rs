@@ -40,6 +40,8 @@ pub struct Balance {
     /// How `totals` add up to the balance.
     pub identity: String,
     pub transfer_count: i64,
+    /// Credits that expire in the next 30 days, by day (UTC), soonest first.
+    pub expiring: Vec<store::Expiring>,
 }
 
 /// One credit movement, from the org's side.
@@ -58,6 +60,10 @@ pub struct Transfer {
     pub reason: String,
     /// What it books: the purchase, topup, refund, dispute or usage event.
     pub refs: Refs,
+    /// The grants it moved, each signed from the grant's side (a credit makes one; a debit
+    /// takes from them in the burn-down order); `grant_id: null` is the org's overdraft. They
+    /// add up to `amount_credits`. Empty for transfers booked before grants.
+    pub grants: Vec<billing::GrantMove>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -73,6 +79,7 @@ impl From<&store::Transfer> for Transfer {
             actor: t.actor.clone(),
             reason: t.reason.clone(),
             refs: t.refs.clone(),
+            grants: t.grants.clone(),
             created_at: t.created_at,
         }
     }
@@ -109,6 +116,7 @@ pub async fn balance(
         totals: b.totals()?,
         identity: Totals::IDENTITY.to_string(),
         transfer_count: b.transfer_count,
+        expiring: b.expiring,
     }))
 }
 

@@ -14,12 +14,12 @@ use uuid::Uuid;
 use super::{ORGS_PAGE_MAX, summaries_for};
 use crate::{AppState, error::ApiError};
 
-pub(super) const CSV_HEADER: &str = "org_id,month,revision,provisional,opening_credits,purchased_credits,bonus_credits,topup_credits,refunded_credits,adjusted_credits,reversed_credits,used_credits,closing_credits\n";
+pub(super) const CSV_HEADER: &str = "org_id,month,revision,provisional,opening_credits,purchased_credits,bonus_credits,topup_credits,refunded_credits,adjusted_credits,reversed_credits,used_credits,closing_credits,promo_credits,expired_credits\n";
 
 pub(super) fn csv_row(s: &Summary) -> String {
     let m = &s.movements;
     format!(
-        "{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+        "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
         s.org_id,
         s.month,
         s.revision,
@@ -32,7 +32,9 @@ pub(super) fn csv_row(s: &Summary) -> String {
         m.adjusted,
         m.reversed,
         m.used,
-        s.closing
+        s.closing,
+        m.promo,
+        m.expired
     )
 }
 

@@ -48,7 +48,12 @@ pub struct MonthlySummary {
     pub adjusted_credits: Credits,
     pub reversed_credits: Credits,
     pub used_credits: Credits,
-    /// `opening + purchased + bonus + topup + adjusted - refunded - reversed - used`.
+    /// Promotional credits operators granted.
+    pub promo_credits: Credits,
+    /// Unspent credits that left at their grant's expiry.
+    pub expired_credits: Credits,
+    /// `opening + purchased + bonus + topup + adjusted + promo - refunded - reversed - expired
+    /// - used`.
     pub closing_credits: Credits,
     /// Usage by type, model and operation (AI tokens) or resource (infrastructure).
     #[schema(value_type = Vec<UsageLine>)]
@@ -102,6 +107,8 @@ impl From<&Summary> for MonthlySummary {
             adjusted_credits: m.adjusted,
             reversed_credits: m.reversed,
             used_credits: m.used,
+            promo_credits: m.promo,
+            expired_credits: m.expired,
             closing_credits: s.closing,
             usage: s.lines.clone(),
             users: s.users.clone(),

@@ -4,15 +4,15 @@
 use std::collections::{BTreeMap, HashMap};
 
 use billing::{
-    Account, Batch, Credits, Posting, Refs, ThresholdPurpose,
+    Account, Batch, Credits, Flow, Posting, Refs, ThresholdPurpose, Wallet,
     booking::{OrgLedger, Threshold},
 };
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{rows::NewRows, *};
-use crate::{Claim, Crossed, OutboxEvent, StoreError, idempotency, outbox};
+use crate::{Claim, Crossed, OutboxEvent, StoreError, grants, idempotency, outbox};
 
 /// The organizations a transaction has locked, with their running balances. Booking goes
 /// through this so every path locks orgs the same way: all at once, in `org_id` order, before
@@ -20,6 +20,10 @@ use crate::{Claim, Crossed, OutboxEvent, StoreError, idempotency, outbox};
 pub struct LockedOrgs {
     ledgers: BTreeMap<Uuid, OrgLedger>,
     accounts: HashMap<Uuid, LockedAccount>,
+    /// Each org's grants.
+    wallets: HashMap<Uuid, Wallet>,
+    /// The time this transaction books at: grants due at it expire first.
+    now: DateTime<Utc>,
 }
 
 struct LockedAccount {
@@ -32,6 +36,16 @@ impl LockedOrgs {
     /// The org's balance as booked so far in this transaction.
     pub fn balance(&self, org_id: Uuid) -> Option<Credits> {
         self.ledgers.get(&org_id).map(|o| o.balance)
+    }
+
+    /// The org's grants as booked so far in this transaction.
+    pub fn wallet(&self, org_id: Uuid) -> Option<&Wallet> {
+        self.wallets.get(&org_id)
+    }
+
+    /// The time this transaction books at.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.now
     }
 
     /// How far below zero usage may take the org, if it has a limit of its own.
@@ -58,7 +72,7 @@ impl Ledger<'_> {
         ids.dedup();
         let rows = sqlx::query!(
             r#"SELECT a.id, a.org_id AS "org_id!", a.credits_posted - a.debits_posted AS "balance!",
-                      a.transfer_seq, o.overdraft_limit
+                      a.transfer_seq, o.overdraft_limit, now() AS "now!"
                  FROM accounts a JOIN orgs o ON o.id = a.org_id
                 WHERE a.org_id = ANY($1) ORDER BY a.org_id FOR UPDATE OF a"#,
             &ids
@@ -68,9 +82,16 @@ impl Ledger<'_> {
         if rows.len() != ids.len() {
             return Err(StoreError::OrgNotFound);
         }
+        let now = self
+            .clock
+            .booking_time()
+            .or_else(|| rows.first().map(|r| r.now))
+            .unwrap_or_else(Utc::now);
         let mut locked = LockedOrgs {
             ledgers: BTreeMap::new(),
             accounts: HashMap::new(),
+            wallets: HashMap::new(),
+            now,
         };
         for r in rows {
             locked.ledgers.insert(
@@ -105,6 +126,12 @@ impl Ledger<'_> {
                 });
             }
         }
+        let balances: BTreeMap<Uuid, Credits> = locked
+            .ledgers
+            .iter()
+            .map(|(o, l)| (*o, l.balance))
+            .collect();
+        locked.wallets = grants::load_wallets(tx, &balances, &[]).await?;
         Ok(locked)
     }
 
@@ -121,6 +148,12 @@ impl Ledger<'_> {
 
     /// Books transfers, in order, for organizations locked by [`Ledger::lock_orgs`] in this
     /// transaction, with one statement per table whatever the number of transfers or orgs.
+    ///
+    /// Grants first: every grant of a locked org due at the transaction's time expires before
+    /// anything else is booked (an expiry transfer to breakage, booked at its `expires_at`), so
+    /// nothing booked after an expiry instant can use its credits. Then each transfer moves
+    /// grants as its entry's flow says (`billing::Wallet::apply`), and the org's grants must
+    /// still add up to its balance.
     ///
     /// With `check_keys`, a transfer whose idempotency key was booked before is not booked
     /// again (its outcome is [`BookOutcome::AlreadyBooked`]); callers whose keys are fresh by
@@ -148,24 +181,57 @@ impl Ledger<'_> {
             .iter()
             .filter(|t| !existing.contains_key(&t.idempotency_key))
             .collect();
-        if fresh.is_empty() {
+        let now = locked.now;
+        let mut expiries = Vec::new();
+        let mut expiry_at: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
+        for (org, wallet) in &locked.wallets {
+            for (grant, amount, at) in wallet.due(now) {
+                let e = grants::expiry_entry(*org, grant, amount);
+                expiry_at.insert(e.id, at);
+                expiries.push(e);
+            }
+        }
+        if fresh.is_empty() && expiries.is_empty() {
             return Ok(transfers
                 .iter()
                 .map(|t| BookOutcome::AlreadyBooked(existing[&t.idempotency_key].clone()))
                 .collect());
         }
-        let batch = Batch::apply(&mut locked.ledgers, fresh.iter().map(|t| &t.posting))?;
+        self.load_named_grants(tx, locked, &fresh).await?;
+        let all: Vec<&NewTransfer> = expiries.iter().chain(fresh.iter().copied()).collect();
+        let batch = Batch::apply(&mut locked.ledgers, all.iter().map(|t| &t.posting))?;
 
         let mut rows = NewRows::default();
+        let mut writes = grants::GrantWrites::default();
         let mut booked = Vec::with_capacity(fresh.len());
-        for (t, a) in fresh.iter().zip(&batch.applied) {
+        for (t, a) in all.iter().zip(&batch.applied) {
             let p = &t.posting;
+            let at = expiry_at.get(&t.id).copied();
+            let wallet = locked.wallets.get_mut(&a.org).ok_or(StoreError::OrgNotFound)?;
+            let moves = wallet
+                .apply(t.id, p.kind, a.delta, &t.flow, at.unwrap_or(now))
+                .map_err(|e| StoreError::from_grants(e, p.kind))?;
+            let grant_moves = moves.moves.clone();
+            writes.record(a.org, p.kind, moves, at.unwrap_or(now), &t.reason);
             let org_account = self.org_account(locked, a.org)?;
             let debit_id = self.account_id(&p.debit, a.org, org_account)?;
             let credit_id = self.account_id(&p.credit, a.org, org_account)?;
             rows.push(
-                t.id, a.org, a.seq, debit_id, credit_id, p.amount, p.kind, a.after, t,
+                t.id,
+                a.org,
+                a.seq,
+                debit_id,
+                credit_id,
+                p.amount,
+                p.kind,
+                a.after,
+                t,
+                &grant_moves,
+                at,
             );
+            if at.is_some() {
+                continue;
+            }
             booked.push(Transfer {
                 id: t.id,
                 org_id: a.org,
@@ -179,9 +245,24 @@ impl Ledger<'_> {
                 actor: t.actor.clone(),
                 reason: t.reason.clone(),
                 refs: t.refs.clone(),
+                grants: grant_moves,
                 created_at: Utc::now(),
             });
         }
+        // The grants' pair assertion: each org's grants hold its balance (plus its overdraft).
+        for (org, ledger) in &locked.ledgers {
+            if let Some(w) = locked.wallets.get_mut(org) {
+                if batch.orgs.contains_key(org) && w.balance()? != ledger.balance {
+                    return Err(StoreError::Invariant(format!(
+                        "org {org}: grants hold {} less overdraft, the balance is {}",
+                        w.balance()?,
+                        ledger.balance
+                    )));
+                }
+                w.compact();
+            }
+        }
+        writes.write(tx).await?;
         let created_at = rows.insert(tx, self.clock.booking_time()).await?;
         let mut booked = booked.into_iter();
         let mut outcomes = Vec::with_capacity(transfers.len());
@@ -271,7 +352,7 @@ impl Ledger<'_> {
                     threshold: c.threshold,
                     balance: c.balance,
                     crossing_seq: c.crossing_seq,
-                    transfer_id: Some(fresh[c.posting].id),
+                    transfer_id: Some(all[c.posting].id),
                     cause: None,
                 };
                 (c.org, OutboxEvent::ThresholdCrossed(crossed))
@@ -298,6 +379,39 @@ impl Ledger<'_> {
             .await?;
         }
         Ok(outcomes)
+    }
+
+    /// Adds to the wallets the grants the entries' flows name that are not loaded (a restore
+    /// names grants that may have nothing left).
+    async fn load_named_grants(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        locked: &mut LockedOrgs,
+        entries: &[&NewTransfer],
+    ) -> Result<(), StoreError> {
+        let mut missing: Vec<Uuid> = Vec::new();
+        for t in entries {
+            let named: Vec<Uuid> = match &t.flow {
+                Flow::Grants(ids) => ids.clone(),
+                Flow::Restore(slices) => slices.iter().map(|s| s.0).collect(),
+                _ => continue,
+            };
+            let wallet = locked.wallets.get(&t.posting.org);
+            missing.extend(
+                named
+                    .into_iter()
+                    .filter(|id| wallet.is_none_or(|w| w.grant(*id).is_none())),
+            );
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for (org, held) in grants::load_grants(tx, &missing).await? {
+            if let Some(w) = locked.wallets.get_mut(&org) {
+                w.add(held);
+            }
+        }
+        Ok(())
     }
 
     fn org_account(&self, locked: &LockedOrgs, org: Uuid) -> Result<i64, StoreError> {
@@ -351,6 +465,7 @@ impl Ledger<'_> {
                 idempotency_key: Some(idempotency_key.to_string()),
                 ..Refs::default()
             },
+            flow: Flow::Order,
         };
         let outcome = self
             .book(&mut tx, org_id, std::slice::from_ref(&new))

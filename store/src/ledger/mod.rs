@@ -30,6 +30,10 @@ pub struct Transfer {
     pub actor: String,
     pub reason: String,
     pub refs: Refs,
+    /// The grants it moved, each signed from the grant's side (`grant_id: None` is the org's
+    /// overdraft); they add up to `org_amount`.
+    #[serde(default)]
+    pub grants: Vec<billing::GrantMove>,
     pub created_at: DateTime<Utc>,
 }
 

@@ -21,6 +21,8 @@ pub struct Balance {
     pub by_kind: BTreeMap<TransferKind, KindTotals>,
     /// The number of transfers booked on the org so far.
     pub transfer_count: i64,
+    /// Credits of its grants that expire in the next 30 days, by day.
+    pub expiring: Vec<crate::Expiring>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
@@ -56,13 +58,15 @@ impl Balance {
             used_credits: -self.net_of(TransferKind::Usage)?,
             refunded_credits: -self.net_of(TransferKind::Refund)?,
             reversed_credits: -self.net_of(TransferKind::Reversal)?,
+            promo_credits: self.net_of(TransferKind::Promo)?,
+            expired_credits: -self.net_of(TransferKind::Expiry)?,
         })
     }
 }
 
 /// An org's totals by what moved its balance. Every transfer kind is one term, so
-/// `balance = purchased + topup + bonus + adjusted − used − refunded − reversed` holds
-/// exactly ([`Totals::IDENTITY`]; checked by `creditflow verify-ledger`).
+/// `balance = purchased + topup + bonus + adjusted + promo − used − refunded − reversed −
+/// expired` holds exactly ([`Totals::IDENTITY`]; checked by `creditflow verify-ledger`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Totals {
@@ -81,11 +85,15 @@ pub struct Totals {
     pub refunded_credits: Credits,
     /// Bonus credits taken back by refunds (net of restorations).
     pub reversed_credits: Credits,
+    /// Promotional credits operators granted.
+    pub promo_credits: Credits,
+    /// Unspent credits that left at their grant's expiry.
+    pub expired_credits: Credits,
 }
 
 impl Totals {
-    pub const IDENTITY: &'static str =
-        "balance = purchased + topup + bonus + adjusted - used - refunded - reversed";
+    pub const IDENTITY: &'static str = "balance = purchased + topup + bonus + adjusted + promo \
+         - used - refunded - reversed - expired";
 
     /// The right-hand side of [`Totals::IDENTITY`].
     pub fn balance(&self) -> Result<Credits, StoreError> {
@@ -96,7 +104,9 @@ impl Totals {
             .checked_add(self.adjusted_credits)?
             .checked_sub(self.used_credits)?
             .checked_sub(self.refunded_credits)?
-            .checked_sub(self.reversed_credits)?)
+            .checked_sub(self.reversed_credits)?
+            .checked_add(self.promo_credits)?
+            .checked_sub(self.expired_credits)?)
     }
 }
 
@@ -131,7 +141,7 @@ impl Ledger<'_> {
                       CASE WHEN t.credit_account_id = o.id THEN t.amount ELSE -t.amount END
                         AS "org_amount!",
                       c.code AS counterparty, t.balance_after, t.idempotency_key, t.actor,
-                      t.reason, t.refs, t.created_at
+                      t.reason, t.refs, t.grants, t.created_at
                  FROM transfers t
                  JOIN accounts o ON o.org_id = t.org_id
                  JOIN accounts c ON c.id = CASE WHEN t.credit_account_id = o.id
@@ -146,8 +156,23 @@ impl Ledger<'_> {
             .collect()
     }
 
-    /// The org's balance and per-kind totals, in one round trip.
+    /// The org's balance and per-kind totals, as of the clock's now: credits of grants past
+    /// their expiry are not in it even before their expiry is booked (they count as expired).
     pub async fn balance(&self, org_id: Uuid) -> Result<Balance, StoreError> {
+        let mut balance = self.booked_balance(org_id).await?;
+        let view = self.grants().expiry_view(org_id).await?;
+        if view.due.is_positive() {
+            balance.balance = balance.balance.checked_sub(view.due)?;
+            let expired = balance.by_kind.entry(TransferKind::Expiry).or_default();
+            expired.debits = expired.debits.checked_add(view.due)?;
+        }
+        balance.expiring = view.expiring;
+        Ok(balance)
+    }
+
+    /// The org's balance as booked (expiries due but not booked still in it), and per-kind
+    /// totals, in one round trip.
+    async fn booked_balance(&self, org_id: Uuid) -> Result<Balance, StoreError> {
         let rows = sqlx::query!(
             r#"SELECT a.credits_posted - a.debits_posted AS "balance!", a.transfer_seq,
                       k.kind AS "kind?", k.credits_posted AS "kind_credits?",
@@ -165,6 +190,7 @@ impl Ledger<'_> {
             balance: Credits::from_stored(first.balance),
             by_kind: BTreeMap::new(),
             transfer_count: first.transfer_seq,
+            expiring: Vec::new(),
         };
         for r in &rows {
             if let (Some(kind), Some(c), Some(d)) = (&r.kind, r.kind_credits, r.kind_debits) {
@@ -193,7 +219,7 @@ impl Ledger<'_> {
                       CASE WHEN t.credit_account_id = org.id THEN t.amount ELSE -t.amount END
                         AS "org_amount!",
                       c.code AS counterparty, t.balance_after, t.idempotency_key, t.actor,
-                      t.reason, t.refs, t.created_at
+                      t.reason, t.refs, t.grants, t.created_at
                  FROM transfers t
                  CROSS JOIN org
                  JOIN accounts c ON c.id = CASE WHEN t.credit_account_id = org.id
@@ -256,6 +282,7 @@ struct TransferRow {
     actor: String,
     reason: String,
     refs: serde_json::Value,
+    grants: serde_json::Value,
     created_at: DateTime<Utc>,
 }
 
@@ -275,6 +302,8 @@ impl TransferRow {
             reason: self.reason,
             refs: serde_json::from_value(self.refs)
                 .map_err(|e| StoreError::Decode(format!("transfer refs: {e}")))?,
+            grants: serde_json::from_value(self.grants)
+                .map_err(|e| StoreError::Decode(format!("transfer grants: {e}")))?,
             created_at: self.created_at,
         })
     }
@@ -303,6 +332,7 @@ mod totals_tests {
             balance: net,
             by_kind,
             transfer_count: 0,
+            expiring: Vec::new(),
         };
         assert_eq!(b.totals().unwrap().balance().unwrap(), b.balance);
     }

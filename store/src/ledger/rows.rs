@@ -25,6 +25,9 @@ pub(super) struct NewRows {
     actors: Vec<String>,
     reasons: Vec<String>,
     refs: Vec<serde_json::Value>,
+    grants: Vec<serde_json::Value>,
+    /// A row's own booking time (an expiry's is its grant's `expires_at`).
+    ats: Vec<Option<DateTime<Utc>>>,
 }
 
 impl NewRows {
@@ -40,6 +43,8 @@ impl NewRows {
         kind: TransferKind,
         balance_after: Credits,
         t: &NewTransfer,
+        grants: &[billing::GrantMove],
+        at: Option<DateTime<Utc>>,
     ) {
         self.ids.push(id);
         self.orgs.push(org);
@@ -55,6 +60,10 @@ impl NewRows {
         #[allow(clippy::expect_used, reason = "Refs is plain strings and ids")]
         self.refs
             .push(serde_json::to_value(&t.refs).expect("refs serialize to JSON"));
+        #[allow(clippy::expect_used, reason = "grant moves are ids and decimals")]
+        self.grants
+            .push(serde_json::to_value(grants).expect("grant moves serialize to JSON"));
+        self.ats.push(at);
     }
 
     /// Inserts all rows in one statement, booked at `at` (the transaction's start when
@@ -68,11 +77,15 @@ impl NewRows {
             r#"WITH inserted AS (
                  INSERT INTO transfers (id, org_id, org_seq, debit_account_id, credit_account_id,
                                         amount, kind, balance_after, idempotency_key, actor,
-                                        reason, refs, created_at)
-                 SELECT u.*, COALESCE($13, now())
+                                        reason, refs, grants, created_at)
+                 SELECT u.id, u.org_id, u.seq, u.debit, u.credit, u.amount, u.kind, u.balance,
+                        u.key, u.actor, u.reason, u.refs, u.grants, COALESCE(u.at, $13, now())
                    FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::bigint[],
                                $5::bigint[], $6::numeric[], $7::text[], $8::numeric[],
-                               $9::text[], $10::text[], $11::text[], $12::jsonb[]) AS u
+                               $9::text[], $10::text[], $11::text[], $12::jsonb[],
+                               $14::jsonb[], $15::timestamptz[])
+                     AS u(id, org_id, seq, debit, credit, amount, kind, balance, key, actor,
+                          reason, refs, grants, at)
                  RETURNING 1)
                SELECT COALESCE($13, now()) AS "created_at!""#,
             &self.ids,
@@ -87,7 +100,9 @@ impl NewRows {
             &self.actors,
             &self.reasons,
             &self.refs,
-            at
+            at,
+            &self.grants,
+            &self.ats as &[Option<DateTime<Utc>>]
         )
         .fetch_one(&mut **tx)
         .await?;

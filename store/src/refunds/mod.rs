@@ -3,7 +3,7 @@
 //! idempotent. A refund made at the processor itself (its dashboard) is recorded once by the
 //! processor's refund id and takes back what the same rule allows, capped by the balance.
 
-use billing::{Credits, Entry, Posting, Refs, RefundState};
+use billing::{Credits, Entry, Flow, Posting, Refs, RefundState};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -78,7 +78,9 @@ impl RefundRow {
 /// the refunds account), the bonus share as `reversal` (back to promotions). `restore` books the
 /// exact opposite (same kinds, the org credited), for a refund the processor refused. Keys are
 /// the refund's own, so each direction is booked at most once.
-fn refund_transfers(r: &Refund, restore: bool) -> Vec<NewTransfer> {
+///
+/// `flows` say which grants each part takes (base, bonus) or, restoring, gives back.
+fn refund_transfers(r: &Refund, restore: bool, flows: [Flow; 2]) -> Vec<NewTransfer> {
     let org = r.org_id;
     let refs = Refs {
         refund_id: Some(r.id),
@@ -91,13 +93,14 @@ fn refund_transfers(r: &Refund, restore: bool) -> Vec<NewTransfer> {
     } else {
         r.reason.clone()
     };
+    let [base_flow, bonus_flow] = flows;
     [
-        (Posting::refund(org, r.credits), "base"),
-        (Posting::reversal(org, r.bonus_credits), "bonus"),
+        (Posting::refund(org, r.credits), "base", base_flow),
+        (Posting::reversal(org, r.bonus_credits), "bonus", bonus_flow),
     ]
     .into_iter()
-    .filter(|(p, _)| p.amount.is_positive())
-    .map(|(posting, part)| {
+    .filter(|(p, _, _)| p.amount.is_positive())
+    .map(|(posting, part, flow)| {
         let (posting, key) = if restore {
             (
                 posting.reversed(),
@@ -106,7 +109,7 @@ fn refund_transfers(r: &Refund, restore: bool) -> Vec<NewTransfer> {
         } else {
             (posting, format!("refund:{}:{part}", r.id))
         };
-        Entry::new(posting, key, &r.requested_by, reason.clone(), refs.clone())
+        Entry::new(posting, key, &r.requested_by, reason.clone(), refs.clone()).with_flow(flow)
     })
     .collect()
 }
@@ -170,9 +173,18 @@ impl Refunds<'_> {
                 state: p.state.clone(),
             });
         };
-        let shares = refund_shares(&mut tx, payment, package, amount_minor, false).await?;
-        let (credits, bonus) = (shares.credits, shares.bonus);
         let mut locked = self.ledger().lock_orgs(&mut tx, &[p.org_id]).await?;
+        let shares = refund_shares(
+            &mut tx,
+            payment,
+            package,
+            locked.wallet(p.org_id),
+            locked.now(),
+            amount_minor,
+            false,
+        )
+        .await?;
+        let (credits, bonus) = (shares.credits, shares.bonus);
         let balance = locked.balance(p.org_id).ok_or(StoreError::OrgNotFound)?;
         let would_be = balance.checked_sub(credits)?.checked_sub(bonus)?;
         if would_be.is_negative() {
@@ -208,7 +220,14 @@ impl Refunds<'_> {
             .book_locked(
                 &mut tx,
                 &mut locked,
-                &refund_transfers(&refund, false),
+                &refund_transfers(
+                    &refund,
+                    false,
+                    [
+                        Flow::Grants(shares.paid_grants),
+                        Flow::Grants(shares.bonus_grants),
+                    ],
+                ),
                 false,
             )
             .await?;
@@ -288,10 +307,18 @@ impl Refunds<'_> {
             return Ok(());
         }
         // Refunds accepted before credits were taken at request time have nothing to give back.
-        let reserve = refund_transfers(&r, false);
+        let reserve = refund_transfers(&r, false, [Flow::Order, Flow::Order]);
         let keys: Vec<String> = reserve.iter().map(|t| t.idempotency_key.clone()).collect();
         let reserved = self.ledger().transfers_by_key(&mut tx, &keys).await?;
-        let restore: Vec<NewTransfer> = refund_transfers(&r, true)
+        // Each part gives back the grants it took (their terms, their amounts).
+        let flow = |key: &String| {
+            reserved
+                .get(key)
+                .map(|t| Flow::restoring(&t.grants))
+                .unwrap_or_default()
+        };
+        let flows = ["base", "bonus"].map(|part| flow(&format!("refund:{}:{part}", r.id)));
+        let restore: Vec<NewTransfer> = refund_transfers(&r, true, flows)
             .into_iter()
             .zip(&keys)
             .filter(|(_, key)| reserved.contains_key(*key))
@@ -322,7 +349,12 @@ impl Refunds<'_> {
         let mut tx = self.pool.begin().await?;
         let mut locked = self.ledger().lock_orgs(&mut tx, &[org]).await?;
         self.ledger()
-            .book_locked(&mut tx, &mut locked, &refund_transfers(&r, false), true)
+            .book_locked(
+                &mut tx,
+                &mut locked,
+                &refund_transfers(&r, false, [Flow::Order, Flow::Order]),
+                true,
+            )
             .await?;
         sqlx::query!(
             "UPDATE refunds SET state = 'reversed', finished_at = COALESCE(finished_at, now()) WHERE id = $1",

@@ -99,61 +99,110 @@ pub(super) async fn lock_payment(
     })
 }
 
-/// What a refund of `amount_minor` takes back of a payment's credits and bonus.
+/// What a refund of `amount_minor` takes back of a payment's grants.
+#[derive(Debug)]
 pub(super) struct Shares {
     pub(super) credits: Credits,
     pub(super) bonus: Credits,
+    /// The payment's paid and bonus grants with credits left, in burn-down order.
+    pub(super) paid_grants: Vec<Uuid>,
+    pub(super) bonus_grants: Vec<Uuid>,
 }
 
-/// The refund's shares of the credits and the bonus, cumulative: everything refunded so far
-/// (refunds that have not failed, pending ones included) and this one are rounded once, less
-/// what earlier refunds took, so parts never add up to more than the grant and the part that
-/// completes the payment takes exactly the remainder. Refused ([`StoreError::Conflict`]) when
-/// it would exceed what is left of the payment.
+/// The refund rule. A refund takes back unspent paid credits only, never consumed ones: what
+/// the payment's paid grants still hold (not past expiry), worth `credits × cost basis`
+/// (price ÷ base credits) in money, rounded down to a minor unit. A refund of `amount_minor`
+/// takes `amount_minor ÷ cost basis` credits (to the credit scale, half away from zero), or all
+/// of them when it asks for everything refundable; the bonus grants lose the same fraction of
+/// their unspent credits ([`billing::grants::bonus_share`]). Refused up front
+/// ([`StoreError::RefundExceedsUnspent`], with what is refundable) when it asks for more, or
+/// ([`StoreError::RefundExceedsPayment`]) for more money than is left of the payment; `clamp`
+/// (a refund the processor already made) takes what the rule allows instead.
 pub(super) async fn refund_shares(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     payment: RefundOf,
     package: &billing::packages::Package,
+    wallet: Option<&billing::Wallet>,
+    now: chrono::DateTime<chrono::Utc>,
     amount_minor: i64,
     clamp: bool,
 ) -> Result<Shares, StoreError> {
-    let so_far = sqlx::query!(
-        r#"SELECT COALESCE(sum(amount_minor), 0)::bigint AS "amount_minor!",
-                  COALESCE(sum(credits), 0) AS "credits!",
-                  COALESCE(sum(bonus_credits), 0) AS "bonus_credits!"
+    use billing::GrantSource;
+    let refunded = sqlx::query_scalar!(
+        r#"SELECT COALESCE(sum(amount_minor), 0)::bigint AS "amount_minor!"
              FROM refunds WHERE (purchase_id = $1 OR topup_id = $1) AND state <> 'failed'"#,
         payment.id()
     )
     .fetch_one(&mut **tx)
     .await?;
     let paid = package.price.amount_minor;
-    let refunded = so_far.amount_minor;
-    // A refund the processor already made is a fact: it takes what is left at most.
+    let money_left = paid - refunded;
+    let id = payment.id();
+    let (mut paid_grants, mut bonus_grants) = (Vec::new(), Vec::new());
+    let (mut paid_remaining, mut bonus_remaining) = (Credits::ZERO, Credits::ZERO);
+    for g in wallet.map(|w| w.grants()).unwrap_or_default() {
+        let of_payment = g.terms.purchase_id == Some(id) || g.terms.topup_id == Some(id);
+        if !of_payment || !g.usable(None, now) {
+            continue;
+        }
+        if g.terms.source == GrantSource::Bonus {
+            bonus_remaining = bonus_remaining.checked_add(g.remaining)?;
+            bonus_grants.push(g.id);
+        } else {
+            paid_remaining = paid_remaining.checked_add(g.remaining)?;
+            paid_grants.push(g.id);
+        }
+    }
+    let base = package.base_credits.as_decimal();
+    let worth = |credits: Credits| -> i64 {
+        if base.is_zero() {
+            return 0;
+        }
+        (credits.as_decimal() * Decimal::from(paid) / base)
+            .floor()
+            .try_into()
+            .unwrap_or(i64::MAX)
+    };
+    let refundable_minor = worth(paid_remaining).min(money_left).max(0);
     let amount_minor = if clamp {
-        amount_minor.min(paid - refunded).max(0)
+        amount_minor.min(refundable_minor).max(0)
     } else {
         amount_minor
     };
+    let none = || Shares {
+        credits: Credits::ZERO,
+        bonus: Credits::ZERO,
+        paid_grants: Vec::new(),
+        bonus_grants: Vec::new(),
+    };
     if clamp && amount_minor == 0 {
-        return Ok(Shares {
-            credits: Credits::ZERO,
-            bonus: Credits::ZERO,
-        });
+        return Ok(none());
     }
-    if amount_minor <= 0 || refunded + amount_minor > paid {
+    if amount_minor <= 0 || amount_minor > money_left {
         return Err(StoreError::RefundExceedsPayment {
             asked_minor: amount_minor,
-            left_minor: paid - refunded,
+            left_minor: money_left,
             paid_minor: paid,
         });
     }
-    let share_after = Decimal::from(refunded + amount_minor) / Decimal::from(paid);
-    let part = |granted: Credits, taken: Decimal| -> Result<Credits, StoreError> {
-        let cumulative = Credits::round_computed(granted.as_decimal() * share_after);
-        Ok(cumulative.checked_sub(Credits::from_stored(taken))?)
+    if amount_minor > refundable_minor {
+        return Err(StoreError::RefundExceedsUnspent {
+            asked_minor: amount_minor,
+            refundable_minor,
+            refundable_credits: paid_remaining,
+        });
+    }
+    let credits = if amount_minor == refundable_minor {
+        paid_remaining
+    } else {
+        Credits::round_computed(Decimal::from(amount_minor) * base / Decimal::from(paid))
+            .min(paid_remaining)
     };
+    let bonus = billing::grants::bonus_share(paid_remaining, credits, bonus_remaining)?;
     Ok(Shares {
-        credits: part(package.base_credits, so_far.credits)?,
-        bonus: part(package.bonus_credits, so_far.bonus_credits)?,
+        credits,
+        bonus,
+        paid_grants,
+        bonus_grants,
     })
 }

@@ -45,8 +45,17 @@ impl Refunds<'_> {
         if known > 0 {
             return Ok(None);
         }
-        let shares = refund_shares(&mut tx, payment, package, report.amount_minor, true).await?;
         let mut locked = self.ledger().lock_orgs(&mut tx, &[p.org_id]).await?;
+        let shares = refund_shares(
+            &mut tx,
+            payment,
+            package,
+            locked.wallet(p.org_id),
+            locked.now(),
+            report.amount_minor,
+            true,
+        )
+        .await?;
         let balance = locked.balance(p.org_id).ok_or(StoreError::OrgNotFound)?;
         let available = balance.max(Credits::ZERO);
         let credits = shares.credits.min(available);
@@ -93,7 +102,14 @@ impl Refunds<'_> {
             .book_locked(
                 &mut tx,
                 &mut locked,
-                &refund_transfers(&refund, false),
+                &refund_transfers(
+                    &refund,
+                    false,
+                    [
+                        Flow::Grants(shares.paid_grants.clone()),
+                        Flow::Grants(shares.bonus_grants.clone()),
+                    ],
+                ),
                 false,
             )
             .await?;

@@ -156,6 +156,11 @@ impl Summaries<'_> {
         month: Month,
         selection: Selection,
     ) -> Result<PageOutcome, StoreError> {
+        // Grants that expired by the month's end leave in it: their expiries are booked (at
+        // their instants) before the month is read, whether or not the sweep got to them.
+        if month.is_closed_at(self.clock.booking_time().unwrap_or_else(chrono::Utc::now)) {
+            self.grants().expire_due(i64::MAX).await?;
+        }
         let key = crate::usage::month_lock_key(month);
         let mut conn = self.pool.acquire().await?;
         sqlx::query!("SELECT pg_advisory_lock($1)", key)
@@ -238,8 +243,9 @@ impl Summaries<'_> {
             let m = &s.movements;
             sqlx::query!(
                 "INSERT INTO monthly_summaries (org_id, month, revision, opening, purchased, bonus,
-                     topup, refunded, adjusted, reversed, used, closing, lines, users)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                     topup, refunded, adjusted, reversed, used, closing, lines, users, promo,
+                     expired)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
                  ON CONFLICT DO NOTHING",
                 s.org_id,
                 s.month.first_day(),
@@ -254,7 +260,9 @@ impl Summaries<'_> {
                 m.used.as_decimal(),
                 s.closing.as_decimal(),
                 s.lines,
-                s.users
+                s.users,
+                m.promo.as_decimal(),
+                m.expired.as_decimal()
             )
             .execute(&mut *tx)
             .await?;

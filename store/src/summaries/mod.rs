@@ -261,7 +261,7 @@ impl Summaries<'_> {
     ) -> Result<HashMap<Uuid, Summary>, StoreError> {
         let rows = sqlx::query!(
             r#"SELECT DISTINCT ON (org_id) org_id, revision, opening, purchased, bonus, topup, refunded,
-                      adjusted, reversed, used, closing, lines, users, computed_at
+                      adjusted, reversed, used, closing, lines, users, computed_at, promo, expired
                  FROM monthly_summaries WHERE org_id = ANY($1) AND month = $2
                 ORDER BY org_id, revision DESC"#,
             org_ids,
@@ -285,6 +285,8 @@ impl Summaries<'_> {
                         adjusted: Credits::from_stored(r.adjusted),
                         reversed: Credits::from_stored(r.reversed),
                         used: Credits::from_stored(r.used),
+                        promo: Credits::from_stored(r.promo),
+                        expired: Credits::from_stored(r.expired),
                     },
                     closing: Credits::from_stored(r.closing),
                     lines: r.lines,

@@ -3,7 +3,8 @@
 use std::collections::{HashMap, HashSet};
 
 use billing::{
-    Credits, Entry, Posting, Refs, SystemAccount,
+    Credits, Entry, Flow, Posting, Refs, SystemAccount,
+    grants::UsageScope,
     summary::Month,
     usage::{Usage, UsageEvent},
 };
@@ -379,4 +380,5 @@ fn usage_transfer(job: &UsageJob, e: &RatedEvent, usage_id: Uuid) -> NewTransfer
             ..Refs::default()
         },
     )
+    .with_flow(Flow::Usage(UsageScope::of(&e.event.usage)))
 }

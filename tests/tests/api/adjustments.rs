@@ -153,9 +153,12 @@ async fn balance_reports_totals_by_kind() {
                 "used_credits": "0.000000",
                 "refunded_credits": "0.000000",
                 "reversed_credits": "0.000000",
+                "promo_credits": "0.000000",
+                "expired_credits": "0.000000",
             },
-            "identity": "balance = purchased + topup + bonus + adjusted - used - refunded - reversed",
+            "identity": "balance = purchased + topup + bonus + adjusted + promo - used - refunded - reversed - expired",
             "transfer_count": 2,
+            "expiring": [],
         })
     );
     let typed: api::ledger::Balance = b.typed();

@@ -130,7 +130,7 @@ async fn csv_streams_the_same_rows_across_chunks() {
     let lines: Vec<&str> = csv.text.lines().collect();
     assert_eq!(
         lines[0],
-        "id,seq,created_at,kind,amount_credits,balance_after_credits,counterparty,actor,reason,refs"
+        "id,seq,created_at,kind,amount_credits,balance_after_credits,counterparty,actor,reason,refs,grants"
     );
     assert_eq!(lines.len(), 1 + 1205);
     assert!(lines[1].contains(",1205,") && lines[1].contains("\"bulk, \"\"quoted\"\"\""));

@@ -774,6 +774,8 @@ async fn ledger_movements(app: &TestApp, org: uuid::Uuid, month: Month) -> Movem
         adjusted: of("adjustment"),
         reversed: of("reversal"),
         used: -of("usage"),
+        promo: of("promo"),
+        expired: -of("expiry"),
     }
 }
 
