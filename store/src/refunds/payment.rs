@@ -107,11 +107,16 @@ pub(super) struct Shares {
     /// The payment's paid and bonus grants with credits left, in burn-down order.
     pub(super) paid_grants: Vec<Uuid>,
     pub(super) bonus_grants: Vec<Uuid>,
+    /// The money the rule allowed (the asked amount unless `clamp` cut it).
+    pub(super) amount_minor: i64,
 }
 
-/// The refund rule. A refund takes back unspent paid credits only, never consumed ones: what
-/// the payment's paid grants still hold (not past expiry), worth `credits × cost basis`
-/// (price ÷ base credits) in money, rounded down to a minor unit. A refund of `amount_minor`
+/// The refund rule. A refund takes back unspent paid credits only, never consumed ones. What
+/// the payment's paid grants still hold (not past expiry) is refundable; the money for it is
+/// what is left of the payment less what the used paid credits (consumed or expired) are
+/// worth at the cost basis (price ÷ base credits), that worth rounded up to a minor unit, so
+/// the money kept always covers the credit used and an unused payment refunds to the last
+/// cent. Nothing is refundable once no paid credit is left. A refund of `amount_minor`
 /// takes `amount_minor ÷ cost basis` credits (to the credit scale, half away from zero), or all
 /// of them when it asks for everything refundable; the bonus grants lose the same fraction of
 /// their unspent credits ([`billing::grants::bonus_share`]). Refused up front
@@ -140,6 +145,16 @@ pub(super) async fn refund_shares(
     let id = payment.id();
     let (mut paid_grants, mut bonus_grants) = (Vec::new(), Vec::new());
     let (mut paid_remaining, mut bonus_remaining) = (Credits::ZERO, Credits::ZERO);
+    // Every paid credit the payment ever held (restores included) less what refunds took:
+    // what was not taken and is not usable any more was used.
+    let kept = sqlx::query_scalar!(
+        r#"SELECT COALESCE(sum(amount - refunded), 0) AS "kept!"
+             FROM grants
+            WHERE (purchase_id = $1 OR topup_id = $1) AND source <> 'bonus'"#,
+        payment.id()
+    )
+    .fetch_one(&mut **tx)
+    .await?;
     for g in wallet.map(|w| w.grants()).unwrap_or_default() {
         let of_payment = g.terms.purchase_id == Some(id) || g.terms.topup_id == Some(id);
         if !of_payment || !g.usable(None, now) {
@@ -154,16 +169,20 @@ pub(super) async fn refund_shares(
         }
     }
     let base = package.base_credits.as_decimal();
-    let worth = |credits: Credits| -> i64 {
-        if base.is_zero() {
-            return 0;
-        }
-        (credits.as_decimal() * Decimal::from(paid) / base)
-            .floor()
+    let used = (kept - paid_remaining.as_decimal()).max(Decimal::ZERO);
+    let used_worth: i64 = if base.is_zero() {
+        0
+    } else {
+        (used * Decimal::from(paid) / base)
+            .ceil()
             .try_into()
             .unwrap_or(i64::MAX)
     };
-    let refundable_minor = worth(paid_remaining).min(money_left).max(0);
+    let refundable_minor = if paid_remaining.is_positive() {
+        money_left.saturating_sub(used_worth).max(0)
+    } else {
+        0
+    };
     let amount_minor = if clamp {
         amount_minor.min(refundable_minor).max(0)
     } else {
@@ -174,6 +193,7 @@ pub(super) async fn refund_shares(
         bonus: Credits::ZERO,
         paid_grants: Vec::new(),
         bonus_grants: Vec::new(),
+        amount_minor: 0,
     };
     if clamp && amount_minor == 0 {
         return Ok(none());
@@ -204,5 +224,6 @@ pub(super) async fn refund_shares(
         bonus,
         paid_grants,
         bonus_grants,
+        amount_minor,
     })
 }

@@ -62,11 +62,12 @@ impl Refunds<'_> {
         let bonus = shares.bonus.min(available.checked_sub(credits)?);
         let wanted = shares.credits.checked_add(shares.bonus)?;
         let took = credits.checked_add(bonus)?;
-        let detail = if took < wanted {
+        let detail = if took < wanted || shares.amount_minor < report.amount_minor {
             format!(
-                "took back {} of {} credits: the rest was already spent",
+                "took back {} credits, worth {} of the {} refunded: the rest was already spent",
                 billing::money::display::credits(took),
-                billing::money::display::credits(wanted)
+                shares.amount_minor,
+                report.amount_minor
             )
         } else {
             String::new()

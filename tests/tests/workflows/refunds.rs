@@ -63,37 +63,41 @@ async fn use_credits(app: &TestApp, org: &TestOrg, credits: u64) {
     app.spend(org, "spend", credits).await;
 }
 
-/// A refund that would overdraw is refused and a partial one reverses in proportion.
+/// A refund of spent credits is refused with what is refundable, and a partial one takes
+/// unspent paid credits only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refund_that_would_overdraw_is_refused_and_a_partial_one_reverses_in_proportion() {
+async fn a_refund_of_spent_credits_is_refused_with_what_is_refundable_and_a_partial_one_takes_unspent_paid_credits()
+ {
     let app = TestApp::spawn().await.unwrap();
     let _worker = TestWorker::start(&app).unwrap();
     let (org, purchase) = bought_100(&app).await;
+    // The bonus (promotional) burns first: 20 bonus and 50 paid credits are spent, 30 paid left.
     use_credits(&app, &org, 70).await;
 
-    refund(&app, &purchase, 1000, "full")
-        .await
-        .assert_problem(422, "insufficient_balance");
+    let full = refund(&app, &purchase, 1000, "full").await;
+    full.assert_problem(409, "refund_exceeds_unspent");
+    // $10.00 less the 50 paid credits used at 12.5 cents each.
+    assert_eq!(full.body["refundable_minor"], 375, "{}", full.text);
+    assert_eq!(full.body["refundable_credits"], "30.000000", "{}", full.text);
     refund(&app, &purchase, 1001, "too-much")
         .await
         .assert_problem(422, "refund_not_allowed");
     let partial = refund(&app, &purchase, 300, "thirty").await;
     assert_eq!(partial.status, 202, "{}", partial.text);
     assert_eq!(partial.body["credits_reversed"], "24.000000");
-    assert_eq!(partial.body["bonus_credits_reversed"], "6.000000");
+    assert_eq!(partial.body["bonus_credits_reversed"], "0.000000");
     eventually("reversed", Duration::from_secs(30), || async {
         (refunds_of(&app, &org, &purchase).await[0]["state"] == "reversed").then_some(())
     })
     .await;
 
-    assert_eq!(app.balance(&org).await, "0.000000");
+    assert_eq!(app.balance(&org).await, "6.000000");
     assert_eq!(processor_refunds(&app).await, 1);
     let b = app
         .get(&format!("/v1/orgs/{}/balance", org.id), &org.key)
         .await;
     assert_eq!(b.body["totals"]["refunded_credits"], "24.000000");
-    // The bonus share taken back is its own term, so the totals add up to the balance.
-    assert_eq!(b.body["totals"]["reversed_credits"], "6.000000");
+    assert_eq!(b.body["totals"]["reversed_credits"], "0.000000");
     let t = |k: &str| credits(b.body["totals"][k].as_str().unwrap());
     assert_eq!(
         t("purchased_credits") + t("topup_credits") + t("bonus_credits") + t("adjusted_credits")
@@ -288,29 +292,30 @@ async fn usage_while_a_refund_waits_at_the_processor_cannot_keep_refunded_credit
     app.assert_invariants().await;
 }
 
-/// Two refunds together cannot take more than the balance holds.
+/// Two refunds together cannot take more than the unspent paid credits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_refunds_together_cannot_take_more_than_the_balance_holds() {
+async fn two_refunds_together_cannot_take_more_than_the_unspent_paid_credits() {
     let app = TestApp::spawn().await.unwrap();
     let _worker = TestWorker::start(&app).unwrap();
     let (org, purchase) = bought_100(&app).await;
     use_credits(&app, &org, 30).await;
 
-    // Each half takes 50 credits; 70 are left, so only one of them fits.
+    // 20 bonus and 10 paid credits are spent. Each half takes 40 paid credits; after one, the
+    // other half asks for more than the 375 minor units the 30 unspent paid credits are worth.
     let (a, b) = tokio::join!(
         refund(&app, &purchase, 500, "r-a"),
         refund(&app, &purchase, 500, "r-b")
     );
     let mut statuses = [a.status.as_u16(), b.status.as_u16()];
     statuses.sort();
-    assert_eq!(statuses, [202, 422], "{} / {}", a.text, b.text);
+    assert_eq!(statuses, [202, 409], "{} / {}", a.text, b.text);
     eventually("reversed", Duration::from_secs(60), || async {
         let all = refunds_of(&app, &org, &purchase).await;
         (all.len() == 1 && all[0]["state"] == "reversed").then_some(())
     })
     .await;
     assert_eq!(processor_refunds(&app).await, 1);
-    assert_eq!(app.balance(&org).await, "20.000000");
+    assert_eq!(app.balance(&org).await, "30.000000");
     app.assert_invariants().await;
 }
 
