@@ -59,7 +59,7 @@ pub struct Grant {
 impl Grant {
     fn of(g: &store::CreditGrant, now: DateTime<Utc>) -> Grant {
         // A grant past its expiry shows as expired even before the sweep booked it.
-        let due = g.is_expired_at(now) && g.remaining.is_positive();
+        let due = g.is_due_at(now) && g.remaining.is_positive();
         let (remaining, expired) = if due {
             (
                 Credits::ZERO,

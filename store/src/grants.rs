@@ -44,10 +44,15 @@ pub struct CreditGrant {
 }
 
 impl CreditGrant {
-    /// Whether its credits have left at its expiry (or it is due: past `expires_at` with
-    /// credits the sweep has not booked yet, which no balance counts).
-    pub fn is_expired_at(&self, at: DateTime<Utc>) -> bool {
+    /// Whether it is past its expiry at `at` (its credits may be due: not booked by the sweep
+    /// yet, which no balance counts).
+    pub fn is_due_at(&self, at: DateTime<Utc>) -> bool {
         self.expires_at.is_some_and(|e| e <= at)
+    }
+
+    /// Whether its credits have left at its expiry: booked, or due at `at`.
+    pub fn is_expired_at(&self, at: DateTime<Utc>) -> bool {
+        self.expired.is_positive() || self.is_due_at(at)
     }
 }
 
@@ -473,7 +478,7 @@ impl Grants<'_> {
                 AND CASE $4::text
                       WHEN 'active' THEN remaining > 0
                                       AND (expires_at IS NULL OR expires_at > COALESCE($6, now()))
-                      WHEN 'expired' THEN expires_at <= COALESCE($6, now())
+                      WHEN 'expired' THEN expired > 0 OR expires_at <= COALESCE($6, now())
                       WHEN 'depleted' THEN remaining = 0 AND expired = 0
                                       AND (expires_at IS NULL OR expires_at > COALESCE($6, now()))
                       ELSE true END

@@ -34,6 +34,11 @@ pub(crate) const CALL_LIMIT: Duration = Duration::from_secs(5);
 pub const OUTBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 const PRUNE_BATCH: i64 = 10_000;
+/// The expiry sweep: grants past their expiry are booked (to breakage) at most this long after
+/// it, a bounded number of orgs per round. No balance waits for it: reads and bookings never
+/// count due credits (see `store::Grants::expire_due`).
+pub const EXPIRY_SWEEP_EVERY: Duration = Duration::from_secs(10);
+const EXPIRY_SWEEP_ORGS: i64 = 500;
 /// An auto-topup row waits this long while the org's previous topup still runs.
 const TOPUP_BUSY_RETRY: Duration = Duration::from_secs(2);
 
@@ -78,7 +83,16 @@ impl Dispatcher {
     /// Runs until the process stops.
     pub async fn run(&self) {
         let mut pruned_at: Option<std::time::Instant> = None;
+        let mut swept_at: Option<std::time::Instant> = None;
         loop {
+            if swept_at.is_none_or(|t| t.elapsed() >= EXPIRY_SWEEP_EVERY) {
+                swept_at = Some(std::time::Instant::now());
+                match self.store.grants().expire_due(EXPIRY_SWEEP_ORGS).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(orgs = n, "expired grants booked"),
+                    Err(e) => tracing::warn!(error = %e, "grant expiry sweep failed; later"),
+                }
+            }
             if pruned_at.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                 pruned_at = Some(std::time::Instant::now());
                 match self

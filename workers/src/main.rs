@@ -51,6 +51,9 @@ enum Command {
     /// Monthly summaries.
     #[command(subcommand)]
     Summaries(SummariesCommand),
+    /// Credit grants (operator).
+    #[command(subcommand)]
+    Grants(GrantsCommand),
     /// Benchmarks against the local stack (build with --release).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -156,6 +159,17 @@ enum SummariesCommand {
         #[arg(long)]
         month: String,
     },
+}
+
+#[derive(Subcommand)]
+enum GrantsCommand {
+    /// An org's grants, newest last, one JSON object per line.
+    List {
+        #[arg(long)]
+        org: uuid::Uuid,
+    },
+    /// Book every expiry that is due now (the worker's sweep does it every few seconds).
+    Expire,
 }
 
 #[derive(Subcommand)]
@@ -383,6 +397,41 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             println!("{done}");
+        }
+        Command::Grants(GrantsCommand::List { org }) => {
+            let store = app::connect_store(&settings).await?;
+            let mut after = None;
+            loop {
+                let page = store
+                    .grants()
+                    .list(&store::GrantQuery {
+                        org_id: org,
+                        state: None,
+                        source: None,
+                        after,
+                        limit: 500,
+                    })
+                    .await?;
+                for g in &page.grants {
+                    println!("{}", serde_json::to_string(g)?);
+                }
+                match page.next_after {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Command::Grants(GrantsCommand::Expire) => {
+            let store = app::connect_store(&settings).await?;
+            let mut orgs = 0;
+            loop {
+                let n = store.grants().expire_due(1_000).await?;
+                orgs += n;
+                if n < 1_000 {
+                    break;
+                }
+            }
+            println!("expired the due grants of {orgs} orgs");
         }
         Command::VerifyLedger => {
             let store = app::connect_store(&settings).await?;

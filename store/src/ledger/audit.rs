@@ -10,7 +10,8 @@ impl Ledger<'_> {
     /// Checks the ledger's invariants over the whole database and returns every violation:
     /// each account's stored totals equal the sums over its transfers; total debits equal total
     /// credits; per-org kind totals and positions match the transfers; each org's last
-    /// `balance_after` equals its balance.
+    /// `balance_after` equals its balance; the grants hold every org's balance (see
+    /// [`grant_violations`]).
     pub async fn check_invariants(&self) -> Result<Vec<String>, StoreError> {
         let mut violations = Vec::new();
         let accounts = sqlx::query!(
@@ -142,9 +143,71 @@ impl Ledger<'_> {
                 u.org_id, u.month, u.opening, u.prev_closing
             ));
         }
+        violations.extend(grant_violations(&self.pool).await?);
         // The monthly usage rollups summaries read add up exactly the recorded events.
         let mut conn = self.pool.acquire().await?;
         violations.extend(crate::rollups::mismatches(&mut conn).await?);
         Ok(violations)
     }
+}
+
+/// The grants' invariants: each org's grants hold its balance plus a non-negative overdraft;
+/// each grant's moves (the transfers that made and drew it) add up to its remaining; each
+/// grant with expired credits has exactly one expiry transfer, of that amount, at its expiry
+/// instant. (A grant made by the backfill has no making move; its draws since are checked by
+/// the counters' CHECK constraint, not here.)
+async fn grant_violations(pool: &sqlx::PgPool) -> Result<Vec<String>, StoreError> {
+    let mut violations = Vec::new();
+    let uncovered = sqlx::query!(
+        r#"SELECT a.code, a.credits_posted - a.debits_posted AS "balance!",
+                  COALESCE((SELECT sum(g.remaining) FROM grants g WHERE g.org_id = a.org_id), 0)
+                    AS "held!"
+             FROM accounts a
+            WHERE a.org_id IS NOT NULL
+              AND COALESCE((SELECT sum(g.remaining) FROM grants g WHERE g.org_id = a.org_id), 0)
+                  < a.credits_posted - a.debits_posted"#
+    )
+    .fetch_all(pool)
+    .await?;
+    for o in uncovered {
+        violations.push(format!(
+            "{}: balance {} but its grants hold only {}",
+            o.code, o.balance, o.held
+        ));
+    }
+    let drifted = sqlx::query!(
+        r#"WITH moves AS (
+               SELECT (m->>'grant_id')::uuid AS grant_id, sum((m->>'amount')::numeric) AS net,
+                      bool_or((m->>'amount')::numeric > 0) AS made
+                 FROM transfers t, jsonb_array_elements(t.grants) m
+                WHERE m->>'grant_id' IS NOT NULL
+                GROUP BY 1)
+           SELECT g.id, g.remaining, mv.net AS "net!"
+             FROM grants g JOIN moves mv ON mv.grant_id = g.id
+            WHERE mv.made AND mv.net <> g.remaining"#
+    )
+    .fetch_all(pool)
+    .await?;
+    for g in drifted {
+        violations.push(format!(
+            "grant {}: remaining {} but its transfers move {}",
+            g.id, g.remaining, g.net
+        ));
+    }
+    let expiries = sqlx::query!(
+        r#"SELECT g.id, g.expired, g.expires_at, t.amount AS "amount?", t.created_at AS "at?"
+             FROM grants g LEFT JOIN transfers t ON t.idempotency_key = 'expiry:' || g.id
+            WHERE (g.expired > 0) <> (t.id IS NOT NULL)
+               OR (t.id IS NOT NULL AND (t.amount <> g.expired
+                                         OR t.created_at IS DISTINCT FROM g.expires_at))"#
+    )
+    .fetch_all(pool)
+    .await?;
+    for e in expiries {
+        violations.push(format!(
+            "grant {}: expired {} (due {:?}) but its expiry transfer is {:?} at {:?}",
+            e.id, e.expired, e.expires_at, e.amount, e.at
+        ));
+    }
+    Ok(violations)
 }

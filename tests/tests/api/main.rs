@@ -7,6 +7,7 @@
 mod adjustments;
 mod bad_input;
 mod edges;
+mod grants;
 mod harness;
 mod health;
 mod history;
