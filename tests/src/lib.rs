@@ -75,7 +75,8 @@ pub fn temporal_url() -> anyhow::Result<String> {
     env("CREDITFLOW__TEMPORAL__URL")
 }
 
-fn database_url(admin_url: &str, name: &str) -> String {
+/// The URL of database `name` on the server of `admin_url`.
+pub fn database_url(admin_url: &str, name: &str) -> String {
     let base = admin_url
         .rsplit_once('/')
         .map(|(b, _)| b)

@@ -7,6 +7,7 @@
 mod adjustments;
 mod bad_input;
 mod edges;
+mod grant_migration;
 mod grants;
 mod harness;
 mod health;
