@@ -35,9 +35,7 @@ impl Classify for store::StoreError {
             E::Decode(_) => Class::Refuse("Decode"),
             E::PaymentNotRefundable { .. }
             | E::RefundExceedsPayment { .. }
-            | E::RefundExceedsUnspent { .. } => {
-                Class::Refuse("RefundNotAllowed")
-            }
+            | E::RefundExceedsUnspent { .. } => Class::Refuse("RefundNotAllowed"),
             E::PriceVersionNotAfterNewest => Class::Refuse("PriceVersionNotAfterNewest"),
             E::IdempotencyConflict => Class::Refuse("IdempotencyConflict"),
             // An outage, or a ledger check that failed and rolled back (a write that bypassed

@@ -148,12 +148,13 @@ pub async fn list_grants(
             format!("limit must be between 1 and {PAGE_LIMIT_MAX}"),
         ));
     }
-    let after = match &p.cursor {
-        None => None,
-        Some(c) => Some(c.parse::<Uuid>().map_err(|_| {
-            ApiError::bad_request("invalid_cursor", "cursor is not one we issued")
-        })?),
-    };
+    let after =
+        match &p.cursor {
+            None => None,
+            Some(c) => Some(c.parse::<Uuid>().map_err(|_| {
+                ApiError::bad_request("invalid_cursor", "cursor is not one we issued")
+            })?),
+        };
     let grant_state = match p.state.as_deref() {
         None => None,
         Some("active") => Some(GrantState::Active),

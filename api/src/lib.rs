@@ -237,6 +237,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(usage::ingest).layer(DefaultBodyLimit::max(usage::USAGE_BODY_LIMIT_BYTES)))
         .routes(routes!(packages::list_packages, packages::create_package))
         .routes(routes!(packages::put_package))
+        .routes(routes!(packages::package_versions))
         .routes(routes!(purchases::create_purchase))
         .routes(routes!(purchases::get_purchase))
         .routes(routes!(webhooks::stripe_webhook))

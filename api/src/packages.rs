@@ -38,6 +38,9 @@ pub struct PackageView {
     /// Saving against the smallest package of the currency, in percent (listings only).
     pub saving_percent: Option<String>,
     pub active: bool,
+    /// The current version: changing the price, credits, bonus or expiries makes a new one;
+    /// purchases keep the version they bought.
+    pub version: u32,
     /// Days after a purchase its base credits expire; never when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_after_days: Option<u32>,
@@ -67,10 +70,68 @@ impl PackageView {
                 _ => None,
             },
             active: p.active,
+            version: p.version,
             expires_after_days: p.expires_after_days,
             bonus_expires_after_days: p.bonus_expires_after_days,
         })
     }
+}
+
+/// One version of a package: what it sold from `created_at` on, until the next.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PackageVersionView {
+    pub version: u32,
+    pub name: String,
+    pub price_minor: i64,
+    pub currency: Currency,
+    pub base_credits: Credits,
+    pub bonus_credits: Credits,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_after_days: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bonus_expires_after_days: Option<u32>,
+    /// Whether this is the version on sale.
+    pub current: bool,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A package's versions, oldest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PackageVersionList {
+    pub data: Vec<PackageVersionView>,
+}
+
+/// `GET /v1/packages/{id}/versions`: every version the package has had, oldest first.
+#[utoipa::path(get, path = "/v1/packages/{id}/versions", tag = "packages",
+    params(("id" = Uuid, Path, description = "The package")),
+    responses(
+        (status = 200, description = "Its versions", body = PackageVersionList),
+        (status = 404, description = "`not_found`: no such package"),
+    ))]
+pub async fn package_versions(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<AxumJson<PackageVersionList>, ApiError> {
+    let current = state.store.packages().package(id).await?;
+    let versions = state.store.packages().versions(id).await?;
+    Ok(AxumJson(PackageVersionList {
+        data: versions
+            .into_iter()
+            .map(|v| PackageVersionView {
+                version: v.package.version,
+                name: v.package.name,
+                price_minor: v.package.price.amount_minor,
+                currency: v.package.price.currency,
+                base_credits: v.package.base_credits,
+                bonus_credits: v.package.bonus_credits,
+                expires_after_days: v.package.expires_after_days,
+                bonus_expires_after_days: v.package.bonus_expires_after_days,
+                current: v.package.version == current.version,
+                created_at: v.created_at,
+            })
+            .collect(),
+    }))
 }
 
 /// Packages on sale.
@@ -161,6 +222,8 @@ fn package_from(id: Uuid, b: PackageBody) -> Result<Package, ApiError> {
         base_credits: base,
         bonus_credits: bonus,
         active: b.active,
+        // The store decides the version.
+        version: 1,
         expires_after_days: b.expires_after_days,
         bonus_expires_after_days: b.bonus_expires_after_days,
     })
@@ -188,7 +251,8 @@ pub async fn create_package(
     Ok((StatusCode::CREATED, AxumJson(PackageView::of(&p, None)?)))
 }
 
-/// `PUT /v1/packages/{id}` (operator): change or deactivate; purchases keep their snapshot.
+/// `PUT /v1/packages/{id}` (operator): change or deactivate. A change of the price, credits,
+/// bonus or expiries makes the next version; purchases keep the version they bought.
 #[utoipa::path(put, path = "/v1/packages/{id}", tag = "packages",
     params(("id" = Uuid, Path, description = "The package")),
     request_body = PackageBody,

@@ -61,6 +61,8 @@ pub struct Purchase {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PurchasedPackage {
     pub id: Uuid,
+    /// The package's version it bought.
+    pub version: u32,
     pub name: String,
     pub price_minor: i64,
     pub currency: Currency,
@@ -76,6 +78,7 @@ impl From<&store::Purchase> for Purchase {
             state: p.state,
             package: PurchasedPackage {
                 id: p.package.id,
+                version: p.package.version,
                 name: p.package.name.clone(),
                 price_minor: p.package.price.amount_minor,
                 currency: p.package.price.currency,

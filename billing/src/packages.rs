@@ -14,6 +14,10 @@ pub struct Package {
     pub base_credits: Credits,
     pub bonus_credits: Credits,
     pub active: bool,
+    /// Its version: changing what it sells (price, credits, bonus, expiry) makes a new one; a
+    /// purchase's snapshot keeps the version it bought (1 for snapshots older than versions).
+    #[serde(default = "first_version")]
+    pub version: u32,
     /// Days after the purchase the base credits expire; never when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_after_days: Option<u32>,
@@ -22,10 +26,24 @@ pub struct Package {
     pub bonus_expires_after_days: Option<u32>,
 }
 
+fn first_version() -> u32 {
+    1
+}
+
 /// The longest expiry a package may set, in days (ten years).
 pub const EXPIRES_AFTER_DAYS_MAX: u32 = 3650;
 
 impl Package {
+    /// Whether `other` sells the same thing: same price, credits, bonus and expiries (the name
+    /// and whether it is on sale aside). A package changed otherwise gets a new version.
+    pub fn same_terms(&self, other: &Package) -> bool {
+        self.price == other.price
+            && self.base_credits == other.base_credits
+            && self.bonus_credits == other.bonus_credits
+            && self.expires_after_days == other.expires_after_days
+            && self.bonus_expires_after_days == other.bonus_expires_after_days
+    }
+
     /// What one base credit cost, in minor units, to twelve decimals: the money a refund
     /// returns per credit it takes back.
     pub fn cost_basis_minor_per_credit(&self) -> Decimal {
@@ -145,9 +163,28 @@ mod tests {
             base_credits: Credits::whole(base),
             bonus_credits: Credits::whole(bonus),
             active: true,
+            version: 1,
             expires_after_days: None,
             bonus_expires_after_days: None,
         }
+    }
+
+    #[test]
+    fn a_new_name_keeps_the_terms_a_new_price_does_not() {
+        let a = pkg(5000, 5000, 250);
+        let renamed = Package {
+            name: "other".into(),
+            active: false,
+            ..a.clone()
+        };
+        assert!(a.same_terms(&renamed));
+        assert!(!a.same_terms(&pkg(5100, 5000, 250)));
+        assert!(!a.same_terms(&pkg(5000, 5000, 251)));
+        let expiring = Package {
+            bonus_expires_after_days: Some(90),
+            ..a.clone()
+        };
+        assert!(!a.same_terms(&expiring));
     }
 
     #[test]

@@ -144,7 +144,14 @@ impl Disputes<'_> {
                 .book_locked(
                     &mut tx,
                     &mut locked,
-                    &[clawback(&d.id, org, amount, false, &why, Flow::Grants(grants))],
+                    &[clawback(
+                        &d.id,
+                        org,
+                        amount,
+                        false,
+                        &why,
+                        Flow::Grants(grants),
+                    )],
                     true,
                 )
                 .await?;

@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use billing::{
-    Credits, Entry, Flow, GrantCategory, GrantSource, GrantTerms, Posting, Refs,
-    TransferKind, Wallet,
+    Credits, Entry, Flow, GrantCategory, GrantSource, GrantTerms, Posting, Refs, TransferKind,
+    Wallet,
     grants::{AppliesTo, Effect, Held, Made},
 };
 use chrono::{DateTime, NaiveDate, Utc};
@@ -716,7 +716,13 @@ async fn backfill_org(pool: &sqlx::PgPool, org: Uuid) -> Result<(), StoreError> 
         let from_payment = left.min(held);
         if from_payment.is_positive() {
             let moves = wallet
-                .apply(t.id, kind, -from_payment, &Flow::Grants(first), t.created_at)
+                .apply(
+                    t.id,
+                    kind,
+                    -from_payment,
+                    &Flow::Grants(first),
+                    t.created_at,
+                )
                 .map_err(|e| StoreError::from_grants(e, kind))?;
             writes.record(org, kind, moves, t.created_at, &t.reason);
             left = left.checked_sub(from_payment)?;

@@ -1,5 +1,6 @@
 //! Credit packages: what an org can buy, at which price, with which bonus.
 use billing::{Credits, Currency, Money, packages::Package};
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::StoreError;
@@ -12,8 +13,29 @@ struct PackageRow {
     base_credits: rust_decimal::Decimal,
     bonus_credits: rust_decimal::Decimal,
     active: bool,
+    version: i32,
     expires_after_days: Option<i32>,
     bonus_expires_after_days: Option<i32>,
+}
+
+/// One version of a package: what it sold from `created_at` until the next version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackageVersion {
+    pub package: Package,
+    pub created_at: DateTime<Utc>,
+}
+
+struct VersionRow {
+    package_id: Uuid,
+    version: i32,
+    name: String,
+    price_minor: i64,
+    currency: String,
+    base_credits: rust_decimal::Decimal,
+    bonus_credits: rust_decimal::Decimal,
+    expires_after_days: Option<i32>,
+    bonus_expires_after_days: Option<i32>,
+    created_at: DateTime<Utc>,
 }
 
 impl PackageRow {
@@ -26,6 +48,8 @@ impl PackageRow {
             base_credits: Credits::from_stored(self.base_credits),
             bonus_credits: Credits::from_stored(self.bonus_credits),
             active: self.active,
+            version: u32::try_from(self.version)
+                .map_err(|_| StoreError::Decode("package version".into()))?,
             expires_after_days: self.expires_after_days.and_then(|d| u32::try_from(d).ok()),
             bonus_expires_after_days: self
                 .bonus_expires_after_days
@@ -44,7 +68,8 @@ impl Packages<'_> {
     pub async fn packages(&self, only_active: bool) -> Result<Vec<Package>, StoreError> {
         sqlx::query_as!(
             PackageRow,
-            "SELECT id, name, price_minor, currency, base_credits, bonus_credits, active, expires_after_days, bonus_expires_after_days
+            "SELECT id, name, price_minor, currency, base_credits, bonus_credits, active, version,
+                    expires_after_days, bonus_expires_after_days
                FROM credit_packages WHERE active OR NOT $1 ORDER BY price_minor, id",
             only_active
         )
@@ -58,7 +83,8 @@ impl Packages<'_> {
     pub async fn package(&self, id: Uuid) -> Result<Package, StoreError> {
         sqlx::query_as!(
             PackageRow,
-            "SELECT id, name, price_minor, currency, base_credits, bonus_credits, active, expires_after_days, bonus_expires_after_days
+            "SELECT id, name, price_minor, currency, base_credits, bonus_credits, active, version,
+                    expires_after_days, bonus_expires_after_days
                FROM credit_packages WHERE id = $1",
             id
         )
@@ -68,19 +94,40 @@ impl Packages<'_> {
         .into_package()
     }
 
-    /// Creates or replaces a package (purchases keep their own snapshot).
+    /// Creates or changes a package (`p.version` is ignored). A change of what it sells
+    /// ([`Package::same_terms`]) makes the next version, recorded in `credit_package_versions`;
+    /// a new name or `active` alone keeps the version. Changes of one package are serialised by
+    /// its row lock, so concurrent ones each get their own version. Purchases keep their own
+    /// snapshot, version included.
     pub async fn put_package(&self, p: &Package) -> Result<Package, StoreError> {
-        sqlx::query_as!(
+        let mut tx = self.pool.begin().await?;
+        let current = sqlx::query_as!(
+            PackageRow,
+            "SELECT id, name, price_minor, currency, base_credits, bonus_credits, active, version,
+                    expires_after_days, bonus_expires_after_days
+               FROM credit_packages WHERE id = $1 FOR UPDATE",
+            p.id
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(PackageRow::into_package)
+        .transpose()?;
+        let version = match &current {
+            None => 1,
+            Some(c) if c.same_terms(p) => c.version,
+            Some(c) => c.version + 1,
+        };
+        let saved = sqlx::query_as!(
             PackageRow,
             "INSERT INTO credit_packages (id, name, price_minor, currency, base_credits,
-                                          bonus_credits, active, expires_after_days,
+                                          bonus_credits, active, version, expires_after_days,
                                           bonus_expires_after_days)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (id) DO UPDATE SET name = $2, price_minor = $3, currency = $4,
-                 base_credits = $5, bonus_credits = $6, active = $7, expires_after_days = $8,
-                 bonus_expires_after_days = $9, updated_at = now()
+                 base_credits = $5, bonus_credits = $6, active = $7, version = $8,
+                 expires_after_days = $9, bonus_expires_after_days = $10, updated_at = now()
              RETURNING id, name, price_minor, currency, base_credits, bonus_credits, active,
-                       expires_after_days, bonus_expires_after_days",
+                       version, expires_after_days, bonus_expires_after_days",
             p.id,
             p.name,
             p.price.amount_minor,
@@ -88,11 +135,70 @@ impl Packages<'_> {
             p.base_credits.as_decimal(),
             p.bonus_credits.as_decimal(),
             p.active,
+            version as i32,
             p.expires_after_days.map(|d| d as i32),
             p.bonus_expires_after_days.map(|d| d as i32)
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?
-        .into_package()
+        .into_package()?;
+        if current.as_ref().is_none_or(|c| c.version != version) {
+            sqlx::query!(
+                "INSERT INTO credit_package_versions (package_id, version, name, price_minor,
+                                                      currency, base_credits, bonus_credits,
+                                                      expires_after_days, bonus_expires_after_days)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                saved.id,
+                version as i32,
+                saved.name,
+                saved.price.amount_minor,
+                saved.price.currency.code(),
+                saved.base_credits.as_decimal(),
+                saved.bonus_credits.as_decimal(),
+                saved.expires_after_days.map(|d| d as i32),
+                saved.bonus_expires_after_days.map(|d| d as i32)
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(saved)
+    }
+
+    /// Every version of a package, oldest first (`active` is the package's, on its current
+    /// version only).
+    pub async fn versions(&self, id: Uuid) -> Result<Vec<PackageVersion>, StoreError> {
+        let current = self.package(id).await?;
+        sqlx::query_as!(
+            VersionRow,
+            "SELECT package_id, version, name, price_minor, currency, base_credits, bonus_credits,
+                    expires_after_days, bonus_expires_after_days, created_at
+               FROM credit_package_versions WHERE package_id = $1 ORDER BY version",
+            id
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|v| {
+            let created_at = v.created_at;
+            let package = PackageRow {
+                id: v.package_id,
+                name: v.name,
+                price_minor: v.price_minor,
+                currency: v.currency,
+                base_credits: v.base_credits,
+                bonus_credits: v.bonus_credits,
+                active: current.active && v.version as u32 == current.version,
+                version: v.version,
+                expires_after_days: v.expires_after_days,
+                bonus_expires_after_days: v.bonus_expires_after_days,
+            }
+            .into_package()?;
+            Ok(PackageVersion {
+                package,
+                created_at,
+            })
+        })
+        .collect()
     }
 }

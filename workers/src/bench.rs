@@ -3,8 +3,9 @@
 //! Starts `creditflow serve` as a child process on a fresh database, drives it over loopback
 //! HTTP, and prints, in one run: events/s for one hot org and for 1,000 orgs (16 clients ×
 //! batches of 100), events/s for batches of 1, balance-read latency while ingesting, the
-//! server's peak RSS, and the yardstick: a plain one-transaction-per-event insert-and-update
-//! loop against the same Postgres.
+//! server's peak RSS, the hot org with 10 active grants against one without (alternated,
+//! twice each), and the yardstick: a plain one-transaction-per-event insert-and-update loop
+//! against the same Postgres.
 
 use std::{
     process::Stdio,
@@ -135,6 +136,34 @@ async fn create_orgs(
         ));
     }
     Ok(orgs)
+}
+
+/// Grants an org 10 promotional grants that the run cannot use up, with every term the
+/// burn-down order reads: priorities, expiries (half of them), restrictions (one to the
+/// bench's model, one to its usage type, one to a model it never uses).
+async fn grant_ten(http: &reqwest::Client, base: &str, org: &str) -> anyhow::Result<()> {
+    for i in 0..10u32 {
+        let mut body = json!({"amount_credits": "100000000", "priority": 10 * i,
+                              "reason": format!("bench grant {i}")});
+        if i % 2 == 0 {
+            body["expires_at"] =
+                json!(chrono::Utc::now() + chrono::Duration::days(1 + i64::from(i)));
+        }
+        match i {
+            3 => body["applies_to"] = json!({"models": ["gpt-4o-mini"]}),
+            5 => body["applies_to"] = json!({"usage_types": ["ai_tokens"]}),
+            7 => body["applies_to"] = json!({"models": ["gpt-4o"]}),
+            _ => {}
+        }
+        http.post(format!("{base}/v1/orgs/{org}/grants"))
+            .bearer_auth(OPERATOR_KEY)
+            .header("idempotency-key", format!("bench-grant-{i}"))
+            .json(&body)
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    Ok(())
 }
 
 /// A batch's JSON, written as text: the load generator shares the two cores with the server
@@ -453,6 +482,23 @@ pub async fn ingest(settings: &Settings, args: &IngestArgs) -> anyhow::Result<()
     let flooded = flooded
         .join()
         .map_err(|_| anyhow::anyhow!("the quiet client panicked"))??;
+    // Grants on the hot path: the same hot-org load on an org holding 10 active grants and on
+    // one holding none, alternated so drift on the shared machine falls on both.
+    let pair = create_orgs(&http, &base, 2).await?;
+    grant_ten(&http, &base, &pair[1].0).await?;
+    let (mut plain, mut granted) = (Vec::new(), Vec::new());
+    for round in 0..2 {
+        for (org, rates) in [(&pair[0], &mut plain), (&pair[1], &mut granted)] {
+            let (b, keys) = (base.clone(), vec![org.1.clone()]);
+            let label = format!("grants-{round}-{}", rates.len());
+            rates.push(
+                tokio::task::spawn_blocking(move || drive(&b, &keys, c, 100, sec, &label))
+                    .await??,
+            );
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (plain_rate, granted_rate) = (mean(&plain), mean(&granted));
     let rss = peak_rss_mb(pid).unwrap_or(f64::NAN);
     drop(server);
     let yard = yardstick(&db_url, args.clients, args.seconds).await?;
@@ -516,6 +562,19 @@ pub async fn ingest(settings: &Settings, args: &IngestArgs) -> anyhow::Result<()
     println!(
         "{:<58} {:>9.0} ev/s",
         "the flood: 1 org x 8 clients x batches of 100", flood_rate
+    );
+    println!(
+        "{:<58} {:>9.0} ev/s",
+        "1 org, no grants (mean of 2, alternated)", plain_rate
+    );
+    println!(
+        "{:<58} {:>9.0} ev/s",
+        "1 org, 10 active grants (mean of 2, alternated)", granted_rate
+    );
+    println!(
+        "{:<58} {:>9.0} %",
+        "10 grants vs none",
+        100.0 * granted_rate / plain_rate
     );
     println!("{:<58} {:>9.1} MB", "server peak RSS", rss);
     println!(

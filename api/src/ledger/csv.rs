@@ -11,8 +11,7 @@ use store::TransferQuery;
 use super::CSV_CHUNK_ROWS;
 use crate::AppState;
 
-const CSV_HEADER: &str =
-    "id,seq,created_at,kind,amount_credits,balance_after_credits,counterparty,actor,reason,refs,grants\n";
+const CSV_HEADER: &str = "id,seq,created_at,kind,amount_credits,balance_after_credits,counterparty,actor,reason,refs,grants\n";
 
 /// One CSV cell. A text that a spreadsheet would take for a formula (it starts with `=`, `+`,
 /// `-`, `@`, a tab or a CR: reasons come from operators and package names) is prefixed with `'`

@@ -207,7 +207,10 @@ impl Ledger<'_> {
         for (t, a) in all.iter().zip(&batch.applied) {
             let p = &t.posting;
             let at = expiry_at.get(&t.id).copied();
-            let wallet = locked.wallets.get_mut(&a.org).ok_or(StoreError::OrgNotFound)?;
+            let wallet = locked
+                .wallets
+                .get_mut(&a.org)
+                .ok_or(StoreError::OrgNotFound)?;
             let moves = wallet
                 .apply(t.id, p.kind, a.delta, &t.flow, at.unwrap_or(now))
                 .map_err(|e| StoreError::from_grants(e, p.kind))?;

@@ -206,13 +206,40 @@ async fn the_grants_migration_keeps_round_1_balances_and_gives_them_grants() {
     book(&mut tx, a, "purchase", "5000", true, "sales", of_p.clone()).await;
     book(&mut tx, a, "bonus", "250", true, "promotions", of_p.clone()).await;
     book(&mut tx, a, "usage", "300", false, "usage:ai", json!({})).await;
-    book(&mut tx, a, "adjustment", "100", true, "adjustments", json!({})).await;
+    book(
+        &mut tx,
+        a,
+        "adjustment",
+        "100",
+        true,
+        "adjustments",
+        json!({}),
+    )
+    .await;
     book(&mut tx, a, "usage", "1000", false, "usage:ai", json!({})).await;
     book(&mut tx, a, "refund", "2000", false, "refunds", of_p.clone()).await;
-    book(&mut tx, a, "reversal", "100", false, "promotions", of_p.clone()).await;
+    book(
+        &mut tx,
+        a,
+        "reversal",
+        "100",
+        false,
+        "promotions",
+        of_p.clone(),
+    )
+    .await;
     // B: usage past its credits (an overdraft).
     let b = org(&mut tx, "round-1 b").await;
-    book(&mut tx, b, "adjustment", "10", true, "adjustments", json!({})).await;
+    book(
+        &mut tx,
+        b,
+        "adjustment",
+        "10",
+        true,
+        "adjustments",
+        json!({}),
+    )
+    .await;
     book(&mut tx, b, "usage", "25", false, "usage:infra", json!({})).await;
     // C: nothing booked yet.
     let c = org(&mut tx, "round-1 c").await;
@@ -287,7 +314,13 @@ async fn the_grants_migration_keeps_round_1_balances_and_gives_them_grants() {
     assert!(violations.is_empty(), "{violations:?}");
     let t = store
         .ledger()
-        .post_adjustment(b.0, billing::Credits::from_str("20").unwrap(), "after", "op", "k")
+        .post_adjustment(
+            b.0,
+            billing::Credits::from_str("20").unwrap(),
+            "after",
+            "op",
+            "k",
+        )
         .await
         .unwrap();
     assert_eq!(t.balance_after.to_string(), "5.000000");

@@ -244,13 +244,25 @@ async fn package_bonus_credits_expire_on_time_once_and_are_used_first() {
     // A microsecond before: still there; at the instant: gone, before any sweep ran.
     clock.set(expires_at - Days::microseconds(1));
     assert_eq!(
-        clocked.ledger().balance(org.id).await.unwrap().balance.to_string(),
+        clocked
+            .ledger()
+            .balance(org.id)
+            .await
+            .unwrap()
+            .balance
+            .to_string(),
         "185.000000"
     );
     assert_eq!(clocked.grants().expire_due(100).await.unwrap(), 0);
     clock.set(expires_at);
     assert_eq!(
-        clocked.ledger().balance(org.id).await.unwrap().balance.to_string(),
+        clocked
+            .ledger()
+            .balance(org.id)
+            .await
+            .unwrap()
+            .balance
+            .to_string(),
         "180.000000"
     );
     // The sweep books it once, at its instant, to breakage; again finds nothing.
@@ -292,7 +304,11 @@ async fn package_bonus_credits_expire_on_time_once_and_are_used_first() {
     let b = app
         .get(&format!("/v1/orgs/{}/balance", org.id), &org.key)
         .await;
-    assert_eq!(b.body["totals"]["expired_credits"], "5.000000", "{}", b.text);
+    assert_eq!(
+        b.body["totals"]["expired_credits"], "5.000000",
+        "{}",
+        b.text
+    );
     app.assert_invariants().await;
 }
 
@@ -316,7 +332,10 @@ async fn an_expiry_below_a_threshold_alerts() {
     assert_eq!(p.status, 201, "{}", p.text);
     app.spend(&org, "use", 70).await;
     assert_eq!(app.balance(&org).await, "90.000000");
-    assert_eq!(grant_of(&app, &org, "promo").await["remaining_credits"], "60.000000");
+    assert_eq!(
+        grant_of(&app, &org, "promo").await["remaining_credits"],
+        "60.000000"
+    );
     let crossed = || async {
         sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM outbox
@@ -485,7 +504,13 @@ async fn expired_base_credits_are_not_refundable() {
     );
     // The refusal booked nothing, and no read counts the expired credits.
     assert_eq!(
-        clocked.ledger().balance(org.id).await.unwrap().balance.to_string(),
+        clocked
+            .ledger()
+            .balance(org.id)
+            .await
+            .unwrap()
+            .balance
+            .to_string(),
         "0.000000"
     );
     app.assert_invariants().await;
@@ -516,25 +541,82 @@ async fn operator_grants_are_idempotent_and_bad_input_writes_nothing() {
 
     let past = (Utc::now() - Days::minutes(1)).to_rfc3339();
     let bad: Vec<(Value, u16, &str)> = vec![
-        (json!({"amount_credits": "-1", "reason": "r"}), 422, "amount_not_positive"),
-        (json!({"amount_credits": "0", "reason": "r"}), 422, "amount_not_positive"),
-        (json!({"amount_credits": "1.0000001", "reason": "r"}), 422, "too_many_decimals"),
-        (json!({"amount_credits": "ten", "reason": "r"}), 422, "invalid_amount"),
-        (json!({"amount_credits": "1000000000001", "reason": "r"}), 422, "amount_out_of_range"),
-        (json!({"amount_credits": "1", "priority": 101, "reason": "r"}), 422, "invalid_priority"),
-        (json!({"amount_credits": "1", "priority": -1, "reason": "r"}), 422, "invalid_priority"),
-        (json!({"amount_credits": "1", "expires_at": past, "reason": "r"}), 422, "invalid_expiry"),
-        (json!({"amount_credits": "1", "applies_to": {}, "reason": "r"}), 422, "invalid_applies_to"),
-        (json!({"amount_credits": "1", "applies_to": {"usage_types": ["gpu"]}, "reason": "r"}),
-         422, "invalid_applies_to"),
-        (json!({"amount_credits": "1", "applies_to": {"models": ["a\u{7}b"]}, "reason": "r"}),
-         422, "invalid_characters"),
-        (json!({"amount_credits": "1", "applies_to": {"models": [""]}, "reason": "r"}),
-         422, "invalid_applies_to"),
-        (json!({"amount_credits": "1", "reason": ""}), 422, "missing_field"),
+        (
+            json!({"amount_credits": "-1", "reason": "r"}),
+            422,
+            "amount_not_positive",
+        ),
+        (
+            json!({"amount_credits": "0", "reason": "r"}),
+            422,
+            "amount_not_positive",
+        ),
+        (
+            json!({"amount_credits": "1.0000001", "reason": "r"}),
+            422,
+            "too_many_decimals",
+        ),
+        (
+            json!({"amount_credits": "ten", "reason": "r"}),
+            422,
+            "invalid_amount",
+        ),
+        (
+            json!({"amount_credits": "1000000000001", "reason": "r"}),
+            422,
+            "amount_out_of_range",
+        ),
+        (
+            json!({"amount_credits": "1", "priority": 101, "reason": "r"}),
+            422,
+            "invalid_priority",
+        ),
+        (
+            json!({"amount_credits": "1", "priority": -1, "reason": "r"}),
+            422,
+            "invalid_priority",
+        ),
+        (
+            json!({"amount_credits": "1", "expires_at": past, "reason": "r"}),
+            422,
+            "invalid_expiry",
+        ),
+        (
+            json!({"amount_credits": "1", "applies_to": {}, "reason": "r"}),
+            422,
+            "invalid_applies_to",
+        ),
+        (
+            json!({"amount_credits": "1", "applies_to": {"usage_types": ["gpu"]}, "reason": "r"}),
+            422,
+            "invalid_applies_to",
+        ),
+        (
+            json!({"amount_credits": "1", "applies_to": {"models": ["a\u{7}b"]}, "reason": "r"}),
+            422,
+            "invalid_characters",
+        ),
+        (
+            json!({"amount_credits": "1", "applies_to": {"models": [""]}, "reason": "r"}),
+            422,
+            "invalid_applies_to",
+        ),
+        (
+            json!({"amount_credits": "1", "reason": ""}),
+            422,
+            "missing_field",
+        ),
         (json!({"amount_credits": "1"}), 422, "missing_field"),
-        (json!({"amount_credits": "1", "reason": "r", "currency": "usd"}), 422, "invalid_body"),
-        (json!({"amount_credits": "1", "reason": "a\u{0}b"}), 422, "invalid_characters"),
+        (
+            json!({"amount_credits": "1", "reason": "r", "currency": "usd"}),
+            422,
+            "invalid_body",
+        ),
+        (
+            json!({"amount_credits": "1", "reason": "a\u{0}b"}),
+            422,
+            "invalid_characters",
+        ),
     ];
     for (i, (body, status, code)) in bad.iter().enumerate() {
         let a = promo(&app, &org, body.clone(), &format!("bad-{i}")).await;
@@ -559,7 +641,11 @@ async fn operator_grants_are_idempotent_and_bad_input_writes_nothing() {
     )
     .await
     .assert_problem(403, "operator_only");
-    assert_eq!(grants(&app, &org, "").await.len(), 1, "only the first grant");
+    assert_eq!(
+        grants(&app, &org, "").await.len(),
+        1,
+        "only the first grant"
+    );
     assert_eq!(app.balance(&org).await, "12.500000");
     app.get(&format!("/v1/orgs/{}/grants?state=gone", org.id), &org.key)
         .await

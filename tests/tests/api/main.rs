@@ -14,4 +14,5 @@ mod health;
 mod history;
 mod keys;
 mod ledger_invariants;
+mod packages;
 mod usage;

@@ -78,7 +78,11 @@ async fn a_refund_of_spent_credits_is_refused_with_what_is_refundable_and_a_part
     full.assert_problem(409, "refund_exceeds_unspent");
     // $10.00 less the 50 paid credits used at 12.5 cents each.
     assert_eq!(full.body["refundable_minor"], 375, "{}", full.text);
-    assert_eq!(full.body["refundable_credits"], "30.000000", "{}", full.text);
+    assert_eq!(
+        full.body["refundable_credits"], "30.000000",
+        "{}",
+        full.text
+    );
     refund(&app, &purchase, 1001, "too-much")
         .await
         .assert_problem(422, "refund_not_allowed");

@@ -1,0 +1,155 @@
+//! Versioned packages: changing what a package sells makes a new version, the catalog shows
+//! the current one, and purchases keep the version they bought.
+use reqwest::Method;
+use serde_json::{Value, json};
+use tests::{OPERATOR_KEY, TestApp};
+use uuid::Uuid;
+
+fn body(name: &str, price_minor: i64) -> Value {
+    json!({"name": name, "price_minor": price_minor, "currency": "usd", "base_credits": "1000",
+           "bonus_credits": "100"})
+}
+
+async fn put(app: &TestApp, id: &str, b: Value) -> tests::Answer {
+    app.call(
+        Method::PUT,
+        &format!("/v1/packages/{id}"),
+        Some(OPERATOR_KEY),
+        Some(&b),
+        &[],
+    )
+    .await
+}
+
+async fn versions(app: &TestApp, id: &str, key: &str) -> Vec<(i64, i64, String)> {
+    let a = app.get(&format!("/v1/packages/{id}/versions"), key).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    a.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_i64().unwrap(),
+                v["price_minor"].as_i64().unwrap(),
+                v["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A purchase of the package's current version, as the checkout records it.
+async fn purchase_of(app: &TestApp, org: &tests::TestOrg, id: &str) -> (Uuid, Value) {
+    let package = app
+        .store
+        .packages()
+        .package(id.parse::<Uuid>().unwrap())
+        .await
+        .unwrap();
+    let (p, _) = app
+        .store
+        .purchases()
+        .create_purchase(
+            org.id,
+            &package,
+            "ana",
+            None,
+            chrono::Utc::now(),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    (p.id, package_of(app, org, p.id).await)
+}
+
+async fn package_of(app: &TestApp, org: &tests::TestOrg, purchase: Uuid) -> Value {
+    let a = app
+        .get(&format!("/v1/purchases/{purchase}"), &org.key)
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    a.body["package"].clone()
+}
+
+/// Changing a package's price makes a new version; renaming does not; purchases keep theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_change_makes_a_new_version_and_purchases_keep_theirs() {
+    let app = TestApp::spawn().await.unwrap();
+    let org = app.create_org("versions").await;
+    let created = app
+        .call(
+            Method::POST,
+            "/v1/packages",
+            Some(OPERATOR_KEY),
+            Some(&body("Pro", 1000)),
+            &[],
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert_eq!(created.body["version"], 1);
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let (first_id, first) = purchase_of(&app, &org, &id).await;
+    assert_eq!(
+        (first["version"].as_i64(), first["price_minor"].as_i64()),
+        (Some(1), Some(1000))
+    );
+
+    // A new name only: the same version.
+    let renamed = put(&app, &id, body("Pro monthly", 1000)).await;
+    assert_eq!(renamed.status, 200, "{}", renamed.text);
+    assert_eq!(renamed.body["version"], 1);
+    // A new price: version 2, shown by the catalog.
+    let repriced = put(&app, &id, body("Pro monthly", 1200)).await;
+    assert_eq!(repriced.status, 200, "{}", repriced.text);
+    assert_eq!(repriced.body["version"], 2);
+    let listed = app.get("/v1/packages", &org.key).await;
+    let mine: Vec<&Value> = listed.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["id"] == id.as_str())
+        .collect();
+    assert_eq!(mine.len(), 1, "{}", listed.text);
+    assert_eq!(
+        (mine[0]["version"].as_i64(), mine[0]["price_minor"].as_i64()),
+        (Some(2), Some(1200))
+    );
+    // The first purchase still shows what it bought; a new one buys version 2.
+    let old = package_of(&app, &org, first_id).await;
+    assert_eq!(
+        (old["version"].as_i64(), old["price_minor"].as_i64()),
+        (Some(1), Some(1000))
+    );
+    let (_, second) = purchase_of(&app, &org, &id).await;
+    assert_eq!(
+        (second["version"].as_i64(), second["price_minor"].as_i64()),
+        (Some(2), Some(1200))
+    );
+
+    // Bad input changes nothing.
+    put(&app, &id, body("Pro monthly", 0))
+        .await
+        .assert_problem(422, "invalid_package");
+    // Two changes at once: each its own version, none lost or doubled.
+    let (x, y) = tokio::join!(
+        put(&app, &id, body("Pro monthly", 1300)),
+        put(&app, &id, body("Pro monthly", 1400))
+    );
+    assert_eq!((x.status.as_u16(), y.status.as_u16()), (200, 200));
+    let mut got = [
+        x.body["version"].as_i64().unwrap(),
+        y.body["version"].as_i64().unwrap(),
+    ];
+    got.sort_unstable();
+    assert_eq!(got, [3, 4]);
+    let all = versions(&app, &id, &org.key).await;
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert_eq!(all[0], (1, 1000, "Pro".to_string()));
+    assert_eq!(all[1], (2, 1200, "Pro monthly".to_string()));
+    app.get(
+        &format!("/v1/packages/{}/versions", Uuid::now_v7()),
+        &org.key,
+    )
+    .await
+    .assert_problem(404, "not_found");
+}
