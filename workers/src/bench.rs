@@ -58,9 +58,22 @@ fn database_url(base: &str, name: &str) -> String {
 async fn fresh_database(settings: &Settings) -> anyhow::Result<String> {
     let url = settings.database.url.expose();
     let mut admin = PgConnection::connect(&database_url(url, "postgres")).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
+    // FORCE ends the last run's sessions, but not an autovacuum worker (that takes a
+    // superuser): poll until it has gone, within a deadline.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match sqlx::query(&format!("DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                tracing::info!(error = %e, "the bench database is busy; trying again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     sqlx::query(&format!("CREATE DATABASE {BENCH_DB}"))
         .execute(&mut admin)
         .await?;

@@ -70,9 +70,16 @@ impl Ledger<'_> {
         let mut ids = org_ids.to_vec();
         ids.sort();
         ids.dedup();
+        // The org's thresholds ride along (one round trip less per batch on the hot path).
         let rows = sqlx::query!(
             r#"SELECT a.id, a.org_id AS "org_id!", a.credits_posted - a.debits_posted AS "balance!",
-                      a.transfer_seq, o.overdraft_limit, now() AS "now!"
+                      a.transfer_seq, o.overdraft_limit, now() AS "now!",
+                      ARRAY(SELECT t.id FROM org_thresholds t WHERE t.org_id = a.org_id
+                             ORDER BY t.id) AS "threshold_ids!",
+                      ARRAY(SELECT t.purpose FROM org_thresholds t WHERE t.org_id = a.org_id
+                             ORDER BY t.id) AS "threshold_purposes!",
+                      ARRAY(SELECT t.threshold FROM org_thresholds t WHERE t.org_id = a.org_id
+                             ORDER BY t.id) AS "threshold_levels!"
                  FROM accounts a JOIN orgs o ON o.id = a.org_id
                 WHERE a.org_id = ANY($1) ORDER BY a.org_id FOR UPDATE OF a"#,
             &ids
@@ -94,12 +101,33 @@ impl Ledger<'_> {
             now,
         };
         for r in rows {
+            if r.threshold_ids.len() != r.threshold_purposes.len()
+                || r.threshold_ids.len() != r.threshold_levels.len()
+            {
+                return Err(StoreError::Invariant(
+                    "an org's threshold columns differ in length".into(),
+                ));
+            }
+            let mut thresholds = Vec::with_capacity(r.threshold_ids.len());
+            for ((id, purpose), level) in r
+                .threshold_ids
+                .iter()
+                .zip(&r.threshold_purposes)
+                .zip(&r.threshold_levels)
+            {
+                let purpose: ThresholdPurpose = purpose.parse()?;
+                thresholds.push(Threshold {
+                    id: *id,
+                    purpose,
+                    level: Credits::from_stored(*level),
+                });
+            }
             locked.ledgers.insert(
                 r.org_id,
                 OrgLedger {
                     balance: Credits::from_stored(r.balance),
                     seq: r.transfer_seq,
-                    thresholds: Vec::new(),
+                    thresholds,
                 },
             );
             locked.accounts.insert(
@@ -109,22 +137,6 @@ impl Ledger<'_> {
                     overdraft_limit: r.overdraft_limit.map(Credits::from_stored),
                 },
             );
-        }
-        for t in sqlx::query!(
-            "SELECT id, org_id, purpose, threshold FROM org_thresholds WHERE org_id = ANY($1)",
-            &ids
-        )
-        .fetch_all(&mut **tx)
-        .await?
-        {
-            let purpose: ThresholdPurpose = t.purpose.parse()?;
-            if let Some(ledger) = locked.ledgers.get_mut(&t.org_id) {
-                ledger.thresholds.push(Threshold {
-                    id: t.id,
-                    purpose,
-                    level: Credits::from_stored(t.threshold),
-                });
-            }
         }
         let balances: BTreeMap<Uuid, Credits> = locked
             .ledgers
