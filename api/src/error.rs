@@ -25,8 +25,9 @@ pub struct ApiError {
     pub retry_after_secs: Option<u32>,
     /// What went wrong inside, for the log (never shown): logged once, when the answer is made.
     pub cause: Option<String>,
-    /// Members a client can act on (`refundable_minor` …), shown beside the standard ones.
-    pub extra: serde_json::Map<String, serde_json::Value>,
+    /// Members a client can act on (`refundable_minor` …), shown beside the standard ones
+    /// (boxed: most errors have none, and every `Result` carries the error's size).
+    pub extra: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 /// The body of an error answer (RFC 9457 problem details, with a stable `code`).
@@ -65,13 +66,13 @@ impl ApiError {
             field: None,
             retry_after_secs: None,
             cause: None,
-            extra: serde_json::Map::new(),
+            extra: None,
         }
     }
 
     /// The same answer with a member a client can act on.
     pub fn with(mut self, key: &str, value: impl Serialize) -> Self {
-        self.extra.insert(
+        self.extra.get_or_insert_default().insert(
             key.to_string(),
             serde_json::to_value(value).unwrap_or_default(),
         );
@@ -169,7 +170,7 @@ impl IntoResponse for ApiError {
             code: self.code.to_string(),
             detail: self.detail,
             field: self.field,
-            extra: self.extra,
+            extra: self.extra.map(|m| *m).unwrap_or_default(),
         };
         let mut res = (self.status, Json(body)).into_response();
         res.headers_mut().insert(

@@ -82,8 +82,8 @@ impl AppliesTo {
     pub fn admits(&self, scope: &UsageScope) -> bool {
         self.usage_types.iter().any(|t| t == scope.usage_type)
             || match scope.usage_type {
-                "ai_tokens" => self.models.iter().any(|m| *m == scope.name),
-                _ => self.resources.iter().any(|r| *r == scope.name),
+                "ai_tokens" => self.models.contains(&scope.name),
+                _ => self.resources.contains(&scope.name),
             }
     }
 
