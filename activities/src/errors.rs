@@ -37,6 +37,7 @@ impl Classify for store::StoreError {
             | E::RefundExceedsPayment { .. }
             | E::RefundExceedsUnspent { .. } => Class::Refuse("RefundNotAllowed"),
             E::PriceVersionNotAfterNewest => Class::Refuse("PriceVersionNotAfterNewest"),
+            E::ExpiryNotInFuture => Class::Refuse("ExpiryNotInFuture"),
             E::IdempotencyConflict => Class::Refuse("IdempotencyConflict"),
             // An outage, or a ledger check that failed and rolled back (a write that bypassed
             // the locks, visible in the log): money steps wait rather than give up.

@@ -218,6 +218,9 @@ impl From<StoreError> for ApiError {
             )
             .with("refundable_minor", refundable_minor)
             .with("refundable_credits", refundable_credits),
+            StoreError::ExpiryNotInFuture => {
+                ApiError::invalid("expires_at", "invalid_expiry", e.to_string())
+            }
             StoreError::PriceVersionNotAfterNewest => ApiError::new(
                 StatusCode::CONFLICT,
                 "price_version_not_after_newest",

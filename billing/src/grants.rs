@@ -382,9 +382,13 @@ impl Wallet {
                 Flow::Restore(slices) => {
                     let mut parts = Vec::with_capacity(slices.len());
                     for (i, (from, amount)) in slices.iter().enumerate() {
-                        let terms = self.grant(*from).ok_or(GrantError::Unknown(*from))?;
+                        let from = self.grant(*from).ok_or(GrantError::Unknown(*from))?;
                         let id = if i == 0 { transfer_id } else { Uuid::now_v7() };
-                        parts.push((id, terms.terms.clone(), *amount));
+                        // Credits given back after their grant's expiry expire now, in this
+                        // month, never at an instant already past (a closed month).
+                        let mut terms = from.terms.clone();
+                        terms.expires_at = terms.expires_at.map(|e| e.max(at));
+                        parts.push((id, terms, *amount));
                     }
                     let sum = parts
                         .iter()
@@ -400,7 +404,13 @@ impl Wallet {
                 Flow::Usage(_) | Flow::Grants(_) => return Err(GrantError::Direction("debit")),
             };
             for (id, terms, amount) in parts {
-                let repaid = amount.min(self.overdraft);
+                // Only a grant that may pay for anything repays the overdraft: a restricted
+                // one keeps its credits for what it was given for.
+                let repaid = if terms.applies_to.is_none() {
+                    amount.min(self.overdraft)
+                } else {
+                    Credits::ZERO
+                };
                 moves.moves.push(GrantMove {
                     grant_id: Some(id),
                     amount,

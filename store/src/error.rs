@@ -32,6 +32,9 @@ pub enum StoreError {
         refundable_minor: i64,
         refundable_credits: Credits,
     },
+    /// A grant's expiry is not after the time it would be booked at.
+    #[error("`expires_at` must be in the future")]
+    ExpiryNotInFuture,
     /// A new price version must take effect after the newest one.
     #[error("effective_from must be after the newest version's effective_from")]
     PriceVersionNotAfterNewest,

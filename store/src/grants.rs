@@ -174,13 +174,13 @@ impl GrantRow {
     }
 }
 
-/// Loads the wallets of locked orgs: their grants with credits left, plus `also` (grants a
-/// flow names that may have none left), each org's overdraft being what its grants hold beyond
-/// its balance.
+/// Loads the wallets of locked orgs: their grants with credits left (the partial index
+/// `grants_org_active`; grants a flow names that have none left are loaded by name, see
+/// `Ledger::load_named_grants`), each org's overdraft being what its grants hold beyond its
+/// balance.
 pub(crate) async fn load_wallets(
     tx: &mut Transaction<'_, Postgres>,
     balances: &BTreeMap<Uuid, Credits>,
-    also: &[Uuid],
 ) -> Result<HashMap<Uuid, Wallet>, StoreError> {
     let orgs: Vec<Uuid> = balances.keys().copied().collect();
     let rows = sqlx::query_as!(
@@ -188,9 +188,8 @@ pub(crate) async fn load_wallets(
         "SELECT id, org_id, source, category, purchase_id, topup_id, parent_grant_id, amount,
                 remaining, consumed, expired, refunded, cost_basis_minor_per_credit, priority,
                 effective_at, expires_at, applies_to, reason
-           FROM grants WHERE org_id = ANY($1) AND (remaining > 0 OR id = ANY($2))",
-        &orgs,
-        also
+           FROM grants WHERE org_id = ANY($1) AND remaining > 0",
+        &orgs
     )
     .fetch_all(&mut **tx)
     .await?;
@@ -563,6 +562,10 @@ impl Grants<'_> {
             tx.rollback().await?;
             return self.grant(p.org_id, t.id).await;
         }
+        let mut locked = self.ledger().lock_orgs(&mut tx, &[p.org_id]).await?;
+        if p.expires_at.is_some_and(|e| e <= locked.now()) {
+            return Err(StoreError::ExpiryNotInFuture);
+        }
         let entry = Entry::new(
             Posting::promo(p.org_id, p.amount),
             format!("{scope}:{idempotency_key}"),
@@ -581,7 +584,7 @@ impl Grants<'_> {
         }));
         let outcome = self
             .ledger()
-            .book(&mut tx, p.org_id, std::slice::from_ref(&entry))
+            .book_locked(&mut tx, &mut locked, std::slice::from_ref(&entry), true)
             .await?;
         let transfer = outcome[0].transfer().clone();
         idempotency::finish(&mut tx, &scope, idempotency_key, &transfer).await?;
@@ -648,11 +651,14 @@ async fn backfill_org(pool: &sqlx::PgPool, org: Uuid) -> Result<(), StoreError> 
     let history = sqlx::query!(
         r#"SELECT t.id, t.kind, t.amount, t.credit_account_id = a.id AS "credit!", t.refs,
                   t.reason, t.created_at,
-                  COALESCE(p.package, tp.package) AS package
+                  COALESCE(p.package, tp.package) AS package,
+                  d.purchase_id AS "disputed_purchase?", d.topup_id AS "disputed_topup?"
              FROM transfers t
              JOIN accounts a ON a.org_id = t.org_id
-             LEFT JOIN purchases p ON p.id = (t.refs->>'purchase_id')::uuid
-             LEFT JOIN topups tp ON tp.id = (t.refs->>'topup_id')::uuid
+             LEFT JOIN disputes d ON d.id = t.refs->>'dispute_id'
+             LEFT JOIN purchases p
+                    ON p.id = COALESCE((t.refs->>'purchase_id')::uuid, d.purchase_id)
+             LEFT JOIN topups tp ON tp.id = COALESCE((t.refs->>'topup_id')::uuid, d.topup_id)
             WHERE t.org_id = $1 ORDER BY t.org_seq"#,
         org
     )
@@ -668,14 +674,18 @@ async fn backfill_org(pool: &sqlx::PgPool, org: Uuid) -> Result<(), StoreError> 
         let amount = Credits::from_stored(t.amount);
         let refs: Refs = serde_json::from_value(t.refs)
             .map_err(|e| StoreError::Decode(format!("transfer refs: {e}")))?;
-        let payment = refs.purchase_id.or(refs.topup_id);
+        // A dispute's clawback and restore name the dispute; its payment is the disputed one.
+        let disputed = t.disputed_purchase.or(t.disputed_topup);
+        let purchase_id = refs.purchase_id.or(t.disputed_purchase);
+        let topup_id = refs.topup_id.or(t.disputed_topup);
+        let payment = purchase_id.or(topup_id);
         let package: Option<billing::packages::Package> =
             t.package.and_then(|p| serde_json::from_value(p).ok());
         if t.credit {
             let source = GrantTerms::source_of(kind);
             let mut terms = GrantTerms {
-                purchase_id: refs.purchase_id,
-                topup_id: refs.topup_id,
+                purchase_id,
+                topup_id,
                 ..GrantTerms::plain(source)
             };
             if matches!(source, GrantSource::Purchase | GrantSource::Topup) {
@@ -702,9 +712,13 @@ async fn backfill_org(pool: &sqlx::PgPool, org: Uuid) -> Result<(), StoreError> 
             writes.record(org, kind, moves, t.created_at, &t.reason);
             continue;
         }
-        // A debit: its payment's grants first (refunds, reversals), then the burn-down order.
+        // A debit: its payment's grants first (a refund its paid ones, a reversal its bonus, a
+        // dispute's clawback both), then the burn-down order.
         let mut left = amount;
         let first: Vec<Uuid> = match (kind, payment.and_then(|p| of_payment.get(&p))) {
+            (TransferKind::Refund, Some(g)) if disputed.is_some() => {
+                g.0.iter().chain(&g.1).copied().collect()
+            }
             (TransferKind::Refund, Some(g)) => g.0.clone(),
             (TransferKind::Reversal, Some(g)) => g.1.clone(),
             _ => Vec::new(),

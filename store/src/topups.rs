@@ -321,6 +321,10 @@ impl Topups<'_> {
             ),
         );
         let mut tx = self.pool.begin().await?;
+        // The topup first, then the org: the order a refund of it locks them in.
+        sqlx::query!("SELECT id FROM topups WHERE id = $1 FOR UPDATE", topup_id)
+            .fetch_one(&mut *tx)
+            .await?;
         let mut locked = self.ledger().lock_orgs(&mut tx, &[org]).await?;
         self.ledger()
             .book_locked(&mut tx, &mut locked, &transfers, true)

@@ -332,7 +332,8 @@ proptest! {
                         t.applies_to = Some(AppliesTo { models: vec![MODELS[m].into()], ..AppliesTo::default() });
                     }
                     w.apply(id, TransferKind::Purchase, micros(amount), &Flow::New(t.clone()), at).unwrap();
-                    let repaid = amount.min(overdraft);
+                    // Rule: an unrestricted grant repays the overdraft first.
+                    let repaid = if m.is_none() { amount.min(overdraft) } else { 0 };
                     overdraft -= repaid;
                     balance += amount;
                     model.push(RefGrant { id, amount, consumed: repaid, expired: 0, refunded: 0, priority, expires_at: t.expires_at, promo, effective_at: at, model: m, expired_at: None });

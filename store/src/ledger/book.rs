@@ -33,9 +33,16 @@ struct LockedAccount {
 }
 
 impl LockedOrgs {
-    /// The org's balance as booked so far in this transaction.
+    /// The org's balance as this transaction stands: booked so far, less what is due to expire.
     pub fn balance(&self, org_id: Uuid) -> Option<Credits> {
-        self.ledgers.get(&org_id).map(|o| o.balance)
+        let booked = self.ledgers.get(&org_id)?.balance;
+        // Less what expires at this transaction's time: booking anything books that first.
+        let due = self.wallets.get(&org_id).map_or(Some(Credits::ZERO), |w| {
+            w.due(self.now)
+                .iter()
+                .try_fold(Credits::ZERO, |s, d| s.checked_add(d.1).ok())
+        })?;
+        booked.checked_sub(due).ok()
     }
 
     /// The org's grants as booked so far in this transaction.
@@ -79,7 +86,9 @@ impl Ledger<'_> {
                       ARRAY(SELECT t.purpose FROM org_thresholds t WHERE t.org_id = a.org_id
                              ORDER BY t.id) AS "threshold_purposes!",
                       ARRAY(SELECT t.threshold FROM org_thresholds t WHERE t.org_id = a.org_id
-                             ORDER BY t.id) AS "threshold_levels!"
+                             ORDER BY t.id) AS "threshold_levels!",
+                      EXISTS (SELECT 1 FROM grant_backfill b WHERE b.org_id = a.org_id)
+                        AS "backfill_pending!"
                  FROM accounts a JOIN orgs o ON o.id = a.org_id
                 WHERE a.org_id = ANY($1) ORDER BY a.org_id FOR UPDATE OF a"#,
             &ids
@@ -101,6 +110,13 @@ impl Ledger<'_> {
             now,
         };
         for r in rows {
+            // A binary that books grants must not book an org whose history they have not
+            // been replayed from yet (the backfill would replay its own bookings again).
+            if r.backfill_pending {
+                return Err(StoreError::WriterUnavailable(
+                    "the org's grants are not backfilled yet: `creditflow migrate` must finish",
+                ));
+            }
             if r.threshold_ids.len() != r.threshold_purposes.len()
                 || r.threshold_ids.len() != r.threshold_levels.len()
             {
@@ -143,7 +159,7 @@ impl Ledger<'_> {
             .iter()
             .map(|(o, l)| (*o, l.balance))
             .collect();
-        locked.wallets = grants::load_wallets(tx, &balances, &[]).await?;
+        locked.wallets = grants::load_wallets(tx, &balances).await?;
         Ok(locked)
     }
 

@@ -159,32 +159,38 @@ impl Ledger<'_> {
     /// The org's balance and per-kind totals, as of the clock's now: credits of grants past
     /// their expiry are not in it even before their expiry is booked (they count as expired).
     pub async fn balance(&self, org_id: Uuid) -> Result<Balance, StoreError> {
-        let mut balance = self.booked_balance(org_id).await?;
-        let view = self.grants().expiry_view(org_id).await?;
-        if view.due.is_positive() {
-            balance.balance = balance.balance.checked_sub(view.due)?;
+        let (mut balance, due) = self.booked_balance(org_id).await?;
+        if due.is_positive() {
+            balance.balance = balance.balance.checked_sub(due)?;
             let expired = balance.by_kind.entry(TransferKind::Expiry).or_default();
-            expired.debits = expired.debits.checked_add(view.due)?;
+            expired.debits = expired.debits.checked_add(due)?;
         }
-        balance.expiring = view.expiring;
+        // What expires next is informational; the balance above is one snapshot.
+        balance.expiring = self.grants().expiry_view(org_id).await?.expiring;
         Ok(balance)
     }
 
-    /// The org's balance as booked (expiries due but not booked still in it), and per-kind
-    /// totals, in one round trip.
-    async fn booked_balance(&self, org_id: Uuid) -> Result<Balance, StoreError> {
+    /// The org's balance as booked, per-kind totals and the credits due to expire but not
+    /// booked yet (still in that balance), in one statement, so one snapshot: a sweep that
+    /// commits meanwhile is seen in all of them or in none.
+    async fn booked_balance(&self, org_id: Uuid) -> Result<(Balance, Credits), StoreError> {
         let rows = sqlx::query!(
             r#"SELECT a.credits_posted - a.debits_posted AS "balance!", a.transfer_seq,
                       k.kind AS "kind?", k.credits_posted AS "kind_credits?",
-                      k.debits_posted AS "kind_debits?"
+                      k.debits_posted AS "kind_debits?",
+                      (SELECT COALESCE(sum(g.remaining), 0) FROM grants g
+                        WHERE g.org_id = a.org_id AND g.remaining > 0
+                          AND g.expires_at <= COALESCE($2, now())) AS "due!"
                  FROM accounts a
                  LEFT JOIN org_kind_totals k ON k.org_id = a.org_id
                 WHERE a.org_id = $1"#,
-            org_id
+            org_id,
+            self.clock.booking_time()
         )
         .fetch_all(&self.pool)
         .await?;
         let first = rows.first().ok_or(StoreError::OrgNotFound)?;
+        let due = Credits::from_stored(first.due);
         let mut balance = Balance {
             org_id,
             balance: Credits::from_stored(first.balance),
@@ -203,7 +209,7 @@ impl Ledger<'_> {
                 );
             }
         }
-        Ok(balance)
+        Ok((balance, due))
     }
 
     /// One page of an org's transfers, newest first, with optional filters.

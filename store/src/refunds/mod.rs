@@ -128,15 +128,10 @@ handle! {
 
 impl Refunds<'_> {
     /// Accepts a refund of `amount_minor` of a credited purchase and takes its credits back in
-    /// the same transaction, before any money moves: the refund's share of the purchased
-    /// credits and of the bonus leave the org's balance now (a refund the processor refuses
-    /// gives them back, see [`Refunds::refund_failed`]). Refused up front, with nothing written,
-    /// when the refunds that have not failed (pending ones included) and this one would exceed
-    /// what was paid, or when taking the credits would take the balance below zero.
-    ///
-    /// Shares are cumulative: the credits of everything refunded so far including this one are
-    /// rounded once, less what earlier refunds took, so parts never add up to more than the
-    /// grant and the part that completes the payment takes exactly the remainder.
+    /// the same transaction, before any money moves: unspent paid credits of the payment's
+    /// grants and the same fraction of its unspent bonus leave the org's balance now (a refund
+    /// the processor refuses gives them back, see [`Refunds::refund_failed`]). The rule, and
+    /// what is refused up front with nothing written, is `payment::refund_shares`'s.
     ///
     /// Idempotent on `idempotency_key` (per purchase), looked up under the purchase's lock so
     /// concurrent requests with one key serialize: the same key and body answer the first

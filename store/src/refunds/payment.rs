@@ -112,14 +112,16 @@ pub(super) struct Shares {
 }
 
 /// The refund rule. A refund takes back unspent paid credits only, never consumed ones. What
-/// the payment's paid grants still hold (not past expiry) is refundable; the money for it is
-/// what is left of the payment less what the used paid credits (consumed or expired) are
-/// worth at the cost basis (price ÷ base credits), that worth rounded up to a minor unit, so
-/// the money kept always covers the credit used and an unused payment refunds to the last
-/// cent. Nothing is refundable once no paid credit is left. A refund of `amount_minor`
-/// takes `amount_minor ÷ cost basis` credits (to the credit scale, half away from zero), or all
-/// of them when it asks for everything refundable; the bonus grants lose the same fraction of
-/// their unspent credits ([`billing::grants::bonus_share`]). Refused up front
+/// the payment's paid grants still hold (not past expiry) is refundable, worth the least of:
+/// those credits at the cost basis (price ÷ base credits, to the nearest minor unit); what is
+/// left of the payment less what its used paid credits (consumed or expired) are worth, that
+/// worth rounded up to a minor unit, so the money kept always covers the credit used; and what
+/// is left of the payment. An unused payment thus refunds to the last cent, and nothing is
+/// refundable once no paid credit is left. A refund of `amount_minor` takes
+/// `amount_minor ÷ cost basis` credits (to the credit scale, half away from zero; a refund
+/// whose credits round to nothing is refused), or all of them when it asks for everything
+/// refundable; the bonus grants lose the same fraction of their unspent credits
+/// ([`billing::grants::bonus_share`]). Refused up front
 /// ([`StoreError::RefundExceedsUnspent`], with what is refundable) when it asks for more, or
 /// ([`StoreError::RefundExceedsPayment`]) for more money than is left of the payment; `clamp`
 /// (a refund the processor already made) takes what the rule allows instead.
@@ -145,10 +147,9 @@ pub(super) async fn refund_shares(
     let id = payment.id();
     let (mut paid_grants, mut bonus_grants) = (Vec::new(), Vec::new());
     let (mut paid_remaining, mut bonus_remaining) = (Credits::ZERO, Credits::ZERO);
-    // Every paid credit the payment ever held (restores included) less what refunds took:
-    // what was not taken and is not usable any more was used.
-    let kept = sqlx::query_scalar!(
-        r#"SELECT COALESCE(sum(amount - refunded), 0) AS "kept!"
+    // The payment's paid credits used so far: consumed by usage or expired.
+    let used = sqlx::query_scalar!(
+        r#"SELECT COALESCE(sum(consumed + expired), 0) AS "used!"
              FROM grants
             WHERE (purchase_id = $1 OR topup_id = $1) AND source <> 'bonus'"#,
         payment.id()
@@ -169,17 +170,23 @@ pub(super) async fn refund_shares(
         }
     }
     let base = package.base_credits.as_decimal();
-    let used = (kept - paid_remaining.as_decimal()).max(Decimal::ZERO);
-    let used_worth: i64 = if base.is_zero() {
-        0
-    } else {
-        (used * Decimal::from(paid) / base)
-            .ceil()
-            .try_into()
-            .unwrap_or(i64::MAX)
+    let worth = |credits: Decimal, up: bool| -> i64 {
+        if base.is_zero() {
+            return 0;
+        }
+        let exact = credits * Decimal::from(paid) / base;
+        let minor = if up {
+            exact.ceil()
+        } else {
+            exact.round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+        };
+        minor.try_into().unwrap_or(i64::MAX)
     };
     let refundable_minor = if paid_remaining.is_positive() {
-        money_left.saturating_sub(used_worth).max(0)
+        money_left
+            .saturating_sub(worth(used, true))
+            .min(worth(paid_remaining.as_decimal(), false))
+            .max(0)
     } else {
         0
     };
@@ -218,6 +225,14 @@ pub(super) async fn refund_shares(
         Credits::round_computed(Decimal::from(amount_minor) * base / Decimal::from(paid))
             .min(paid_remaining)
     };
+    if !credits.is_positive() {
+        // Money for no credit at all (a cost basis above two million minor units a credit).
+        return Err(StoreError::RefundExceedsUnspent {
+            asked_minor: amount_minor,
+            refundable_minor,
+            refundable_credits: paid_remaining,
+        });
+    }
     let bonus = billing::grants::bonus_share(paid_remaining, credits, bonus_remaining)?;
     Ok(Shares {
         credits,

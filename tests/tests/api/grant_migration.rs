@@ -243,6 +243,53 @@ async fn the_grants_migration_keeps_round_1_balances_and_gives_them_grants() {
     book(&mut tx, b, "usage", "25", false, "usage:infra", json!({})).await;
     // C: nothing booked yet.
     let c = org(&mut tx, "round-1 c").await;
+    // D: a purchase, some usage, then a dispute that clawed back what was left (its refs name
+    // only the dispute).
+    let d = org(&mut tx, "round-1 d").await;
+    let pd = purchase(&mut tx, d.0).await;
+    let of_pd = json!({"purchase_id": pd});
+    book(&mut tx, d, "purchase", "5000", true, "sales", of_pd.clone()).await;
+    book(
+        &mut tx,
+        d,
+        "bonus",
+        "250",
+        true,
+        "promotions",
+        of_pd.clone(),
+    )
+    .await;
+    book(
+        &mut tx,
+        d,
+        "adjustment",
+        "40",
+        true,
+        "adjustments",
+        json!({}),
+    )
+    .await;
+    book(&mut tx, d, "usage", "100", false, "usage:ai", json!({})).await;
+    sqlx::query(
+        "INSERT INTO disputes (id, org_id, purchase_id, payment_intent_id, amount_minor, currency,
+                               reason, status, clawed_back)
+         VALUES ('dp_round_1', $1, $2, 'pi_d', 5000, 'usd', 'fraudulent', 'needs_response', 5150)",
+    )
+    .bind(d.0)
+    .bind(pd)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    book(
+        &mut tx,
+        d,
+        "refund",
+        "5150",
+        false,
+        "refunds",
+        json!({"dispute_id": "dp_round_1"}),
+    )
+    .await;
     tx.commit().await.unwrap();
     let balances = || async {
         sqlx::query_as::<_, (Uuid, Decimal)>(
@@ -256,7 +303,12 @@ async fn the_grants_migration_keeps_round_1_balances_and_gives_them_grants() {
     let before = balances().await;
     assert_eq!(
         before,
-        vec![(a.0, dec("1950")), (b.0, dec("-15")), (c.0, dec("0"))]
+        vec![
+            (a.0, dec("1950")),
+            (b.0, dec("-15")),
+            (c.0, dec("0")),
+            (d.0, dec("40"))
+        ]
     );
 
     store::Store::migrate(&pool).await.unwrap();
@@ -304,6 +356,22 @@ async fn the_grants_migration_keeps_round_1_balances_and_gives_them_grants() {
         (dec("0"), dec("10"))
     );
     assert!(grants_of(&mut conn, c.0).await.is_empty());
+    // The clawback took the disputed payment's grants, not the adjustment the order would
+    // have taken first: nothing of the disputed purchase is left to refund.
+    let d_grants = grants_of(&mut conn, d.0).await;
+    let by_source = |s: &str| d_grants.iter().find(|g| g.source == s).unwrap();
+    assert_eq!(
+        (
+            by_source("purchase").remaining,
+            by_source("purchase").refunded
+        ),
+        (dec("0"), dec("5000"))
+    );
+    assert_eq!(
+        (by_source("bonus").consumed, by_source("bonus").refunded),
+        (dec("100"), dec("150"))
+    );
+    assert_eq!(by_source("adjustment").remaining, dec("40"));
     drop(conn);
 
     // Migrating again changes nothing; the ledger's check holds; booking goes on from the
@@ -312,6 +380,21 @@ async fn the_grants_migration_keeps_round_1_balances_and_gives_them_grants() {
     let store = store::Store::from_pool(pool.clone()).await.unwrap();
     let violations = store.ledger().check_invariants().await.unwrap();
     assert!(violations.is_empty(), "{violations:?}");
+    let refused = store
+        .refunds()
+        .request_refund(store::RefundOf::Purchase(pd), 100, "asked", "op", "r")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            store::StoreError::RefundExceedsUnspent {
+                refundable_minor: 0,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
     let t = store
         .ledger()
         .post_adjustment(

@@ -139,7 +139,8 @@ async fn a_promotional_grant_for_one_model_pays_only_for_that_model() {
     assert_eq!(promo_now["state"], "depleted");
     assert_eq!(app.balance(&org).await, "-1.000000");
 
-    // The overdraft is repaid first by the next grant, whatever that grant is for.
+    // A restricted grant keeps its credits for its model: it does not repay the overdraft the
+    // other model made; the next unrestricted grant does, first.
     let p2 = promo(
         &app,
         &org,
@@ -149,8 +150,25 @@ async fn a_promotional_grant_for_one_model_pays_only_for_that_model() {
     )
     .await;
     assert_eq!(p2.status, 201, "{}", p2.text);
-    assert_eq!(p2.body["remaining_credits"], "2.000000", "{}", p2.text);
+    assert_eq!(p2.body["remaining_credits"], "3.000000", "{}", p2.text);
     assert_eq!(app.balance(&org).await, "2.000000");
+    let plain = app.adjust(org.id, "4", "top", "top").await;
+    assert_eq!(plain.status, 201, "{}", plain.text);
+    assert_eq!(
+        last_moves(&app, &org).await,
+        vec![
+            (
+                Some(plain.body["id"].as_str().unwrap().to_string()),
+                credits("4")
+            ),
+            (
+                Some(plain.body["id"].as_str().unwrap().to_string()),
+                credits("-1")
+            ),
+            (None, credits("1"))
+        ]
+    );
+    assert_eq!(app.balance(&org).await, "6.000000");
     let b = app
         .get(&format!("/v1/orgs/{}/balance", org.id), &org.key)
         .await;
