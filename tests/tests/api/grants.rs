@@ -709,3 +709,107 @@ async fn grants_page_with_a_cursor() {
         ["1.000000", "2.000000", "3.000000", "4.000000", "5.000000"]
     );
 }
+
+/// Many writers on one org at once (usage of two models, restricted and expiring promotional
+/// grants, adjustments both ways, refunds of a purchase, the expiry sweep): every grant's
+/// counters add up, the grants hold the balance, each expiry is booked once at its instant
+/// (the ledger's check), and the balance is what the transfers say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_writers_on_one_org_keep_the_grants_whole() {
+    let app = TestApp::spawn().await.unwrap();
+    let org = app.create_org("grants-concurrent").await;
+    let purchase = bought(&app, &app.store, &org, hundred(None)).await;
+    let soon = Utc::now() + Days::seconds(30);
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let (app, org) = (&app, &org);
+        tasks.push(Box::pin(async move {
+            for i in 0..10 {
+                if w % 2 == 0 {
+                    app.spend(org, &format!("gpt-{w}-{i}"), 1).await;
+                } else {
+                    spend_haiku(app, org, &format!("haiku-{w}-{i}"), 1).await;
+                }
+            }
+        })
+            as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+    }
+    for w in 0..2 {
+        let (app, org) = (&app, &org);
+        tasks.push(Box::pin(async move {
+            for i in 0..5 {
+                let mut body = json!({"amount_credits": "2", "priority": 10 * i,
+                                      "reason": "promo"});
+                if i % 2 == 0 {
+                    body["expires_at"] = json!(soon);
+                }
+                if w == 1 {
+                    body["applies_to"] = json!({"models": ["claude-haiku-3.5"]});
+                }
+                let a = promo(app, org, body, &format!("p-{w}-{i}")).await;
+                assert_eq!(a.status, 201, "{}", a.text);
+            }
+        }));
+    }
+    {
+        let (app, org) = (&app, &org);
+        tasks.push(Box::pin(async move {
+            for i in 0..5 {
+                let amount = if i % 2 == 0 { "3" } else { "-1" };
+                let a = app.adjust(org.id, amount, "ops", &format!("adj-{i}")).await;
+                assert_eq!(a.status, 201, "{}", a.text);
+            }
+        }));
+    }
+    {
+        let app = &app;
+        tasks.push(Box::pin(async move {
+            for i in 0..3 {
+                // Refunds of 1.00 each: refused only when the rule says so, never an error.
+                match app
+                    .store
+                    .refunds()
+                    .request_refund(
+                        store::RefundOf::Purchase(purchase),
+                        100,
+                        "asked",
+                        "operator:test",
+                        &format!("r-{i}"),
+                    )
+                    .await
+                {
+                    Ok(_) | Err(store::StoreError::RefundExceedsUnspent { .. }) => {}
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+        }));
+    }
+    futures::future::join_all(tasks).await;
+    // Past the expiry of the expiring promos: the sweep books what is left, once.
+    let clock = store::Clock::manual(soon + Days::seconds(1));
+    let clocked = app.store.clone().with_clock(clock);
+    clocked.grants().expire_due(100).await.unwrap();
+    assert_eq!(clocked.grants().expire_due(100).await.unwrap(), 0);
+    app.assert_invariants().await;
+    let all = grants(&app, &org, "?limit=1000").await;
+    let held: Decimal = all
+        .iter()
+        .map(|g| credits(g["remaining_credits"].as_str().unwrap()))
+        .sum();
+    let balance = credits(&app.balance(&org).await);
+    assert!(
+        held >= balance,
+        "grants hold {held}, the balance is {balance}"
+    );
+    for g in &all {
+        let n = |k: &str| credits(g[k].as_str().unwrap());
+        assert_eq!(
+            n("amount_credits"),
+            n("remaining_credits")
+                + n("consumed_credits")
+                + n("expired_credits")
+                + n("refunded_credits"),
+            "{g}"
+        );
+    }
+}
