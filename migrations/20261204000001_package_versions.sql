@@ -24,3 +24,18 @@ INSERT INTO credit_package_versions (package_id, version, name, price_minor, cur
 SELECT id, 1, name, price_minor, currency, base_credits, bonus_credits, expires_after_days,
        bonus_expires_after_days, created_at
   FROM credit_packages;
+
+-- Pay-what-you-want packages: credits per major currency unit, and the least and most a
+-- purchase may pay (the package's price and base credits are those of the least amount).
+ALTER TABLE credit_packages
+    ADD COLUMN pwyw_credits_per_unit numeric(24,6) CHECK (pwyw_credits_per_unit > 0),
+    ADD COLUMN pwyw_min_minor bigint,
+    ADD COLUMN pwyw_max_minor bigint,
+    ADD CONSTRAINT credit_packages_pwyw CHECK (
+        (pwyw_credits_per_unit IS NULL AND pwyw_min_minor IS NULL AND pwyw_max_minor IS NULL)
+        OR (pwyw_credits_per_unit IS NOT NULL AND pwyw_min_minor > 0
+            AND pwyw_max_minor >= pwyw_min_minor));
+ALTER TABLE credit_package_versions
+    ADD COLUMN pwyw_credits_per_unit numeric(24,6),
+    ADD COLUMN pwyw_min_minor bigint,
+    ADD COLUMN pwyw_max_minor bigint;

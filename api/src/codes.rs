@@ -17,6 +17,7 @@ macro_rules! catalog {
 }
 
 catalog! {
+    "amount_not_allowed" => "This package has a fixed price: a purchase of it names no amount.",
     "amount_not_positive" => "The amount must be greater than zero.",
     "amount_out_of_range" => "The amount (or a cost computed from it) is outside the range credits can hold.",
     "amount_zero" => "The amount must not be zero.",

@@ -47,6 +47,10 @@ pub struct PackageView {
     /// Days after a purchase its bonus credits expire; never when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bonus_expires_after_days: Option<u32>,
+    /// The buyer chooses the amount (`amount_minor` of the purchase); the price and credits
+    /// above are those of the least amount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pay_what_you_want: Option<packages::PayWhatYouWant>,
 }
 
 impl PackageView {
@@ -73,6 +77,7 @@ impl PackageView {
             version: p.version,
             expires_after_days: p.expires_after_days,
             bonus_expires_after_days: p.bonus_expires_after_days,
+            pay_what_you_want: p.pay_what_you_want,
         })
     }
 }
@@ -90,6 +95,8 @@ pub struct PackageVersionView {
     pub expires_after_days: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bonus_expires_after_days: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pay_what_you_want: Option<packages::PayWhatYouWant>,
     /// Whether this is the version on sale.
     pub current: bool,
     pub created_at: chrono::DateTime<chrono::Utc>,
@@ -127,6 +134,7 @@ pub async fn package_versions(
                 bonus_credits: v.package.bonus_credits,
                 expires_after_days: v.package.expires_after_days,
                 bonus_expires_after_days: v.package.bonus_expires_after_days,
+                pay_what_you_want: v.package.pay_what_you_want,
                 current: v.package.version == current.version,
                 created_at: v.created_at,
             })
@@ -165,13 +173,15 @@ pub async fn list_packages(
 #[serde(deny_unknown_fields)]
 pub struct PackageBody {
     name: String,
-    /// The price in minor units, more than zero.
-    price_minor: i64,
+    /// The price in minor units, more than zero (not with `pay_what_you_want`).
+    #[serde(default)]
+    price_minor: Option<i64>,
     #[schema(value_type = Currency)]
     currency: String,
-    /// More than zero.
-    #[schema(value_type = CreditsInput)]
-    base_credits: Value,
+    /// More than zero (not with `pay_what_you_want`).
+    #[serde(default)]
+    #[schema(value_type = Option<CreditsInput>)]
+    base_credits: Option<Value>,
     /// Zero or more (default 0).
     #[serde(default)]
     #[schema(value_type = Option<CreditsInput>)]
@@ -185,6 +195,22 @@ pub struct PackageBody {
     /// Days after a purchase its bonus credits expire (1 to 3650); never when absent.
     #[serde(default)]
     bonus_expires_after_days: Option<u32>,
+    /// The buyer chooses the amount: credits per major currency unit, and the least and most
+    /// a purchase may pay. Instead of `price_minor`, `base_credits` and `bonus_credits`.
+    #[serde(default)]
+    pay_what_you_want: Option<PwywBody>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PwywBody {
+    /// Credits per major currency unit (a dollar), more than zero.
+    #[schema(value_type = CreditsInput)]
+    credits_per_unit: Value,
+    /// The least a purchase may pay, in minor units, more than zero.
+    min_minor: i64,
+    /// The most a purchase may pay, in minor units, at least `min_minor`.
+    max_minor: i64,
 }
 
 fn yes() -> bool {
@@ -196,12 +222,53 @@ fn package_from(id: Uuid, b: PackageBody) -> Result<Package, ApiError> {
         .currency
         .parse()
         .map_err(|e| ApiError::billing("currency", e))?;
-    let base: Credits = credits_field(Some(&b.base_credits), "base_credits")?;
-    let bonus: Credits = match &b.bonus_credits {
-        Some(v) => credits_field(Some(v), "bonus_credits")?,
-        None => Credits::ZERO,
+    let (price_minor, base, bonus, pwyw) = match &b.pay_what_you_want {
+        Some(w) => {
+            if b.price_minor.is_some() || b.base_credits.is_some() || b.bonus_credits.is_some() {
+                return Err(ApiError::invalid(
+                    "pay_what_you_want",
+                    "invalid_package",
+                    "a pay-what-you-want package sets no `price_minor`, `base_credits` or \
+                     `bonus_credits`",
+                ));
+            }
+            let per_unit: Credits = credits_field(
+                Some(&w.credits_per_unit),
+                "pay_what_you_want.credits_per_unit",
+            )?;
+            if !per_unit.is_positive() || w.min_minor <= 0 || w.max_minor < w.min_minor {
+                return Err(ApiError::invalid(
+                    "pay_what_you_want",
+                    "invalid_package",
+                    "`credits_per_unit` and `min_minor` must be positive and `max_minor` at \
+                     least `min_minor`",
+                ));
+            }
+            let terms = packages::PayWhatYouWant {
+                credits_per_unit: per_unit,
+                min_minor: w.min_minor,
+                max_minor: w.max_minor,
+            };
+            // Its list price and credits are those of the least amount.
+            let at_min = Credits::round_computed(
+                rust_decimal::Decimal::new(w.min_minor, currency.minor_digits())
+                    * per_unit.as_decimal(),
+            );
+            (w.min_minor, at_min, Credits::ZERO, Some(terms))
+        }
+        None => {
+            let price_minor = b.price_minor.ok_or_else(|| {
+                ApiError::invalid("price_minor", "missing_field", "`price_minor` is required")
+            })?;
+            let base: Credits = credits_field(b.base_credits.as_ref(), "base_credits")?;
+            let bonus: Credits = match &b.bonus_credits {
+                Some(v) => credits_field(Some(v), "bonus_credits")?,
+                None => Credits::ZERO,
+            };
+            (price_minor, base, bonus, None)
+        }
     };
-    packages::check_package(&b.name, b.price_minor, base, bonus)
+    packages::check_package(&b.name, price_minor, base, bonus)
         .map_err(|(field, msg)| ApiError::invalid(field, "invalid_package", msg))?;
     for (field, days) in [
         ("expires_after_days", b.expires_after_days),
@@ -218,7 +285,7 @@ fn package_from(id: Uuid, b: PackageBody) -> Result<Package, ApiError> {
     Ok(Package {
         id,
         name: b.name.trim().to_string(),
-        price: Money::new(b.price_minor, currency),
+        price: Money::new(price_minor, currency),
         base_credits: base,
         bonus_credits: bonus,
         active: b.active,
@@ -226,6 +293,7 @@ fn package_from(id: Uuid, b: PackageBody) -> Result<Package, ApiError> {
         version: 1,
         expires_after_days: b.expires_after_days,
         bonus_expires_after_days: b.bonus_expires_after_days,
+        pay_what_you_want: pwyw,
     })
 }
 

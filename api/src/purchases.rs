@@ -35,6 +35,9 @@ pub struct PurchaseBody {
     user: Option<String>,
     /// Where the receipt goes; defaults to `user` when that is an e-mail address.
     email: Option<String>,
+    /// What to pay, in minor units: required for a pay-what-you-want package (within its
+    /// least and most), refused for a fixed-price one.
+    amount_minor: Option<i64>,
 }
 
 /// A checkout purchase of a package.
@@ -175,6 +178,10 @@ pub async fn create_purchase(
         }
         Err(e) => return Err(e.into()),
     };
+    // A pay-what-you-want purchase buys the package priced at its amount (its snapshot).
+    let package = package
+        .priced_at(body.amount_minor)
+        .map_err(|(field, code, msg)| ApiError::invalid(field, code, msg))?;
     let expires_at = chrono::Utc::now()
         + chrono::Duration::from_std(state.checkout_expiry)
             .unwrap_or(chrono::Duration::minutes(30));

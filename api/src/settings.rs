@@ -203,7 +203,14 @@ pub async fn put_settings(
         }
         if let Some(id) = t.package_id {
             match state.store.packages().package(id).await {
-                Ok(p) if p.active => {}
+                Ok(p) if p.active && p.pay_what_you_want.is_none() => {}
+                Ok(p) if p.active => {
+                    return Err(ApiError::invalid(
+                        "package_id",
+                        "invalid_package",
+                        "auto-topup buys a fixed-price package, not a pay-what-you-want one",
+                    ));
+                }
                 _ => {
                     return Err(ApiError::invalid(
                         "package_id",

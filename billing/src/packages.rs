@@ -24,7 +24,25 @@ pub struct Package {
     /// Days after the purchase the bonus credits expire; never when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bonus_expires_after_days: Option<u32>,
+    /// A package whose buyer chooses the amount: its price and base credits are those of the
+    /// least amount; a purchase's snapshot is priced at the amount paid
+    /// ([`Package::priced_at`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pay_what_you_want: Option<PayWhatYouWant>,
 }
+
+/// The terms of a pay-what-you-want package: credits per major currency unit (a dollar), and
+/// the least and most a purchase may pay, in minor units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PayWhatYouWant {
+    pub credits_per_unit: Credits,
+    pub min_minor: i64,
+    pub max_minor: i64,
+}
+
+/// Why an amount cannot buy a package: the field, a stable code and a message.
+pub type PriceRefusal = (&'static str, &'static str, String);
 
 fn first_version() -> u32 {
     1
@@ -42,6 +60,53 @@ impl Package {
             && self.bonus_credits == other.bonus_credits
             && self.expires_after_days == other.expires_after_days
             && self.bonus_expires_after_days == other.bonus_expires_after_days
+            && self.pay_what_you_want == other.pay_what_you_want
+    }
+
+    /// The package a purchase of `amount_minor` buys: a pay-what-you-want package priced at
+    /// that amount (`amount × credits_per_unit` base credits, rounded once to the credit scale,
+    /// no bonus), a fixed one as it is (and then no amount may be given).
+    pub fn priced_at(&self, amount_minor: Option<i64>) -> Result<Package, PriceRefusal> {
+        let Some(pwyw) = self.pay_what_you_want else {
+            return match amount_minor {
+                None => Ok(self.clone()),
+                Some(_) => Err((
+                    "amount_minor",
+                    "amount_not_allowed",
+                    "this package has a fixed price: send no `amount_minor`".into(),
+                )),
+            };
+        };
+        let amount = amount_minor.ok_or((
+            "amount_minor",
+            "missing_field",
+            "this package is pay-what-you-want: `amount_minor` is required".to_string(),
+        ))?;
+        if amount < pwyw.min_minor || amount > pwyw.max_minor {
+            return Err((
+                "amount_minor",
+                "amount_out_of_range",
+                format!(
+                    "`amount_minor` must be between {} and {}",
+                    pwyw.min_minor, pwyw.max_minor
+                ),
+            ));
+        }
+        let major = Decimal::new(amount, self.price.currency.minor_digits());
+        let credits = Credits::round_computed(major * pwyw.credits_per_unit.as_decimal());
+        if !credits.is_positive() {
+            return Err((
+                "amount_minor",
+                "amount_out_of_range",
+                "`amount_minor` buys no credit".into(),
+            ));
+        }
+        Ok(Package {
+            price: Money::new(amount, self.price.currency),
+            base_credits: credits,
+            bonus_credits: Credits::ZERO,
+            ..self.clone()
+        })
     }
 
     /// What one base credit cost, in minor units, to twelve decimals: the money a refund
@@ -166,7 +231,34 @@ mod tests {
             version: 1,
             expires_after_days: None,
             bonus_expires_after_days: None,
+            pay_what_you_want: None,
         }
+    }
+
+    #[test]
+    fn pay_what_you_want_is_priced_at_the_amount_paid() {
+        let mut p = pkg(500, 600, 0);
+        p.pay_what_you_want = Some(PayWhatYouWant {
+            credits_per_unit: Credits::whole(120),
+            min_minor: 500,
+            max_minor: 50_000,
+        });
+        let bought = p.priced_at(Some(2_501)).unwrap();
+        assert_eq!(bought.price.amount_minor, 2_501);
+        assert_eq!(bought.base_credits.to_string(), "3001.200000");
+        assert_eq!(bought.bonus_credits, Credits::ZERO);
+        assert_eq!(p.priced_at(None).unwrap_err().1, "missing_field");
+        assert_eq!(p.priced_at(Some(499)).unwrap_err().1, "amount_out_of_range");
+        assert_eq!(
+            p.priced_at(Some(50_001)).unwrap_err().1,
+            "amount_out_of_range"
+        );
+        let fixed = pkg(500, 600, 0);
+        assert_eq!(fixed.priced_at(None).unwrap(), fixed);
+        assert_eq!(
+            fixed.priced_at(Some(500)).unwrap_err().1,
+            "amount_not_allowed"
+        );
     }
 
     #[test]

@@ -16,6 +16,9 @@ struct PackageRow {
     version: i32,
     expires_after_days: Option<i32>,
     bonus_expires_after_days: Option<i32>,
+    pwyw_credits_per_unit: Option<rust_decimal::Decimal>,
+    pwyw_min_minor: Option<i64>,
+    pwyw_max_minor: Option<i64>,
 }
 
 /// One version of a package: what it sold from `created_at` until the next version.
@@ -35,6 +38,9 @@ struct VersionRow {
     bonus_credits: rust_decimal::Decimal,
     expires_after_days: Option<i32>,
     bonus_expires_after_days: Option<i32>,
+    pwyw_credits_per_unit: Option<rust_decimal::Decimal>,
+    pwyw_min_minor: Option<i64>,
+    pwyw_max_minor: Option<i64>,
     created_at: DateTime<Utc>,
 }
 
@@ -54,6 +60,20 @@ impl PackageRow {
             bonus_expires_after_days: self
                 .bonus_expires_after_days
                 .and_then(|d| u32::try_from(d).ok()),
+            pay_what_you_want: match (
+                self.pwyw_credits_per_unit,
+                self.pwyw_min_minor,
+                self.pwyw_max_minor,
+            ) {
+                (Some(c), Some(min_minor), Some(max_minor)) => {
+                    Some(billing::packages::PayWhatYouWant {
+                        credits_per_unit: Credits::from_stored(c),
+                        min_minor,
+                        max_minor,
+                    })
+                }
+                _ => None,
+            },
         })
     }
 }
@@ -69,7 +89,8 @@ impl Packages<'_> {
         sqlx::query_as!(
             PackageRow,
             "SELECT id, name, price_minor, currency, base_credits, bonus_credits, active, version,
-                    expires_after_days, bonus_expires_after_days
+                    expires_after_days, bonus_expires_after_days, pwyw_credits_per_unit,
+                    pwyw_min_minor, pwyw_max_minor
                FROM credit_packages WHERE active OR NOT $1 ORDER BY price_minor, id",
             only_active
         )
@@ -84,7 +105,8 @@ impl Packages<'_> {
         sqlx::query_as!(
             PackageRow,
             "SELECT id, name, price_minor, currency, base_credits, bonus_credits, active, version,
-                    expires_after_days, bonus_expires_after_days
+                    expires_after_days, bonus_expires_after_days, pwyw_credits_per_unit,
+                    pwyw_min_minor, pwyw_max_minor
                FROM credit_packages WHERE id = $1",
             id
         )
@@ -104,7 +126,8 @@ impl Packages<'_> {
         let current = sqlx::query_as!(
             PackageRow,
             "SELECT id, name, price_minor, currency, base_credits, bonus_credits, active, version,
-                    expires_after_days, bonus_expires_after_days
+                    expires_after_days, bonus_expires_after_days, pwyw_credits_per_unit,
+                    pwyw_min_minor, pwyw_max_minor
                FROM credit_packages WHERE id = $1 FOR UPDATE",
             p.id
         )
@@ -121,13 +144,17 @@ impl Packages<'_> {
             PackageRow,
             "INSERT INTO credit_packages (id, name, price_minor, currency, base_credits,
                                           bonus_credits, active, version, expires_after_days,
-                                          bonus_expires_after_days)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                                          bonus_expires_after_days, pwyw_credits_per_unit,
+                                          pwyw_min_minor, pwyw_max_minor)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
              ON CONFLICT (id) DO UPDATE SET name = $2, price_minor = $3, currency = $4,
                  base_credits = $5, bonus_credits = $6, active = $7, version = $8,
-                 expires_after_days = $9, bonus_expires_after_days = $10, updated_at = now()
+                 expires_after_days = $9, bonus_expires_after_days = $10,
+                 pwyw_credits_per_unit = $11, pwyw_min_minor = $12, pwyw_max_minor = $13,
+                 updated_at = now()
              RETURNING id, name, price_minor, currency, base_credits, bonus_credits, active,
-                       version, expires_after_days, bonus_expires_after_days",
+                       version, expires_after_days, bonus_expires_after_days,
+                       pwyw_credits_per_unit, pwyw_min_minor, pwyw_max_minor",
             p.id,
             p.name,
             p.price.amount_minor,
@@ -137,7 +164,10 @@ impl Packages<'_> {
             p.active,
             version as i32,
             p.expires_after_days.map(|d| d as i32),
-            p.bonus_expires_after_days.map(|d| d as i32)
+            p.bonus_expires_after_days.map(|d| d as i32),
+            p.pay_what_you_want.map(|w| w.credits_per_unit.as_decimal()),
+            p.pay_what_you_want.map(|w| w.min_minor),
+            p.pay_what_you_want.map(|w| w.max_minor)
         )
         .fetch_one(&mut *tx)
         .await?
@@ -146,8 +176,10 @@ impl Packages<'_> {
             sqlx::query!(
                 "INSERT INTO credit_package_versions (package_id, version, name, price_minor,
                                                       currency, base_credits, bonus_credits,
-                                                      expires_after_days, bonus_expires_after_days)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                                                      expires_after_days, bonus_expires_after_days,
+                                                      pwyw_credits_per_unit, pwyw_min_minor,
+                                                      pwyw_max_minor)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                 saved.id,
                 version as i32,
                 saved.name,
@@ -156,7 +188,12 @@ impl Packages<'_> {
                 saved.base_credits.as_decimal(),
                 saved.bonus_credits.as_decimal(),
                 saved.expires_after_days.map(|d| d as i32),
-                saved.bonus_expires_after_days.map(|d| d as i32)
+                saved.bonus_expires_after_days.map(|d| d as i32),
+                saved
+                    .pay_what_you_want
+                    .map(|w| w.credits_per_unit.as_decimal()),
+                saved.pay_what_you_want.map(|w| w.min_minor),
+                saved.pay_what_you_want.map(|w| w.max_minor)
             )
             .execute(&mut *tx)
             .await?;
@@ -172,7 +209,8 @@ impl Packages<'_> {
         sqlx::query_as!(
             VersionRow,
             "SELECT package_id, version, name, price_minor, currency, base_credits, bonus_credits,
-                    expires_after_days, bonus_expires_after_days, created_at
+                    expires_after_days, bonus_expires_after_days, pwyw_credits_per_unit,
+                    pwyw_min_minor, pwyw_max_minor, created_at
                FROM credit_package_versions WHERE package_id = $1 ORDER BY version",
             id
         )
@@ -192,6 +230,9 @@ impl Packages<'_> {
                 version: v.version,
                 expires_after_days: v.expires_after_days,
                 bonus_expires_after_days: v.bonus_expires_after_days,
+                pwyw_credits_per_unit: v.pwyw_credits_per_unit,
+                pwyw_min_minor: v.pwyw_min_minor,
+                pwyw_max_minor: v.pwyw_max_minor,
             }
             .into_package()?;
             Ok(PackageVersion {

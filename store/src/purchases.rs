@@ -95,11 +95,20 @@ impl Purchases<'_> {
         let snapshot =
             serde_json::to_value(package).map_err(|e| StoreError::Decode(e.to_string()))?;
         let scope = format!("purchase:{org_id}");
-        let hash = idempotency::request_hash(&[
+        // A pay-what-you-want purchase's amount is part of the request (only then: the hash
+        // of every other purchase stays what it was).
+        let amount = package
+            .pay_what_you_want
+            .map(|_| package.price.amount_minor.to_be_bytes());
+        let mut parts: Vec<&[u8]> = vec![
             package.id.as_bytes(),
             buyer.as_bytes(),
             receipt_email.unwrap_or_default().as_bytes(),
-        ]);
+        ];
+        if let Some(a) = &amount {
+            parts.push(a);
+        }
+        let hash = idempotency::request_hash(&parts);
         let mut tx = self.pool.begin().await?;
         if let Some(key) = idempotency_key
             && let Claim::Replay(id) =

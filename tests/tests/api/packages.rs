@@ -153,3 +153,162 @@ async fn a_price_change_makes_a_new_version_and_purchases_keep_theirs() {
     .await
     .assert_problem(404, "not_found");
 }
+
+/// A pay-what-you-want package: the buyer chooses the amount within its bounds, the purchase
+/// buys `amount × credits per unit` credits at that price, and its grant's cost basis is what
+/// was paid per credit; a fixed package takes no amount; auto-topup refuses such a package.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pay_what_you_want_buys_credits_at_the_amount_paid() {
+    let app = TestApp::spawn().await.unwrap();
+    let org = app.create_org("pwyw").await;
+    let created = app
+        .call(
+            Method::POST,
+            "/v1/packages",
+            Some(OPERATOR_KEY),
+            Some(&json!({"name": "Any amount", "currency": "usd",
+                         "pay_what_you_want": {"credits_per_unit": "120", "min_minor": 500,
+                                               "max_minor": 50000}})),
+            &[],
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert_eq!(created.body["price_minor"], 500, "the least amount");
+    assert_eq!(created.body["base_credits"], "600.000000");
+    assert_eq!(created.body["pay_what_you_want"]["min_minor"], 500);
+    let id = created.body["id"].as_str().unwrap().to_string();
+    // Both ways at once is refused, as are bounds that make no sense.
+    for bad in [
+        json!({"name": "x", "currency": "usd", "price_minor": 500,
+               "pay_what_you_want": {"credits_per_unit": "1", "min_minor": 1, "max_minor": 2}}),
+        json!({"name": "x", "currency": "usd",
+               "pay_what_you_want": {"credits_per_unit": "1", "min_minor": 5, "max_minor": 2}}),
+        json!({"name": "x", "currency": "usd",
+               "pay_what_you_want": {"credits_per_unit": "0", "min_minor": 1, "max_minor": 2}}),
+    ] {
+        app.call(
+            Method::POST,
+            "/v1/packages",
+            Some(OPERATOR_KEY),
+            Some(&bad),
+            &[],
+        )
+        .await
+        .assert_problem(422, "invalid_package");
+    }
+    app.call(
+        Method::POST,
+        "/v1/packages",
+        Some(OPERATOR_KEY),
+        Some(&json!({"name": "x", "currency": "usd", "base_credits": "5"})),
+        &[],
+    )
+    .await
+    .assert_problem(422, "missing_field");
+
+    let buy = |amount: Option<i64>, package: String| {
+        let (app, org) = (&app, &org);
+        async move {
+            let mut body = json!({"package_id": package, "user": "ana@acme.test"});
+            if let Some(a) = amount {
+                body["amount_minor"] = json!(a);
+            }
+            app.call(
+                Method::POST,
+                "/v1/purchases",
+                Some(&org.key),
+                Some(&body),
+                &[],
+            )
+            .await
+        }
+    };
+    buy(None, id.clone())
+        .await
+        .assert_problem(422, "missing_field");
+    buy(Some(499), id.clone())
+        .await
+        .assert_problem(422, "amount_out_of_range");
+    buy(Some(50_001), id.clone())
+        .await
+        .assert_problem(422, "amount_out_of_range");
+    buy(Some(1000), "01970000-0000-7000-8000-000000000001".into())
+        .await
+        .assert_problem(422, "amount_not_allowed");
+
+    // Bought at $25.01 (as the checkout would: the store's purchase of the priced snapshot).
+    let package = app
+        .store
+        .packages()
+        .package(id.parse().unwrap())
+        .await
+        .unwrap()
+        .priced_at(Some(2_501))
+        .unwrap();
+    let (p, _) = app
+        .store
+        .purchases()
+        .create_purchase(
+            org.id,
+            &package,
+            "ana",
+            None,
+            chrono::Utc::now(),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    app.store
+        .purchases()
+        .mark_purchase_paid(p.id, "pi_pwyw")
+        .await
+        .unwrap();
+    app.store.purchases().grant_purchase(p.id).await.unwrap();
+    let seen = app.get(&format!("/v1/purchases/{}", p.id), &org.key).await;
+    assert_eq!(seen.body["package"]["price_minor"], 2501, "{}", seen.text);
+    assert_eq!(seen.body["package"]["base_credits"], "3001.200000");
+    assert_eq!(app.balance(&org).await, "3001.200000");
+    let grants = app
+        .get(&format!("/v1/orgs/{}/grants", org.id), &org.key)
+        .await;
+    let g = &grants.body["data"][0];
+    assert_eq!(g["source"], "purchase", "{}", grants.text);
+    assert_eq!(g["cost_basis_minor_per_credit"], "0.833333333333");
+    // Half the money back: half the credits.
+    let r = app
+        .store
+        .refunds()
+        .request_refund(store::RefundOf::Purchase(p.id), 1250, "asked", "op", "half")
+        .await
+        .unwrap();
+    assert_eq!(r.credits.to_string(), "1500.000000");
+
+    // Auto-topup buys fixed packages only.
+    let saved = app
+        .call(
+            Method::POST,
+            &format!("/v1/orgs/{}/payment-method", org.id),
+            Some(OPERATOR_KEY),
+            Some(
+                &json!({"payment_method_id": "pm_card_visa", "customer_id": "cus_test_1",
+                         "user": "ana@acme.test"}),
+            ),
+            &[],
+        )
+        .await;
+    assert_eq!(saved.status, 200, "{}", saved.text);
+    app.call(
+        Method::PUT,
+        &format!("/v1/orgs/{}/billing-settings", org.id),
+        Some(&org.key),
+        Some(
+            &json!({"auto_topup": {"enabled": true, "threshold_credits": "10",
+                                    "package_id": id, "monthly_cap_minor": 10000}}),
+        ),
+        &[],
+    )
+    .await
+    .assert_problem(422, "invalid_package");
+    app.assert_invariants().await;
+}
