@@ -152,7 +152,8 @@ impl Ledger<'_> {
 }
 
 /// The grants' invariants: each org's grants hold its balance plus a non-negative overdraft;
-/// each grant's moves (the transfers that made and drew it) add up to its remaining; each
+/// each grant's moves (the transfers that made and drew it) add up to its remaining; once an
+/// org's transfers move grants, all later ones do; each
 /// grant with expired credits has exactly one expiry transfer, of that amount, at its expiry
 /// instant. (A grant made by the backfill has no making move; its draws since are checked by
 /// the counters' CHECK constraint, not here.)
@@ -192,6 +193,25 @@ async fn grant_violations(pool: &sqlx::PgPool) -> Result<Vec<String>, StoreError
         violations.push(format!(
             "grant {}: remaining {} but its transfers move {}",
             g.id, g.remaining, g.net
+        ));
+    }
+    // Once an org's transfers carry grant moves, every later one must (a booking without them
+    // is a writer that does not know grants: a binary from before them, after the backfill).
+    let unmoved = sqlx::query!(
+        r#"SELECT org_id AS "org_id!", id AS "id!", org_seq AS "org_seq!" FROM (
+               SELECT t.org_id, t.id, t.org_seq, t.grants,
+                      bool_or(t.grants <> '[]'::jsonb) OVER (
+                          PARTITION BY t.org_id ORDER BY t.org_seq
+                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS moved_before
+                 FROM transfers t) x
+            WHERE x.grants = '[]'::jsonb AND x.moved_before"#
+    )
+    .fetch_all(pool)
+    .await?;
+    for t in unmoved {
+        violations.push(format!(
+            "org {}: transfer {} (seq {}) moves no grant, though earlier ones did",
+            t.org_id, t.id, t.org_seq
         ));
     }
     let expiries = sqlx::query!(

@@ -413,4 +413,17 @@ async fn the_grants_migration_keeps_round_1_balances_and_gives_them_grants() {
     assert_eq!(b_grants[1].remaining, dec("5"));
     let violations = store.ledger().check_invariants().await.unwrap();
     assert!(violations.is_empty(), "{violations:?}");
+
+    // A round-1 binary still running after the migration books without grant moves: the
+    // ledger's check names it (its credits would otherwise read as an overdraft).
+    let mut tx = pool.begin().await.unwrap();
+    book(&mut tx, b, "usage", "1", false, "usage:ai", json!({})).await;
+    tx.commit().await.unwrap();
+    let violations = store.ledger().check_invariants().await.unwrap();
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.contains("moves no grant, though earlier ones did")),
+        "{violations:?}"
+    );
 }
