@@ -250,10 +250,7 @@ fn package_from(id: Uuid, b: PackageBody) -> Result<Package, ApiError> {
                 max_minor: w.max_minor,
             };
             // Its list price and credits are those of the least amount.
-            let at_min = Credits::round_computed(
-                rust_decimal::Decimal::new(w.min_minor, currency.minor_digits())
-                    * per_unit.as_decimal(),
-            );
+            let at_min = terms.credits_for(w.min_minor, currency);
             (w.min_minor, at_min, Credits::ZERO, Some(terms))
         }
         None => {
@@ -303,7 +300,7 @@ fn package_from(id: Uuid, b: PackageBody) -> Result<Package, ApiError> {
     responses(
         (status = 201, description = "The package", body = PackageView),
         (status = 403, description = "`operator_only`"),
-        (status = 422, description = "`invalid_package`, `unknown_currency`, `invalid_amount`, `too_many_decimals`, `amount_out_of_range`"),
+        (status = 422, description = "`invalid_package`, `missing_field`, `unknown_currency`, `invalid_amount`, `too_many_decimals`, `amount_out_of_range`"),
     ))]
 pub async fn create_package(
     State(state): State<AppState>,
@@ -328,7 +325,7 @@ pub async fn create_package(
         (status = 200, description = "The package", body = PackageView),
         (status = 403, description = "`operator_only`"),
         (status = 404, description = "`not_found`: no such package"),
-        (status = 422, description = "`invalid_package`, `unknown_currency`, `invalid_amount`, `too_many_decimals`, `amount_out_of_range`"),
+        (status = 422, description = "`invalid_package`, `missing_field`, `unknown_currency`, `invalid_amount`, `too_many_decimals`, `amount_out_of_range`"),
     ))]
 pub async fn put_package(
     State(state): State<AppState>,

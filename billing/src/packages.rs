@@ -41,6 +41,15 @@ pub struct PayWhatYouWant {
     pub max_minor: i64,
 }
 
+impl PayWhatYouWant {
+    /// The credits `amount_minor` of `currency` buys: `amount × credits_per_unit`, rounded once
+    /// to the credit scale.
+    pub fn credits_for(&self, amount_minor: i64, currency: crate::Currency) -> Credits {
+        let major = Decimal::new(amount_minor, currency.minor_digits());
+        Credits::round_computed(major * self.credits_per_unit.as_decimal())
+    }
+}
+
 /// Why an amount cannot buy a package: the field, a stable code and a message.
 pub type PriceRefusal = (&'static str, &'static str, String);
 
@@ -92,8 +101,7 @@ impl Package {
                 ),
             ));
         }
-        let major = Decimal::new(amount, self.price.currency.minor_digits());
-        let credits = Credits::round_computed(major * pwyw.credits_per_unit.as_decimal());
+        let credits = pwyw.credits_for(amount, self.price.currency);
         if !credits.is_positive() {
             return Err((
                 "amount_minor",
