@@ -112,7 +112,7 @@ impl From<&store::Purchase> for Purchase {
         (status = 400, description = "`invalid_idempotency_key`"),
         (status = 403, description = "`org_key_required`, `missing_scope`"),
         (status = 409, description = "`idempotency_conflict`: the key was used with another body"),
-        (status = 422, description = "`missing_field`, `invalid_field`, `invalid_email`, `unknown_package`, `package_inactive`"),
+        (status = 422, description = "`missing_field`, `invalid_field`, `invalid_email`, `unknown_package`, `package_inactive`, `amount_not_allowed` (an amount for a fixed-price package), `amount_out_of_range` (outside a pay-what-you-want package's bounds)"),
         (status = 429, description = "`rate_limited`"),
         (status = 503, description = "`workflow_unavailable`: Temporal did not take the purchase; retry with the same key"),
     ))]

@@ -92,7 +92,7 @@ pub struct RefundList {
         (status = 202, description = "The refund, started (or the first one, on a retry with the same key)", body = Refund),
         (status = 400, description = "`missing_idempotency_key`, `invalid_idempotency_key`"),
         (status = 403, description = "`operator_only`"),
-        (status = 409, description = "`idempotency_conflict`: the key was used with another body"),
+        (status = 409, description = "`idempotency_conflict`: the key was used with another body; `refund_exceeds_unspent`: more than the unspent paid credits are worth (with `refundable_minor`, `refundable_credits`)"),
         (status = 422, description = "`missing_field`, `amount_not_positive`, `refund_not_allowed`: more than is left, or the payment is not refundable"),
         (status = 404, description = "`not_found`: no such purchase"),
     ))]
@@ -124,7 +124,7 @@ pub async fn create_refund(
         (status = 202, description = "The refund, started (or the first one, on a retry with the same key)", body = Refund),
         (status = 400, description = "`missing_idempotency_key`, `invalid_idempotency_key`"),
         (status = 403, description = "`operator_only`"),
-        (status = 409, description = "`idempotency_conflict`: the key was used with another body"),
+        (status = 409, description = "`idempotency_conflict`: the key was used with another body; `refund_exceeds_unspent`: more than the unspent paid credits are worth (with `refundable_minor`, `refundable_credits`)"),
         (status = 422, description = "`missing_field`, `amount_not_positive`, `refund_not_allowed`: more than is left, or the payment is not refundable"),
         (status = 404, description = "`not_found`: no such topup"),
     ))]
