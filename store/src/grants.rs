@@ -416,24 +416,19 @@ pub struct Expiring {
     pub credits: Credits,
 }
 
-/// What an org's grants say about its balance at a moment: credits past their expiry that no
-/// sweep has booked yet (no balance counts them), and what expires in the next 30 days.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ExpiryView {
-    pub due: Credits,
-    pub expiring: Vec<Expiring>,
-}
-
 /// How far ahead a balance shows expiring credits.
 pub const EXPIRING_WINDOW_DAYS: i64 = 30;
 
 impl Grants<'_> {
-    /// The org's due and expiring credits at `at` (the clock's now when `None`).
-    pub async fn expiry_view(&self, org_id: Uuid) -> Result<ExpiryView, StoreError> {
+    /// The org's credits expiring after the clock's now and within the next
+    /// [`EXPIRING_WINDOW_DAYS`], by day (UTC). Credits already due are no balance's (see
+    /// `Ledger::balance`).
+    pub async fn expiring(&self, org_id: Uuid) -> Result<Vec<Expiring>, StoreError> {
         let rows = sqlx::query!(
-            r#"SELECT expires_at AS "expires_at!", remaining, expires_at <= COALESCE($2, now()) AS "due!"
+            r#"SELECT expires_at AS "expires_at!", remaining
                  FROM grants
-                WHERE org_id = $1 AND remaining > 0 AND expires_at IS NOT NULL
+                WHERE org_id = $1 AND remaining > 0
+                  AND expires_at > COALESCE($2, now())
                   AND expires_at <= COALESCE($2, now()) + make_interval(days => $3)
                 ORDER BY expires_at"#,
             org_id,
@@ -442,20 +437,16 @@ impl Grants<'_> {
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut view = ExpiryView::default();
+        let mut expiring: Vec<Expiring> = Vec::new();
         for r in rows {
             let credits = Credits::from_stored(r.remaining);
-            if r.due {
-                view.due = view.due.checked_add(credits)?;
-                continue;
-            }
             let date = r.expires_at.date_naive();
-            match view.expiring.last_mut() {
+            match expiring.last_mut() {
                 Some(e) if e.date == date => e.credits = e.credits.checked_add(credits)?,
-                _ => view.expiring.push(Expiring { date, credits }),
+                _ => expiring.push(Expiring { date, credits }),
             }
         }
-        Ok(view)
+        Ok(expiring)
     }
 
     /// One page of an org's grants, oldest first.

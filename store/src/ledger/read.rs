@@ -166,7 +166,7 @@ impl Ledger<'_> {
             expired.debits = expired.debits.checked_add(due)?;
         }
         // What expires next is informational; the balance above is one snapshot.
-        balance.expiring = self.grants().expiry_view(org_id).await?.expiring;
+        balance.expiring = self.grants().expiring(org_id).await?;
         Ok(balance)
     }
 
