@@ -75,6 +75,32 @@ pub fn temporal_url() -> anyhow::Result<String> {
     env("CREDITFLOW__TEMPORAL__URL")
 }
 
+/// A purchase of `package` recorded, paid with `payment_intent` and credited through `store`
+/// (its clock books the grants), as the checkout workflow would, without one; its id.
+pub async fn credited_purchase(
+    store: &Store,
+    org_id: Uuid,
+    package: &billing::packages::Package,
+    payment_intent: &str,
+) -> Uuid {
+    let (p, _) = store
+        .purchases()
+        .create_purchase(org_id, package, "ana", None, chrono::Utc::now(), None, None)
+        .await
+        .expect("purchase recorded");
+    store
+        .purchases()
+        .mark_purchase_paid(p.id, payment_intent)
+        .await
+        .expect("purchase paid");
+    store
+        .purchases()
+        .grant_purchase(p.id)
+        .await
+        .expect("purchase credited");
+    p.id
+}
+
 /// The URL of database `name` on the server of `admin_url`.
 pub fn database_url(admin_url: &str, name: &str) -> String {
     let base = admin_url

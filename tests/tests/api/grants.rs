@@ -195,18 +195,13 @@ async fn bought(app: &TestApp, store: &store::Store, org: &TestOrg, body: Value)
         .package(pkg.body["id"].as_str().unwrap().parse().unwrap())
         .await
         .unwrap();
-    let (p, _) = store
-        .purchases()
-        .create_purchase(org.id, &package, "ana", None, Utc::now(), None, None)
-        .await
-        .unwrap();
-    store
-        .purchases()
-        .mark_purchase_paid(p.id, &format!("pi_{}", p.id.simple()))
-        .await
-        .unwrap();
-    store.purchases().grant_purchase(p.id).await.unwrap();
-    p.id
+    tests::credited_purchase(
+        store,
+        org.id,
+        &package,
+        &format!("pi_{}", Uuid::now_v7().simple()),
+    )
+    .await
 }
 
 fn hundred(bonus_expires_after_days: Option<u32>) -> Value {
@@ -373,7 +368,13 @@ async fn an_expiry_below_a_threshold_alerts() {
     app.assert_invariants().await;
 }
 
-async fn refund(store: &store::Store, purchase: Uuid, amount: i64, key: &str) -> store::Refund {
+/// An operator's refund of `amount` of the purchase, through the store.
+async fn refund(
+    store: &store::Store,
+    purchase: Uuid,
+    amount: i64,
+    key: &str,
+) -> Result<store::Refund, store::StoreError> {
     store
         .refunds()
         .request_refund(
@@ -384,7 +385,6 @@ async fn refund(store: &store::Store, purchase: Uuid, amount: i64, key: &str) ->
             key,
         )
         .await
-        .unwrap()
 }
 
 /// A refund after partial use returns only unspent paid credits, worth their cost basis, and
@@ -399,7 +399,7 @@ async fn a_refund_after_partial_use_takes_only_unspent_paid_credits_and_the_bonu
     app.spend(&org, "a", 10).await;
 
     // Half the money takes half the paid credits (80 unspent) and half the unspent bonus.
-    let r = refund(&app.store, purchase, 500, "half").await;
+    let r = refund(&app.store, purchase, 500, "half").await.unwrap();
     assert_eq!(r.credits.to_string(), "40.000000");
     assert_eq!(r.bonus_credits.to_string(), "5.000000");
     assert_eq!(app.balance(&org).await, "45.000000");
@@ -407,16 +407,7 @@ async fn a_refund_after_partial_use_takes_only_unspent_paid_credits_and_the_bonu
     // 5 bonus and 15 paid credits more are used: 25 paid credits are left, and the 15 used are
     // worth 187.5 cents, kept in full (rounded up).
     app.spend(&org, "b", 20).await;
-    let over = app
-        .store
-        .refunds()
-        .request_refund(
-            store::RefundOf::Purchase(purchase),
-            500,
-            "all",
-            "operator:test",
-            "rest-too-much",
-        )
+    let over = refund(&app.store, purchase, 500, "rest-too-much")
         .await
         .unwrap_err();
     match over {
@@ -434,7 +425,7 @@ async fn a_refund_after_partial_use_takes_only_unspent_paid_credits_and_the_bonu
         }
         other => panic!("{other:?}"),
     }
-    let rest = refund(&app.store, purchase, 312, "rest").await;
+    let rest = refund(&app.store, purchase, 312, "rest").await.unwrap();
     assert_eq!(rest.credits.to_string(), "25.000000");
     assert_eq!(rest.bonus_credits.to_string(), "0.000000");
     assert_eq!(app.balance(&org).await, "0.000000");
@@ -457,18 +448,7 @@ async fn a_refund_after_partial_use_takes_only_unspent_paid_credits_and_the_bonu
         ("15.000000", "5.000000")
     );
     // Nothing is left to refund: no paid credit is unspent.
-    let none = app
-        .store
-        .refunds()
-        .request_refund(
-            store::RefundOf::Purchase(purchase),
-            1,
-            "more",
-            "operator:test",
-            "more",
-        )
-        .await
-        .unwrap_err();
+    let none = refund(&app.store, purchase, 1, "more").await.unwrap_err();
     assert!(
         matches!(
             none,
@@ -499,17 +479,7 @@ async fn expired_base_credits_are_not_refundable() {
     )
     .await;
     clock.set(start + Days::days(30));
-    let e = clocked
-        .refunds()
-        .request_refund(
-            store::RefundOf::Purchase(purchase),
-            1,
-            "late",
-            "operator:test",
-            "late",
-        )
-        .await
-        .unwrap_err();
+    let e = refund(&clocked, purchase, 1, "late").await.unwrap_err();
     assert!(
         matches!(
             e,
@@ -766,18 +736,7 @@ async fn many_writers_on_one_org_keep_the_grants_whole() {
         tasks.push(Box::pin(async move {
             for i in 0..3 {
                 // Refunds of 1.00 each: refused only when the rule says so, never an error.
-                match app
-                    .store
-                    .refunds()
-                    .request_refund(
-                        store::RefundOf::Purchase(purchase),
-                        100,
-                        "asked",
-                        "operator:test",
-                        &format!("r-{i}"),
-                    )
-                    .await
-                {
+                match refund(&app.store, purchase, 100, &format!("r-{i}")).await {
                     Ok(_) | Err(store::StoreError::RefundExceedsUnspent { .. }) => {}
                     Err(e) => panic!("{e:?}"),
                 }

@@ -245,27 +245,10 @@ async fn pay_what_you_want_buys_credits_at_the_amount_paid() {
         .unwrap()
         .priced_at(Some(2_501))
         .unwrap();
-    let (p, _) = app
-        .store
-        .purchases()
-        .create_purchase(
-            org.id,
-            &package,
-            "ana",
-            None,
-            chrono::Utc::now(),
-            None,
-            None,
-        )
-        .await
-        .unwrap();
-    app.store
-        .purchases()
-        .mark_purchase_paid(p.id, "pi_pwyw")
-        .await
-        .unwrap();
-    app.store.purchases().grant_purchase(p.id).await.unwrap();
-    let seen = app.get(&format!("/v1/purchases/{}", p.id), &org.key).await;
+    let purchase = tests::credited_purchase(&app.store, org.id, &package, "pi_pwyw").await;
+    let seen = app
+        .get(&format!("/v1/purchases/{purchase}"), &org.key)
+        .await;
     assert_eq!(seen.body["package"]["price_minor"], 2501, "{}", seen.text);
     assert_eq!(seen.body["package"]["base_credits"], "3001.200000");
     assert_eq!(app.balance(&org).await, "3001.200000");
@@ -279,7 +262,13 @@ async fn pay_what_you_want_buys_credits_at_the_amount_paid() {
     let r = app
         .store
         .refunds()
-        .request_refund(store::RefundOf::Purchase(p.id), 1250, "asked", "op", "half")
+        .request_refund(
+            store::RefundOf::Purchase(purchase),
+            1250,
+            "asked",
+            "op",
+            "half",
+        )
         .await
         .unwrap();
     assert_eq!(r.credits.to_string(), "1500.000000");
@@ -311,4 +300,56 @@ async fn pay_what_you_want_buys_credits_at_the_amount_paid() {
     .await
     .assert_problem(422, "invalid_package");
     app.assert_invariants().await;
+}
+
+/// A pay-what-you-want purchase with one `Idempotency-Key`: the same amount twice is one
+/// purchase; another amount with that key is a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pay_what_you_want_amount_is_part_of_the_purchase_key() {
+    let app = TestApp::spawn().await.unwrap();
+    let org = app.create_org("pwyw-key").await;
+    let created = app
+        .call(
+            Method::POST,
+            "/v1/packages",
+            Some(OPERATOR_KEY),
+            Some(&json!({"name": "Any", "currency": "usd",
+                         "pay_what_you_want": {"credits_per_unit": "100", "min_minor": 100,
+                                               "max_minor": 10000}})),
+            &[],
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let package = app
+        .store
+        .packages()
+        .package(created.body["id"].as_str().unwrap().parse().unwrap())
+        .await
+        .unwrap();
+    let buy = |amount: i64| {
+        let (store, package) = (app.store.clone(), package.clone());
+        async move {
+            store
+                .purchases()
+                .create_purchase(
+                    org.id,
+                    &package.priced_at(Some(amount)).unwrap(),
+                    "ana",
+                    None,
+                    chrono::Utc::now(),
+                    Some("buy-1"),
+                    None,
+                )
+                .await
+        }
+    };
+    let (first, fresh) = buy(1500).await.unwrap();
+    assert!(fresh);
+    let (again, fresh) = buy(1500).await.unwrap();
+    assert!(!fresh);
+    assert_eq!(again.id, first.id);
+    assert!(matches!(
+        buy(2000).await,
+        Err(store::StoreError::IdempotencyConflict)
+    ));
 }

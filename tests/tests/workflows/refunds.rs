@@ -216,29 +216,6 @@ async fn refunds_are_for_operators_and_need_a_credited_purchase() {
         .assert_problem(422, "amount_not_positive");
 }
 
-/// A credited purchase of `package` booked through the store (no checkout, no worker), with
-/// `payment_intent` as its processor payment.
-async fn credited(
-    app: &TestApp,
-    org: &TestOrg,
-    package: &billing::packages::Package,
-    payment_intent: &str,
-) -> uuid::Uuid {
-    let (p, _) = app
-        .store
-        .purchases()
-        .create_purchase(org.id, package, "ana", None, chrono::Utc::now(), None, None)
-        .await
-        .unwrap();
-    app.store
-        .purchases()
-        .mark_purchase_paid(p.id, payment_intent)
-        .await
-        .unwrap();
-    app.store.purchases().grant_purchase(p.id).await.unwrap();
-    p.id
-}
-
 /// A package whose price and credits do not divide evenly: 3,000.5 credits + 333.333333 bonus
 /// for $9.97.
 async fn uneven_package(app: &TestApp) -> billing::packages::Package {
@@ -376,7 +353,9 @@ async fn a_refund_with_no_processor_payment_fails_and_gives_the_credits_back_exa
     let org = app.create_org("no-payment").await;
     let package = uneven_package(&app).await;
     // Round 1 credited such purchases (an unpaid checkout with no PaymentIntent).
-    let purchase = credited(&app, &org, &package, "").await.to_string();
+    let purchase = tests::credited_purchase(&app.store, org.id, &package, "")
+        .await
+        .to_string();
     let before = app.balance(&org).await;
 
     let accepted = refund(&app, &purchase, 333, "part").await;
@@ -431,7 +410,9 @@ async fn refund_parts_never_exceed_the_grant_and_add_up_to_it_when_all_is_refund
     for seed in 1..=12u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let org = app.create_org(&format!("parts-{seed}")).await;
-        let purchase = credited(&app, &org, &package, &format!("pi_parts_{seed}")).await;
+        let purchase =
+            tests::credited_purchase(&app.store, org.id, &package, &format!("pi_parts_{seed}"))
+                .await;
         // Parts that add up to the whole payment, sent in waves of 1, 2, 4 or 8 at once.
         let mut left = paid;
         let mut parts = Vec::new();
