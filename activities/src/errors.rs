@@ -39,6 +39,7 @@ impl Classify for store::StoreError {
             E::PriceVersionNotAfterNewest => Class::Refuse("PriceVersionNotAfterNewest"),
             E::ExpiryNotInFuture => Class::Refuse("ExpiryNotInFuture"),
             E::IdempotencyConflict => Class::Refuse("IdempotencyConflict"),
+            E::TooMany(_) => Class::Refuse("TooMany"),
             // An outage, or a ledger check that failed and rolled back (a write that bypassed
             // the locks, visible in the log): money steps wait rather than give up.
             E::Db(_) | E::Schema(_) | E::WriterUnavailable(_) | E::Invariant(_) => Class::Retry,

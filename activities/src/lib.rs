@@ -1,6 +1,7 @@
 //! Activity implementations: the I/O behind the workflows' steps. Every activity is idempotent,
 //! because Temporal retries it.
 
+pub mod budgets;
 pub mod errors;
 pub mod health;
 pub mod mail;
@@ -44,6 +45,11 @@ pub fn worker_options(task_queue: &str, deps: Deps) -> Result<WorkerOptions, any
         .register_workflow::<workflows::payment_method::PaymentMethodSetupWorkflow>()?
         .register_workflow::<workflows::summary::MonthlySummaryWorkflow>()?
         .register_workflow::<workflows::refund::RefundWorkflow>()?
+        .register_workflow::<workflows::budgets::BudgetAlertWorkflow>()?
+        .register_activities(budgets::BudgetActivitiesImpl {
+            store: deps.store.clone(),
+            mailer: deps.mailer.clone(),
+        })
         .register_activities(refund::RefundActivitiesImpl {
             store: deps.store.clone(),
             payments: deps.payments.clone(),

@@ -181,6 +181,20 @@ impl Caller {
         self.require_scope(scope)
     }
 
+    /// An org key acting on its own org with one of `scopes` (operators on any org).
+    pub fn authorize_any(&self, org_id: Uuid, scopes: &[Scope]) -> Result<(), ApiError> {
+        self.authorize_org(org_id)?;
+        self.require_any(scopes)
+    }
+
+    /// Whether this caller may see the org's objects at all (its own org, or an operator).
+    pub fn may_act_on(&self, org_id: Uuid) -> bool {
+        match self {
+            Caller::Operator { .. } => true,
+            Caller::Org(p) => p.org_id == org_id,
+        }
+    }
+
     /// Like [`Caller::authorize`] for an object found by its own id (a purchase, a topup):
     /// another org's object answers 404 like a missing one, so ids cannot be probed.
     pub fn authorize_object(

@@ -226,6 +226,9 @@ impl From<StoreError> for ApiError {
                 "price_version_not_after_newest",
                 e.to_string(),
             ),
+            StoreError::TooMany(what) => {
+                ApiError::new(StatusCode::CONFLICT, "too_many", format!("too many {what}"))
+            }
             StoreError::IdempotencyConflict => {
                 ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", e.to_string())
             }

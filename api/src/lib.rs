@@ -2,12 +2,15 @@
 //! document generated from the same routes.
 
 pub mod auth;
+pub mod budgets;
+pub mod check;
 pub mod cloudevents;
 pub mod codes;
 pub mod error;
 pub mod extract;
 pub mod grants;
 pub mod health;
+pub mod holds;
 pub mod ledger;
 pub mod metrics;
 pub mod openapi;
@@ -233,6 +236,14 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ledger::transactions))
         .routes(routes!(ledger::adjust))
         .routes(routes!(grants::list_grants, grants::grant_promo))
+        .routes(routes!(holds::create_hold, holds::list_holds))
+        .routes(routes!(holds::get_hold))
+        .routes(routes!(holds::settle_hold))
+        .routes(routes!(holds::void_hold))
+        .routes(routes!(holds::extend_hold))
+        .routes(routes!(check::check))
+        .routes(routes!(budgets::put_budget, budgets::delete_budget))
+        .routes(routes!(budgets::list_budgets))
         .routes(routes!(prices::current, prices::publish))
         .routes(routes!(usage::ingest).layer(DefaultBodyLimit::max(usage::USAGE_BODY_LIMIT_BYTES)))
         .routes(routes!(packages::list_packages, packages::create_package))

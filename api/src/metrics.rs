@@ -45,6 +45,40 @@ pub static USAGE_BATCH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     .expect("creditflow_usage_batch_seconds registers once")
 });
 
+/// Holds by what happened to them (`created`, `settled`, `late_settled`, `voided`); expiries
+/// are the worker's (`creditflow_holds_expired_total`).
+pub static HOLDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "creditflow_holds_total",
+        "Holds by event (created, settled, late_settled, voided)",
+        &["event"]
+    )
+    .expect("creditflow_holds_total registers once")
+});
+
+/// Holds and checks refused, by reason (`insufficient_credits`, `budget_exhausted`) and, for
+/// budgets, the blocking budget's scope kind (`user`, `api_key`, `model`, `label`).
+pub static HOLD_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "creditflow_hold_refusals_total",
+        "Holds and checks refused, by reason and budget scope",
+        &["reason", "scope"]
+    )
+    .expect("creditflow_hold_refusals_total registers once")
+});
+
+/// Wall time of one `POST /v1/check`.
+pub static CHECK_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "creditflow_check_seconds",
+        "Time to answer one check",
+        vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
+        ]
+    )
+    .expect("creditflow_check_seconds registers once")
+});
+
 /// Wall time of one balance read.
 pub static BALANCE_READ_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(

@@ -237,6 +237,9 @@ pub enum Flow {
     /// A credit giving back what a draw took: new grants with the terms of these, these
     /// amounts (a refund the processor refused, a dispute won).
     Restore(Vec<(Uuid, Credits)>),
+    /// A hold or its release: no grant moves; the credits go between available and held (the
+    /// wallet's `held`), and stay the grants' until usage draws them.
+    Hold,
 }
 
 impl Flow {
@@ -321,12 +324,24 @@ pub struct Moves {
 pub struct Wallet {
     grants: Vec<Held>,
     pub overdraft: Credits,
+    /// What the org's active holds set aside: in the grants, not available.
+    pub held: Credits,
 }
 
 impl Wallet {
     pub fn new(mut grants: Vec<Held>, overdraft: Credits) -> Wallet {
         grants.sort_by(Held::burn_order);
-        Wallet { grants, overdraft }
+        Wallet {
+            grants,
+            overdraft,
+            held: Credits::ZERO,
+        }
+    }
+
+    /// The same wallet with `held` credits set aside by holds.
+    pub fn with_held(mut self, held: Credits) -> Wallet {
+        self.held = held;
+        self
     }
 
     pub fn grants(&self) -> &[Held] {
@@ -337,12 +352,13 @@ impl Wallet {
         self.grants.iter().find(|g| g.id == id)
     }
 
-    /// Σ remaining − overdraft: what the org's balance must be.
+    /// Σ remaining − overdraft − held: what the org's available balance (its account) must be.
     pub fn balance(&self) -> Result<Credits, BillingError> {
         self.grants
             .iter()
             .try_fold(Credits::ZERO, |s, g| s.checked_add(g.remaining))?
-            .checked_sub(self.overdraft)
+            .checked_sub(self.overdraft)?
+            .checked_sub(self.held)
     }
 
     /// Grants with credits left whose expiry is at or before `at`, soonest first.
@@ -371,6 +387,17 @@ impl Wallet {
         at: DateTime<Utc>,
     ) -> Result<Moves, GrantError> {
         let mut moves = Moves::default();
+        if let Flow::Hold = flow {
+            let held = self.held.checked_sub(delta)?;
+            if held.is_negative() {
+                return Err(GrantError::Insufficient {
+                    available: self.held,
+                    asked: delta,
+                });
+            }
+            self.held = held;
+            return Ok(moves);
+        }
         if delta.is_positive() {
             let parts: Vec<(Uuid, GrantTerms, Credits)> = match flow {
                 Flow::New(terms) => vec![(transfer_id, terms.clone(), delta)],
@@ -401,7 +428,9 @@ impl Wallet {
                     }
                     parts
                 }
-                Flow::Usage(_) | Flow::Grants(_) => return Err(GrantError::Direction("debit")),
+                Flow::Usage(_) | Flow::Grants(_) | Flow::Hold => {
+                    return Err(GrantError::Direction("debit"));
+                }
             };
             for (id, terms, amount) in parts {
                 // Only a grant that may pay for anything repays the overdraft: a restricted
@@ -488,7 +517,9 @@ impl Wallet {
                     });
                 }
             }
-            Flow::New(_) | Flow::Restore(_) => return Err(GrantError::Direction("credit")),
+            Flow::New(_) | Flow::Restore(_) | Flow::Hold => {
+                return Err(GrantError::Direction("credit"));
+            }
         }
         for (i, take) in takes {
             let g = &mut self.grants[i];

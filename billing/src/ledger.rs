@@ -45,10 +45,14 @@ pub enum TransferKind {
     Promo,
     /// A grant's unspent credits leaving at its expiry (to breakage).
     Expiry,
+    /// Credits set aside for a hold (org → held): not available, still the org's.
+    Hold,
+    /// A hold's credits given back (held → org): at its settle, void or expiry.
+    Release,
 }
 
 impl TransferKind {
-    pub const ALL: [TransferKind; 9] = [
+    pub const ALL: [TransferKind; 11] = [
         TransferKind::Purchase,
         TransferKind::Bonus,
         TransferKind::Topup,
@@ -58,6 +62,8 @@ impl TransferKind {
         TransferKind::Reversal,
         TransferKind::Promo,
         TransferKind::Expiry,
+        TransferKind::Hold,
+        TransferKind::Release,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +77,8 @@ impl TransferKind {
             TransferKind::Reversal => "reversal",
             TransferKind::Promo => "promo",
             TransferKind::Expiry => "expiry",
+            TransferKind::Hold => "hold",
+            TransferKind::Release => "release",
         }
     }
 }
@@ -108,10 +116,12 @@ pub enum SystemAccount {
     Adjustments,
     /// Where expired credits go.
     Breakage,
+    /// Where held credits wait: every org's holds, each hold's transfers naming its org.
+    Held,
 }
 
 impl SystemAccount {
-    pub const ALL: [SystemAccount; 7] = [
+    pub const ALL: [SystemAccount; 8] = [
         SystemAccount::Sales,
         SystemAccount::Promotions,
         SystemAccount::UsageAi,
@@ -119,6 +129,7 @@ impl SystemAccount {
         SystemAccount::Refunds,
         SystemAccount::Adjustments,
         SystemAccount::Breakage,
+        SystemAccount::Held,
     ];
 
     /// The account's code in the `accounts` table.
@@ -131,6 +142,7 @@ impl SystemAccount {
             SystemAccount::Refunds => "refunds",
             SystemAccount::Adjustments => "adjustments",
             SystemAccount::Breakage => "breakage",
+            SystemAccount::Held => "held",
         }
     }
 }
@@ -233,6 +245,17 @@ impl Posting {
         Posting::out_of_org(org, SystemAccount::Breakage, amount, TransferKind::Expiry)
     }
 
+    /// Credits set aside for a hold: org → held. The org's balance is its available credits
+    /// (its account) plus what it holds; a hold moves credits between the two.
+    pub fn hold(org: Uuid, amount: Credits) -> Posting {
+        Posting::out_of_org(org, SystemAccount::Held, amount, TransferKind::Hold)
+    }
+
+    /// A hold's credits given back: held → org.
+    pub fn release(org: Uuid, amount: Credits) -> Posting {
+        Posting::into_org(org, SystemAccount::Held, amount, TransferKind::Release)
+    }
+
     /// The exact opposite movement, of the same kind: a refund the processor refused, a
     /// dispute won.
     pub fn reversed(self) -> Posting {
@@ -283,8 +306,13 @@ impl Posting {
     /// already happened, so it is always recorded (ARCHITECTURE.md §3). So may an expiry: it
     /// removes credits a grant holds, and the balance below zero is the org's overdraft, which
     /// credits restricted to other usage never paid.
+    /// A hold may too: its own rules ([`crate::holds::decide`]) say how far, down to the org's
+    /// floor with `overage: allow`.
     pub fn may_overdraw(&self) -> bool {
-        matches!(self.kind, TransferKind::Usage | TransferKind::Expiry)
+        matches!(
+            self.kind,
+            TransferKind::Usage | TransferKind::Expiry | TransferKind::Hold
+        )
     }
 }
 
@@ -316,6 +344,12 @@ pub struct Refs {
     pub source: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_version: Option<i64>,
+    /// The hold a hold or release transfer (or a settle's usage) belongs to: ours and the
+    /// client's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_hold_id: Option<String>,
     /// An operator adjustment's idempotency key, as the operator sent it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,

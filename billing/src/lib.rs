@@ -4,10 +4,12 @@
 //! described here first and stored by the `store` crate.
 
 pub mod booking;
+pub mod budgets;
 pub mod credits;
 pub mod email;
 pub mod error;
 pub mod grants;
+pub mod holds;
 pub mod ledger;
 pub mod money;
 #[cfg(feature = "openapi")]

@@ -159,6 +159,8 @@ impl Movements {
             TransferKind::Usage => self.used = -org_net,
             TransferKind::Promo => self.promo = org_net,
             TransferKind::Expiry => self.expired = -org_net,
+            // A hold moves credits within the org's balance (available ↔ held): no movement.
+            TransferKind::Hold | TransferKind::Release => {}
         }
     }
 

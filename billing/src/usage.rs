@@ -70,6 +70,8 @@ pub struct UsageEvent {
     pub id: String,
     pub occurred_at: DateTime<Utc>,
     pub user: Option<String>,
+    /// The platform's own API key the usage was made through (not ours), for budgets.
+    pub api_key: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub usage: Usage,
 }
@@ -99,7 +101,24 @@ impl UsageEvent {
                 i.quantity.normalize()
             )),
         }
+        // Only when given, so the text of every event from before it existed is unchanged.
+        if let Some(k) = &self.api_key {
+            s.push_str(&format!("\napi_key\n{k}"));
+        }
         s
+    }
+
+    /// What budgets' scopes see of it.
+    pub fn dimensions(&self) -> crate::holds::Dimensions {
+        crate::holds::Dimensions {
+            user: self.user.clone(),
+            api_key: self.api_key.clone(),
+            model: match &self.usage {
+                Usage::AiTokens(a) => Some(a.model.clone()),
+                Usage::Infra(_) => None,
+            },
+            labels: self.labels.clone(),
+        }
     }
 }
 

@@ -42,6 +42,9 @@ pub enum StoreError {
     /// of the request was committed.
     #[error("the usage writer is unavailable: {0}")]
     WriterUnavailable(&'static str),
+    /// An org may have only so many of these.
+    #[error("too many {0}")]
+    TooMany(&'static str),
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyConflict,
     #[error(transparent)]

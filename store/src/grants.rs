@@ -180,7 +180,7 @@ impl GrantRow {
 /// balance.
 pub(crate) async fn load_wallets(
     tx: &mut Transaction<'_, Postgres>,
-    balances: &BTreeMap<Uuid, Credits>,
+    balances: &BTreeMap<Uuid, (Credits, Credits)>,
 ) -> Result<HashMap<Uuid, Wallet>, StoreError> {
     let orgs: Vec<Uuid> = balances.keys().copied().collect();
     let rows = sqlx::query_as!(
@@ -199,19 +199,20 @@ pub(crate) async fn load_wallets(
         held.entry(org).or_default().push(h);
     }
     let mut wallets = HashMap::with_capacity(balances.len());
-    for (org, balance) in balances {
+    for (org, (balance, on_hold)) in balances {
         let grants = held.remove(org).unwrap_or_default();
         let sum = grants
             .iter()
             .try_fold(Credits::ZERO, |s, g| s.checked_add(g.remaining))?;
-        let overdraft = sum.checked_sub(*balance)?;
+        // The grants hold the available balance and what holds set aside, less any overdraft.
+        let overdraft = sum.checked_sub(*balance)?.checked_sub(*on_hold)?;
         if overdraft.is_negative() {
             return Err(StoreError::Invariant(format!(
                 "org {org}: its grants hold {sum}, less than its balance {balance} \
                  (has `creditflow migrate` backfilled its grants?)"
             )));
         }
-        wallets.insert(*org, Wallet::new(grants, overdraft));
+        wallets.insert(*org, Wallet::new(grants, overdraft).with_held(*on_hold));
     }
     Ok(wallets)
 }

@@ -112,7 +112,8 @@ impl Shared {
                 q.waiting.remove(&org);
             }
             if let Work::Job { job, .. } = &work {
-                events += job.events.len();
+                // A hold has no events; it counts as one, so a batch stays bounded.
+                events += job.events.len().max(1);
             }
             batch.push(work);
         }

@@ -21,10 +21,12 @@ macro_rules! handle {
 }
 
 pub mod alerts;
+pub mod budgets;
 mod clock;
 pub mod disputes;
 mod error;
 pub mod grants;
+pub mod holds;
 pub mod idempotency;
 pub mod inbox;
 pub mod ingest;
@@ -56,7 +58,11 @@ pub use alerts::{AlertClaim, AlertRecord, Alerts, NewAlert};
 pub use clock::Clock;
 pub use disputes::{DisputeReport, Disputes, OpenedDispute};
 pub use error::StoreError;
+pub use budgets::{BudgetAlert, Budgets};
 pub use grants::{CreditGrant, Expiring, GrantPage, GrantQuery, GrantState, Grants, NewPromo};
+pub use holds::{
+    Hold, HoldOp, HoldOutcome, HoldQuery, HoldRequest, Holds, Position, SettleRequest,
+};
 pub use idempotency::{Claim, request_hash};
 pub use inbox::{Inbox, InboxEvent};
 pub use ingest::{IngestConfig, Ingestor};
@@ -236,6 +242,12 @@ impl Store {
     }
     pub fn grants(&self) -> Grants<'_> {
         Grants(self)
+    }
+    pub fn holds(&self) -> Holds<'_> {
+        Holds(self)
+    }
+    pub fn budgets(&self) -> Budgets<'_> {
+        Budgets(self)
     }
     pub fn inbox(&self) -> Inbox<'_> {
         Inbox(self)

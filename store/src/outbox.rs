@@ -41,6 +41,9 @@ pub enum OutboxEvent {
         #[serde(with = "billing::summary::month_text")]
         month: Month,
     },
+    /// A budget's scope reached one of its alert percents this period: e-mail its recipients.
+    #[serde(rename = "budget.alert")]
+    BudgetAlert(crate::BudgetAlert),
 }
 
 /// A threshold crossing, as the dispatcher needs it.
@@ -64,12 +67,13 @@ pub struct Crossed {
 
 impl OutboxEvent {
     /// The topics this build dispatches.
-    pub const TOPICS: [&'static str; 5] = [
+    pub const TOPICS: [&'static str; 6] = [
         "balance.threshold_crossed",
         "purchase.start",
         "refund.start",
         "summary.revision_due",
         "summary.generate_org",
+        "budget.alert",
     ];
 
     /// The stored topic and payload.

@@ -34,9 +34,10 @@ pub(crate) const CALL_LIMIT: Duration = Duration::from_secs(5);
 pub const OUTBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 const PRUNE_BATCH: i64 = 10_000;
-/// The expiry sweep: grants past their expiry are booked (to breakage) at most this long after
-/// it, a bounded number of orgs per round. No balance waits for it: reads and bookings never
-/// count due credits (see `store::Grants::expire_due`).
+/// The expiry sweep: grants past their expiry are booked (to breakage), and holds past theirs
+/// released, at most this long after it, a bounded number of orgs per round. No balance waits
+/// for it: reads and bookings never count due credits or due holds (see
+/// `store::Grants::expire_due`, `store::Holds::expire_due`).
 pub const EXPIRY_SWEEP_EVERY: Duration = Duration::from_secs(10);
 const EXPIRY_SWEEP_ORGS: i64 = 500;
 /// An auto-topup row waits this long while the org's previous topup still runs.
@@ -91,6 +92,11 @@ impl Dispatcher {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(orgs = n, "expired grants booked"),
                     Err(e) => tracing::warn!(error = %e, "grant expiry sweep failed; later"),
+                }
+                match self.store.holds().expire_due(EXPIRY_SWEEP_ORGS).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(orgs = n, "expired holds released"),
+                    Err(e) => tracing::warn!(error = %e, "hold expiry sweep failed; later"),
                 }
             }
             if pruned_at.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
@@ -172,6 +178,45 @@ impl Dispatcher {
             OutboxEvent::RefundStart { refund_id } => self.start_refund(row, refund_id).await,
             OutboxEvent::SummaryRevisionDue { month } => self.revise_summary(row, month).await,
             OutboxEvent::SummaryGenerateOrg { month } => self.retry_org_summary(row, month).await,
+            OutboxEvent::BudgetAlert(a) => self.budget_alert(row, a).await,
+        }
+    }
+
+    /// A budget's percent reached: its alert's workflow, once per budget, period and percent.
+    async fn budget_alert(
+        &self,
+        row: &OutboxRow,
+        a: store::BudgetAlert,
+    ) -> anyhow::Result<Dispatched> {
+        use workflows::budgets::{BudgetAlertInput, BudgetAlertWorkflow, workflow_id};
+        let org = row.org_id.to_string();
+        let options = WorkflowStartOptions::new(
+            self.task_queue.clone(),
+            workflow_id(&org, &a.budget_id, a.period_start, a.percent),
+        )
+        .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+        .search_attributes(SearchAttributes::new([workflows::ORG_ID.value_set(org)]))
+        .build();
+        let input = BudgetAlertInput {
+            org_id: row.org_id,
+            budget_id: a.budget_id,
+            percent: a.percent,
+            spent: a.spent,
+            limit: a.limit,
+            period_start: a.period_start,
+            resets_at: a.resets_at,
+        };
+        let started = tokio::time::timeout(
+            CALL_LIMIT,
+            self.temporal
+                .start_workflow(BudgetAlertWorkflow::run, input, options),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("Temporal did not answer in time"))?;
+        api::metrics::record_workflow_start("budget_alert", &started);
+        match started {
+            Ok(_) | Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(Dispatched::Done),
+            Err(e) => Ok(Dispatched::Later(backoff(row.attempts), e.to_string())),
         }
     }
 

@@ -47,6 +47,22 @@ static INBOX_OLDEST_AGE_SECONDS: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("creditflow_inbox_oldest_age_seconds registers once")
 });
 
+static HOLDS_ACTIVE: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "creditflow_holds_active",
+        "Holds active now (not past their expiry)"
+    )
+    .expect("creditflow_holds_active registers once")
+});
+
+static HOLDS_DUE: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "creditflow_holds_expired_unreleased",
+        "Holds past their expiry whose release is not booked yet (reads count them released)"
+    )
+    .expect("creditflow_holds_expired_unreleased registers once")
+});
+
 /// How long a scrape waits for the database and for the SDK's exporter.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -124,6 +140,14 @@ async fn scrape(State(s): State<Scrape>) -> impl IntoResponse {
         }
         Ok(Err(e)) => tracing::warn!(error = %e, "metrics: inbox backlog unreadable"),
         Err(_) => tracing::warn!("metrics: inbox backlog query timed out"),
+    }
+    match tokio::time::timeout(SCRAPE_TIMEOUT, s.store.holds().active_counts()).await {
+        Ok(Ok((active, due))) => {
+            HOLDS_ACTIVE.set(active);
+            HOLDS_DUE.set(due);
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "metrics: holds unreadable"),
+        Err(_) => tracing::warn!("metrics: holds query timed out"),
     }
     let mut body = Vec::new();
     if let Err(e) = TextEncoder::new().encode(&prometheus::gather(), &mut body) {

@@ -4,6 +4,7 @@
 //! the `activities` crate. Every workflow and activity has an explicit, stable name, so renaming
 //! Rust code never breaks running histories.
 
+pub mod budgets;
 pub mod health;
 pub mod payment_method;
 pub mod purchase;

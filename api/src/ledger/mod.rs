@@ -33,7 +33,12 @@ const CSV_CHUNK_ROWS: i64 = 1000;
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Balance {
     pub org_id: Uuid,
+    /// `available + held`: every credit the org has.
     pub balance_credits: Credits,
+    /// What may be spent or held now.
+    pub available_credits: Credits,
+    /// What active holds set aside (a hold at or past its expiry is not counted, booked or not).
+    pub held_credits: Credits,
     /// Whether usage took the balance below zero.
     pub negative: bool,
     pub totals: Totals,
@@ -112,6 +117,8 @@ pub async fn balance(
     Ok(AxumJson(Balance {
         org_id: b.org_id,
         balance_credits: b.balance,
+        available_credits: b.available,
+        held_credits: b.held,
         negative: b.balance.is_negative(),
         totals: b.totals()?,
         identity: Totals::IDENTITY.to_string(),

@@ -120,20 +120,12 @@ pub async fn ingest(
     // large batches does not delay light requests such as balance reads.
     // At most `PARSE_THREADS` batches are parsed at once, so ingestion cannot crowd the two
     // cores with runnable threads.
-    let (catalog, checked_at) = state.prices.current_checked();
     // The clock is read with the catalog, not after waiting for a permit. A version this
     // catalog does not know was published after `checked_at`, so it starts at or after
     // `checked_at + lead`; events stamped before `checked_at + lead - refresh` (the margin
     // covers a publication in flight during the check) are out of its reach, however late the
     // last refresh was. Never below now: usage that already happened is always recorded.
-    let now = Utc::now();
-    let max_ahead = (checked_at + state.usage_future_skew - now).max(chrono::Duration::zero());
-    let rules = Rules {
-        now,
-        max_ahead,
-        max_late: state.usage.late_usage_max,
-        max_cost: state.usage.max_event_cost,
-    };
+    let (catalog, rules) = rating_now(&state);
     let permit = PARSE_PERMITS
         .acquire()
         .await
@@ -148,34 +140,24 @@ pub async fn ingest(
     drop(permit);
 
     let balance = if valid.is_empty() {
-        state.store.ledger().balance(org_id).await?.balance
+        state.store.ledger().balance(org_id).await?.available
     } else {
         let ids: Vec<String> = valid.iter().map(|e| e.event.id.clone()).collect();
         let job = UsageJob {
             org_id,
             actor: caller.actor(),
             events: valid,
+            hold: None,
         };
         let done = state.ingestor.submit(job).await?;
         for ((slot, id), outcome) in slots.into_iter().zip(ids).zip(done.outcomes) {
             results[slot] = match outcome {
                 EventOutcome::Accepted(r) => recorded(&id, EventStatus::Accepted, &r),
                 EventOutcome::Duplicate(r) => recorded(&id, EventStatus::Duplicate, &r),
-                EventOutcome::Conflict => rejected(
-                    Some(&Value::String(id.clone())),
-                    &Rejection::new(
-                        "id_conflict",
-                        "this id was already recorded with a different payload",
-                    ),
-                ),
-                EventOutcome::OverdraftLimit => rejected(
-                    Some(&Value::String(id.clone())),
-                    &Rejection::new(
-                        "overdraft_limit",
-                        "this event would take the balance below the organization's overdraft \
-                         limit; nothing was recorded, send it again once credits are added",
-                    ),
-                ),
+                EventOutcome::Conflict => conflict_rejection(&id),
+                EventOutcome::OverdraftLimit => overdraft_rejection(&id),
+                // Only a settle's events are dropped with their settle.
+                EventOutcome::Dropped => return Err(ApiError::internal()),
             };
         }
         done.balance
@@ -263,7 +245,59 @@ fn prepare(
     Ok(p)
 }
 
-fn recorded(id: &str, status: EventStatus, r: &Recorded) -> EventResult {
+/// An event whose id was recorded with another payload.
+pub(crate) fn conflict_rejection(id: &str) -> EventResult {
+    rejected(
+        Some(&Value::String(id.to_string())),
+        &Rejection::new(
+            "id_conflict",
+            "this id was already recorded with a different payload",
+        ),
+    )
+}
+
+/// An event refused at the org's overdraft floor.
+pub(crate) fn overdraft_rejection(id: &str) -> EventResult {
+    rejected(
+        Some(&Value::String(id.to_string())),
+        &Rejection::new(
+            "overdraft_limit",
+            "this event would take the balance below the organization's overdraft \
+             limit; nothing was recorded, send it again once credits are added",
+        ),
+    )
+}
+
+/// The rules and price catalog events are rated by now, as `POST /v1/usage` rates them.
+pub(crate) fn rating_now(state: &AppState) -> (std::sync::Arc<PriceCatalog>, Rules) {
+    let (catalog, checked_at) = state.prices.current_checked();
+    let now = Utc::now();
+    let max_ahead = (checked_at + state.usage_future_skew - now).max(chrono::Duration::zero());
+    let rules = Rules {
+        now,
+        max_ahead,
+        max_late: state.usage.late_usage_max,
+        max_cost: state.usage.max_event_cost,
+    };
+    (catalog, rules)
+}
+
+/// Rates events given as JSON objects (a settle's): each one's rated form, or the first
+/// refusal with the event's index.
+pub(crate) fn rate_values(
+    values: &[Value],
+    reporter: &Principal,
+    catalog: &PriceCatalog,
+    rules: &Rules,
+) -> Result<Vec<RatedEvent>, (usize, Rejection)> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| rate(v, reporter, rules, catalog).map_err(|r| (i, r)))
+        .collect()
+}
+
+pub(crate) fn recorded(id: &str, status: EventStatus, r: &Recorded) -> EventResult {
     EventResult {
         id: Value::String(id.to_string()),
         status,

@@ -185,6 +185,7 @@ const AI_FIELDS: &[&str] = &[
     "type",
     "occurred_at",
     "user",
+    "api_key",
     "labels",
     "model",
     "operation",
@@ -199,6 +200,7 @@ const INFRA_FIELDS: &[&str] = &[
     "type",
     "occurred_at",
     "user",
+    "api_key",
     "labels",
     "resource",
     "quantity",
@@ -229,13 +231,13 @@ pub fn validate(
 }
 
 /// What one request's events are judged by.
-pub(super) struct Rules {
-    pub(super) now: DateTime<Utc>,
+pub(crate) struct Rules {
+    pub(crate) now: DateTime<Utc>,
     /// How far after `now` an event may be stamped.
-    pub(super) max_ahead: Duration,
+    pub(crate) max_ahead: Duration,
     /// How far before `now` an event may be stamped (`ingest.late_usage_max_days`).
-    pub(super) max_late: Duration,
-    pub(super) max_cost: Credits,
+    pub(crate) max_late: Duration,
+    pub(crate) max_cost: Credits,
 }
 
 /// Validates one event from its JSON, reported by `reporter`, by `rules`.
@@ -299,6 +301,7 @@ pub(super) fn parse_event(
     };
     usage::check_occurred_at(occurred_at, rules.now, rules.max_ahead, rules.max_late)?;
     let user = string(o, "user", false)?;
+    let api_key = string(o, "api_key", false)?;
     let labels: BTreeMap<String, String> = match field(o, "labels") {
         None => BTreeMap::new(),
         Some(Value::Object(m)) => m
@@ -345,6 +348,7 @@ pub(super) fn parse_event(
         id,
         occurred_at,
         user,
+        api_key,
         labels,
         usage,
     })

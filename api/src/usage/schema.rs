@@ -36,6 +36,10 @@ pub struct UsageEvent {
     /// The user the usage is for; no control characters.
     #[schema(max_length = 255)]
     pub user: Option<String>,
+    /// The platform's own API key the usage was made through (for budgets scoped to one);
+    /// no control characters.
+    #[schema(max_length = 255)]
+    pub api_key: Option<String>,
     /// At most 32; keys 1 to 64, values up to 256 characters, no control characters.
     pub labels: Option<std::collections::BTreeMap<String, String>>,
     /// `ai_tokens`: the model priced.

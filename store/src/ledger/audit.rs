@@ -159,14 +159,18 @@ impl Ledger<'_> {
 /// the counters' CHECK constraint, not here.)
 async fn grant_violations(pool: &sqlx::PgPool) -> Result<Vec<String>, StoreError> {
     let mut violations = Vec::new();
+    // The balance is the account (available) plus what holds set aside: both are the grants'.
     let uncovered = sqlx::query!(
-        r#"SELECT a.code, a.credits_posted - a.debits_posted AS "balance!",
-                  COALESCE((SELECT sum(g.remaining) FROM grants g WHERE g.org_id = a.org_id), 0)
-                    AS "held!"
-             FROM accounts a
-            WHERE a.org_id IS NOT NULL
-              AND COALESCE((SELECT sum(g.remaining) FROM grants g WHERE g.org_id = a.org_id), 0)
-                  < a.credits_posted - a.debits_posted"#
+        r#"SELECT code, balance AS "balance!", held AS "held!" FROM (
+               SELECT a.code, a.credits_posted - a.debits_posted
+                        + COALESCE((SELECT sum(k.debits_posted - k.credits_posted)
+                                      FROM org_kind_totals k
+                                     WHERE k.org_id = a.org_id AND k.kind IN ('hold', 'release')), 0)
+                        AS balance,
+                      COALESCE((SELECT sum(g.remaining) FROM grants g WHERE g.org_id = a.org_id), 0)
+                        AS held
+                 FROM accounts a WHERE a.org_id IS NOT NULL) x
+            WHERE held < balance"#
     )
     .fetch_all(pool)
     .await?;
@@ -199,12 +203,13 @@ async fn grant_violations(pool: &sqlx::PgPool) -> Result<Vec<String>, StoreError
     // is a writer that does not know grants: a binary from before them, after the backfill).
     let unmoved = sqlx::query!(
         r#"SELECT org_id AS "org_id!", id AS "id!", org_seq AS "org_seq!" FROM (
-               SELECT t.org_id, t.id, t.org_seq, t.grants,
+               SELECT t.org_id, t.id, t.org_seq, t.grants, t.kind,
                       bool_or(t.grants <> '[]'::jsonb) OVER (
                           PARTITION BY t.org_id ORDER BY t.org_seq
                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS moved_before
                  FROM transfers t) x
-            WHERE x.grants = '[]'::jsonb AND x.moved_before"#
+            WHERE x.grants = '[]'::jsonb AND x.moved_before
+              AND x.kind NOT IN ('hold', 'release')"#
     )
     .fetch_all(pool)
     .await?;
@@ -227,6 +232,53 @@ async fn grant_violations(pool: &sqlx::PgPool) -> Result<Vec<String>, StoreError
         violations.push(format!(
             "grant {}: expired {} (due {:?}) but its expiry transfer is {:?} at {:?}",
             e.id, e.expired, e.expires_at, e.amount, e.at
+        ));
+    }
+    violations.extend(hold_violations(pool).await?);
+    Ok(violations)
+}
+
+/// The holds' invariants: each hold has one hold transfer of its amount; an ended hold has one
+/// release of its amount (at its expiry instant when it expired), an active one none; what an
+/// org's holds set aside in the ledger (hold less release transfers) is the sum of its active
+/// holds.
+async fn hold_violations(pool: &sqlx::PgPool) -> Result<Vec<String>, StoreError> {
+    let mut violations = Vec::new();
+    let wrong = sqlx::query!(
+        r#"SELECT h.id, h.state, h.amount, h.expires_at, h.ended_at,
+                  ht.amount AS "hold_amount?", rt.amount AS "release_amount?",
+                  rt.created_at AS "released_at?"
+             FROM holds h
+             LEFT JOIN transfers ht ON ht.idempotency_key = 'hold:' || h.id
+             LEFT JOIN transfers rt ON rt.idempotency_key = 'release:' || h.id
+            WHERE ht.amount IS DISTINCT FROM h.amount
+               OR (h.state = 'active') <> (rt.id IS NULL)
+               OR (rt.id IS NOT NULL AND rt.amount <> h.amount)
+               OR (h.state = 'expired' AND rt.created_at IS DISTINCT FROM h.expires_at)"#
+    )
+    .fetch_all(pool)
+    .await?;
+    for h in wrong {
+        violations.push(format!(
+            "hold {} ({}, {}): hold transfer {:?}, release {:?} at {:?} (expires {})",
+            h.id, h.state, h.amount, h.hold_amount, h.release_amount, h.released_at, h.expires_at
+        ));
+    }
+    let held = sqlx::query!(
+        r#"SELECT o.id AS "org_id!",
+                  COALESCE((SELECT sum(k.debits_posted - k.credits_posted) FROM org_kind_totals k
+                             WHERE k.org_id = o.id AND k.kind IN ('hold', 'release')), 0)
+                    AS "booked!",
+                  COALESCE((SELECT sum(h.amount) FROM holds h
+                             WHERE h.org_id = o.id AND h.state = 'active'), 0) AS "active!"
+             FROM orgs o"#
+    )
+    .fetch_all(pool)
+    .await?;
+    for o in held.into_iter().filter(|o| o.booked != o.active) {
+        violations.push(format!(
+            "org {}: its holds set aside {} in the ledger, its active holds {}",
+            o.org_id, o.booked, o.active
         ));
     }
     Ok(violations)

@@ -24,7 +24,24 @@ pub struct LockedOrgs {
     wallets: HashMap<Uuid, Wallet>,
     /// The time this transaction books at: grants due at it expire first.
     now: DateTime<Utc>,
+    /// Each org's active holds whose expiry is at or before `now`: released first.
+    due_holds: HashMap<Uuid, Vec<DueHold>>,
+    /// The orgs with budgets.
+    budgeted: std::collections::HashSet<Uuid>,
 }
+
+/// An active hold past its expiry, to release before anything else is booked.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DueHold {
+    pub id: Uuid,
+    pub amount: Credits,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Due holds one booking releases per org at most; the rest wait for the next booking or the
+/// sweep (meanwhile reads count them released, and a hold decision counts them held, which
+/// refuses more, never less).
+const DUE_HOLDS_PER_BOOKING_MAX: i64 = 1000;
 
 struct LockedAccount {
     id: i64,
@@ -33,7 +50,8 @@ struct LockedAccount {
 }
 
 impl LockedOrgs {
-    /// The org's balance as this transaction stands: booked so far, less what is due to expire.
+    /// The org's available balance as this transaction stands: booked so far, less what is due
+    /// to expire, plus what due holds give back.
     pub fn balance(&self, org_id: Uuid) -> Option<Credits> {
         let booked = self.ledgers.get(&org_id)?.balance;
         // Less what expires at this transaction's time: booking anything books that first.
@@ -42,7 +60,29 @@ impl LockedOrgs {
                 .iter()
                 .try_fold(Credits::ZERO, |s, d| s.checked_add(d.1).ok())
         })?;
-        booked.checked_sub(due).ok()
+        let released = self
+            .due_holds
+            .get(&org_id)
+            .map_or(Some(Credits::ZERO), |d| {
+                d.iter()
+                    .try_fold(Credits::ZERO, |s, h| s.checked_add(h.amount).ok())
+            })?;
+        booked.checked_sub(due).ok()?.checked_add(released).ok()
+    }
+
+    /// What the org's active holds set aside, less the due ones (released first).
+    pub fn held(&self, org_id: Uuid) -> Option<Credits> {
+        let held = self.wallets.get(&org_id)?.held;
+        let due = self.due_holds.get(&org_id).map_or(Credits::ZERO, |d| {
+            d.iter()
+                .fold(Credits::ZERO, |s, h| s.checked_add(h.amount).unwrap_or(s))
+        });
+        held.checked_sub(due).ok()
+    }
+
+    /// Whether the org has budgets.
+    pub fn budgeted(&self, org_id: Uuid) -> bool {
+        self.budgeted.contains(&org_id)
     }
 
     /// The org's grants as booked so far in this transaction.
@@ -77,10 +117,27 @@ impl Ledger<'_> {
         let mut ids = org_ids.to_vec();
         ids.sort();
         ids.dedup();
-        // The org's thresholds ride along (one round trip less per batch on the hot path).
+        // The org's thresholds ride along (one round trip less per batch on the hot path), and
+        // so do what its holds set aside (the ledger's own sum, by kind) and its due holds.
         let rows = sqlx::query!(
             r#"SELECT a.id, a.org_id AS "org_id!", a.credits_posted - a.debits_posted AS "balance!",
-                      a.transfer_seq, o.overdraft_limit, now() AS "now!",
+                      a.transfer_seq, o.overdraft_limit, COALESCE($2, now()) AS "now!",
+                      (SELECT COALESCE(sum(k.debits_posted - k.credits_posted), 0)
+                         FROM org_kind_totals k
+                        WHERE k.org_id = a.org_id AND k.kind IN ('hold', 'release')) AS "held!",
+                      ARRAY(SELECT h.id FROM holds h
+                             WHERE h.org_id = a.org_id AND h.state = 'active'
+                               AND h.expires_at <= COALESCE($2, now())
+                             ORDER BY h.expires_at, h.id LIMIT $3) AS "due_hold_ids!",
+                      ARRAY(SELECT h.amount FROM holds h
+                             WHERE h.org_id = a.org_id AND h.state = 'active'
+                               AND h.expires_at <= COALESCE($2, now())
+                             ORDER BY h.expires_at, h.id LIMIT $3) AS "due_hold_amounts!",
+                      ARRAY(SELECT h.expires_at FROM holds h
+                             WHERE h.org_id = a.org_id AND h.state = 'active'
+                               AND h.expires_at <= COALESCE($2, now())
+                             ORDER BY h.expires_at, h.id LIMIT $3) AS "due_hold_at!",
+                      EXISTS (SELECT 1 FROM budgets b WHERE b.org_id = a.org_id) AS "budgeted!",
                       ARRAY(SELECT t.id FROM org_thresholds t WHERE t.org_id = a.org_id
                              ORDER BY t.id) AS "threshold_ids!",
                       ARRAY(SELECT t.purpose FROM org_thresholds t WHERE t.org_id = a.org_id
@@ -91,7 +148,9 @@ impl Ledger<'_> {
                         AS "backfill_pending!"
                  FROM accounts a JOIN orgs o ON o.id = a.org_id
                 WHERE a.org_id = ANY($1) ORDER BY a.org_id FOR UPDATE OF a"#,
-            &ids
+            &ids,
+            self.clock.booking_time(),
+            DUE_HOLDS_PER_BOOKING_MAX
         )
         .fetch_all(&mut **tx)
         .await?;
@@ -108,7 +167,10 @@ impl Ledger<'_> {
             accounts: HashMap::new(),
             wallets: HashMap::new(),
             now,
+            due_holds: HashMap::new(),
+            budgeted: Default::default(),
         };
+        let mut held: BTreeMap<Uuid, Credits> = BTreeMap::new();
         for r in rows {
             // A binary that books grants must not book an org whose history they have not
             // been replayed from yet (the backfill would replay its own bookings again).
@@ -153,11 +215,36 @@ impl Ledger<'_> {
                     overdraft_limit: r.overdraft_limit.map(Credits::from_stored),
                 },
             );
+            held.insert(r.org_id, Credits::from_stored(r.held));
+            if r.budgeted {
+                locked.budgeted.insert(r.org_id);
+            }
+            if r.due_hold_ids.len() != r.due_hold_amounts.len()
+                || r.due_hold_ids.len() != r.due_hold_at.len()
+            {
+                return Err(StoreError::Invariant(
+                    "an org's due hold columns differ in length".into(),
+                ));
+            }
+            if !r.due_hold_ids.is_empty() {
+                let due = r
+                    .due_hold_ids
+                    .iter()
+                    .zip(&r.due_hold_amounts)
+                    .zip(&r.due_hold_at)
+                    .map(|((id, amount), at)| DueHold {
+                        id: *id,
+                        amount: Credits::from_stored(*amount),
+                        expires_at: *at,
+                    })
+                    .collect();
+                locked.due_holds.insert(r.org_id, due);
+            }
         }
-        let balances: BTreeMap<Uuid, Credits> = locked
+        let balances: BTreeMap<Uuid, (Credits, Credits)> = locked
             .ledgers
             .iter()
-            .map(|(o, l)| (*o, l.balance))
+            .map(|(o, l)| (*o, (l.balance, held.get(o).copied().unwrap_or_default())))
             .collect();
         locked.wallets = grants::load_wallets(tx, &balances).await?;
         Ok(locked)
@@ -212,6 +299,17 @@ impl Ledger<'_> {
         let now = locked.now;
         let mut expiries = Vec::new();
         let mut expiry_at: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
+        // Holds past their expiry go back first, at their instants (once: the hold's row says
+        // so, and the release's key is the hold's).
+        let mut released: Vec<(Uuid, Uuid, Credits, DateTime<Utc>)> = Vec::new();
+        for (org, due) in std::mem::take(&mut locked.due_holds) {
+            for h in due {
+                let e = crate::holds::release_entry(org, h.id, h.amount, "system:hold-expiry", "expired");
+                expiry_at.insert(e.id, h.expires_at);
+                released.push((h.id, e.id, h.amount, h.expires_at));
+                expiries.push(e);
+            }
+        }
         for (org, wallet) in &locked.wallets {
             for (grant, amount, at) in wallet.due(now) {
                 let e = grants::expiry_entry(*org, grant, amount);
@@ -295,6 +393,7 @@ impl Ledger<'_> {
         }
         writes.write(tx).await?;
         let created_at = rows.insert(tx, self.clock.booking_time()).await?;
+        crate::holds::mark_expired(tx, &released).await?;
         let mut booked = booked.into_iter();
         let mut outcomes = Vec::with_capacity(transfers.len());
         for t in transfers {

@@ -16,7 +16,12 @@ use crate::StoreError;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Balance {
     pub org_id: Uuid,
+    /// `available + held`: every credit the org has.
     pub balance: Credits,
+    /// What may be spent or held now: the org's account, as of now.
+    pub available: Credits,
+    /// What its active holds set aside (a hold at or past its expiry is not counted).
+    pub held: Credits,
     /// Credits and debits posted per transfer kind, from the org's side.
     pub by_kind: BTreeMap<TransferKind, KindTotals>,
     /// The number of transfers booked on the org so far.
@@ -159,28 +164,45 @@ impl Ledger<'_> {
     /// The org's balance and per-kind totals, as of the clock's now: credits of grants past
     /// their expiry are not in it even before their expiry is booked (they count as expired).
     pub async fn balance(&self, org_id: Uuid) -> Result<Balance, StoreError> {
-        let (mut balance, due) = self.booked_balance(org_id).await?;
+        let (mut balance, due, due_holds) = self.booked_balance(org_id).await?;
         if due.is_positive() {
-            balance.balance = balance.balance.checked_sub(due)?;
+            balance.available = balance.available.checked_sub(due)?;
             let expired = balance.by_kind.entry(TransferKind::Expiry).or_default();
             expired.debits = expired.debits.checked_add(due)?;
         }
+        // Holds past their expiry are released at it, booked or not.
+        if due_holds.is_positive() {
+            balance.available = balance.available.checked_add(due_holds)?;
+            let released = balance.by_kind.entry(TransferKind::Release).or_default();
+            released.credits = released.credits.checked_add(due_holds)?;
+        }
+        balance.held = balance
+            .debits_of(TransferKind::Hold)
+            .checked_sub(balance.credits_of(TransferKind::Release))?;
+        balance.balance = balance.available.checked_add(balance.held)?;
         // What expires next is informational; the balance above is one snapshot.
         balance.expiring = self.grants().expiring(org_id).await?;
         Ok(balance)
     }
 
-    /// The org's balance as booked, per-kind totals and the credits due to expire but not
-    /// booked yet (still in that balance), in one statement, so one snapshot: a sweep that
-    /// commits meanwhile is seen in all of them or in none.
-    async fn booked_balance(&self, org_id: Uuid) -> Result<(Balance, Credits), StoreError> {
+    /// The org's balance as booked, per-kind totals, the credits due to expire but not
+    /// booked yet (still in that balance) and what due holds set aside (not released yet), in
+    /// one statement, so one snapshot: a sweep that commits meanwhile is seen in all of them or
+    /// in none.
+    async fn booked_balance(
+        &self,
+        org_id: Uuid,
+    ) -> Result<(Balance, Credits, Credits), StoreError> {
         let rows = sqlx::query!(
             r#"SELECT a.credits_posted - a.debits_posted AS "balance!", a.transfer_seq,
                       k.kind AS "kind?", k.credits_posted AS "kind_credits?",
                       k.debits_posted AS "kind_debits?",
                       (SELECT COALESCE(sum(g.remaining), 0) FROM grants g
                         WHERE g.org_id = a.org_id AND g.remaining > 0
-                          AND g.expires_at <= COALESCE($2, now())) AS "due!"
+                          AND g.expires_at <= COALESCE($2, now())) AS "due!",
+                      (SELECT COALESCE(sum(h.amount), 0) FROM holds h
+                        WHERE h.org_id = a.org_id AND h.state = 'active'
+                          AND h.expires_at <= COALESCE($2, now())) AS "due_holds!"
                  FROM accounts a
                  LEFT JOIN org_kind_totals k ON k.org_id = a.org_id
                 WHERE a.org_id = $1"#,
@@ -191,9 +213,12 @@ impl Ledger<'_> {
         .await?;
         let first = rows.first().ok_or(StoreError::OrgNotFound)?;
         let due = Credits::from_stored(first.due);
+        let due_holds = Credits::from_stored(first.due_holds);
         let mut balance = Balance {
             org_id,
             balance: Credits::from_stored(first.balance),
+            available: Credits::from_stored(first.balance),
+            held: Credits::ZERO,
             by_kind: BTreeMap::new(),
             transfer_count: first.transfer_seq,
             expiring: Vec::new(),
@@ -209,7 +234,7 @@ impl Ledger<'_> {
                 );
             }
         }
-        Ok((balance, due))
+        Ok((balance, due, due_holds))
     }
 
     /// One page of an org's transfers, newest first, with optional filters.
@@ -328,14 +353,20 @@ mod totals_tests {
         for (i, kind) in TransferKind::ALL.into_iter().enumerate() {
             let credits = Credits::from_stored(Decimal::new(1000 + i as i64 * 37, 3));
             let debits = Credits::from_stored(Decimal::new(400 + i as i64 * 91, 3));
+            by_kind.insert(kind, KindTotals { credits, debits });
+            // Holds and releases move credits within the balance (available ↔ held).
+            if matches!(kind, TransferKind::Hold | TransferKind::Release) {
+                continue;
+            }
             net = net
                 .checked_add(credits.checked_sub(debits).unwrap())
                 .unwrap();
-            by_kind.insert(kind, KindTotals { credits, debits });
         }
         let b = Balance {
             org_id: Uuid::nil(),
             balance: net,
+            available: net,
+            held: Credits::ZERO,
             by_kind,
             transfer_count: 0,
             expiring: Vec::new(),

@@ -127,10 +127,18 @@ impl Summaries<'_> {
         let (start, end) = (month.start(), month.end());
         let mut movements: HashMap<Uuid, Movements> =
             org_ids.iter().map(|o| (*o, Movements::default())).collect();
-        // Every kind but usage, which summaries read from the rollups.
+        // Every kind but usage, which summaries read from the rollups, and holds and releases,
+        // which move credits within the balance (available ↔ held).
         let booked_kinds: Vec<String> = billing::TransferKind::ALL
             .into_iter()
-            .filter(|k| *k != billing::TransferKind::Usage)
+            .filter(|k| {
+                !matches!(
+                    k,
+                    billing::TransferKind::Usage
+                        | billing::TransferKind::Hold
+                        | billing::TransferKind::Release
+                )
+            })
             .map(|k| k.as_str().to_string())
             .collect();
         // Booked movements other than usage (few per org: purchases, topups, refunds,

@@ -13,7 +13,11 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{NewTransfer, OutboxEvent, StoreError, outbox};
+use crate::{
+    NewTransfer, OutboxEvent, StoreError,
+    holds::{Gate, HoldBatch, HoldOp, HoldOutcome},
+    outbox,
+};
 
 /// A validated, rated event ready to record.
 #[derive(Debug, Clone)]
@@ -32,6 +36,8 @@ pub struct UsageJob {
     /// Who reported it (`key:{id}`), written on the transfers.
     pub actor: String,
     pub events: Vec<RatedEvent>,
+    /// A hold to make, or the hold these events settle.
+    pub hold: Option<HoldOp>,
 }
 
 /// What was recorded for an event (now or the first time it was sent).
@@ -54,14 +60,18 @@ pub enum EventOutcome {
     /// Its cost would take the org below minus its overdraft limit: refused, nothing kept (the
     /// id stays free for a retry once there are credits).
     OverdraftLimit,
+    /// Its job's hold operation was refused (a settle of a hold not active): nothing kept.
+    Dropped,
 }
 
 #[derive(Debug, Clone)]
 pub struct JobResult {
     /// One per event of the job, in order.
     pub outcomes: Vec<EventOutcome>,
-    /// The org's balance after this transaction.
+    /// The org's available balance after this transaction.
     pub balance: Credits,
+    /// What became of the job's hold operation.
+    pub hold: Option<HoldOutcome>,
 }
 
 mod rows;
@@ -162,8 +172,12 @@ impl UsageEvents<'_> {
         // overdraft floor: an event that would go below it is refused and its row removed.
         let org_ids: Vec<Uuid> = jobs.iter().map(|j| j.org_id).collect();
         let mut locked = self.ledger().lock_orgs(&mut tx, &org_ids).await?;
+        // Holds the jobs make or settle, and the budgets their usage counts toward.
+        let mut holds = HoldBatch::load(&mut tx, &locked, jobs).await?;
+        let mut hold_outcomes: Vec<Option<HoldOutcome>> = Vec::with_capacity(jobs.len());
         let mut running: HashMap<Uuid, Credits> = HashMap::new();
         let mut refused: HashSet<Uuid> = HashSet::new();
+        let mut dropped: HashSet<Uuid> = HashSet::new();
         let mut booked: HashSet<Uuid> = HashSet::new();
         let mut new_transfers: Vec<NewTransfer> = Vec::new();
         let mut refusals: HashMap<Uuid, (i64, Credits)> = HashMap::new();
@@ -172,18 +186,38 @@ impl UsageEvents<'_> {
                 .overdraft_limit(j.org_id)
                 .unwrap_or(self.overdraft_limit);
             let floor = Credits::ZERO.checked_sub(limit)?;
+            let mut balance = match running.get(&j.org_id) {
+                Some(b) => *b,
+                None => locked.balance(j.org_id).ok_or(StoreError::OrgNotFound)?,
+            };
+            // The job's hold first: a hold is booked before its events (it has none), a
+            // settle's release before the usage it settles.
+            let (gate, mut outcome) = holds.begin(j, &mut balance, floor)?;
+            let open = match gate {
+                Gate::Open(entries) => {
+                    new_transfers.extend(entries);
+                    true
+                }
+                Gate::Closed => false,
+            };
+            running.insert(j.org_id, balance);
+            let budgeted = locked.budgeted(j.org_id);
+            let mut usage = Credits::ZERO;
             for e in &j.events {
                 let c = &candidates[&(j.org_id, e.event.source.as_str(), e.event.id.as_str())];
+                if !open {
+                    if inserted.contains(&c.usage_id) && !booked.contains(&c.usage_id) {
+                        dropped.insert(c.usage_id);
+                    }
+                    continue;
+                }
                 let Some(index) = c.transfer_index else {
                     continue;
                 };
                 if !inserted.contains(&c.usage_id) || !booked.insert(c.usage_id) {
                     continue;
                 }
-                let balance = match running.get(&j.org_id) {
-                    Some(b) => *b,
-                    None => locked.balance(j.org_id).ok_or(StoreError::OrgNotFound)?,
-                };
+                let balance = running[&j.org_id];
                 let after = balance.checked_sub(e.cost)?;
                 if after < floor {
                     refused.insert(c.usage_id);
@@ -193,21 +227,40 @@ impl UsageEvents<'_> {
                 } else {
                     running.insert(j.org_id, after);
                     new_transfers.push(transfers[index].clone());
+                    usage = usage.checked_add(e.cost)?;
+                    if budgeted {
+                        holds.count_usage(j.org_id, &e.event.dimensions(), e.cost)?;
+                    }
                 }
             }
+            if open && outcome.is_none() {
+                outcome = holds.finish(j, usage);
+            }
+            hold_outcomes.push(outcome);
         }
         if !refused.is_empty() {
             record_refusals(&mut tx, &refused, &refusals).await?;
         }
+        if !dropped.is_empty() {
+            let ids: Vec<Uuid> = dropped.iter().copied().collect();
+            sqlx::query!("DELETE FROM usage_events WHERE id = ANY($1)", &ids)
+                .execute(&mut *tx)
+                .await?;
+        }
         self.ledger()
             .book_locked(&mut tx, &mut locked, &new_transfers, false)
             .await?;
+        holds.write(&mut tx).await?;
         // The monthly rollups summaries read, from the events that stay recorded.
         crate::rollups::add(
             &mut tx,
             ordered
                 .iter()
-                .filter(|(_, c)| inserted.contains(&c.usage_id) && !refused.contains(&c.usage_id))
+                .filter(|(_, c)| {
+                    inserted.contains(&c.usage_id)
+                        && !refused.contains(&c.usage_id)
+                        && !dropped.contains(&c.usage_id)
+                })
                 .map(|((org, _, _), c)| (*org, c.event)),
         )
         .await?;
@@ -216,7 +269,7 @@ impl UsageEvents<'_> {
         // first occurrence in this batch.
         let mut results = Vec::with_capacity(jobs.len());
         let mut accepted_once: HashSet<Uuid> = HashSet::new();
-        for j in jobs {
+        for (j, hold) in jobs.iter().zip(hold_outcomes) {
             let mut outcomes = Vec::with_capacity(j.events.len());
             for e in &j.events {
                 let key = (j.org_id, e.event.source.clone(), e.event.id.clone());
@@ -238,6 +291,8 @@ impl UsageEvents<'_> {
                     EventOutcome::Conflict
                 } else if fresh && refused.contains(&rec.usage_id) {
                     EventOutcome::OverdraftLimit
+                } else if fresh && dropped.contains(&rec.usage_id) {
+                    EventOutcome::Dropped
                 } else if fresh && accepted_once.insert(rec.usage_id) {
                     EventOutcome::Accepted(rec)
                 } else {
@@ -245,7 +300,11 @@ impl UsageEvents<'_> {
                 });
             }
             let balance = locked.balance(j.org_id).ok_or(StoreError::OrgNotFound)?;
-            results.push(JobResult { outcomes, balance });
+            results.push(JobResult {
+                outcomes,
+                balance,
+                hold,
+            });
         }
         tx.commit().await?;
         Ok(results)

@@ -20,6 +20,7 @@ pub(super) struct EventRows {
     pub(super) types: Vec<String>,
     pub(super) occurred: Vec<chrono::DateTime<chrono::Utc>>,
     pub(super) users: Vec<Option<String>>,
+    pub(super) api_keys: Vec<Option<String>>,
     pub(super) models: Vec<Option<String>>,
     pub(super) operations: Vec<Option<String>>,
     pub(super) inputs: Vec<Option<i64>>,
@@ -45,6 +46,7 @@ impl EventRows {
         self.types.push(ev.usage.type_name().to_string());
         self.occurred.push(ev.occurred_at);
         self.users.push(ev.user.clone());
+        self.api_keys.push(ev.api_key.clone());
         match &ev.usage {
             Usage::AiTokens(a) => {
                 self.models.push(Some(a.model.clone()));
@@ -89,12 +91,12 @@ impl EventRows {
             "INSERT INTO usage_events (id, org_id, source, event_id, payload_hash, type,
                                        occurred_at, user_id, model, operation, input_tokens,
                                        output_tokens, cached_input_tokens, resource, quantity,
-                                       unit, labels, cost, price_version, transfer_id)
+                                       unit, labels, cost, price_version, transfer_id, api_key)
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bytea[],
                                   $6::text[], $7::timestamptz[], $8::text[], $9::text[],
                                   $10::text[], $11::bigint[], $12::bigint[], $13::bigint[],
                                   $14::text[], $15::numeric[], $16::text[], $17::jsonb[],
-                                  $18::numeric[], $19::bigint[], $20::uuid[])
+                                  $18::numeric[], $19::bigint[], $20::uuid[], $22::text[])
                       AS n(id, org_id, source, event_id)
               WHERE NOT $21::bool
                  OR NOT EXISTS (SELECT 1 FROM usage_events l
@@ -123,7 +125,8 @@ impl EventRows {
             &self.versions,
             &self.transfer_ids as &[Option<Uuid>],
             // Only then is the probe for an older row evaluated (OR stops at the first true).
-            events_before_sources
+            events_before_sources,
+            &self.api_keys as &[Option<String>]
         )
         .fetch_all(&mut **tx)
         .await?)

@@ -167,6 +167,7 @@ async fn a_row_the_database_refuses_fails_only_its_own_request() {
             id: id.into(),
             occurred_at: Utc::now(),
             user: None,
+            api_key: None,
             labels: [("k".to_string(), label.to_string())].into(),
             usage: billing::usage::Usage::AiTokens(billing::usage::AiTokens {
                 model: "gpt-4o".into(),
@@ -192,6 +193,7 @@ async fn a_row_the_database_refuses_fails_only_its_own_request() {
                 &format!("e-{i}"),
                 if i == 7 { "a\u{0}b" } else { "ok" },
             )],
+            hold: None,
         })
         .collect();
 
@@ -605,6 +607,7 @@ async fn events_recorded_before_sources_still_hold_their_ids() {
                 id: "old-1".into(),
                 occurred_at: Utc::now(),
                 user: None,
+                api_key: None,
                 labels: Default::default(),
                 usage: billing::usage::Usage::AiTokens(billing::usage::AiTokens {
                     model: "gpt-4o".into(),
@@ -632,6 +635,7 @@ async fn events_recorded_before_sources_still_hold_their_ids() {
                     price_version: 1,
                     payload_hash: stored_hash,
                 }],
+                hold: None,
             }])
             .await
             .unwrap();
