@@ -128,9 +128,7 @@ pub async fn put_budget(
         .ok_or_else(|| ApiError::invalid("scope", "missing_field", "`scope` is required"))?;
     let (_, key, value) = scope.parts();
     for (field, v, required) in [("scope.key", key, false), ("scope", value, true)] {
-        if (required || !v.is_empty())
-            && billing::usage::check_name(field, v, true).is_err()
-        {
+        if (required || !v.is_empty()) && billing::usage::check_name(field, v, true).is_err() {
             return Err(ApiError::invalid(
                 field,
                 "invalid_scope",
@@ -200,7 +198,9 @@ pub async fn put_budget(
         return Err(ApiError::invalid(
             "alert_at_percent",
             "invalid_alerts",
-            format!("`alert_at_percent` holds up to {ALERTS_MAX} percents, 1 to {ALERT_PERCENT_MAX}"),
+            format!(
+                "`alert_at_percent` holds up to {ALERTS_MAX} percents, 1 to {ALERT_PERCENT_MAX}"
+            ),
         ));
     }
     if body.recipients.len() > RECIPIENTS_MAX {
@@ -215,7 +215,10 @@ pub async fn put_budget(
             return Err(ApiError::invalid(
                 "recipients",
                 "invalid_email",
-                format!("`{}` is not an e-mail address", r.chars().take(64).collect::<String>()),
+                format!(
+                    "`{}` is not an e-mail address",
+                    r.chars().take(64).collect::<String>()
+                ),
             ));
         }
     }
@@ -230,19 +233,23 @@ pub async fn put_budget(
         alert_at_percent: alerts,
         recipients: body.recipients,
     };
-    let (standing, created) = state
-        .store
-        .budgets()
-        .put(org_id, &budget)
-        .await
-        .map_err(|e| match e {
-            store::StoreError::TooMany(_) => ApiError::new(
-                StatusCode::CONFLICT,
-                "too_many_budgets",
-                format!("an org has at most {} budgets", budgets::BUDGETS_PER_ORG_MAX),
-            ),
-            e => e.into(),
-        })?;
+    let (standing, created) =
+        state
+            .store
+            .budgets()
+            .put(org_id, &budget)
+            .await
+            .map_err(|e| match e {
+                store::StoreError::TooMany(_) => ApiError::new(
+                    StatusCode::CONFLICT,
+                    "too_many_budgets",
+                    format!(
+                        "an org has at most {} budgets",
+                        budgets::BUDGETS_PER_ORG_MAX
+                    ),
+                ),
+                e => e.into(),
+            })?;
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -88,9 +88,9 @@ impl HoldView {
             overage: h.overage,
             created_at: h.created_at,
             expires_at: h.expires_at,
-            ended_at: h.ended_at.or_else(|| {
-                (h.state_at(now) == HoldState::Expired).then_some(h.expires_at)
-            }),
+            ended_at: h
+                .ended_at
+                .or_else(|| (h.state_at(now) == HoldState::Expired).then_some(h.expires_at)),
             user: h.dims.user.clone(),
             api_key: h.dims.api_key.clone(),
             model: h.dims.model.clone(),
@@ -197,7 +197,10 @@ pub async fn create_hold(
             (
                 cost,
                 Some(version),
-                format!("estimate={}/{}/{}", e.model, e.input_tokens, e.max_output_tokens),
+                format!(
+                    "estimate={}/{}/{}",
+                    e.model, e.input_tokens, e.max_output_tokens
+                ),
             )
         }
         _ => {
@@ -238,7 +241,10 @@ pub async fn create_hold(
     };
     let request_hash = store::request_hash(&[
         what.as_bytes(),
-        body.ttl_ms.unwrap_or(holds::TTL_DEFAULT_MS).to_string().as_bytes(),
+        body.ttl_ms
+            .unwrap_or(holds::TTL_DEFAULT_MS)
+            .to_string()
+            .as_bytes(),
         overage.as_str().as_bytes(),
         serde_json::to_string(&dims).unwrap_or_default().as_bytes(),
     ]);
@@ -495,8 +501,8 @@ pub async fn settle_hold(
                 ));
             }
             let values: Vec<Value> = values.into_iter().map(|v| inherit(v, &hold)).collect();
-            let rated = crate::usage::rate_values(&values, &principal, &catalog, &rules)
-                .map_err(|(i, r)| {
+            let rated = crate::usage::rate_values(&values, &principal, &catalog, &rules).map_err(
+                |(i, r)| {
                     ApiError::invalid(
                         format!("events[{i}]"),
                         "settle_event_rejected",
@@ -504,10 +510,10 @@ pub async fn settle_hold(
                     )
                     .with("index", i)
                     .with("event_code", r.code)
-                })?;
+                },
+            )?;
             let hash = {
-                let hashes: Vec<&[u8]> =
-                    rated.iter().map(|e| e.payload_hash.as_slice()).collect();
+                let hashes: Vec<&[u8]> = rated.iter().map(|e| e.payload_hash.as_slice()).collect();
                 store::request_hash(&hashes)
             };
             (rated, hash)
@@ -592,7 +598,8 @@ fn inherit(mut v: Value, hold: &Hold) -> Value {
             }
         };
         if let Some(u) = &hold.dims.user {
-            data.entry("user").or_insert_with(|| Value::String(u.clone()));
+            data.entry("user")
+                .or_insert_with(|| Value::String(u.clone()));
         }
         if let Some(k) = &hold.dims.api_key {
             data.entry("api_key")
@@ -617,7 +624,11 @@ fn amount_event(hold: &Hold, amount: Credits, now: DateTime<Utc>, version: i64) 
         api_key: hold.dims.api_key.clone(),
         labels: hold.dims.labels.clone(),
         usage: Usage::AiTokens(AiTokens {
-            model: hold.dims.model.clone().unwrap_or_else(|| "unspecified".into()),
+            model: hold
+                .dims
+                .model
+                .clone()
+                .unwrap_or_else(|| "unspecified".into()),
             operation: "hold_settle".into(),
             input_tokens: 0,
             output_tokens: 0,
@@ -791,12 +802,13 @@ pub async fn list_holds(
             format!("limit must be between 1 and {PAGE_LIMIT_MAX}"),
         ));
     }
-    let before = match &p.cursor {
-        None => None,
-        Some(c) => Some(c.parse::<Uuid>().map_err(|_| {
-            ApiError::bad_request("invalid_cursor", "cursor is not one we issued")
-        })?),
-    };
+    let before =
+        match &p.cursor {
+            None => None,
+            Some(c) => Some(c.parse::<Uuid>().map_err(|_| {
+                ApiError::bad_request("invalid_cursor", "cursor is not one we issued")
+            })?),
+        };
     let hold_state = match p.state.as_deref() {
         None => None,
         Some(s) => Some(s.parse::<HoldState>().map_err(|_| {
@@ -836,7 +848,10 @@ mod tests {
         hold.dims.user = Some("u1".into());
         let v = inherit(serde_json::json!({"type": "ai_tokens"}), &hold);
         assert_eq!(v["user"], "u1");
-        let v = inherit(serde_json::json!({"type": "ai_tokens", "user": "u2"}), &hold);
+        let v = inherit(
+            serde_json::json!({"type": "ai_tokens", "user": "u2"}),
+            &hold,
+        );
         assert_eq!(v["user"], "u2");
     }
 

@@ -108,8 +108,7 @@ impl Period {
             Period::Total => return (DateTime::<Utc>::UNIX_EPOCH, None),
             Period::Day => (local, local + Days::new(1)),
             Period::Week => {
-                let monday =
-                    local - Days::new(u64::from(local.weekday().num_days_from_monday()));
+                let monday = local - Days::new(u64::from(local.weekday().num_days_from_monday()));
                 (monday, monday + Days::new(7))
             }
             Period::Month => {
@@ -283,8 +282,17 @@ mod tests {
             alert_at_percent: vec![50, 80, 100],
             recipients: vec![],
         };
-        assert_eq!(b.alerts_due(Credits::whole(10), Credits::whole(85), 0), vec![50, 80]);
-        assert_eq!(b.alerts_due(Credits::whole(85), Credits::whole(90), 80), Vec::<i32>::new());
-        assert_eq!(b.alerts_due(Credits::whole(90), Credits::whole(100), 80), vec![100]);
+        assert_eq!(
+            b.alerts_due(Credits::whole(10), Credits::whole(85), 0),
+            vec![50, 80]
+        );
+        assert_eq!(
+            b.alerts_due(Credits::whole(85), Credits::whole(90), 80),
+            Vec::<i32>::new()
+        );
+        assert_eq!(
+            b.alerts_due(Credits::whole(90), Credits::whole(100), 80),
+            vec![100]
+        );
     }
 }

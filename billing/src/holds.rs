@@ -220,7 +220,10 @@ mod tests {
 
     #[test]
     fn reject_holds_what_fits_or_nothing() {
-        assert_eq!(decide(c(10), Overage::Reject, c(10), c(-5), None), Ok(c(10)));
+        assert_eq!(
+            decide(c(10), Overage::Reject, c(10), c(-5), None),
+            Ok(c(10))
+        );
         assert_eq!(
             decide(c(11), Overage::Reject, c(10), c(-5), None),
             Err(Refusal::InsufficientCredits { available: c(10) })
@@ -229,9 +232,18 @@ mod tests {
 
     #[test]
     fn cap_holds_what_is_available_and_refuses_nothing_left() {
-        assert_eq!(decide(c(11), Overage::CapToAvailable, c(10), c(0), None), Ok(c(10)));
         assert_eq!(
-            decide(c(11), Overage::CapToAvailable, c(10), c(0), Some((c(3), "b"))),
+            decide(c(11), Overage::CapToAvailable, c(10), c(0), None),
+            Ok(c(10))
+        );
+        assert_eq!(
+            decide(
+                c(11),
+                Overage::CapToAvailable,
+                c(10),
+                c(0),
+                Some((c(3), "b"))
+            ),
             Ok(c(3))
         );
         assert!(decide(c(1), Overage::CapToAvailable, c(0), c(-50), None).is_err());
@@ -260,7 +272,10 @@ mod tests {
     fn terminal_states_are_final() {
         for s in HoldState::ALL {
             for n in HoldState::ALL {
-                assert_eq!(s.can_become(n), s == HoldState::Active && n != HoldState::Active);
+                assert_eq!(
+                    s.can_become(n),
+                    s == HoldState::Active && n != HoldState::Active
+                );
             }
         }
     }

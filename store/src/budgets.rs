@@ -70,7 +70,11 @@ impl BudgetBook {
 
     /// A hold made about `d`: the budgets it matches hold more.
     pub(crate) fn hold(&mut self, d: &Dimensions, amount: Credits) -> Result<(), StoreError> {
-        for s in self.standings.iter_mut().filter(|s| s.budget.scope.matches(d)) {
+        for s in self
+            .standings
+            .iter_mut()
+            .filter(|s| s.budget.scope.matches(d))
+        {
             s.held = s.held.checked_add(amount)?;
         }
         Ok(())
@@ -78,7 +82,11 @@ impl BudgetBook {
 
     /// A hold about `d` ended.
     pub(crate) fn release(&mut self, d: &Dimensions, amount: Credits) -> Result<(), StoreError> {
-        for s in self.standings.iter_mut().filter(|s| s.budget.scope.matches(d)) {
+        for s in self
+            .standings
+            .iter_mut()
+            .filter(|s| s.budget.scope.matches(d))
+        {
             s.held = s.held.checked_sub(amount)?.max(Credits::ZERO);
         }
         Ok(())

@@ -343,8 +343,7 @@ impl HoldBatch {
                 }
                 let standings = self.budgets.get(&org).map(BudgetBook::standings);
                 let room = standings.and_then(|s| billing::budgets::hard_room(s, &r.dims));
-                let amount = match holds::decide(r.requested, r.overage, *available, floor, room)
-                {
+                let amount = match holds::decide(r.requested, r.overage, *available, floor, room) {
                     Ok(a) => a,
                     Err(refusal) => {
                         let budget = match &refusal {
@@ -417,7 +416,10 @@ impl HoldBatch {
                         && h.settle_hash.as_deref() == Some(s.request_hash.as_slice());
                     return Ok(if same {
                         // Its events are recorded already: they answer as duplicates.
-                        (Gate::Open(Vec::new()), Some(HoldOutcome::SettleReplay(h.clone())))
+                        (
+                            Gate::Open(Vec::new()),
+                            Some(HoldOutcome::SettleReplay(h.clone())),
+                        )
                     } else {
                         (Gate::Closed, Some(HoldOutcome::NotActive(h.clone())))
                     });
@@ -781,7 +783,9 @@ impl Holds<'_> {
     pub async fn void(&self, id: Uuid, actor: &str) -> Result<HoldOutcome, StoreError> {
         self.under_lock(id, |h, now| match h.state_at(now) {
             HoldState::Voided => Ok(None),
-            HoldState::Active => Ok(Some(release_entry(h.org_id, h.id, h.amount, actor, "voided"))),
+            HoldState::Active => Ok(Some(release_entry(
+                h.org_id, h.id, h.amount, actor, "voided",
+            ))),
             _ => Err(()),
         })
         .await
@@ -806,7 +810,10 @@ impl Holds<'_> {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(HoldOutcome::Done(Hold { expires_at: to, ..h }))
+        Ok(HoldOutcome::Done(Hold {
+            expires_at: to,
+            ..h
+        }))
     }
 
     async fn org_of(

@@ -55,10 +55,10 @@ use sqlx::{
 };
 
 pub use alerts::{AlertClaim, AlertRecord, Alerts, NewAlert};
+pub use budgets::{BudgetAlert, Budgets};
 pub use clock::Clock;
 pub use disputes::{DisputeReport, Disputes, OpenedDispute};
 pub use error::StoreError;
-pub use budgets::{BudgetAlert, Budgets};
 pub use grants::{CreditGrant, Expiring, GrantPage, GrantQuery, GrantState, Grants, NewPromo};
 pub use holds::{
     Hold, HoldOp, HoldOutcome, HoldQuery, HoldRequest, Holds, Position, SettleRequest,

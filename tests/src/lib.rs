@@ -306,6 +306,8 @@ pub struct AppOptions {
     pub postgres_proxy: bool,
     pub limits: api::RequestLimits,
     pub usage: api::UsageBounds,
+    /// The time the API books and reads at (a manual clock the test moves), else the database's.
+    pub clock: Option<store::Clock>,
 }
 
 impl Default for AppOptions {
@@ -321,6 +323,7 @@ impl Default for AppOptions {
                 late_usage_max: chrono::Duration::days(3650),
                 ..api::UsageBounds::default()
             },
+            clock: None,
         }
     }
 }
@@ -376,7 +379,10 @@ impl TestApp {
         });
         tokio::spawn(axum_serve(stripe_listener, emulator.router()));
         let smtp = smtp::SmtpServer::start().await?;
-        let store = connect_store(&database_url, 16).await?;
+        let mut store = connect_store(&database_url, 16).await?;
+        if let Some(clock) = &app_options.clock {
+            store = store.with_clock(clock.clone());
+        }
         let temporal_proxy = match app_options.temporal_proxy {
             true => {
                 let server = temporal_url()?;

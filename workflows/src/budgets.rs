@@ -11,7 +11,12 @@ use temporalio_macros::{activity_definitions, workflow, workflow_methods};
 use temporalio_sdk::{WorkflowContext, WorkflowResult};
 use uuid::Uuid;
 
-pub fn workflow_id(org_id: &str, budget_id: &str, period_start: DateTime<Utc>, percent: i32) -> String {
+pub fn workflow_id(
+    org_id: &str,
+    budget_id: &str,
+    period_start: DateTime<Utc>,
+    percent: i32,
+) -> String {
     format!(
         "budget-alert-{org_id}-{budget_id}-{}-{percent}",
         period_start.timestamp()

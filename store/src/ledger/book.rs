@@ -304,7 +304,13 @@ impl Ledger<'_> {
         let mut released: Vec<(Uuid, Uuid, Credits, DateTime<Utc>)> = Vec::new();
         for (org, due) in std::mem::take(&mut locked.due_holds) {
             for h in due {
-                let e = crate::holds::release_entry(org, h.id, h.amount, "system:hold-expiry", "expired");
+                let e = crate::holds::release_entry(
+                    org,
+                    h.id,
+                    h.amount,
+                    "system:hold-expiry",
+                    "expired",
+                );
                 expiry_at.insert(e.id, h.expires_at);
                 released.push((h.id, e.id, h.amount, h.expires_at));
                 expiries.push(e);

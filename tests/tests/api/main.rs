@@ -12,6 +12,7 @@ mod grants;
 mod harness;
 mod health;
 mod history;
+mod holds;
 mod keys;
 mod ledger_invariants;
 mod packages;
