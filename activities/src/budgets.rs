@@ -55,7 +55,7 @@ impl BudgetActivitiesImpl {
             .map_or("never (a total budget)".to_string(), |r| r.to_rfc3339());
         let body = format!(
             "Budget `{id}` of {name} ({org_id}) has reached {percent}% of its limit: {spent} of {limit} \
-             credits used this period (since {start}).\n\nIt resets at {resets}.\n",
+             used this period (since {start}).\n\nIt resets at {resets}.\n",
             id = a.budget_id,
             name = org.name,
             org_id = a.org_id,

@@ -144,6 +144,8 @@ async fn balance_reports_totals_by_kind() {
         json!({
             "org_id": org.id,
             "balance_credits": "69.750000",
+            "available_credits": "69.750000",
+            "held_credits": "0.000000",
             "negative": false,
             "totals": {
                 "purchased_credits": "0.000000",

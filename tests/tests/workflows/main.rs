@@ -3,6 +3,7 @@
 //! schemathesis checks the API against its OpenAPI document). Needs the local stack.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
+mod budgets;
 mod disputes;
 mod metrics;
 mod openapi;

@@ -67,6 +67,7 @@ async fn every_recorded_history_replays_against_the_current_code() {
         "payment_method_setup",
         "refund",
         "monthly_summaries",
+        "budget_alert",
     ] {
         assert!(
             names.iter().any(|n| n == shipped),
@@ -92,6 +93,9 @@ async fn every_recorded_history_replays_against_the_current_code() {
             .unwrap();
         options
             .register_workflow::<workflows::summary::MonthlySummaryWorkflow>()
+            .unwrap();
+        options
+            .register_workflow::<workflows::budgets::BudgetAlertWorkflow>()
             .unwrap();
         let replayer = WorkflowReplayer::new(options).unwrap();
 
