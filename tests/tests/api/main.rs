@@ -13,6 +13,7 @@ mod harness;
 mod health;
 mod history;
 mod holds;
+mod holds_model;
 mod keys;
 mod ledger_invariants;
 mod packages;
