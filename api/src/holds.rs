@@ -40,6 +40,47 @@ use crate::{
     usage::{EventResult, EventStatus},
 };
 
+/// Holds this process made and has not seen end, by (org, the org's id for them). What a settle
+/// needs of its hold before the writer (its id, org and dimensions) never changes, so a hit
+/// saves the settle a read; the writer reads the hold again under the org's lock, so a stale
+/// entry (a hold another process ended) decides nothing. Bounded: cleared when full.
+#[derive(Clone, Default)]
+pub struct HoldCache(
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(Uuid, String), Hold>>>,
+);
+
+/// Holds the cache keeps at most.
+const HOLD_CACHE_MAX: usize = 100_000;
+
+impl HoldCache {
+    fn put(&self, h: &Hold) {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if m.len() >= HOLD_CACHE_MAX {
+            m.clear();
+        }
+        m.insert((h.org_id, h.hold_id.clone()), h.clone());
+    }
+
+    fn get(&self, org: Uuid, hold_id: &str) -> Option<Hold> {
+        let m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.get(&(org, hold_id.to_string())).cloned()
+    }
+
+    fn forget(&self, h: &Hold) {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.remove(&(h.org_id, h.hold_id.clone()));
+    }
+}
+
 /// A hold as the API shows it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct HoldView {
@@ -267,6 +308,7 @@ pub async fn create_hold(
     match done.hold {
         Some(HoldOutcome::Created(h)) => {
             metrics::HOLDS.with_label_values(&["created"]).inc();
+            state.holds.put(&h);
             Ok(created(&h, done.balance, now, false))
         }
         Some(HoldOutcome::Replay(h)) => Ok(created(&h, done.balance, now, true)),
@@ -408,9 +450,14 @@ pub fn dimensions(
 
 /// The hold `/v1/holds/{id}` names, for this caller: the org's own id for it (an org key),
 /// else ours.
-async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<Hold, ApiError> {
+/// With `cached`, a hold this process made may come from [`HoldCache`] (a settle needs only
+/// what never changes); reads and the other changes read it.
+async fn find(state: &AppState, caller: &Caller, id: &str, cached: bool) -> Result<Hold, ApiError> {
     let not_found = || ApiError::not_found("hold_not_found", "no such hold");
     if let Caller::Org(p) = caller {
+        if cached && let Some(h) = state.holds.get(p.org_id, id) {
+            return Ok(h);
+        }
         match state.store.holds().by_client_id(p.org_id, id).await {
             Ok(h) => return Ok(h),
             Err(store::StoreError::NotFound(_)) => {}
@@ -469,7 +516,7 @@ pub async fn settle_hold(
     Path(id): Path<String>,
     Json(body): Json<SettleBody>,
 ) -> Result<AxumJson<SettleResult>, ApiError> {
-    let hold = find(&state, &caller, &id).await?;
+    let hold = find(&state, &caller, &id, true).await?;
     caller.authorize(hold.org_id, Scope::UsageWrite)?;
     let settle_id = body.settle_id.ok_or_else(|| {
         ApiError::invalid("settle_id", "missing_field", "`settle_id` is required")
@@ -553,6 +600,7 @@ pub async fn settle_hold(
         })),
     };
     let done = state.ingestor.submit(job).await?;
+    state.holds.forget(&hold);
     let now = state.store.now();
     let settled = match done.hold {
         Some(HoldOutcome::Settled(h)) => {
@@ -674,9 +722,10 @@ pub async fn void_hold(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<AxumJson<HoldView>, ApiError> {
-    let hold = find(&state, &caller, &id).await?;
+    let hold = find(&state, &caller, &id, false).await?;
     caller.authorize(hold.org_id, Scope::UsageWrite)?;
     let outcome = state.store.holds().void(hold.id, &caller.actor()).await?;
+    state.holds.forget(&hold);
     let now = state.store.now();
     match outcome {
         HoldOutcome::Done(h) => {
@@ -714,7 +763,7 @@ pub async fn extend_hold(
     Path(id): Path<String>,
     Json(body): Json<ExtendBody>,
 ) -> Result<AxumJson<HoldView>, ApiError> {
-    let hold = find(&state, &caller, &id).await?;
+    let hold = find(&state, &caller, &id, false).await?;
     caller.authorize(hold.org_id, Scope::UsageWrite)?;
     let by = body
         .by_ms
@@ -752,7 +801,7 @@ pub async fn get_hold(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<AxumJson<HoldView>, ApiError> {
-    let hold = find(&state, &caller, &id).await?;
+    let hold = find(&state, &caller, &id, false).await?;
     caller.authorize_any(hold.org_id, &[Scope::UsageWrite, Scope::BalanceRead])?;
     Ok(AxumJson(HoldView::of(&hold, state.store.now())))
 }

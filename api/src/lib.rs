@@ -68,6 +68,9 @@ pub struct AppState {
     pub usage: UsageBounds,
     /// Usage bytes in flight, in [`usage::BYTES_PER_PERMIT`] units.
     pub usage_bytes: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Holds this process made, by the org's id for them: a settle finds its hold here without
+    /// a read (see [`holds::HoldCache`]).
+    pub holds: holds::HoldCache,
 }
 
 /// Requests per org per minute for what costs a processor call and a workflow (0: no limit).
@@ -205,6 +208,7 @@ impl AppState {
             stripe_webhook_secret: options.stripe_webhook_secret,
             checkout_expiry: options.checkout_expiry,
             limits: options.limits,
+            holds: holds::HoldCache::default(),
             usage_bytes: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 // At least one largest body, or such a body could never be taken.
                 options

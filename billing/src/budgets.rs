@@ -1,17 +1,9 @@
 //! Budgets below the org: a limit on what one scope (a user, an API key, a model, a label)
 //! may spend per period.
 //!
-//! The rules, stated once:
-//! - **Spend** is the usage booked in the scope within the current period (by the instant it
-//!   was booked, the ledger's time) plus the scope's active holds. Periods are calendar days,
-//!   ISO weeks (from Monday) or months in the budget's time zone, or `total` (forever); each
-//!   starts exactly at its local midnight boundary ([`Period::bounds`]). Nothing resets: a new
-//!   period's spend is a new counter, so a reset can never run late.
-//! - **Hard** budgets refuse holds and checks that would take spend past the limit (402
-//!   `budget_exhausted`, naming the budget); **soft** ones only alert. Plain usage is never
-//!   refused by a budget (it already happened) but counts and alerts.
-//! - **Alerts**: each percent of `alert_at_percent` once per period, when usage (not holds:
-//!   a hold may still be voided) first reaches it.
+//! The rules (what spend counts, periods and their boundaries, hard and soft, alerts) are stated
+//! once, in `docs/architecture.md` §3.2; [`Period::bounds`] and [`Budget::alerts_due`] are their
+//! arithmetic.
 
 use chrono::{DateTime, Datelike, Days, Months, NaiveDate, TimeZone, Utc};
 pub use chrono_tz::Tz;

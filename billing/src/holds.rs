@@ -6,23 +6,8 @@
 //! balance, not particular grants: usage settled against it draws grants in the burn-down
 //! order like any usage.
 //!
-//! The rules, stated once (the README and `docs/architecture.md` point here):
-//! - **Creating**: the amount asked (or rated from an estimate) must fit every layer at once:
-//!   the org's available credits ([`decide`], by the hold's `overage`) and every hard budget
-//!   whose scope matches ([`crate::budgets`]). `reject` refuses a hold that does not fit;
-//!   `cap_to_available` holds what fits (refused only when nothing does); `allow` may take
-//!   available below zero down to the org's floor (minus its overdraft limit), never past it.
-//! - **Settling** records the actual usage (rated and deduplicated like `/v1/usage`) and ends
-//!   the hold: the whole hold is released and the usage booked, in one transaction. Usage
-//!   already happened, so all of it is recorded, also what exceeds the hold (down to the org's
-//!   floor, like any usage); of the hold, `settled = min(usage, amount)` and `released =
-//!   amount − settled`.
-//! - **Expiry** is at `expires_at` exactly: a read at or after it counts the hold as released
-//!   (available again) whether or not its release is booked yet; any booking on the org books
-//!   the release first, backdated to `expires_at`, and the worker's sweep books the rest.
-//! - **A settle after expiry** is still recorded as usage (never dropped) and flagged `late`;
-//!   the hold stays `expired` (its credits went back at its instant).
-//! - Each hold reaches exactly one terminal state, once: `settled`, `voided` or `expired`.
+//! The rules (creating by overage policy, settling, expiry, late settles) are stated once, in
+//! `docs/architecture.md` §3.2; [`decide`] and [`settle_split`] are their arithmetic.
 
 use std::{collections::BTreeMap, fmt, str::FromStr};
 

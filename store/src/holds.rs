@@ -288,13 +288,21 @@ impl HoldBatch {
         if !ids.is_empty() || !orgs.is_empty() {
             let rows = sqlx::query_as!(
                 HoldRow,
-                "SELECT id, org_id, hold_id, request_hash, state, requested, amount, overage,
-                        user_id, api_key, model, labels, price_version, actor, created_at,
-                        expires_at, ended_at, settled, released, settle_id, settle_hash,
-                        usage_credits, late
-                   FROM holds
-                  WHERE id = ANY($1)
-                     OR (org_id, hold_id) IN (SELECT * FROM UNNEST($2::uuid[], $3::text[]))",
+                r#"SELECT id AS "id!", org_id AS "org_id!", hold_id AS "hold_id!",
+                        request_hash AS "request_hash!", state AS "state!",
+                        requested AS "requested!", amount AS "amount!", overage AS "overage!",
+                        user_id, api_key, model, labels AS "labels!", price_version,
+                        actor AS "actor!", created_at AS "created_at!",
+                        expires_at AS "expires_at!", ended_at, settled, released, settle_id,
+                        settle_hash, usage_credits, late AS "late!"
+                   FROM holds WHERE id = ANY($1)
+                 UNION
+                 SELECT h.id, h.org_id, h.hold_id, h.request_hash, h.state, h.requested, h.amount,
+                        h.overage, h.user_id, h.api_key, h.model, h.labels, h.price_version,
+                        h.actor, h.created_at, h.expires_at, h.ended_at, h.settled, h.released,
+                        h.settle_id, h.settle_hash, h.usage_credits, h.late
+                   FROM UNNEST($2::uuid[], $3::text[]) AS q(org_id, hold_id)
+                   JOIN holds h ON h.org_id = q.org_id AND h.hold_id = q.hold_id"#,
                 &ids,
                 &orgs,
                 &client_ids

@@ -1,4 +1,5 @@
-//! `creditflow bench ingest`: ingestion and balance-read figures against the local stack.
+//! `creditflow bench ingest`: ingestion and balance-read figures against the local stack;
+//! `creditflow bench holds`: hold + settle pairs, and check latency beside ingestion.
 //!
 //! Starts `creditflow serve` as a child process on a fresh database, drives it over loopback
 //! HTTP, and prints, in one run: events/s for one hot org and for 1,000 orgs (16 clients ×
@@ -600,6 +601,268 @@ pub async fn ingest(settings: &Settings, args: &IngestArgs) -> anyhow::Result<()
         "{:<58} {:>9.0} %",
         "hot org vs 1,000 orgs",
         100.0 * hot_rate / many_rate
+    );
+    Ok(())
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct HoldsArgs {
+    /// Seconds each scenario runs.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Concurrent callers, each holding then settling in a loop (an AI call in flight each).
+    #[arg(long, default_value_t = 64)]
+    pub callers: usize,
+    /// Organizations in the many-orgs scenario.
+    #[arg(long, default_value_t = 1000)]
+    pub orgs: usize,
+    /// Usage clients beside the check and balance readers.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+}
+
+/// Hold-then-settle loops from `callers` tasks over `orgs` (round-robin) for `seconds`; returns
+/// pairs per second. Each pair is a hold of 1 credit and a settle by amount of 0.5.
+fn drive_holds(
+    base: &str,
+    orgs: &[(String, String)],
+    callers: usize,
+    seconds: u64,
+    label: &str,
+) -> anyhow::Result<f64> {
+    let load = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(lower_priority)
+        .build()?;
+    let rate = load.block_on(async {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(callers * 2)
+            .build()?;
+        let pairs = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let end = Instant::now() + Duration::from_secs(seconds);
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..callers {
+            let (http, base, orgs) = (http.clone(), base.to_string(), orgs.to_vec());
+            let (pairs, errors, label) = (pairs.clone(), errors.clone(), label.to_string());
+            tasks.push(tokio::spawn(async move {
+                let mut seq = 0usize;
+                while Instant::now() < end {
+                    let (org, key) = &orgs[(c + seq * callers) % orgs.len()];
+                    let hold_id = format!("{label}-{c}-{seq}");
+                    seq += 1;
+                    let held = http
+                        .post(format!("{base}/v1/orgs/{org}/holds"))
+                        .bearer_auth(key)
+                        .header("content-type", "application/json")
+                        .body(format!(
+                            "{{\"hold_id\":\"{hold_id}\",\"amount_credits\":\"1\",\"user\":\"bench\"}}"
+                        ))
+                        .send()
+                        .await;
+                    if !held.is_ok_and(|r| r.status().as_u16() == 201) {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let settled = http
+                        .post(format!("{base}/v1/holds/{hold_id}/settle"))
+                        .bearer_auth(key)
+                        .header("content-type", "application/json")
+                        .body("{\"settle_id\":\"s\",\"amount_credits\":\"0.5\"}")
+                        .send()
+                        .await;
+                    if settled.is_ok_and(|r| r.status().is_success()) {
+                        pairs.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+        let errors = errors.load(Ordering::Relaxed);
+        anyhow::ensure!(errors == 0, "{errors} hold or settle requests failed in {label}");
+        anyhow::Ok(pairs.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    });
+    load.shutdown_background();
+    rate
+}
+
+/// Alternates a check and a balance read every 5 ms until `stop`; returns both latencies in
+/// microseconds.
+async fn read_checks(
+    http: reqwest::Client,
+    base: String,
+    org: String,
+    key: String,
+    stop: Arc<AtomicBool>,
+) -> (Vec<u64>, Vec<u64>) {
+    let (mut checks, mut balances) = (Vec::new(), Vec::new());
+    while !stop.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        let ok = http
+            .post(format!("{base}/v1/check"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body("{\"amount_credits\":\"2\",\"user\":\"bench\"}")
+            .send()
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false);
+        if ok {
+            checks.push(t.elapsed().as_micros() as u64);
+        }
+        let t = Instant::now();
+        let ok = http
+            .get(format!("{base}/v1/orgs/{org}/balance"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false);
+        if ok {
+            balances.push(t.elapsed().as_micros() as u64);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (checks, balances)
+}
+
+async fn fund(http: &reqwest::Client, base: &str, org: &str) -> anyhow::Result<()> {
+    http.post(format!("{base}/v1/orgs/{org}/adjustments"))
+        .bearer_auth(OPERATOR_KEY)
+        .header("idempotency-key", format!("bench-fund-{org}"))
+        .json(&json!({"amount_credits": "1000000000", "reason": "bench"}))
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(())
+}
+
+pub async fn holds(settings: &Settings, args: &HoldsArgs) -> anyhow::Result<()> {
+    let db_url = fresh_database(settings).await?;
+    let server = start_server(&db_url).await?;
+    let pid = server.child.id().context("server pid")?;
+    let http = reqwest::Client::new();
+    let base = server.base.clone();
+    println!(
+        "creditflow bench holds: {} s per scenario, {} callers, server pid {pid}",
+        args.seconds, args.callers
+    );
+    let hot = create_orgs(&http, &base, 1).await?;
+    fund(&http, &base, &hot[0].0).await?;
+    let many = create_orgs(&http, &base, args.orgs).await?;
+    for (org, _) in &many {
+        fund(&http, &base, org).await?;
+    }
+    // The hot org carries a budget on the bench user, so every hold is decided on both layers.
+    http.put(format!("{base}/v1/orgs/{}/budgets/bench-day", hot[0].0))
+        .bearer_auth(OPERATOR_KEY)
+        .json(
+            &json!({"scope": {"user": "bench"}, "limit_credits": "1000000000",
+                      "period": "day", "enforcement": "hard"}),
+        )
+        .send()
+        .await?
+        .error_for_status()?;
+    let (b, c, sec) = (base.clone(), args.callers, args.seconds);
+    let hot_orgs = hot.clone();
+    let hot_rate =
+        tokio::task::spawn_blocking(move || drive_holds(&b, &hot_orgs, c, sec, "hot")).await??;
+    let (b, many_orgs) = (base.clone(), many.clone());
+    let many_rate =
+        tokio::task::spawn_blocking(move || drive_holds(&b, &many_orgs, c, sec, "many")).await??;
+
+    // Checks and balance reads on the hot org while usage ingestion runs at full speed on it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (b, org, key, stop) = (
+            base.clone(),
+            hot[0].0.clone(),
+            hot[0].1.clone(),
+            stop.clone(),
+        );
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            anyhow::Ok(rt.block_on(read_checks(reqwest::Client::new(), b, org, key, stop)))
+        })
+    };
+    let (b, keys, clients) = (base.clone(), vec![hot[0].1.clone()], args.clients);
+    let usage_rate =
+        tokio::task::spawn_blocking(move || drive(&b, &keys, clients, 100, sec, "beside"))
+            .await??;
+    stop.store(true, Ordering::Relaxed);
+    let (mut checks, mut balances) = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the check reader panicked"))??;
+    checks.sort_unstable();
+    balances.sort_unstable();
+    let rss = peak_rss_mb(pid).unwrap_or(f64::NAN);
+    drop(server);
+    let yard = yardstick(&db_url, args.clients, args.seconds).await?;
+
+    println!();
+    println!("{:<58} {:>12}", "scenario", "figure");
+    println!(
+        "{:<58} {:>7.0} pairs/s",
+        format!(
+            "hold + settle, 1 org (with a budget) x {} callers",
+            args.callers
+        ),
+        hot_rate
+    );
+    println!(
+        "{:<58} {:>7.0} pairs/s",
+        format!(
+            "hold + settle, {} orgs x {} callers",
+            args.orgs, args.callers
+        ),
+        many_rate
+    );
+    println!(
+        "{:<58} {:>9.0} ev/s",
+        format!(
+            "usage beside the readers: 1 org x {} clients x 100",
+            args.clients
+        ),
+        usage_rate
+    );
+    println!(
+        "{:<58} {:>9.2} ms",
+        format!("check p50 while ingesting ({} checks)", checks.len()),
+        percentile(&checks, 0.50)
+    );
+    println!(
+        "{:<58} {:>9.2} ms",
+        "check p99 while ingesting",
+        percentile(&checks, 0.99)
+    );
+    println!(
+        "{:<58} {:>9.2} ms",
+        format!("balance p50 while ingesting ({} reads)", balances.len()),
+        percentile(&balances, 0.50)
+    );
+    println!(
+        "{:<58} {:>9.2} ms",
+        "balance p99 while ingesting",
+        percentile(&balances, 0.99)
+    );
+    println!("{:<58} {:>9.1} MB", "server peak RSS", rss);
+    println!(
+        "{:<58} {:>9.0} tx/s",
+        format!("yardstick: 1 tx per event, {} connections", args.clients),
+        yard
+    );
+    println!(
+        "{:<58} {:>9.1} x",
+        "hot-org pairs (2 bookings each) vs yardstick",
+        2.0 * hot_rate / yard
     );
     Ok(())
 }

@@ -176,6 +176,9 @@ enum GrantsCommand {
 enum BenchCommand {
     /// Usage ingestion and balance reads under load.
     Ingest(workers::bench::IngestArgs),
+    /// Hold + settle pairs/s on one org and on 1,000 orgs, and check and balance latency while
+    /// usage ingestion runs at full speed.
+    Holds(workers::bench::HoldsArgs),
     /// Monthly summary generation over many orgs and events.
     Summaries(workers::bench::SummariesArgs),
 }
@@ -213,6 +216,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Ingest(args)) => {
             workers::bench::ingest(&settings, &args).await?
+        }
+        Command::Bench(BenchCommand::Holds(args)) => {
+            workers::bench::holds(&settings, &args).await?
         }
         Command::Bench(BenchCommand::Summaries(args)) => {
             workers::bench::summaries(&settings, &args).await?
