@@ -293,7 +293,7 @@ pub async fn create_hold(
         org_id,
         actor: caller.actor(),
         events: Vec::new(),
-        hold: Some(HoldOp::Create(HoldRequest {
+        hold: Some(Box::new(HoldOp::Create(HoldRequest {
             hold_id,
             request_hash,
             requested,
@@ -301,11 +301,11 @@ pub async fn create_hold(
             ttl,
             dims,
             price_version,
-        })),
+        }))),
     };
     let done = state.ingestor.submit(job).await?;
     let now = state.store.now();
-    match done.hold {
+    match done.hold.map(|b| *b) {
         Some(HoldOutcome::Created(h)) => {
             metrics::HOLDS.with_label_values(&["created"]).inc();
             state.holds.put(&h);
@@ -593,16 +593,16 @@ pub async fn settle_hold(
         org_id: hold.org_id,
         actor: caller.actor(),
         events,
-        hold: Some(HoldOp::Settle(SettleRequest {
+        hold: Some(Box::new(HoldOp::Settle(SettleRequest {
             hold: hold.id,
             settle_id,
             request_hash,
-        })),
+        }))),
     };
     let done = state.ingestor.submit(job).await?;
     state.holds.forget(&hold);
     let now = state.store.now();
-    let settled = match done.hold {
+    let settled = match done.hold.map(|b| *b) {
         Some(HoldOutcome::Settled(h)) => {
             let label = if h.late { "late_settled" } else { "settled" };
             metrics::HOLDS.with_label_values(&[label]).inc();

@@ -267,7 +267,7 @@ impl HoldBatch {
         let now = locked.now();
         let (mut ids, mut orgs, mut client_ids) = (Vec::new(), Vec::new(), Vec::new());
         for j in jobs {
-            match &j.hold {
+            match j.hold.as_deref() {
                 Some(HoldOp::Create(r)) => {
                     orgs.push(j.org_id);
                     client_ids.push(r.hold_id.clone());
@@ -337,7 +337,7 @@ impl HoldBatch {
         floor: Credits,
     ) -> Result<(Gate, Option<HoldOutcome>), StoreError> {
         let org = job.org_id;
-        match &job.hold {
+        match job.hold.as_deref() {
             None => Ok((Gate::Open(Vec::new()), None)),
             Some(HoldOp::Create(r)) => {
                 if let Some(id) = self.by_client.get(&(org, r.hold_id.clone())) {
@@ -472,7 +472,7 @@ impl HoldBatch {
 
     /// After the job's events: a settle's split, by the usage it booked.
     pub(crate) fn finish(&mut self, job: &UsageJob, usage: Credits) -> Option<HoldOutcome> {
-        let Some(HoldOp::Settle(s)) = &job.hold else {
+        let Some(HoldOp::Settle(s)) = job.hold.as_deref() else {
             return None;
         };
         let h = self.holds.get_mut(&s.hold)?;

@@ -36,8 +36,8 @@ pub struct UsageJob {
     /// Who reported it (`key:{id}`), written on the transfers.
     pub actor: String,
     pub events: Vec<RatedEvent>,
-    /// A hold to make, or the hold these events settle.
-    pub hold: Option<HoldOp>,
+    /// A hold to make, or the hold these events settle (boxed: most jobs have none).
+    pub hold: Option<Box<HoldOp>>,
 }
 
 /// What was recorded for an event (now or the first time it was sent).
@@ -70,8 +70,8 @@ pub struct JobResult {
     pub outcomes: Vec<EventOutcome>,
     /// The org's available balance after this transaction.
     pub balance: Credits,
-    /// What became of the job's hold operation.
-    pub hold: Option<HoldOutcome>,
+    /// What became of the job's hold operation (boxed: most jobs have none).
+    pub hold: Option<Box<HoldOutcome>>,
 }
 
 mod rows;
@@ -174,7 +174,7 @@ impl UsageEvents<'_> {
         let mut locked = self.ledger().lock_orgs(&mut tx, &org_ids).await?;
         // Holds the jobs make or settle, and the budgets their usage counts toward.
         let mut holds = HoldBatch::load(&mut tx, &locked, jobs).await?;
-        let mut hold_outcomes: Vec<Option<HoldOutcome>> = Vec::with_capacity(jobs.len());
+        let mut hold_outcomes: Vec<Option<Box<HoldOutcome>>> = Vec::with_capacity(jobs.len());
         let mut running: HashMap<Uuid, Credits> = HashMap::new();
         let mut refused: HashSet<Uuid> = HashSet::new();
         let mut dropped: HashSet<Uuid> = HashSet::new();
@@ -236,7 +236,7 @@ impl UsageEvents<'_> {
             if open && outcome.is_none() {
                 outcome = holds.finish(j, usage);
             }
-            hold_outcomes.push(outcome);
+            hold_outcomes.push(outcome.map(Box::new));
         }
         if !refused.is_empty() {
             record_refusals(&mut tx, &refused, &refusals).await?;
