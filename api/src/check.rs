@@ -2,10 +2,11 @@
 //! get (`overage: reject`), without writing anything: the org's available credits, then every
 //! hard budget whose scope matches, all at once.
 //!
-//! Freshness: the answer is read from Postgres's committed state in one snapshot (two when the
-//! org has budgets), so it is as fresh as the last commit before the read: `as_of` is the
-//! instant it is true at and `lag_ms` how long before the answer left that was (the read's own
-//! time). A hold in flight when the check reads is not in it: only a hold decides.
+//! Freshness: the answer comes from what the usage writer last committed for the org
+//! (`store::positions`: dropped by any booking in this process, ended by the org's next expiry,
+//! at most 250 ms old against other processes' bookings), else from Postgres's committed state;
+//! `as_of` is the instant it is true at and `lag_ms` its age. A hold in flight when the check
+//! answers is not in it: only a hold decides.
 
 use std::collections::BTreeMap;
 

@@ -498,8 +498,21 @@ impl HoldBatch {
         Ok(())
     }
 
+    /// The soonest expiry of the holds this batch made for `org`.
+    pub(crate) fn first_made_expiry(&self, org: Uuid) -> Option<DateTime<Utc>> {
+        self.created
+            .iter()
+            .filter_map(|id| self.holds.get(id))
+            .filter(|h| h.org_id == org)
+            .map(|h| h.expires_at)
+            .min()
+    }
+
     /// Writes the holds made and settled, and the budgets' spend and alerts.
-    pub(crate) async fn write(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+    pub(crate) async fn write(
+        &mut self,
+        tx: &mut Transaction<'_, Postgres>,
+    ) -> Result<(), StoreError> {
         if !self.created.is_empty() {
             let mut c = HoldColumns::default();
             for id in &self.created {
@@ -591,7 +604,7 @@ impl HoldBatch {
             .execute(&mut **tx)
             .await?;
         }
-        BudgetBook::write_all(tx, self.budgets).await
+        BudgetBook::write_all(tx, std::mem::take(&mut self.budgets)).await
     }
 }
 
@@ -672,6 +685,15 @@ impl Holds<'_> {
     /// more of them): due grant expiries and due holds counted as booked.
     pub async fn position(&self, org_id: Uuid) -> Result<Position, StoreError> {
         let at = self.now();
+        // What this process's writer committed last, while it stands (see `crate::positions`).
+        if let Some(k) = self.positions.get(org_id, at) {
+            return Ok(Position {
+                available: k.available,
+                held: k.held,
+                budgets: Vec::new(),
+                as_of: k.as_of,
+            });
+        }
         let mut conn = self.pool.acquire().await?;
         let r = sqlx::query!(
             r#"SELECT a.credits_posted - a.debits_posted AS "booked!",

@@ -36,6 +36,7 @@ pub mod mail;
 pub mod orgs;
 pub mod outbox;
 pub mod packages;
+pub mod positions;
 pub mod prices;
 pub mod processor_keys;
 pub mod purchases;
@@ -100,6 +101,8 @@ pub struct Store {
     breakdown_max: usize,
     /// The time bookings are made at.
     clock: Clock,
+    /// What the usage writer committed last, per org (see [`positions`]).
+    positions: positions::Positions,
 }
 
 /// A summary breakdown's entries at most, unless configured otherwise.
@@ -160,6 +163,7 @@ impl Store {
             overdraft_limit: Credits::whole(DEFAULT_OVERDRAFT_LIMIT_CREDITS),
             breakdown_max: DEFAULT_BREAKDOWN_MAX,
             clock: Clock::Database,
+            positions: positions::Positions::default(),
         })
     }
 
@@ -172,7 +176,14 @@ impl Store {
             overdraft_limit: self.overdraft_limit,
             breakdown_max: self.breakdown_max,
             clock: self.clock.clone(),
+            positions: self.positions.clone(),
         }
+    }
+
+    /// The same store, the writer's entries for checks standing `lease` (see [`positions`]).
+    pub fn with_position_lease(mut self, lease: Duration) -> Store {
+        self.positions = self.positions.with_lease(lease);
+        self
     }
 
     /// The same store booking at `clock`'s time.

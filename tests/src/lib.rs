@@ -308,6 +308,8 @@ pub struct AppOptions {
     pub usage: api::UsageBounds,
     /// The time the API books and reads at (a manual clock the test moves), else the database's.
     pub clock: Option<store::Clock>,
+    /// How long what the usage writer committed answers checks (`store::positions`).
+    pub position_lease: Option<Duration>,
 }
 
 impl Default for AppOptions {
@@ -324,6 +326,7 @@ impl Default for AppOptions {
                 ..api::UsageBounds::default()
             },
             clock: None,
+            position_lease: None,
         }
     }
 }
@@ -382,6 +385,9 @@ impl TestApp {
         let mut store = connect_store(&database_url, 16).await?;
         if let Some(clock) = &app_options.clock {
             store = store.with_clock(clock.clone());
+        }
+        if let Some(lease) = app_options.position_lease {
+            store = store.with_position_lease(lease);
         }
         let temporal_proxy = match app_options.temporal_proxy {
             true => {

@@ -28,6 +28,8 @@ pub struct LockedOrgs {
     due_holds: HashMap<Uuid, Vec<DueHold>>,
     /// The orgs with budgets.
     budgeted: std::collections::HashSet<Uuid>,
+    /// Each org's next hold expiry after `now`, when it has active holds.
+    next_hold_expiry: HashMap<Uuid, DateTime<Utc>>,
 }
 
 /// An active hold past its expiry, to release before anything else is booked.
@@ -85,6 +87,24 @@ impl LockedOrgs {
         self.budgeted.contains(&org_id)
     }
 
+    /// The org's next expiry after this transaction's time, of a hold active when it was
+    /// locked or of a grant: what the org's balance stays true until, unless booked.
+    pub(crate) fn next_expiry(&self, org_id: Uuid) -> Option<DateTime<Utc>> {
+        let grants = self.wallets.get(&org_id).and_then(|w| {
+            w.grants()
+                .iter()
+                .filter(|g| g.remaining.is_positive())
+                .filter_map(|g| g.terms.expires_at)
+                .filter(|e| *e > self.now)
+                .min()
+        });
+        let hold = self.next_hold_expiry.get(&org_id).copied();
+        match (grants, hold) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// The org's grants as booked so far in this transaction.
     pub fn wallet(&self, org_id: Uuid) -> Option<&Wallet> {
         self.wallets.get(&org_id)
@@ -117,6 +137,8 @@ impl Ledger<'_> {
         let mut ids = org_ids.to_vec();
         ids.sort();
         ids.dedup();
+        // Whatever this booking does, what the writer knew of these orgs is old from now on.
+        self.positions.drop_orgs(&ids);
         // The org's thresholds ride along (one round trip less per batch on the hot path), and
         // so do what its holds set aside (the ledger's own sum, by kind) and its due holds.
         let rows = sqlx::query!(
@@ -138,6 +160,9 @@ impl Ledger<'_> {
                                AND h.expires_at <= COALESCE($2, now())
                              ORDER BY h.expires_at, h.id LIMIT $3) AS "due_hold_at!",
                       EXISTS (SELECT 1 FROM budgets b WHERE b.org_id = a.org_id) AS "budgeted!",
+                      (SELECT min(h.expires_at) FROM holds h
+                        WHERE h.org_id = a.org_id AND h.state = 'active'
+                          AND h.expires_at > COALESCE($2, now())) AS next_hold_expiry,
                       ARRAY(SELECT t.id FROM org_thresholds t WHERE t.org_id = a.org_id
                              ORDER BY t.id) AS "threshold_ids!",
                       ARRAY(SELECT t.purpose FROM org_thresholds t WHERE t.org_id = a.org_id
@@ -169,6 +194,7 @@ impl Ledger<'_> {
             now,
             due_holds: HashMap::new(),
             budgeted: Default::default(),
+            next_hold_expiry: HashMap::new(),
         };
         let mut held: BTreeMap<Uuid, Credits> = BTreeMap::new();
         for r in rows {
@@ -218,6 +244,9 @@ impl Ledger<'_> {
             held.insert(r.org_id, Credits::from_stored(r.held));
             if r.budgeted {
                 locked.budgeted.insert(r.org_id);
+            }
+            if let Some(at) = r.next_hold_expiry {
+                locked.next_hold_expiry.insert(r.org_id, at);
             }
             if r.due_hold_ids.len() != r.due_hold_amounts.len()
                 || r.due_hold_ids.len() != r.due_hold_at.len()

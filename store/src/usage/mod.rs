@@ -307,6 +307,24 @@ impl UsageEvents<'_> {
             });
         }
         tx.commit().await?;
+        // What the writer now knows of each org without budgets, for checks (see
+        // `crate::positions`): true until the org's next expiry or its next booking.
+        let mut seen: HashSet<Uuid> = HashSet::new();
+        for j in jobs {
+            let org = j.org_id;
+            if locked.budgeted(org) || !seen.insert(org) {
+                continue;
+            }
+            let (Some(available), Some(held)) = (locked.balance(org), locked.held(org)) else {
+                continue;
+            };
+            let until = match (locked.next_expiry(org), holds.first_made_expiry(org)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            self.positions
+                .put(org, available, held, locked.now(), until);
+        }
         Ok(results)
     }
 }

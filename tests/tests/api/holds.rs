@@ -760,3 +760,68 @@ async fn bad_holds_are_refused_with_a_problem_and_write_nothing() {
     assert_eq!(position(&app, &org).await, (d("20"), d("15"), d("5")));
     app.assert_invariants().await;
 }
+
+/// A check is answered from what the usage writer committed (its `as_of` is that booking's
+/// instant, not the read's), stops at the org's next expiry, and any other booking on the org
+/// (an operator's adjustment, a void) is seen by the very next check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_answers_from_the_writers_state_until_an_expiry_or_another_booking() {
+    let start = Utc.with_ymd_and_hms(2026, 12, 4, 12, 0, 0).unwrap();
+    let clock = store::Clock::manual(start);
+    let app = TestApp::spawn_with(AppOptions {
+        clock: Some(clock.clone()),
+        // Long enough that the test sees the writer's entry however slow the machine is.
+        position_lease: Some(std::time::Duration::from_secs(600)),
+        ..AppOptions::default()
+    })
+    .await
+    .unwrap();
+    let org = funded(&app, "check-state", "30").await;
+    let check = || post(&app, &org.key, "/v1/check", json!({"amount_credits": "1"}));
+    let h = hold(
+        &app,
+        &org,
+        json!({"hold_id": "c1", "amount_credits": "10", "ttl_ms": 60000}),
+    )
+    .await;
+    assert_eq!(h.status, 201, "{}", h.text);
+
+    clock.set(start + Span::seconds(30));
+    let c = check().await;
+    assert_eq!(c.body["available_credits"], "20.000000", "{}", c.text);
+    assert_eq!(c.body["held_credits"], "10.000000");
+    let as_of: DateTime<Utc> = c.body["as_of"].as_str().unwrap().parse().unwrap();
+    assert_eq!(as_of, start, "the writer's commit, not a read");
+    assert_eq!(c.body["lag_ms"], 30_000);
+
+    // Another path's booking drops what the writer knew: the next check reads it.
+    let a = app.adjust(org.id, "-5", "correction", "adj-1").await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let c = check().await;
+    assert_eq!(c.body["available_credits"], "15.000000", "{}", c.text);
+    assert_eq!(
+        c.body["as_of"]
+            .as_str()
+            .unwrap()
+            .parse::<DateTime<Utc>>()
+            .unwrap(),
+        start + Span::seconds(30)
+    );
+
+    // The writer's entry ends at the hold's expiry, exactly.
+    let h2 = hold(
+        &app,
+        &org,
+        json!({"hold_id": "c2", "amount_credits": "1", "ttl_ms": 120000}),
+    )
+    .await;
+    assert_eq!(h2.status, 201, "{}", h2.text);
+    clock.set(start + Span::seconds(60) - Span::microseconds(1));
+    let c = check().await;
+    assert_eq!(c.body["held_credits"], "11.000000", "{}", c.text);
+    clock.set(start + Span::seconds(60));
+    let c = check().await;
+    assert_eq!(c.body["held_credits"], "1.000000", "{}", c.text);
+    assert_eq!(c.body["available_credits"], "24.000000");
+    app.assert_invariants().await;
+}
