@@ -777,13 +777,16 @@ pub async fn holds(settings: &Settings, args: &HoldsArgs) -> anyhow::Result<()> 
     let many_rate =
         tokio::task::spawn_blocking(move || drive_holds(&b, &many_orgs, c, sec, "many")).await??;
 
-    // Checks and balance reads on the hot org while usage ingestion runs at full speed on it.
+    // Checks and balance reads on an org without budgets (so its checks are answered from what
+    // the writer committed) while usage ingestion runs at full speed on it.
+    let plain = create_orgs(&http, &base, 1).await?;
+    fund(&http, &base, &plain[0].0).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
         let (b, org, key, stop) = (
             base.clone(),
-            hot[0].0.clone(),
-            hot[0].1.clone(),
+            plain[0].0.clone(),
+            plain[0].1.clone(),
             stop.clone(),
         );
         std::thread::spawn(move || {
@@ -793,7 +796,7 @@ pub async fn holds(settings: &Settings, args: &HoldsArgs) -> anyhow::Result<()> 
             anyhow::Ok(rt.block_on(read_checks(reqwest::Client::new(), b, org, key, stop)))
         })
     };
-    let (b, keys, clients) = (base.clone(), vec![hot[0].1.clone()], args.clients);
+    let (b, keys, clients) = (base.clone(), vec![plain[0].1.clone()], args.clients);
     let usage_rate =
         tokio::task::spawn_blocking(move || drive(&b, &keys, clients, 100, sec, "beside"))
             .await??;
