@@ -23,7 +23,7 @@ use crate::{
     AppState, Caller,
     error::ApiError,
     extract::{Json, Path, Query},
-    ledger::{PAGE_LIMIT_MAX, credits_field, idempotency_key},
+    ledger::{credits_field, idempotency_key, page_cursor, page_limit},
 };
 
 /// A block of credits: where it came from, what is left, and how it is consumed.
@@ -141,20 +141,8 @@ pub async fn list_grants(
 ) -> Result<AxumJson<GrantPage>, ApiError> {
     caller.authorize(org_id, Scope::BalanceRead)?;
     state.store.orgs().get_org(org_id).await?;
-    let limit = p.limit.unwrap_or(100);
-    if !(1..=PAGE_LIMIT_MAX).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            format!("limit must be between 1 and {PAGE_LIMIT_MAX}"),
-        ));
-    }
-    let after =
-        match &p.cursor {
-            None => None,
-            Some(c) => Some(c.parse::<Uuid>().map_err(|_| {
-                ApiError::bad_request("invalid_cursor", "cursor is not one we issued")
-            })?),
-        };
+    let limit = page_limit(p.limit, 100)?;
+    let after = page_cursor::<Uuid>(p.cursor.as_deref(), |_| true)?;
     let grant_state = match p.state.as_deref() {
         None => None,
         Some("active") => Some(GrantState::Active),

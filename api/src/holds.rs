@@ -35,7 +35,7 @@ use crate::{
     AppState, Caller,
     error::ApiError,
     extract::{Json, Path, Query},
-    ledger::{PAGE_LIMIT_MAX, credits_field},
+    ledger::{credits_field, page_cursor, page_limit},
     metrics,
     usage::{EventResult, EventStatus},
 };
@@ -844,20 +844,8 @@ pub async fn list_holds(
 ) -> Result<AxumJson<HoldPage>, ApiError> {
     caller.authorize_any(org_id, &[Scope::UsageWrite, Scope::BalanceRead])?;
     state.store.orgs().get_org(org_id).await?;
-    let limit = p.limit.unwrap_or(100);
-    if !(1..=PAGE_LIMIT_MAX).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            format!("limit must be between 1 and {PAGE_LIMIT_MAX}"),
-        ));
-    }
-    let before =
-        match &p.cursor {
-            None => None,
-            Some(c) => Some(c.parse::<Uuid>().map_err(|_| {
-                ApiError::bad_request("invalid_cursor", "cursor is not one we issued")
-            })?),
-        };
+    let limit = page_limit(p.limit, 100)?;
+    let before = page_cursor::<Uuid>(p.cursor.as_deref(), |_| true)?;
     let hold_state = match p.state.as_deref() {
         None => None,
         Some(s) => Some(s.parse::<HoldState>().map_err(|_| {

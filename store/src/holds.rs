@@ -811,26 +811,47 @@ impl Holds<'_> {
     /// Voids an active hold: its credits go back now. Voiding a voided hold again answers it
     /// as it is; a settled or expired one is not active.
     pub async fn void(&self, id: Uuid, actor: &str) -> Result<HoldOutcome, StoreError> {
-        self.under_lock(id, |h, now| match h.state_at(now) {
-            HoldState::Voided => Ok(None),
-            HoldState::Active => Ok(Some(release_entry(
-                h.org_id, h.id, h.amount, actor, "voided",
-            ))),
-            _ => Err(()),
-        })
-        .await
+        let Some((mut tx, mut locked, h)) = self.lock_hold(id).await? else {
+            return Ok(HoldOutcome::NotFound);
+        };
+        let now = locked.now();
+        match h.state_at(now) {
+            HoldState::Voided => return Ok(HoldOutcome::Replay(h)),
+            HoldState::Active => {}
+            HoldState::Settled | HoldState::Expired => {
+                // An expiry due but not booked yet is booked now, so the row says expired.
+                self.ledger()
+                    .book_locked(&mut tx, &mut locked, &[], false)
+                    .await?;
+                tx.commit().await?;
+                return Ok(HoldOutcome::NotActive(self.hold(id).await?));
+            }
+        }
+        let release = release_entry(h.org_id, h.id, h.amount, actor, "voided");
+        self.ledger()
+            .book_locked(&mut tx, &mut locked, std::slice::from_ref(&release), false)
+            .await?;
+        sqlx::query!(
+            "UPDATE holds SET state = 'voided', ended_at = $2, settled = 0, released = amount,
+                    release_transfer_id = $3
+              WHERE id = $1 AND state = 'active'",
+            id,
+            now,
+            release.id
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(HoldOutcome::Done(self.hold(id).await?))
     }
 
     /// Pushes an active hold's expiry later by `by`; its whole life stays within the longest
     /// time to live from now.
     pub async fn extend(&self, id: Uuid, by: Duration) -> Result<HoldOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let Some(org) = self.org_of(&mut tx, id).await? else {
+        let Some((mut tx, locked, h)) = self.lock_hold(id).await? else {
             return Ok(HoldOutcome::NotFound);
         };
-        let locked = self.ledger().lock_orgs(&mut tx, &[org]).await?;
         let now = locked.now();
-        let h = self.locked_hold(&mut tx, id).await?;
         if h.state_at(now) != HoldState::Active {
             return Ok(HoldOutcome::NotActive(h));
         }
@@ -846,24 +867,21 @@ impl Holds<'_> {
         }))
     }
 
-    async fn org_of(
+    /// A transaction holding the hold's org lock (every change of a hold's state takes it
+    /// first), and the hold as it stands under it; `None` when there is no such hold.
+    async fn lock_hold(
         &self,
-        tx: &mut Transaction<'_, Postgres>,
         id: Uuid,
-    ) -> Result<Option<Uuid>, StoreError> {
-        Ok(
-            sqlx::query_scalar!("SELECT org_id FROM holds WHERE id = $1", id)
-                .fetch_optional(&mut **tx)
-                .await?,
-        )
-    }
-
-    async fn locked_hold(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        id: Uuid,
-    ) -> Result<Hold, StoreError> {
-        sqlx::query_as!(
+    ) -> Result<Option<(Transaction<'static, Postgres>, LockedOrgs, Hold)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let Some(org) = sqlx::query_scalar!("SELECT org_id FROM holds WHERE id = $1", id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let locked = self.ledger().lock_orgs(&mut tx, &[org]).await?;
+        let h = sqlx::query_as!(
             HoldRow,
             "SELECT id, org_id, hold_id, request_hash, state, requested, amount, overage,
                     user_id, api_key, model, labels, price_version, actor, created_at,
@@ -872,54 +890,10 @@ impl Holds<'_> {
                FROM holds WHERE id = $1 FOR UPDATE",
             id
         )
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *tx)
         .await?
-        .into_hold()
-    }
-
-    /// Ends a hold under its org's lock as `decide` says: `Ok(Some(release))` books it and
-    /// voids the hold, `Ok(None)` answers it as it is, `Err(())` is not active.
-    async fn under_lock(
-        &self,
-        id: Uuid,
-        decide: impl FnOnce(&Hold, DateTime<Utc>) -> Result<Option<Entry>, ()>,
-    ) -> Result<HoldOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let Some(org) = self.org_of(&mut tx, id).await? else {
-            return Ok(HoldOutcome::NotFound);
-        };
-        let mut locked = self.ledger().lock_orgs(&mut tx, &[org]).await?;
-        let now = locked.now();
-        let h = self.locked_hold(&mut tx, id).await?;
-        let release = match decide(&h, now) {
-            Ok(Some(e)) => e,
-            Ok(None) => return Ok(HoldOutcome::Replay(h)),
-            Err(()) => {
-                // An expiry due but not booked yet is booked now, so the row says expired.
-                self.ledger()
-                    .book_locked(&mut tx, &mut locked, &[], false)
-                    .await?;
-                tx.commit().await?;
-                let h = self.hold(id).await?;
-                return Ok(HoldOutcome::NotActive(h));
-            }
-        };
-        let release_id = release.id;
-        self.ledger()
-            .book_locked(&mut tx, &mut locked, std::slice::from_ref(&release), false)
-            .await?;
-        sqlx::query!(
-            "UPDATE holds SET state = 'voided', ended_at = $2, settled = 0, released = amount,
-                    release_transfer_id = $3
-              WHERE id = $1 AND state = 'active'",
-            id,
-            now,
-            release_id
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(HoldOutcome::Done(self.hold(id).await?))
+        .into_hold()?;
+        Ok(Some((tx, locked, h)))
     }
 
     /// Active holds now, and those past their expiry not released yet (the metrics).

@@ -147,24 +147,39 @@ pub struct HistoryParams {
     format: Option<String>,
 }
 
-fn history_query(
-    org_id: Uuid,
-    p: &HistoryParams,
-    default_limit: i64,
-) -> Result<TransferQuery, ApiError> {
-    let limit = p.limit.unwrap_or(default_limit);
+/// A listing's `limit`: 1 to [`PAGE_LIMIT_MAX`], `default` when absent.
+pub fn page_limit(limit: Option<i64>, default: i64) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(default);
     if !(1..=PAGE_LIMIT_MAX).contains(&limit) {
         return Err(ApiError::bad_request(
             "invalid_limit",
             format!("limit must be between 1 and {PAGE_LIMIT_MAX}"),
         ));
     }
-    let before_seq = match &p.cursor {
-        None => None,
-        Some(c) => Some(c.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-            ApiError::bad_request("invalid_cursor", "cursor is not one we issued")
-        })?),
-    };
+    Ok(limit)
+}
+
+/// A listing's `cursor`, when given: one this API issued (`T` is what it was made of).
+pub fn page_cursor<T: std::str::FromStr>(
+    cursor: Option<&str>,
+    valid: impl Fn(&T) -> bool,
+) -> Result<Option<T>, ApiError> {
+    cursor
+        .map(|c| {
+            c.parse::<T>().ok().filter(|v| valid(v)).ok_or_else(|| {
+                ApiError::bad_request("invalid_cursor", "cursor is not one we issued")
+            })
+        })
+        .transpose()
+}
+
+fn history_query(
+    org_id: Uuid,
+    p: &HistoryParams,
+    default_limit: i64,
+) -> Result<TransferQuery, ApiError> {
+    let limit = page_limit(p.limit, default_limit)?;
+    let before_seq = page_cursor::<i64>(p.cursor.as_deref(), |n| *n > 0)?;
     let kinds = match &p.kind {
         None => None,
         Some(k) => Some(
