@@ -366,7 +366,7 @@ impl Budgets<'_> {
 
     /// The org's budgets as of now, in id order.
     pub async fn standings(&self, org_id: Uuid) -> Result<Vec<Standing>, StoreError> {
-        let now = self.clock.booking_time().unwrap_or_else(Utc::now);
+        let now = self.now();
         let mut conn = self.pool.acquire().await?;
         Ok(load_standings(&mut conn, &[org_id], now)
             .await?

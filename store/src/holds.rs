@@ -676,13 +676,8 @@ pub struct HoldQuery {
 }
 
 impl Holds<'_> {
-    /// The time reads are made at.
-    pub fn now(&self) -> DateTime<Utc> {
-        self.clock.booking_time().unwrap_or_else(Utc::now)
-    }
-
-    /// The org's position now, in one snapshot of the balance (and, when it has budgets, one
-    /// more of them): due grant expiries and due holds counted as booked.
+    /// The org's position now: the writer's last commit while it stands, else one snapshot of
+    /// the balance (due grant expiries and due holds counted as booked) and one of its budgets.
     pub async fn position(&self, org_id: Uuid) -> Result<Position, StoreError> {
         let at = self.now();
         // What this process's writer committed last, while it stands (see `crate::positions`).
@@ -694,46 +689,11 @@ impl Holds<'_> {
                 as_of: k.as_of,
             });
         }
-        let mut conn = self.pool.acquire().await?;
-        let r = sqlx::query!(
-            r#"SELECT a.credits_posted - a.debits_posted AS "booked!",
-                      (SELECT COALESCE(sum(g.remaining), 0) FROM grants g
-                        WHERE g.org_id = a.org_id AND g.remaining > 0 AND g.expires_at <= $2)
-                        AS "due!",
-                      (SELECT COALESCE(sum(h.amount), 0) FROM holds h
-                        WHERE h.org_id = a.org_id AND h.state = 'active' AND h.expires_at <= $2)
-                        AS "due_holds!",
-                      (SELECT COALESCE(sum(k.debits_posted - k.credits_posted), 0)
-                         FROM org_kind_totals k
-                        WHERE k.org_id = a.org_id AND k.kind IN ('hold', 'release')) AS "held!",
-                      EXISTS (SELECT 1 FROM budgets b WHERE b.org_id = a.org_id) AS "budgeted!"
-                 FROM accounts a WHERE a.org_id = $1"#,
-            org_id,
-            at
-        )
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or(StoreError::OrgNotFound)?;
-        let due_holds = Credits::from_stored(r.due_holds);
-        let available = Credits::from_stored(r.booked)
-            .checked_sub(Credits::from_stored(r.due))?
-            .checked_add(due_holds)?;
-        let held = Credits::from_stored(r.held).checked_sub(due_holds)?;
-        let budgets = if r.budgeted {
-            crate::budgets::load_standings(&mut conn, &[org_id], at)
-                .await?
-                .remove(&org_id)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(s, _)| s)
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let b = self.ledger().balance_now(org_id).await?;
         Ok(Position {
-            available,
-            held,
-            budgets,
+            available: b.available,
+            held: b.held,
+            budgets: self.budgets().standings(org_id).await?,
             as_of: at,
         })
     }

@@ -164,6 +164,15 @@ impl Ledger<'_> {
     /// The org's balance and per-kind totals, as of the clock's now: credits of grants past
     /// their expiry are not in it even before their expiry is booked (they count as expired).
     pub async fn balance(&self, org_id: Uuid) -> Result<Balance, StoreError> {
+        let mut balance = self.balance_now(org_id).await?;
+        // What expires next is informational; the balance above is one snapshot.
+        balance.expiring = self.grants().expiring(org_id).await?;
+        Ok(balance)
+    }
+
+    /// The balance and totals as of the clock's now, in one snapshot, without what expires
+    /// next: what is due to expire counts as expired, due holds as released.
+    pub(crate) async fn balance_now(&self, org_id: Uuid) -> Result<Balance, StoreError> {
         let (mut balance, due, due_holds) = self.booked_balance(org_id).await?;
         if due.is_positive() {
             balance.available = balance.available.checked_sub(due)?;
@@ -180,8 +189,6 @@ impl Ledger<'_> {
             .debits_of(TransferKind::Hold)
             .checked_sub(balance.credits_of(TransferKind::Release))?;
         balance.balance = balance.available.checked_add(balance.held)?;
-        // What expires next is informational; the balance above is one snapshot.
-        balance.expiring = self.grants().expiring(org_id).await?;
         Ok(balance)
     }
 
