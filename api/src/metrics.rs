@@ -46,7 +46,8 @@ pub static USAGE_BATCH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
 });
 
 /// Holds by what happened to them (`created`, `settled`, `late_settled`, `voided`); expiries
-/// are the worker's (`creditflow_holds_expired_total`).
+/// happen at an instant, not in a request: the worker's metrics port counts them from
+/// Postgres (`creditflow_holds_expired_last_hour`, `creditflow_holds_expired_unreleased`).
 pub static HOLDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "creditflow_holds_total",

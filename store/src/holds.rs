@@ -147,6 +147,18 @@ pub(crate) fn release_entry(
 
 /// Marks the holds whose releases at expiry were just booked: (hold, release transfer,
 /// amount, expires_at).
+/// Holds by where they are, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldCounts {
+    /// Active and not past their expiry.
+    pub active: i64,
+    /// Past their expiry, the release not booked yet (every read counts them released).
+    pub expired_unreleased: i64,
+    /// Whose expiry fell in the last hour, booked or not (late settles included: they
+    /// expired first).
+    pub expired_last_hour: i64,
+}
+
 pub(crate) async fn mark_expired(
     tx: &mut Transaction<'_, Postgres>,
     released: &[(Uuid, Uuid, Credits, DateTime<Utc>)],
@@ -856,17 +868,29 @@ impl Holds<'_> {
         Ok(Some((tx, locked, h)))
     }
 
-    /// Active holds now, and those past their expiry not released yet (the metrics).
-    pub async fn active_counts(&self) -> Result<(i64, i64), StoreError> {
+    /// What the metrics show of holds, at the clock's now.
+    pub async fn counts(&self) -> Result<HoldCounts, StoreError> {
         let r = sqlx::query!(
-            r#"SELECT count(*) FILTER (WHERE expires_at > COALESCE($1, now())) AS "active!",
-                      count(*) FILTER (WHERE expires_at <= COALESCE($1, now())) AS "due!"
-                 FROM holds WHERE state = 'active'"#,
+            r#"WITH t AS (SELECT COALESCE($1, now()) AS now)
+               SELECT (SELECT count(*) FROM holds, t
+                        WHERE state = 'active' AND expires_at > t.now) AS "active!",
+                      (SELECT count(*) FROM holds, t
+                        WHERE state = 'active' AND expires_at <= t.now) AS "due!",
+                      (SELECT count(*) FROM holds, t
+                        WHERE state = 'active' AND expires_at <= t.now
+                          AND expires_at > t.now - interval '1 hour')
+                    + (SELECT count(*) FROM holds, t
+                        WHERE state = 'expired' AND ended_at <= t.now
+                          AND ended_at > t.now - interval '1 hour') AS "expired_last_hour!""#,
             self.clock.booking_time()
         )
         .fetch_one(&self.pool)
         .await?;
-        Ok((r.active, r.due))
+        Ok(HoldCounts {
+            active: r.active,
+            expired_unreleased: r.due,
+            expired_last_hour: r.expired_last_hour,
+        })
     }
 
     /// Books the release of every hold due at the clock's now, one org per transaction, at

@@ -62,7 +62,7 @@ pub use disputes::{DisputeReport, Disputes, OpenedDispute};
 pub use error::StoreError;
 pub use grants::{CreditGrant, Expiring, GrantPage, GrantQuery, GrantState, Grants, NewPromo};
 pub use holds::{
-    Hold, HoldOp, HoldOutcome, HoldQuery, HoldRequest, Holds, Position, SettleRequest,
+    Hold, HoldCounts, HoldOp, HoldOutcome, HoldQuery, HoldRequest, Holds, Position, SettleRequest,
 };
 pub use idempotency::{Claim, request_hash};
 pub use inbox::{Inbox, InboxEvent};

@@ -63,6 +63,14 @@ static HOLDS_DUE: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("creditflow_holds_expired_unreleased registers once")
 });
 
+static HOLDS_EXPIRED_HOUR: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "creditflow_holds_expired_last_hour",
+        "Holds whose expiry fell in the last hour, released or not (never settled nor voided in time)"
+    )
+    .expect("creditflow_holds_expired_last_hour registers once")
+});
+
 /// How long a scrape waits for the database and for the SDK's exporter.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -141,10 +149,11 @@ async fn scrape(State(s): State<Scrape>) -> impl IntoResponse {
         Ok(Err(e)) => tracing::warn!(error = %e, "metrics: inbox backlog unreadable"),
         Err(_) => tracing::warn!("metrics: inbox backlog query timed out"),
     }
-    match tokio::time::timeout(SCRAPE_TIMEOUT, s.store.holds().active_counts()).await {
-        Ok(Ok((active, due))) => {
-            HOLDS_ACTIVE.set(active);
-            HOLDS_DUE.set(due);
+    match tokio::time::timeout(SCRAPE_TIMEOUT, s.store.holds().counts()).await {
+        Ok(Ok(c)) => {
+            HOLDS_ACTIVE.set(c.active);
+            HOLDS_DUE.set(c.expired_unreleased);
+            HOLDS_EXPIRED_HOUR.set(c.expired_last_hour);
         }
         Ok(Err(e)) => tracing::warn!(error = %e, "metrics: holds unreadable"),
         Err(_) => tracing::warn!("metrics: holds query timed out"),

@@ -325,8 +325,15 @@ async fn an_expired_hold_is_not_counted_before_any_sweep_and_a_late_settle_is_re
     assert_eq!(got.body["released_credits"], "10.000000");
 
     clock.set(expires_at + Span::seconds(5));
+    // The metrics see it expired, booked or not (other tests' holds may share the window, so
+    // at least this one).
+    let counts = app.store.holds().counts().await.unwrap();
+    assert!(counts.expired_unreleased >= 1, "{counts:?}");
+    assert!(counts.expired_last_hour >= 1, "{counts:?}");
     assert_eq!(app.store.holds().expire_due(100).await.unwrap(), 1);
     assert_eq!(app.store.holds().expire_due(100).await.unwrap(), 0);
+    let booked = app.store.holds().counts().await.unwrap();
+    assert!(booked.expired_last_hour >= 1, "{booked:?}");
     let releases: Vec<(DateTime<Utc>, Decimal)> = sqlx::query_as(
         "SELECT created_at, amount FROM transfers WHERE org_id = $1 AND kind = 'release'",
     )

@@ -137,5 +137,12 @@ async fn worker_metrics_count_workflows_stripe_calls_and_emails() {
         ),
         Decimal::ZERO
     );
-    assert!(worker.contains("creditflow_outbox_backlog "), "{worker}");
+    for gauge in [
+        "creditflow_outbox_backlog ",
+        "creditflow_holds_active ",
+        "creditflow_holds_expired_unreleased ",
+        "creditflow_holds_expired_last_hour ",
+    ] {
+        assert!(worker.contains(gauge), "{gauge}: {worker}");
+    }
 }
