@@ -121,7 +121,8 @@ pub async fn check(
         (Some(a), None) => credits_field(Some(a), "amount_credits")?,
         (None, Some(e)) => {
             let (catalog, rules) = crate::usage::rating_now(&state);
-            dims.model.get_or_insert_with(|| e.model.clone());
+            // As a hold does: the estimate's model is the one its budgets see.
+            dims.model = Some(e.model.clone());
             crate::holds::rate_estimate(&catalog, rules.now, e)?.0
         }
         _ => {

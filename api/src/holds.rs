@@ -683,8 +683,11 @@ fn amount_event(hold: &Hold, amount: Credits, now: DateTime<Utc>, version: i64) 
             cached_input_tokens: 0,
         }),
     };
+    // The hold and the amount make the event, not the instant it was sent: the same settle
+    // sent again is the same event (its answer is the first's).
     let payload_hash = store::request_hash(&[
-        event.canonical_text().as_bytes(),
+        SETTLE_SOURCE.as_bytes(),
+        hold.id.as_bytes(),
         amount.to_string().as_bytes(),
     ]);
     RatedEvent {

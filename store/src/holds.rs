@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::{LockedOrgs, NewTransfer, StoreError, budgets::BudgetBook, usage::UsageJob};
+use crate::{
+    LockedOrgs, NewTransfer, StoreError, budgets::BudgetBook, ledger::DueHold, usage::UsageJob,
+};
 
 /// A hold to make.
 #[derive(Debug, Clone)]
@@ -273,7 +275,7 @@ impl HoldBatch {
     /// Reads, under the orgs' locks, the holds the jobs name and the budgets of their orgs.
     pub(crate) async fn load(
         tx: &mut Transaction<'_, Postgres>,
-        locked: &LockedOrgs,
+        locked: &mut LockedOrgs,
         jobs: &[UsageJob],
     ) -> Result<HoldBatch, StoreError> {
         let now = locked.now();
@@ -323,6 +325,18 @@ impl HoldBatch {
             .await?;
             for r in rows {
                 let h = r.into_hold()?;
+                if h.state == HoldState::Active {
+                    // Past its expiry (`release_due` checks), it goes back first: a settle
+                    // of it is late and finds it released by this booking.
+                    locked.release_due(
+                        h.org_id,
+                        DueHold {
+                            id: h.id,
+                            amount: h.amount,
+                            expires_at: h.expires_at,
+                        },
+                    );
+                }
                 batch.by_client.insert((h.org_id, h.hold_id.clone()), h.id);
                 batch.holds.insert(h.id, h);
             }
@@ -435,11 +449,9 @@ impl HoldBatch {
                     let same = *done == s.settle_id
                         && h.settle_hash.as_deref() == Some(s.request_hash.as_slice());
                     return Ok(if same {
-                        // Its events are recorded already: they answer as duplicates.
-                        (
-                            Gate::Open(Vec::new()),
-                            Some(HoldOutcome::SettleReplay(h.clone())),
-                        )
+                        // Nothing is booked again: its events recorded the first time answer
+                        // as duplicates, and any refused at the floor then stay refused.
+                        (Gate::Closed, Some(HoldOutcome::SettleReplay(h.clone())))
                     } else {
                         (Gate::Closed, Some(HoldOutcome::NotActive(h.clone())))
                     });

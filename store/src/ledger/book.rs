@@ -30,6 +30,8 @@ pub struct LockedOrgs {
     budgeted: std::collections::HashSet<Uuid>,
     /// Each org's next hold expiry after `now`, when it has active holds.
     next_hold_expiry: HashMap<Uuid, DateTime<Utc>>,
+    /// When this booking dropped what the writer knew of its orgs (see `crate::positions`).
+    positions_ticket: u64,
 }
 
 /// An active hold past its expiry, to release before anything else is booked.
@@ -82,6 +84,18 @@ impl LockedOrgs {
         held.checked_sub(due).ok()
     }
 
+    /// Releases this due hold first too, if the booking does not already (it releases at most
+    /// [`DUE_HOLDS_PER_BOOKING_MAX`] of an org's): one it settles late must be released by it.
+    pub(crate) fn release_due(&mut self, org_id: Uuid, hold: DueHold) {
+        if !self.ledgers.contains_key(&org_id) || hold.expires_at > self.now {
+            return;
+        }
+        let due = self.due_holds.entry(org_id).or_default();
+        if !due.iter().any(|d| d.id == hold.id) {
+            due.push(hold);
+        }
+    }
+
     /// Whether the org has budgets.
     pub fn budgeted(&self, org_id: Uuid) -> bool {
         self.budgeted.contains(&org_id)
@@ -115,6 +129,12 @@ impl LockedOrgs {
         self.now
     }
 
+    /// When this booking dropped what the writer knew of its orgs: the writer's state after it
+    /// stands only if no other booking dropped it since.
+    pub(crate) fn positions_ticket(&self) -> u64 {
+        self.positions_ticket
+    }
+
     /// How far below zero usage may take the org, if it has a limit of its own.
     pub fn overdraft_limit(&self, org_id: Uuid) -> Option<Credits> {
         self.accounts.get(&org_id).and_then(|o| o.overdraft_limit)
@@ -138,9 +158,19 @@ impl Ledger<'_> {
         ids.sort();
         ids.dedup();
         // Whatever this booking does, what the writer knew of these orgs is old from now on.
-        self.positions.drop_orgs(&ids);
-        // The org's thresholds ride along (one round trip less per batch on the hot path), and
-        // so do what its holds set aside (the ledger's own sum, by kind) and its due holds.
+        let ticket = self.positions.drop_orgs(&ids);
+        // The lock first, in a statement of its own: at READ COMMITTED a statement sees the
+        // data as of its start, and only the locked row itself is read again after a wait, so
+        // what is read with the lock (held, due holds, budgets) could predate a booking that
+        // committed while this one waited. The next statement starts after the lock.
+        sqlx::query!(
+            "SELECT a.id FROM accounts a WHERE a.org_id = ANY($1) ORDER BY a.org_id FOR UPDATE",
+            &ids
+        )
+        .fetch_all(&mut **tx)
+        .await?;
+        // Then, under the lock, the org's thresholds, what its holds set aside (the ledger's
+        // own sum, by kind), its due holds and whether it has budgets, in one round trip.
         let rows = sqlx::query!(
             r#"SELECT a.id, a.org_id AS "org_id!", a.credits_posted - a.debits_posted AS "balance!",
                       a.transfer_seq, o.overdraft_limit, COALESCE($2, now()) AS "now!",
@@ -173,7 +203,7 @@ impl Ledger<'_> {
                             WHERE h.org_id = a.org_id AND h.state = 'active'
                               AND h.expires_at <= COALESCE($2, now())
                             ORDER BY h.expires_at, h.id LIMIT $3) d) dh
-                WHERE a.org_id = ANY($1) ORDER BY a.org_id FOR UPDATE OF a"#,
+                WHERE a.org_id = ANY($1) ORDER BY a.org_id"#,
             &ids,
             self.clock.booking_time(),
             DUE_HOLDS_PER_BOOKING_MAX
@@ -196,6 +226,7 @@ impl Ledger<'_> {
             due_holds: HashMap::new(),
             budgeted: Default::default(),
             next_hold_expiry: HashMap::new(),
+            positions_ticket: ticket,
         };
         let mut held: BTreeMap<Uuid, Credits> = BTreeMap::new();
         for r in rows {

@@ -63,5 +63,6 @@ mod book;
 mod read;
 mod rows;
 
+pub(crate) use book::DueHold;
 pub use book::LockedOrgs;
 pub use read::{Balance, KindTotals, Totals, TransferPage, TransferQuery};

@@ -173,12 +173,16 @@ impl UsageEvents<'_> {
         let org_ids: Vec<Uuid> = jobs.iter().map(|j| j.org_id).collect();
         let mut locked = self.ledger().lock_orgs(&mut tx, &org_ids).await?;
         // Holds the jobs make or settle, and the budgets their usage counts toward.
-        let mut holds = HoldBatch::load(&mut tx, &locked, jobs).await?;
+        let mut holds = HoldBatch::load(&mut tx, &mut locked, jobs).await?;
         let mut hold_outcomes: Vec<Option<Box<HoldOutcome>>> = Vec::with_capacity(jobs.len());
+        // Whether each job's hold operation let its events be booked.
+        let mut opened: Vec<bool> = Vec::with_capacity(jobs.len());
         let mut running: HashMap<Uuid, Credits> = HashMap::new();
         let mut refused: HashSet<Uuid> = HashSet::new();
         let mut dropped: HashSet<Uuid> = HashSet::new();
         let mut booked: HashSet<Uuid> = HashSet::new();
+        // The events named by jobs whose hold operation let them be booked.
+        let mut kept: HashSet<Uuid> = HashSet::new();
         let mut new_transfers: Vec<NewTransfer> = Vec::new();
         let mut refusals: HashMap<Uuid, (i64, Credits)> = HashMap::new();
         for j in jobs {
@@ -206,11 +210,15 @@ impl UsageEvents<'_> {
             for e in &j.events {
                 let c = &candidates[&(j.org_id, e.event.source.as_str(), e.event.id.as_str())];
                 if !open {
-                    if inserted.contains(&c.usage_id) && !booked.contains(&c.usage_id) {
+                    if inserted.contains(&c.usage_id) && !kept.contains(&c.usage_id) {
                         dropped.insert(c.usage_id);
                     }
                     continue;
                 }
+                // An event an open job names stays recorded, also when a closed job earlier in
+                // the batch named it too.
+                kept.insert(c.usage_id);
+                dropped.remove(&c.usage_id);
                 let Some(index) = c.transfer_index else {
                     continue;
                 };
@@ -237,6 +245,7 @@ impl UsageEvents<'_> {
                 outcome = holds.finish(j, usage);
             }
             hold_outcomes.push(outcome.map(Box::new));
+            opened.push(open);
         }
         if !refused.is_empty() {
             record_refusals(&mut tx, &refused, &refusals).await?;
@@ -269,7 +278,7 @@ impl UsageEvents<'_> {
         // first occurrence in this batch.
         let mut results = Vec::with_capacity(jobs.len());
         let mut accepted_once: HashSet<Uuid> = HashSet::new();
-        for (j, hold) in jobs.iter().zip(hold_outcomes) {
+        for ((j, hold), open) in jobs.iter().zip(hold_outcomes).zip(opened) {
             let mut outcomes = Vec::with_capacity(j.events.len());
             for e in &j.events {
                 let key = (j.org_id, e.event.source.clone(), e.event.id.clone());
@@ -291,9 +300,12 @@ impl UsageEvents<'_> {
                     EventOutcome::Conflict
                 } else if fresh && refused.contains(&rec.usage_id) {
                     EventOutcome::OverdraftLimit
-                } else if fresh && dropped.contains(&rec.usage_id) {
+                } else if fresh
+                    && (dropped.contains(&rec.usage_id) || (!open && !kept.contains(&rec.usage_id)))
+                {
                     EventOutcome::Dropped
-                } else if fresh && accepted_once.insert(rec.usage_id) {
+                } else if fresh && open && accepted_once.insert(rec.usage_id) {
+                    // (A closed job's event that another job booked is that job's.)
                     EventOutcome::Accepted(rec)
                 } else {
                     EventOutcome::Duplicate(rec)
@@ -322,8 +334,14 @@ impl UsageEvents<'_> {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            self.positions
-                .put(org, available, held, locked.now(), until);
+            self.positions.put(
+                org,
+                locked.positions_ticket(),
+                available,
+                held,
+                locked.now(),
+                until,
+            );
         }
         Ok(results)
     }

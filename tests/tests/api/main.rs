@@ -14,6 +14,7 @@ mod health;
 mod history;
 mod holds;
 mod holds_model;
+mod holds_races;
 mod keys;
 mod ledger_invariants;
 mod packages;
