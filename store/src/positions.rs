@@ -3,10 +3,14 @@
 //!
 //! An entry is the state a writer batch committed for an org without budgets (a check of an
 //! org with budgets reads them). It is used only while all three hold:
-//! - no booking on the org has begun in this process since: [`crate::Ledger::lock_orgs`] drops
-//!   the org's entry before any path books (before it waits for the lock) and marks when; only
-//!   the writer puts one back, after its commit, and only if no other booking dropped the org
-//!   after the writer's own drop (one that waited for the writer's lock commits after it);
+//! - no booking by another path has locked the org in this process since: every booking takes
+//!   a ticket as it gets the org's lock ([`crate::Ledger::lock_orgs`]), so tickets follow the
+//!   order in which bookings hold the org; another path's drops the org's entry then. The
+//!   writer puts an entry after its commit only if no other path's booking locked the org after
+//!   its batch did (that one commits after it), and never over a later batch's. A writer batch
+//!   in flight leaves the entry standing: until it commits, the entry is what Postgres would
+//!   answer too, and its commit puts the next one (a check in the microseconds between the
+//!   commit and the put answers as of just before);
 //! - the clock is before the org's next expiry (of a hold or a grant), so an expiry is exact
 //!   at its instant, as on every read;
 //! - it is younger than [`LEASE`]: bookings by other processes, which this one does not see,
@@ -42,17 +46,25 @@ pub struct Known {
     put_at: Instant,
 }
 
-/// An org's slot: what the writer committed, or when a booking last dropped it.
-#[derive(Debug, Clone, Copy)]
-enum Slot {
-    Known(Known),
-    Dropped(u64),
+/// An org's slot: what the writer last committed (and the ticket of its batch), and when a
+/// booking by another path last began.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    known: Option<(Known, u64)>,
+    other_booking: u64,
+}
+
+/// Who books: the usage writer (which puts what it committed) or any other path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Booker {
+    UsageWriter,
+    Other,
 }
 
 #[derive(Default)]
 struct Slots {
     slots: HashMap<Uuid, Slot>,
-    /// The last drop's ticket.
+    /// The last booking's ticket.
     ticket: u64,
     /// The ticket at which the map was last cleared (its drop marks went with it).
     cleared_at: u64,
@@ -83,8 +95,9 @@ impl Positions {
         }
     }
 
-    /// What the writer committed for `org`, by a booking whose drop was `ticket`: kept unless
-    /// another booking dropped the org since (it may have committed after the writer).
+    /// What the writer committed for `org`, by a batch whose booking began at `ticket`: kept
+    /// unless another path's booking began since (it may commit after the writer) or a later
+    /// batch put its own.
     pub(crate) fn put(
         &self,
         org: Uuid,
@@ -98,34 +111,43 @@ impl Positions {
         if ticket < m.cleared_at {
             return;
         }
-        if let Some(Slot::Dropped(t)) = m.slots.get(&org)
-            && *t > ticket
+        if let Some(slot) = m.slots.get(&org)
+            && (slot.other_booking > ticket || slot.known.is_some_and(|(_, t)| t > ticket))
         {
             return;
         }
-        m.slots.insert(
-            org,
-            Slot::Known(Known {
-                available,
-                held,
-                as_of,
-                valid_until,
-                put_at: Instant::now(),
-            }),
-        );
+        if m.slots.len() >= ENTRIES_MAX && !m.slots.contains_key(&org) {
+            m.slots.clear();
+            m.cleared_at = m.ticket;
+        }
+        let known = Known {
+            available,
+            held,
+            as_of,
+            valid_until,
+            put_at: Instant::now(),
+        };
+        m.slots.entry(org).or_default().known = Some((known, ticket));
     }
 
-    /// Drops what is known of `orgs`, before a booking on them; returns the drop's ticket.
-    pub(crate) fn drop_orgs(&self, orgs: &[Uuid]) -> u64 {
+    /// A booking on `orgs` has their locks: another path's drops what is known of them.
+    /// Returns the booking's ticket.
+    pub(crate) fn begin_booking(&self, orgs: &[Uuid], booker: Booker) -> u64 {
         let mut m = self.known.lock().unwrap_or_else(PoisonError::into_inner);
         m.ticket += 1;
         let ticket = m.ticket;
+        if booker == Booker::UsageWriter {
+            return ticket;
+        }
         if m.slots.len() + orgs.len() > ENTRIES_MAX {
             m.slots.clear();
             m.cleared_at = ticket;
         }
         for o in orgs {
-            m.slots.insert(*o, Slot::Dropped(ticket));
+            *m.slots.entry(*o).or_default() = Slot {
+                known: None,
+                other_booking: ticket,
+            };
         }
         ticket
     }
@@ -133,9 +155,7 @@ impl Positions {
     /// The org's entry, if it still stands at `now`.
     pub fn get(&self, org: Uuid, now: DateTime<Utc>) -> Option<Known> {
         let m = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-        let Slot::Known(k) = *m.slots.get(&org)? else {
-            return None;
-        };
+        let (k, _) = m.slots.get(&org)?.known?;
         let fresh = k.put_at.elapsed() < self.lease && k.valid_until.is_none_or(|v| now < v);
         fresh.then_some(k)
     }
@@ -146,53 +166,66 @@ mod tests {
     use super::*;
 
     fn put(p: &Positions, org: Uuid, ticket: u64, available: i64) {
-        let at = Utc::now();
         p.put(
             org,
             ticket,
             Credits::whole(available),
             Credits::ZERO,
-            at,
+            Utc::now(),
             None,
         );
     }
 
+    fn available(p: &Positions, org: Uuid) -> Option<Credits> {
+        p.get(org, Utc::now()).map(|k| k.available)
+    }
+
     #[test]
-    fn a_writer_keeps_what_it_committed_unless_another_booking_dropped_the_org_since() {
+    fn a_writer_keeps_what_it_committed_unless_another_path_began_booking_since() {
         let p = Positions::default();
         let (org, other) = (Uuid::now_v7(), Uuid::now_v7());
-        let now = Utc::now();
-        let writer = p.drop_orgs(&[org]);
+        let writer = p.begin_booking(&[org], Booker::UsageWriter);
         put(&p, org, writer, 10);
-        assert_eq!(
-            p.get(org, now).map(|k| k.available),
-            Some(Credits::whole(10))
-        );
+        assert_eq!(available(&p, org), Some(Credits::whole(10)));
 
-        // A refund begins on the org while the writer's next batch holds its lock: the
-        // writer's state, put after its commit, would predate the refund's.
-        let writer = p.drop_orgs(&[org]);
-        let _refund = p.drop_orgs(&[org, other]);
+        // The writer's next batch in flight leaves it standing (nothing committed yet).
+        let writer = p.begin_booking(&[org], Booker::UsageWriter);
+        assert_eq!(available(&p, org), Some(Credits::whole(10)));
+        // A refund begins on the org while that batch holds its lock: the batch's state, put
+        // after its commit, would predate the refund's, so it is not kept.
+        let _refund = p.begin_booking(&[org, other], Booker::Other);
+        assert_eq!(available(&p, org), None);
         put(&p, org, writer, 7);
-        assert_eq!(p.get(org, now), None);
+        assert_eq!(available(&p, org), None);
         // The next batch, after the refund, stands again.
-        let next = p.drop_orgs(&[org]);
+        let next = p.begin_booking(&[org], Booker::UsageWriter);
         put(&p, org, next, 5);
-        assert_eq!(
-            p.get(org, now).map(|k| k.available),
-            Some(Credits::whole(5))
-        );
-        assert_eq!(p.get(other, now), None, "a drop alone knows nothing");
+        assert_eq!(available(&p, org), Some(Credits::whole(5)));
+        assert_eq!(available(&p, other), None, "a booking alone knows nothing");
+    }
+
+    #[test]
+    fn an_older_batch_never_replaces_a_newer_ones_state() {
+        let p = Positions::default();
+        let org = Uuid::now_v7();
+        let first = p.begin_booking(&[org], Booker::UsageWriter);
+        let second = p.begin_booking(&[org], Booker::UsageWriter);
+        put(&p, org, second, 3);
+        put(&p, org, first, 9);
+        assert_eq!(available(&p, org), Some(Credits::whole(3)));
     }
 
     #[test]
     fn a_put_older_than_the_last_clear_is_not_kept() {
         let p = Positions::default();
         let org = Uuid::now_v7();
-        let writer = p.drop_orgs(&[org]);
-        let many: Vec<Uuid> = (0..ENTRIES_MAX).map(|_| Uuid::now_v7()).collect();
-        p.drop_orgs(&many);
+        let writer = p.begin_booking(&[org], Booker::UsageWriter);
+        // Another path books the org, then so many others that the map is cleared: the org's
+        // mark goes with it, and the clear's own mark stands for it.
+        p.begin_booking(&[org], Booker::Other);
+        let many: Vec<Uuid> = (0..=ENTRIES_MAX).map(|_| Uuid::now_v7()).collect();
+        p.begin_booking(&many, Booker::Other);
         put(&p, org, writer, 1);
-        assert_eq!(p.get(org, Utc::now()), None);
+        assert_eq!(available(&p, org), None);
     }
 }

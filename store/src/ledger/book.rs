@@ -12,7 +12,9 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{rows::NewRows, *};
-use crate::{Claim, Crossed, OutboxEvent, StoreError, grants, idempotency, outbox};
+use crate::{
+    Claim, Crossed, OutboxEvent, StoreError, grants, idempotency, outbox, positions::Booker,
+};
 
 /// The organizations a transaction has locked, with their running balances. Booking goes
 /// through this so every path locks orgs the same way: all at once, in `org_id` order, before
@@ -154,11 +156,20 @@ impl Ledger<'_> {
         tx: &mut Transaction<'_, Postgres>,
         org_ids: &[Uuid],
     ) -> Result<LockedOrgs, StoreError> {
+        self.lock_orgs_as(tx, org_ids, Booker::Other).await
+    }
+
+    /// [`Ledger::lock_orgs`], for `booker`: the usage writer keeps what it commits for checks
+    /// (`crate::positions`), and any other booking makes that old.
+    pub(crate) async fn lock_orgs_as(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        org_ids: &[Uuid],
+        booker: Booker,
+    ) -> Result<LockedOrgs, StoreError> {
         let mut ids = org_ids.to_vec();
         ids.sort();
         ids.dedup();
-        // Whatever this booking does, what the writer knew of these orgs is old from now on.
-        let ticket = self.positions.drop_orgs(&ids);
         // The lock first, in a statement of its own: at READ COMMITTED a statement sees the
         // data as of its start, and only the locked row itself is read again after a wait, so
         // what is read with the lock (held, due holds, budgets) could predate a booking that
@@ -169,6 +180,8 @@ impl Ledger<'_> {
         )
         .fetch_all(&mut **tx)
         .await?;
+        // Under the lock, so bookings on an org take tickets in the order they book it.
+        let ticket = self.positions.begin_booking(&ids, booker);
         // Then, under the lock, the org's thresholds, what its holds set aside (the ledger's
         // own sum, by kind), its due holds and whether it has budgets, in one round trip.
         let rows = sqlx::query!(

@@ -17,6 +17,7 @@ use crate::{
     NewTransfer, OutboxEvent, StoreError,
     holds::{Gate, HoldBatch, HoldOp, HoldOutcome},
     outbox,
+    positions::Booker,
 };
 
 /// A validated, rated event ready to record.
@@ -171,7 +172,10 @@ impl UsageEvents<'_> {
         // Book the transfers of the inserted events only, in request order, down to each org's
         // overdraft floor: an event that would go below it is refused and its row removed.
         let org_ids: Vec<Uuid> = jobs.iter().map(|j| j.org_id).collect();
-        let mut locked = self.ledger().lock_orgs(&mut tx, &org_ids).await?;
+        let mut locked = self
+            .ledger()
+            .lock_orgs_as(&mut tx, &org_ids, Booker::UsageWriter)
+            .await?;
         // Holds the jobs make or settle, and the budgets their usage counts toward.
         let mut holds = HoldBatch::load(&mut tx, &mut locked, jobs).await?;
         let mut hold_outcomes: Vec<Option<Box<HoldOutcome>>> = Vec::with_capacity(jobs.len());
