@@ -66,22 +66,28 @@ pub(super) async fn lock_payment(
         }
         RefundOf::Topup(id) => {
             let t = sqlx::query!(
-                r#"SELECT t.org_id, t.state, t.package,
-                          (SELECT a.payment_intent_id FROM topup_attempts a
-                            WHERE a.topup_id = t.id AND a.outcome = 'succeeded'
-                            LIMIT 1) AS payment_intent_id
-                     FROM topups t WHERE t.id = $1 FOR UPDATE OF t"#,
+                "SELECT org_id, state, package FROM topups WHERE id = $1 FOR UPDATE",
                 id
             )
             .fetch_optional(&mut **tx)
             .await?
             .ok_or(StoreError::NotFound("topup"))?;
+            // In a statement of its own, after the lock: the locking statement reads other
+            // tables as of its start, before a success that committed while it waited.
+            let payment_intent_id = sqlx::query_scalar!(
+                "SELECT payment_intent_id FROM topup_attempts
+                  WHERE topup_id = $1 AND outcome = 'succeeded' LIMIT 1",
+                id
+            )
+            .fetch_optional(&mut **tx)
+            .await?
+            .flatten();
             let paid = t.state == "succeeded" && t.package.is_some();
             (
                 t.org_id,
                 t.state,
                 t.package.unwrap_or_default(),
-                t.payment_intent_id,
+                payment_intent_id,
                 paid,
             )
         }
