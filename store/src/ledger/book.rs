@@ -32,7 +32,8 @@ pub struct LockedOrgs {
     budgeted: std::collections::HashSet<Uuid>,
     /// Each org's next hold expiry after `now`, when it has active holds.
     next_hold_expiry: HashMap<Uuid, DateTime<Utc>>,
-    /// When this booking dropped what the writer knew of its orgs (see `crate::positions`).
+    /// This booking's place among the bookings of its orgs, taken with their locks (see
+    /// `crate::positions`).
     positions_ticket: u64,
 }
 
@@ -131,8 +132,8 @@ impl LockedOrgs {
         self.now
     }
 
-    /// When this booking dropped what the writer knew of its orgs: the writer's state after it
-    /// stands only if no other booking dropped it since.
+    /// This booking's ticket: the writer's state after it stands only if no other path's
+    /// booking locked its org since.
     pub(crate) fn positions_ticket(&self) -> u64 {
         self.positions_ticket
     }

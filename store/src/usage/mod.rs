@@ -185,8 +185,6 @@ impl UsageEvents<'_> {
         let mut refused: HashSet<Uuid> = HashSet::new();
         let mut dropped: HashSet<Uuid> = HashSet::new();
         let mut booked: HashSet<Uuid> = HashSet::new();
-        // The events named by jobs whose hold operation let them be booked.
-        let mut kept: HashSet<Uuid> = HashSet::new();
         let mut new_transfers: Vec<NewTransfer> = Vec::new();
         let mut refusals: HashMap<Uuid, (i64, Credits)> = HashMap::new();
         for j in jobs {
@@ -214,15 +212,11 @@ impl UsageEvents<'_> {
             for e in &j.events {
                 let c = &candidates[&(j.org_id, e.event.source.as_str(), e.event.id.as_str())];
                 if !open {
-                    if inserted.contains(&c.usage_id) && !kept.contains(&c.usage_id) {
+                    if inserted.contains(&c.usage_id) {
                         dropped.insert(c.usage_id);
                     }
                     continue;
                 }
-                // An event an open job names stays recorded, also when a closed job earlier in
-                // the batch named it too.
-                kept.insert(c.usage_id);
-                dropped.remove(&c.usage_id);
                 let Some(index) = c.transfer_index else {
                     continue;
                 };
@@ -250,6 +244,15 @@ impl UsageEvents<'_> {
             }
             hold_outcomes.push(outcome.map(Box::new));
             opened.push(open);
+        }
+        if !dropped.is_empty() {
+            // An event an open job names stays recorded, also when a closed job named it too.
+            for (j, _) in jobs.iter().zip(&opened).filter(|(_, open)| **open) {
+                for e in &j.events {
+                    let c = &candidates[&(j.org_id, e.event.source.as_str(), e.event.id.as_str())];
+                    dropped.remove(&c.usage_id);
+                }
+            }
         }
         if !refused.is_empty() {
             record_refusals(&mut tx, &refused, &refusals).await?;
@@ -304,9 +307,7 @@ impl UsageEvents<'_> {
                     EventOutcome::Conflict
                 } else if fresh && refused.contains(&rec.usage_id) {
                     EventOutcome::OverdraftLimit
-                } else if fresh
-                    && (dropped.contains(&rec.usage_id) || (!open && !kept.contains(&rec.usage_id)))
-                {
+                } else if fresh && dropped.contains(&rec.usage_id) {
                     EventOutcome::Dropped
                 } else if fresh && open && accepted_once.insert(rec.usage_id) {
                     // (A closed job's event that another job booked is that job's.)
