@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use tests::{AppOptions, OPERATOR_KEY, TestApp, TestOrg};
 
-fn d(s: &str) -> Decimal {
+pub(super) fn d(s: &str) -> Decimal {
     Decimal::from_str(s).unwrap()
 }
 
@@ -19,12 +19,12 @@ fn dec(v: &Value) -> Decimal {
         .unwrap_or_else(|| panic!("not a decimal string: {v}")))
 }
 
-async fn post(app: &TestApp, key: &str, path: &str, body: Value) -> tests::Answer {
+pub(super) async fn post(app: &TestApp, key: &str, path: &str, body: Value) -> tests::Answer {
     app.call(Method::POST, path, Some(key), Some(&body), &[])
         .await
 }
 
-async fn hold(app: &TestApp, org: &TestOrg, body: Value) -> tests::Answer {
+pub(super) async fn hold(app: &TestApp, org: &TestOrg, body: Value) -> tests::Answer {
     post(app, &org.key, &format!("/v1/orgs/{}/holds", org.id), body).await
 }
 
@@ -39,7 +39,7 @@ fn event(id: &str, credits: u64) -> Value {
 }
 
 /// (balance, available, held) as the balance endpoint shows them; asserts the identity.
-async fn position(app: &TestApp, org: &TestOrg) -> (Decimal, Decimal, Decimal) {
+pub(super) async fn position(app: &TestApp, org: &TestOrg) -> (Decimal, Decimal, Decimal) {
     let b = app
         .get(&format!("/v1/orgs/{}/balance", org.id), &org.key)
         .await;
@@ -58,7 +58,7 @@ async fn position(app: &TestApp, org: &TestOrg) -> (Decimal, Decimal, Decimal) {
     (total, available, held)
 }
 
-async fn funded(app: &TestApp, name: &str, credits: &str) -> TestOrg {
+pub(super) async fn funded(app: &TestApp, name: &str, credits: &str) -> TestOrg {
     let org = app.create_org(name).await;
     let a = app
         .adjust(org.id, credits, "seed", &format!("seed-{name}"))

@@ -2,48 +2,13 @@
 //! waited; a late settle of a hold past the first 1,000 due ones still releases it; a settle by
 //! amount sent twice counts once; a settle refused in the same batch as usage naming the same
 //! event leaves that event recorded once; a check with an estimate sees the estimate's model.
-use std::str::FromStr;
-
 use chrono::{Duration as Span, TimeZone, Utc};
 use reqwest::Method;
-use rust_decimal::Decimal;
-use serde_json::{Value, json};
+use serde_json::json;
 use store::{EventOutcome, HoldOp, RatedEvent, SettleRequest, UsageJob};
-use tests::{AppOptions, TestApp, TestOrg, backend_pid};
+use tests::{AppOptions, TestApp, backend_pid};
 
-fn d(s: &str) -> Decimal {
-    Decimal::from_str(s).unwrap()
-}
-
-async fn post(app: &TestApp, key: &str, path: &str, body: Value) -> tests::Answer {
-    app.call(Method::POST, path, Some(key), Some(&body), &[])
-        .await
-}
-
-async fn funded(app: &TestApp, name: &str, credits: &str) -> TestOrg {
-    let org = app.create_org(name).await;
-    let a = app
-        .adjust(org.id, credits, "seed", &format!("seed-{name}"))
-        .await;
-    assert_eq!(a.status, 201, "{}", a.text);
-    org
-}
-
-/// (balance, available, held).
-async fn position(app: &TestApp, org: &TestOrg) -> (Decimal, Decimal, Decimal) {
-    let b = app
-        .get(&format!("/v1/orgs/{}/balance", org.id), &org.key)
-        .await;
-    assert_eq!(b.status, 200, "{}", b.text);
-    let f = |k: &str| d(b.body[k].as_str().unwrap());
-    let p = (
-        f("balance_credits"),
-        f("available_credits"),
-        f("held_credits"),
-    );
-    assert_eq!(p.0, p.1 + p.2, "balance = available + held: {}", b.text);
-    p
-}
+use super::holds::{d, funded, hold, position, post};
 
 /// A budget made while a usage batch waits for the org's lock counts that batch's usage: what
 /// the writer reads under the lock (budgets, held, due holds) is read after the lock, not from
@@ -117,13 +82,11 @@ async fn a_late_settle_of_a_hold_past_the_first_thousand_due_still_releases_it()
     .unwrap();
     let org = funded(&app, "many-due", "2000").await;
     let n = 1001;
-    let path = format!("/v1/orgs/{}/holds", org.id);
     for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
         let made = futures::future::join_all(chunk.iter().map(|i| {
-            post(
+            hold(
                 &app,
-                &org.key,
-                &path,
+                &org,
                 json!({"hold_id": format!("h-{i}"), "amount_credits": "1", "ttl_ms": 1000}),
             )
         }))
@@ -173,13 +136,7 @@ async fn a_late_settle_of_a_hold_past_the_first_thousand_due_still_releases_it()
 async fn a_settle_by_amount_sent_twice_counts_once() {
     let app = TestApp::spawn().await.unwrap();
     let org = funded(&app, "settle-twice", "20").await;
-    let h = post(
-        &app,
-        &org.key,
-        &format!("/v1/orgs/{}/holds", org.id),
-        json!({"hold_id": "h", "amount_credits": "10"}),
-    )
-    .await;
+    let h = hold(&app, &org, json!({"hold_id": "h", "amount_credits": "10"})).await;
     assert_eq!(h.status, 201, "{}", h.text);
     let body = json!({"settle_id": "s", "amount_credits": "4"});
     let first = post(&app, &org.key, "/v1/holds/h/settle", body.clone()).await;
@@ -207,15 +164,9 @@ async fn a_settle_by_amount_sent_twice_counts_once() {
 async fn a_refused_settle_and_usage_with_the_same_event_in_one_batch_record_it_once() {
     let app = TestApp::spawn().await.unwrap();
     let org = funded(&app, "same-batch", "20").await;
-    let h = post(
-        &app,
-        &org.key,
-        &format!("/v1/orgs/{}/holds", org.id),
-        json!({"hold_id": "h", "amount_credits": "5"}),
-    )
-    .await;
+    let h = hold(&app, &org, json!({"hold_id": "h", "amount_credits": "5"})).await;
     assert_eq!(h.status, 201, "{}", h.text);
-    let hold: uuid::Uuid = h.body["id"].as_str().unwrap().parse().unwrap();
+    let ours: uuid::Uuid = h.body["id"].as_str().unwrap().parse().unwrap();
     let v = post(&app, &org.key, "/v1/holds/h/void", json!({})).await;
     assert_eq!(v.status, 200, "{}", v.text);
 
@@ -245,7 +196,7 @@ async fn a_refused_settle_and_usage_with_the_same_event_in_one_batch_record_it_o
         actor: "test".into(),
         events: vec![rated.clone()],
         hold: Some(Box::new(HoldOp::Settle(SettleRequest {
-            hold,
+            hold: ours,
             settle_id: "s".into(),
             request_hash: vec![1],
         }))),
@@ -313,10 +264,9 @@ async fn a_check_with_an_estimate_answers_for_the_estimates_model() {
     assert_eq!(c.status, 200, "{}", c.text);
     assert_eq!(c.body["allowed"], false, "{}", c.text);
     assert_eq!(c.body["reason"], "budget_exhausted");
-    let h = post(
+    let h = hold(
         &app,
-        &org.key,
-        &format!("/v1/orgs/{}/holds", org.id),
+        &org,
         json!({"hold_id": "h", "estimate": estimate, "model": "other"}),
     )
     .await;
